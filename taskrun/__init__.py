@@ -1,0 +1,52 @@
+"""taskrun: a build-system-style task runner with a result cache you can trust.
+
+Only the public API lives here; see the docs for the rest.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from taskrun.errors import (
+    DefinitionError,
+    InvocationError,
+    TaskFailed,
+    TaskrunError,
+)
+from taskrun.files import Dir, File
+from taskrun.registry import Registry, default_registry, define_type, task
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DefinitionError",
+    "Dir",
+    "File",
+    "InvocationError",
+    "Registry",
+    "TaskFailed",
+    "TaskrunError",
+    "__version__",
+    "default_registry",
+    "define_type",
+    "run",
+    "sh",
+    "task",
+]
+
+
+def run(*args: Any, **kwargs: Any) -> Any:
+    """Run targets and what they need; see :func:`taskrun.project.run`."""
+    from taskrun.project import run as _run
+
+    return _run(*args, **kwargs)
+
+
+def __getattr__(name: str) -> Any:
+    # perf: `sh` lives with the file helpers; importing it lazily keeps `import taskrun`
+    # (and so `taskrun list`) free of subprocess machinery it does not need.
+    if name == "sh":
+        from taskrun.files import sh
+
+        return sh
+    raise AttributeError(f"module 'taskrun' has no attribute {name!r}")

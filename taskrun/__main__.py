@@ -1,0 +1,5 @@
+"""``python -m taskrun``."""
+
+from taskrun.cli import main
+
+main(prog_name="taskrun")

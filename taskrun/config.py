@@ -1,0 +1,197 @@
+"""Project settings: ``[tool.taskrun]`` in ``pyproject.toml``, and the task file's location.
+
+Command-line values win over these; these win over taskrun's defaults.
+
+.. code-block:: toml
+
+    [tool.taskrun]
+    default = ["report"]          # targets of a bare `taskrun run`
+    jobs = 4
+    executor = "thread"           # inline | thread | process | dask
+    cache-dir = ".taskrun/cache"  # relative to the project root
+    cache-size = "2GiB"           # or a number of bytes
+    cache-mode = "rw"             # rw | read | off
+    dask-address = "tcp://127.0.0.1:8786"
+
+    [tool.taskrun.options]        # option values: unqualified ...
+    top = 5
+    [tool.taskrun.options.report] # ... or for one task
+    style = "md"
+
+    [tool.taskrun.runtime]        # runtime facts that enter every fingerprint
+    python = true
+    platform = true
+    env = ["LANG"]
+    probes = { cc = "gcc --version" }
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from taskrun.errors import ConfigError, UsageError, did_you_mean
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+__all__ = ["RuntimeSettings", "Settings", "find_task_file", "load_settings", "parse_size"]
+
+TASK_FILE = "tasks.py"
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
+_UNITS = {
+    "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+}
+
+
+def parse_size(value: str | int, *, where: str = "size") -> int:
+    """``"5GiB"``, ``"500MB"``, ``"1024"`` or an int -> bytes."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    match = _SIZE_RE.match(str(value))
+    if not match:
+        raise ConfigError(
+            f"{where}: {value!r} is not a size; write a number of bytes or e.g. '500MB', '5GiB'"
+        )
+    return int(float(match.group(1)) * _UNITS[(match.group(2) or "b").lower()])
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeSettings:
+    """Which runtime facts go into every fingerprint."""
+
+    python: bool = True
+    platform: bool = True
+    env: tuple[str, ...] = ()
+    probes: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything ``[tool.taskrun]`` can set, with the project root it applies to."""
+
+    root: Path
+    task_file: Path
+    pyproject: Path | None = None
+    default: tuple[str, ...] = ()
+    jobs: int | None = None
+    executor: str | None = None
+    cache_dir: Path | None = None
+    cache_size: int | None = None
+    cache_mode: str | None = None
+    dask_address: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+    runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
+
+
+_KEYS = {
+    "default", "jobs", "executor", "cache-dir", "cache-size", "cache-mode", "dask-address",
+    "options", "runtime",
+}
+
+
+def find_task_file(start: Path, explicit: Path | None = None) -> Path:
+    """``explicit`` if given, else ``tasks.py`` in ``start`` or its nearest parent."""
+    if explicit is not None:
+        path = explicit if explicit.is_absolute() else start / explicit
+        if not path.is_file():
+            raise UsageError(f"task file {str(explicit)!r} does not exist (looked at {path})")
+        return path.resolve()
+    here = start.resolve()
+    for folder in (here, *here.parents):
+        candidate = folder / TASK_FILE
+        if candidate.is_file():
+            return candidate
+    raise UsageError(
+        f"no {TASK_FILE} in {here} or any parent directory; create one, run from the project"
+        " directory, or name it with -f FILE"
+    )
+
+
+def load_settings(task_file: Path) -> Settings:
+    """Read ``[tool.taskrun]`` from the ``pyproject.toml`` next to the task file, if any."""
+    root = task_file.parent
+    pyproject = root / "pyproject.toml"
+    if not pyproject.is_file():
+        return Settings(root=root, task_file=task_file)
+    try:
+        with pyproject.open("rb") as fh:
+            data = tomllib.load(fh)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{pyproject}: cannot be read: {exc}") from None
+    table = data.get("tool", {}).get("taskrun", {})
+    where = f"{pyproject} [tool.taskrun]"
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where} must be a table")
+    table = {k.replace("_", "-"): v for k, v in table.items()}
+    for key in table:
+        if key not in _KEYS:
+            raise ConfigError(
+                f"{where}: unknown setting '{key}'{did_you_mean(key, _KEYS)};"
+                f" the settings are {', '.join(sorted(_KEYS))}"
+            )
+
+    def typed(key: str, kind: type | tuple[type, ...], what: str) -> Any:
+        value = table.get(key)
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            raise ConfigError(f"{where}: '{key}' must be {what} (got {value!r})")
+        return value
+
+    default = table.get("default", [])
+    if isinstance(default, str):
+        default = [default]
+    if not isinstance(default, list) or not all(isinstance(t, str) for t in default):
+        raise ConfigError(f"{where}: 'default' must be a list of task names")
+    jobs = typed("jobs", int, "a whole number of jobs")
+    if jobs is not None and jobs < 1:
+        raise ConfigError(f"{where}: 'jobs' must be at least 1 (got {jobs})")
+    cache_dir = typed("cache-dir", str, "a directory path")
+    size = table.get("cache-size")
+    options = typed("options", dict, "a table of option values")
+    runtime = _runtime(typed("runtime", dict, "a table") or {}, f"{where}.runtime")
+    return Settings(
+        root=root,
+        task_file=task_file,
+        pyproject=pyproject,
+        default=tuple(default),
+        jobs=jobs,
+        executor=typed("executor", str, "an executor name"),
+        cache_dir=(root / os.path.expanduser(cache_dir)) if cache_dir else None,
+        cache_size=parse_size(size, where=f"{where}: 'cache-size'") if size is not None else None,
+        cache_mode=typed("cache-mode", str, "rw, read or off"),
+        dask_address=typed("dask-address", str, "an address such as tcp://host:8786"),
+        options=options or {},
+        runtime=runtime,
+    )
+
+
+def _runtime(table: Mapping[str, Any], where: str) -> RuntimeSettings:
+    known = {"python", "platform", "env", "probes"}
+    for key in table:
+        if key not in known:
+            raise ConfigError(f"{where}: unknown key '{key}'{did_you_mean(key, known)}")
+    for key in ("python", "platform"):
+        if not isinstance(table.get(key, True), bool):
+            raise ConfigError(f"{where}: '{key}' must be true or false")
+    env = table.get("env", [])
+    if not isinstance(env, list) or not all(isinstance(e, str) and e for e in env):
+        raise ConfigError(f"{where}: 'env' must be a list of environment variable names")
+    probes = table.get("probes", {})
+    if not isinstance(probes, dict) or not all(
+        isinstance(v, str) and v.strip() for v in probes.values()
+    ):
+        raise ConfigError(f"{where}: 'probes' must map names to commands, e.g. cc = 'gcc --version'")
+    return RuntimeSettings(
+        python=table.get("python", True),
+        platform=table.get("platform", True),
+        env=tuple(env),
+        probes=dict(probes),
+    )

@@ -1,0 +1,158 @@
+"""What happens during a run, as frozen value objects.
+
+The scheduler decides and emits; reporters (console, plain, JSON) and the result only
+consume. Every event names its task; decisions carry their reasons as text a person can
+read (``option 'style' changed: 'plain' -> 'fancy'``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+__all__ = [
+    "Event",
+    "Interrupted",
+    "Planned",
+    "RunFinished",
+    "RunStarted",
+    "Skipped",
+    "TaskCached",
+    "TaskFailedEvent",
+    "TaskRan",
+    "TaskRetrying",
+    "TaskStarted",
+    "TaskWaiting",
+    "Warned",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Base of every event; ``kind`` names it in JSON output."""
+
+    kind: ClassVar[str] = "event"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"event": self.kind, **asdict(self)}
+
+
+@dataclass(frozen=True, slots=True)
+class RunStarted(Event):
+    kind: ClassVar[str] = "run-started"
+    tasks: tuple[str, ...]
+    targets: tuple[str, ...]
+    jobs: int
+    executor: str
+
+
+@dataclass(frozen=True, slots=True)
+class Planned(Event):
+    """Dry runs and explain: what would happen to one task, and why."""
+
+    kind: ClassVar[str] = "planned"
+    task: str
+    action: str  # "cached" | "run"
+    reasons: tuple[str, ...] = ()
+    fingerprint: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TaskWaiting(Event):
+    """Another process holds this fingerprint's lock; we wait, then (normally) hit."""
+
+    kind: ClassVar[str] = "waiting"
+    task: str
+
+
+@dataclass(frozen=True, slots=True)
+class TaskStarted(Event):
+    kind: ClassVar[str] = "started"
+    task: str
+    reasons: tuple[str, ...]
+    attempt: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class TaskCached(Event):
+    kind: ClassVar[str] = "cached"
+    task: str
+    saved: float  # what the task took when it was recorded
+    restored: int = 0  # output files written back from the cache
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRan(Event):
+    kind: ClassVar[str] = "ran"
+    task: str
+    duration: float
+    reasons: tuple[str, ...]
+    output: str = ""
+    stored: bool = True
+    unchanged: bool = False  # product equal to the last entry's (early cutoff for dependents)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRetrying(Event):
+    kind: ClassVar[str] = "retrying"
+    task: str
+    attempt: int
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class TaskFailedEvent(Event):
+    kind: ClassVar[str] = "failed"
+    task: str
+    error: str
+    traceback: str = ""
+    output: str = ""
+    duration: float = 0.0
+    timed_out: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped(Event):
+    kind: ClassVar[str] = "skipped"
+    task: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Warned(Event):
+    kind: ClassVar[str] = "warning"
+    message: str
+    task: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Interrupted(Event):
+    kind: ClassVar[str] = "interrupted"
+    running: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RunFinished(Event):
+    kind: ClassVar[str] = "summary"
+    total: int
+    cached: int
+    ran: int
+    failed: int
+    skipped: int
+    elapsed: float
+    saved: float
+    failures: tuple[str, ...] = field(default=())
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0 and self.skipped == 0
+
+    def line(self) -> str:
+        """``8 tasks: 6 cached, 2 ran, 0 failed in 3.1s (saved 41.0s)``."""
+        text = (
+            f"{self.total} task{'s' if self.total != 1 else ''}: {self.cached} cached,"
+            f" {self.ran} ran, {self.failed} failed"
+        )
+        if self.skipped:
+            text += f", {self.skipped} skipped"
+        return text + f" in {self.elapsed:.1f}s (saved {self.saved:.1f}s)"

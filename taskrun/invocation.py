@@ -1,0 +1,279 @@
+"""The invocation phase: targets and option values -> a frozen, fully typed Invocation.
+
+Values come from three places, the first that has one wins: the command line
+(``TASK.OPTION=VALUE`` or unqualified ``OPTION=VALUE``), ``[tool.taskrun.options]``, the
+option's default. Every value is parsed and checked (parent type, then own predicate).
+Every problem is collected; if there is any, :class:`InvocationError` lists them all and
+nothing runs.
+"""
+
+from __future__ import annotations
+
+import types as pytypes
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from taskrun.errors import InvocationError, Problem, TypeCheckError, did_you_mean
+from taskrun.registry import MISSING, Registry, TaskSpec
+
+__all__ = ["Invocation", "invoke", "parse_assignment"]
+
+SOURCE_CLI = "command line"
+SOURCE_API = "options="
+SOURCE_CONFIG = "pyproject.toml"
+SOURCE_DEFAULT = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class Invocation:
+    """What a run will do: the tasks in order, each with every option value typed."""
+
+    registry: Registry
+    root: Path
+    targets: tuple[str, ...]
+    order: tuple[str, ...]
+    options: Mapping[str, Mapping[str, Any]]
+    sources: Mapping[str, Mapping[str, str]]
+
+    def spec(self, name: str) -> TaskSpec:
+        return self.registry.tasks[name]
+
+
+def parse_assignment(text: str) -> tuple[str | None, str, str]:
+    """``"task.opt=v"`` -> ``("task", "opt", "v")``; ``"opt=v"`` -> ``(None, "opt", "v")``."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"{text!r} is not OPTION=VALUE or TASK.OPTION=VALUE")
+    key = key.strip()
+    task, dot, option = key.partition(".")
+    return (task, option, value) if dot else (None, key, value)
+
+
+def invoke(
+    registry: Registry,
+    targets: Sequence[str | Callable[..., Any]] = (),
+    *,
+    root: Path,
+    assignments: Sequence[str] = (),
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+    config: Mapping[str, Any] | None = None,
+    default_targets: Sequence[str] = (),
+) -> Invocation:
+    """Validate targets and option values; raise InvocationError listing every problem.
+
+    ``assignments`` are command-line strings (parsed from text); ``options`` are Python
+    values from the API, ``{task: {option: value}}``; ``config`` is the raw
+    ``[tool.taskrun.options]`` table. Precedence: assignments, options, config, default.
+    """
+    problems: list[Problem] = []
+    names = _targets(registry, targets, default_targets, problems)
+    order = registry.graph.subgraph(names) if names else []
+    planned = {n: registry.tasks[n] for n in order}
+
+    layers: list[tuple[str, dict[tuple[str, str], tuple[Any, bool]]]] = [
+        (SOURCE_CLI, _from_cli(assignments, registry, planned, problems)),
+        (SOURCE_API, _from_api(options or {}, registry, planned, problems)),
+        (SOURCE_CONFIG, _from_config(config or {}, registry, planned, problems)),
+    ]
+    values: dict[str, dict[str, Any]] = {}
+    sources: dict[str, dict[str, str]] = {}
+    for name, spec in planned.items():
+        values[name], sources[name] = {}, {}
+        for opt in spec.options:
+            where = f"option '{opt.name}' of task '{name}' ({spec.where})"
+            raw: Any = MISSING
+            for source, layer in layers:
+                if (name, opt.name) in layer:
+                    raw, is_text = layer[(name, opt.name)]
+                    break
+            if raw is MISSING:
+                if opt.required:
+                    problems.append(Problem(where, (
+                        f"is required and has no value; pass -o {name}.{opt.name}=VALUE"
+                        f" ({opt.type.name})"
+                    )))
+                    continue
+                values[name][opt.name], sources[name][opt.name] = opt.default, SOURCE_DEFAULT
+                continue
+            try:
+                value = (
+                    opt.type.parse(raw, root=root) if is_text else opt.type.check(raw, root=root)
+                )
+            except TypeCheckError as exc:
+                problems.append(Problem(where, f"{exc.message} (from {source}, type {opt.type.name})"))
+                continue
+            except Exception as exc:  # e.g. a File outside the project root
+                problems.append(Problem(where, f"{exc} (from {source})"))
+                continue
+            values[name][opt.name], sources[name][opt.name] = value, source
+    if problems:
+        raise InvocationError(problems)
+    return Invocation(
+        registry=registry,
+        root=root,
+        targets=tuple(names),
+        order=tuple(order),
+        options=pytypes.MappingProxyType(
+            {n: pytypes.MappingProxyType(v) for n, v in values.items()}
+        ),
+        sources=pytypes.MappingProxyType(
+            {n: pytypes.MappingProxyType(v) for n, v in sources.items()}
+        ),
+    )
+
+
+def _targets(
+    registry: Registry,
+    targets: Sequence[str | Callable[..., Any]],
+    default_targets: Sequence[str],
+    problems: list[Problem],
+) -> list[str]:
+    wanted: list[Any] = list(targets) or list(default_targets)
+    if not wanted:
+        return registry.graph.sinks()
+    names = []
+    for t in wanted:
+        name = t if isinstance(t, str) else registry._by_fn.get(t)
+        if name is None or name not in registry.tasks:
+            shown = t if isinstance(t, str) else getattr(t, "__name__", repr(t))
+            source = "" if targets else " (from [tool.taskrun] default)"
+            problems.append(Problem(
+                f"target '{shown}'{source}",
+                f"is not a task{did_you_mean(str(shown), registry.tasks)};"
+                " `taskrun list` shows the tasks",
+            ))
+        elif name not in names:
+            names.append(name)
+    return names
+
+
+def _unknown_option(
+    task: str | None, option: str, registry: Registry, planned: Mapping[str, TaskSpec]
+) -> str:
+    if task is not None:
+        spec = registry.tasks[task]
+        choices = [o.name for o in spec.options]
+        listed = ", ".join(choices) if choices else "none"
+        return (
+            f"task '{task}' has no option '{option}'{did_you_mean(option, choices)};"
+            f" its options are: {listed}"
+        )
+    choices = sorted({o.name for s in planned.values() for o in s.options})
+    return (
+        f"no task in this run has an option '{option}'{did_you_mean(option, choices)};"
+        " qualify it as TASK.OPTION=VALUE or check `taskrun list`"
+    )
+
+
+def _spread(
+    task: str | None,
+    option: str,
+    value: Any,
+    is_text: bool,
+    source: str,
+    registry: Registry,
+    planned: Mapping[str, TaskSpec],
+    problems: list[Problem],
+    out: dict[tuple[str, str], tuple[Any, bool]],
+    *,
+    strict_task: bool,
+) -> None:
+    where = f"{task}.{option}" if task else option
+    if task is not None:
+        if task not in registry.tasks:
+            hint = did_you_mean(task, registry.tasks)
+            problems.append(Problem(f"{source} '{where}'", f"there is no task '{task}'{hint}"))
+            return
+        if registry.tasks[task].option(option) is None:
+            problems.append(
+                Problem(f"{source} '{where}'", _unknown_option(task, option, registry, planned))
+            )
+            return
+        if task not in planned:
+            if strict_task:
+                problems.append(Problem(
+                    f"{source} '{where}'",
+                    f"task '{task}' is not part of this run; add it as a target or drop the value",
+                ))
+            return
+        out.setdefault((task, option), (value, is_text))
+        return
+    hits = [n for n, s in planned.items() if s.option(option) is not None]
+    if not hits:
+        if strict_task:
+            problems.append(
+                Problem(f"{source} '{where}'", _unknown_option(None, option, registry, planned))
+            )
+        return
+    for n in hits:
+        out.setdefault((n, option), (value, is_text))
+
+
+def _from_cli(
+    assignments: Iterable[str],
+    registry: Registry,
+    planned: Mapping[str, TaskSpec],
+    problems: list[Problem],
+) -> dict[tuple[str, str], tuple[Any, bool]]:
+    # Qualified values beat unqualified ones whatever their order on the command line.
+    parsed: list[tuple[str | None, str, str]] = []
+    for text in assignments:
+        try:
+            parsed.append(parse_assignment(text))
+        except ValueError as exc:
+            problems.append(Problem("-o", f"{exc}; write -o TASK.OPTION=VALUE"))
+    out: dict[tuple[str, str], tuple[Any, bool]] = {}
+    for task, option, value in sorted(parsed, key=lambda p: p[0] is None):
+        _spread(task, option, value, True, "-o", registry, planned, problems, out, strict_task=True)
+    return out
+
+
+def _from_api(
+    options: Mapping[str, Mapping[str, Any]],
+    registry: Registry,
+    planned: Mapping[str, TaskSpec],
+    problems: list[Problem],
+) -> dict[tuple[str, str], tuple[Any, bool]]:
+    out: dict[tuple[str, str], tuple[Any, bool]] = {}
+    for task, table in options.items():
+        task_name = task if isinstance(task, str) else registry._by_fn.get(task, str(task))
+        if not isinstance(table, Mapping):
+            problems.append(Problem(f"options['{task_name}']", "must be a dict of option -> value"))
+            continue
+        for option, value in table.items():
+            _spread(
+                task_name, option, value, False, "options=", registry, planned, problems, out,
+                strict_task=True,
+            )
+    return out
+
+
+def _from_config(
+    config: Mapping[str, Any],
+    registry: Registry,
+    planned: Mapping[str, TaskSpec],
+    problems: list[Problem],
+) -> dict[tuple[str, str], tuple[Any, bool]]:
+    # The file serves every run, so a value for a task outside this run is not an error;
+    # a value no task could ever take is.
+    out: dict[tuple[str, str], tuple[Any, bool]] = {}
+    source = "[tool.taskrun.options]"
+    qualified = [(k, v) for k, v in config.items() if k in registry.tasks and isinstance(v, dict)]
+    plain = [(k, v) for k, v in config.items() if not (k in registry.tasks and isinstance(v, dict))]
+    for task, table in qualified:
+        for option, value in table.items():
+            _spread(task, option, value, False, source, registry, planned, problems, out,
+                    strict_task=False)
+    for option, value in plain:
+        if not any(s.option(option) for s in registry.tasks.values()):
+            choices = sorted({o.name for s in registry.tasks.values() for o in s.options})
+            problems.append(Problem(
+                f"{source} '{option}'",
+                f"no task has an option '{option}'{did_you_mean(option, [*choices, *registry.tasks])}",
+            ))
+            continue
+        _spread(None, option, value, False, source, registry, planned, problems, out,
+                strict_task=False)
+    return out

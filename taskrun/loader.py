@@ -1,0 +1,62 @@
+"""Import a task file into a fresh registry, turning every failure into a DefinitionError.
+
+The module is executed under a private name and then removed from ``sys.modules``. That is
+deliberate: cloudpickle pickles functions of modules it cannot import *by value*, which is
+what the process and Dask executors need (a worker cannot import ``tasks.py`` by name).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import sys
+import traceback
+from pathlib import Path
+
+from taskrun.errors import DefinitionError, TaskrunError
+from taskrun.registry import Registry
+
+__all__ = ["load_task_file"]
+
+
+def load_task_file(path: Path) -> Registry:
+    """Execute ``path`` with a fresh active registry and return that registry."""
+    path = path.resolve()
+    digest = hashlib.sha1(str(path).encode()).hexdigest()[:12]
+    name = f"taskrun_taskfile_{digest}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise DefinitionError(f"{path}: cannot be loaded as a Python file")
+    module = importlib.util.module_from_spec(spec)
+    registry = Registry()
+    root = str(path.parent)
+    # The project's own modules (helpers next to tasks.py) must be importable.
+    added = root not in sys.path
+    if added:
+        sys.path.insert(0, root)
+    # Dataclasses and typing look the module up while it executes.
+    sys.modules[name] = module
+    try:
+        with registry.activate():
+            spec.loader.exec_module(module)
+    except TaskrunError:
+        raise
+    except SyntaxError as exc:
+        where = f"{exc.filename or path}:{exc.lineno}"
+        line = (exc.text or "").rstrip()
+        pointer = f"\n    {line}" if line else ""
+        raise DefinitionError(f"{where}: syntax error: {exc.msg}{pointer}") from None
+    except Exception as exc:
+        frames = [
+            f for f in traceback.extract_tb(exc.__traceback__) if f.filename == str(path)
+        ] or traceback.extract_tb(exc.__traceback__)[-1:]
+        last = frames[-1] if frames else None
+        where = f"{last.filename}:{last.lineno}" if last else str(path)
+        raise DefinitionError(
+            f"{where}: importing the task file raised {type(exc).__name__}: {exc};"
+            " fix the task file"
+        ) from None
+    finally:
+        sys.modules.pop(name, None)
+    registry.module = module  # type: ignore[attr-defined]
+    return registry

@@ -1,0 +1,238 @@
+"""A project (task file, settings, registry) and the ``run`` entry points.
+
+:func:`run` is the Python API; :func:`run_from_cli` is what ``taskrun run`` calls. Both
+build the same pieces: an invocation, a cache, an executor and a scheduler.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from taskrun.config import RuntimeSettings, Settings, find_task_file, load_settings
+from taskrun.errors import UsageError
+from taskrun.invocation import Invocation, invoke
+from taskrun.registry import Registry, default_registry
+
+__all__ = ["Project", "open_cache", "run", "run_from_cli", "runtime_of"]
+
+CACHE_DIR = Path(".taskrun") / "cache"
+STAT_CACHE = Path(".taskrun") / "stat-cache"
+
+
+@dataclass(frozen=True, slots=True)
+class Project:
+    """A loaded task file with its settings."""
+
+    root: Path
+    task_file: Path
+    settings: Settings
+    registry: Registry
+
+    @classmethod
+    def load(cls, directory: Path, task_file: Path | None = None) -> Project:
+        from taskrun.loader import load_task_file
+
+        path = find_task_file(directory, task_file)
+        settings = load_settings(path)
+        registry = load_task_file(path)
+        return cls(root=path.parent, task_file=path, settings=settings, registry=registry)
+
+    def invoke(
+        self, targets: Sequence[str], assignments: Sequence[str] = ()
+    ) -> Invocation:
+        return invoke(
+            self.registry, targets, root=self.root, assignments=assignments,
+            config=self.settings.options, default_targets=self.settings.default,
+        )
+
+
+def runtime_of(settings: RuntimeSettings | None) -> dict[str, str]:
+    """The runtime facts that enter every fingerprint."""
+    from taskrun.fingerprint import runtime_facts
+
+    s = settings or RuntimeSettings()
+    return runtime_facts(python=s.python, platform=s.platform, env=s.env, probes=s.probes)
+
+
+def open_cache(
+    root: Path,
+    cache_dir: Path | str | None = None,
+    *,
+    size_limit: int | None = None,
+    mode: str = "rw",
+    on_warning: Callable[[str], None] | None = None,
+) -> Any:
+    """The project's cache (``.taskrun/cache`` under the root unless told otherwise)."""
+    from taskrun.cache import DEFAULT_SIZE_LIMIT, Cache
+
+    if mode not in ("rw", "read", "off"):
+        raise UsageError(f"cache mode {mode!r} is not one of rw, read, off")
+    directory = Path(cache_dir) if cache_dir is not None else root / CACHE_DIR
+    if not directory.is_absolute():
+        directory = root / directory
+    return Cache(
+        directory,
+        size_limit=size_limit or DEFAULT_SIZE_LIMIT,
+        key=Cache.key_from_env(),
+        mode=mode,  # type: ignore[arg-type]
+        on_warning=on_warning,
+    )
+
+
+@contextlib.contextmanager
+def _working_directory(path: Path) -> Iterator[None]:
+    # Tasks run with the project root as their working directory, wherever taskrun was
+    # started; File("build/x") then means the same file in every task and executor.
+    before = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
+def execute(
+    invocation: Invocation,
+    *,
+    jobs: int | None = None,
+    executor: str = "thread",
+    cache: Any,
+    runtime: Mapping[str, str],
+    force: Sequence[str] = (),
+    force_all: bool = False,
+    keep_going: bool = False,
+    on_event: Callable[[Any], None] | None = None,
+    executor_options: Mapping[str, Any] | None = None,
+) -> Any:
+    """Run a validated invocation; returns a :class:`~taskrun.scheduler.RunResult`."""
+    from taskrun.executors import make_executor
+    from taskrun.files import StatCache
+    from taskrun.scheduler import Scheduler
+
+    unknown = [t for t in force if t not in invocation.registry.tasks]
+    if unknown:
+        from taskrun.errors import did_you_mean
+
+        hint = did_you_mean(unknown[0], invocation.registry.tasks)
+        raise UsageError(f"--force {unknown[0]}: there is no such task{hint}")
+    jobs = jobs or os.cpu_count() or 1
+    root = invocation.root
+    stat_path = root / STAT_CACHE if cache.mode != "off" else None
+    if stat_path is not None and cache.mode == "read":
+        stat_path = None  # read mode writes nothing, not even local state
+    with _working_directory(root), make_executor(executor, jobs, **(executor_options or {})) as ex:
+        scheduler = Scheduler(
+            invocation,
+            cache=cache,
+            executor=ex,
+            runtime=runtime,
+            stat_cache=StatCache(stat_path),
+            force=frozenset(force),
+            force_all=force_all,
+            keep_going=keep_going,
+            on_event=on_event or (lambda e: None),
+        )
+        return scheduler.run()
+
+
+def run(
+    targets: Sequence[str | Callable[..., Any]] | str | Callable[..., Any] = (),
+    *,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+    registry: Registry | None = None,
+    root: Path | str | None = None,
+    jobs: int | None = None,
+    executor: str = "thread",
+    cache_dir: Path | str | None = None,
+    cache_size: int | None = None,
+    cache_mode: str = "rw",
+    force: Sequence[str] = (),
+    force_all: bool = False,
+    keep_going: bool = False,
+    runtime: RuntimeSettings | None = None,
+    on_event: Callable[[Any], None] | None = None,
+) -> Any:
+    """Run ``targets`` (task names or task functions) and what they need.
+
+    Returns a :class:`~taskrun.scheduler.RunResult`: ``result.tasks[name].state`` is
+    ran/cached/failed/skipped, ``result.products[name]`` a target's product.
+    Definition and invocation errors raise before anything runs; task failures do not
+    raise, they are in the result (``result.ok``).
+    """
+    registry = registry if registry is not None else default_registry
+    if isinstance(targets, str) or callable(targets):
+        targets = [targets]
+    if root is None:
+        module = getattr(registry, "module", None)
+        root = Path(module.__file__).parent if module is not None else Path.cwd()
+    root = Path(root).resolve()
+    invocation = invoke(registry, list(targets), root=root, options=options)
+    cache = open_cache(root, cache_dir, size_limit=cache_size, mode=cache_mode)
+    try:
+        return execute(
+            invocation, jobs=jobs, executor=executor, cache=cache,
+            runtime=runtime_of(runtime), force=force, force_all=force_all,
+            keep_going=keep_going, on_event=on_event,
+        )
+    finally:
+        cache.close()
+
+
+def run_from_cli(
+    project: Project,
+    targets: Sequence[str],
+    assignments: Sequence[str],
+    *,
+    jobs: int | None,
+    executor: str | None,
+    dask_address: str | None,
+    force: Sequence[str],
+    force_all: bool,
+    keep_going: bool,
+    dry_run: bool,
+    as_json: bool,
+    cache_dir: Path | None,
+    cache_mode: str | None,
+    quiet: int,
+    verbose: int,
+) -> int:
+    """``taskrun run``: validate, then run or plan; returns the exit code."""
+    from taskrun.report import make_reporter
+
+    settings = project.settings
+    invocation = project.invoke(targets, assignments)
+    reporter = make_reporter(as_json=as_json, quiet=quiet, verbose=verbose)
+    cache = open_cache(
+        project.root, cache_dir or settings.cache_dir, size_limit=settings.cache_size,
+        mode=cache_mode or settings.cache_mode or "rw", on_warning=reporter.warning,
+    )
+    runtime = runtime_of(settings.runtime)
+    executor = executor or settings.executor or "thread"
+    address = dask_address or settings.dask_address or os.environ.get("DASK_SCHEDULER_ADDRESS")
+    options = {"address": address} if executor == "dask" and address else {}
+    try:
+        if dry_run:
+            from taskrun.scheduler import Scheduler
+
+            scheduler = Scheduler(
+                invocation, cache=cache, runtime=runtime, force=frozenset(force),
+                force_all=force_all,
+            )
+            for item in scheduler.plan():
+                reporter(item)
+            reporter.close()
+            return 0
+        result = execute(
+            invocation, jobs=jobs or settings.jobs, executor=executor, cache=cache,
+            runtime=runtime, force=force, force_all=force_all, keep_going=keep_going,
+            on_event=reporter, executor_options=options,
+        )
+        reporter.close()
+    finally:
+        cache.close()
+    return 0 if result.ok else 1

@@ -1,0 +1,601 @@
+"""``@task``, ``define_type`` and the :class:`Registry` that collects and validates them.
+
+The decorators only mark: ``@task`` hands the function and its arguments to the active
+registry, which reads the signature once, checks everything, and stores a frozen
+:class:`TaskSpec`. The function is returned unchanged, so it stays callable and testable.
+
+The *active* registry is a context variable: the default one for plain imports, a fresh
+one while the loader imports a task file, or one a test activates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import inspect
+import keyword
+import re
+import sys
+import types as pytypes
+import typing
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar, overload
+
+from taskrun.errors import DefinitionError, TypeCheckError, UsageError, did_you_mean
+from taskrun.types import (
+    ANY,
+    BUILTIN_TYPES,
+    DefinedType,
+    TaskType,
+    UnsupportedAnnotation,
+    resolve_annotation,
+)
+
+__all__ = [
+    "MISSING",
+    "DepSpec",
+    "OptionSpec",
+    "Registry",
+    "TaskSpec",
+    "active_registry",
+    "default_registry",
+    "define_type",
+    "task",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
+_TASK_ATTR = "__taskrun_task__"
+
+
+class _Missing:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<required>"
+
+
+MISSING: Any = _Missing()
+
+
+@dataclass(frozen=True, slots=True)
+class OptionSpec:
+    """One option of a task: a typed parameter that is not a dependency."""
+
+    name: str
+    type: TaskType
+    default: Any = MISSING
+
+    @property
+    def required(self) -> bool:
+        return self.default is MISSING
+
+
+@dataclass(frozen=True, slots=True)
+class DepSpec:
+    """One dependency: the upstream task and the parameter that receives its product."""
+
+    param: str
+    task: str
+    passed: bool = True  # False when the function has no such parameter (order only)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSpec:
+    """Everything the registry knows about one task, read once from its definition."""
+
+    name: str
+    fn: Callable[..., Any]
+    doc: str
+    options: tuple[OptionSpec, ...]
+    deps: tuple[DepSpec, ...]
+    product: TaskType
+    inputs: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
+    env: tuple[str, ...] = ()
+    version: str | None = None
+    cache: bool = True
+    retries: int = 0
+    timeout: float | None = None
+    file: str = "<unknown>"
+    line: int = 0
+
+    @property
+    def where(self) -> str:
+        """``file:line`` of the definition, for messages."""
+        return f"{self.file}:{self.line}"
+
+    def option(self, name: str) -> OptionSpec | None:
+        for opt in self.options:
+            if opt.name == name:
+                return opt
+        return None
+
+    @property
+    def summary(self) -> str:
+        return self.doc.strip().splitlines()[0] if self.doc.strip() else ""
+
+
+def _where(fn: Callable[..., Any]) -> tuple[str, int]:
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return "<unknown>", 0
+    return code.co_filename, code.co_firstlineno
+
+
+def _caller_where() -> str:
+    """``file:line`` of the first caller outside taskrun itself."""
+    frame = sys._getframe(1)
+    here = __file__.rsplit("/", 1)[0]
+    while frame is not None and frame.f_code.co_filename.startswith(here):
+        frame = frame.f_back  # type: ignore[assignment]
+    return f"{frame.f_code.co_filename}:{frame.f_lineno}" if frame else "<unknown>"
+
+
+class Registry:
+    """Tasks and types by name; the graph to query; overrides for tests."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[str, TaskSpec] = {}
+        self._types: dict[str, DefinedType] = {}
+        self._by_fn: dict[Callable[..., Any], str] = {}
+        self.config_default: tuple[str, ...] = ()
+
+    # -- definition ------------------------------------------------------------------
+    @overload
+    def task(self, fn: F, /) -> F: ...
+    @overload
+    def task(
+        self,
+        *,
+        name: str | None = None,
+        deps: Sequence[Callable[..., Any]] | Mapping[str, Callable[..., Any]] = (),
+        inputs: Sequence[str] = (),
+        outputs: Sequence[str] = (),
+        env: Sequence[str] = (),
+        version: str | int | None = None,
+        cache: bool = True,
+        retries: int = 0,
+        timeout: float | None = None,
+    ) -> Callable[[F], F]: ...
+
+    def task(self, fn: Any = None, /, **kwargs: Any) -> Any:
+        """Register a task, bare (``@task``) or with arguments (``@task(deps=[...])``)."""
+        if fn is not None:
+            if kwargs or not callable(fn):
+                raise DefinitionError(
+                    f"@task takes keyword arguments only (got {fn!r}) at {_caller_where()};"
+                    " write @task(deps=[...]) or a bare @task"
+                )
+            self._register(fn, {})
+            return fn
+
+        def decorate(f: F) -> F:
+            self._register(f, kwargs)
+            return f
+
+        return decorate
+
+    def define_type(
+        self,
+        name: str,
+        parent: Any,
+        predicate: Callable[[Any], bool] | None = None,
+        *,
+        doc: str = "",
+        parse: Callable[[str], Any] | None = None,
+    ) -> DefinedType:
+        """Define a named type: ``parent``'s check, then ``predicate``."""
+        where = _caller_where()
+        if not isinstance(name, str) or not _NAME_RE.match(name):
+            raise DefinitionError(
+                f"type name {name!r} at {where} is not a valid name; use letters, digits and _"
+            )
+        if name in self._types:
+            raise DefinitionError(
+                f"type '{name}' is defined twice: first at {self._types[name].defined_at},"
+                f" again at {where}; rename one of them"
+            )
+        if name in {t.name for t in BUILTIN_TYPES.values()}:
+            raise DefinitionError(
+                f"type '{name}' at {where} has the name of a built-in type; choose another name"
+            )
+        try:
+            parent_type = resolve_annotation(parent)
+        except UnsupportedAnnotation as exc:
+            raise DefinitionError(f"type '{name}' at {where}: parent {exc}") from None
+        if predicate is not None and not callable(predicate):
+            raise DefinitionError(
+                f"type '{name}' at {where}: predicate {predicate!r} is not callable;"
+                " pass a function such as lambda v: v > 0"
+            )
+        if parse is not None and not callable(parse):
+            raise DefinitionError(f"type '{name}' at {where}: parse= must be a function of str")
+        defined = DefinedType(
+            name, parent_type, predicate, doc=doc, parse=parse, defined_at=where
+        )
+        self._types[name] = defined
+        return defined
+
+    def _register(self, fn: Callable[..., Any], kwargs: dict[str, Any]) -> None:
+        spec = self._build_spec(fn, kwargs)
+        if spec.name in self._tasks:
+            first = self._tasks[spec.name]
+            raise DefinitionError(
+                f"task '{spec.name}' is defined twice: first at {first.where}, again at"
+                f" {spec.where}; rename one with @task(name=...)"
+            )
+        if spec.outputs:
+            from taskrun.files import check_disjoint_outputs
+
+            mine = {spec.name: spec.outputs}
+            for other in self._tasks.values():
+                if other.outputs:
+                    try:
+                        check_disjoint_outputs({other.name: other.outputs, **mine})
+                    except DefinitionError as exc:
+                        raise DefinitionError(
+                            f"{exc.message} (task '{spec.name}' at {spec.where}, task"
+                            f" '{other.name}' at {other.where}); give each file one producer"
+                        ) from None
+        self._tasks[spec.name] = spec
+        self._by_fn[fn] = spec.name
+        with contextlib.suppress(AttributeError, TypeError):
+            setattr(fn, _TASK_ATTR, spec.name)
+
+    def _build_spec(self, fn: Callable[..., Any], kwargs: dict[str, Any]) -> TaskSpec:
+        file, line = _where(fn)
+        where = f"{file}:{line}"
+        allowed = {
+            "name", "deps", "inputs", "outputs", "env", "version", "cache", "retries", "timeout",
+        }
+        unknown = sorted(set(kwargs) - allowed)
+        if unknown:
+            hint = did_you_mean(unknown[0], allowed)
+            raise DefinitionError(
+                f"@task at {where} got unknown argument '{unknown[0]}'{hint};"
+                f" the arguments are {', '.join(sorted(allowed))}"
+            )
+        if not callable(fn) or not isinstance(fn, pytypes.FunctionType):
+            raise DefinitionError(f"@task at {where} must decorate a function (got {fn!r})")
+        name = kwargs.get("name") or fn.__name__
+        label = f"task '{name}' ({where})"
+        if not isinstance(name, str) or not _NAME_RE.match(name):
+            raise DefinitionError(
+                f"{label}: name {name!r} is not valid; use letters, digits, _ and -"
+            )
+        deps = self._read_deps(kwargs.get("deps", ()), label)
+        sig = inspect.signature(fn)
+        hints = self._hints(fn, label)
+        dep_params = {param for param, _ in deps}
+        options: list[OptionSpec] = []
+        for p in sig.parameters.values():
+            if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                raise DefinitionError(
+                    f"{label}: parameter '{p.name}' is *args/**kwargs; taskrun passes products"
+                    " and options by name, so list each one as a named parameter"
+                )
+            if p.kind is p.POSITIONAL_ONLY:
+                raise DefinitionError(
+                    f"{label}: parameter '{p.name}' is positional-only; remove the '/'"
+                )
+            if p.name in dep_params:
+                continue
+            if p.name not in hints:
+                choices = [t for t in self._tasks if t not in dep_params]
+                near = did_you_mean(p.name, choices)
+                raise DefinitionError(
+                    f"{label}: parameter '{p.name}' is named after no dependency and has no"
+                    f" type annotation{near}; annotate it (e.g. '{p.name}: int = 0') to make"
+                    f" it an option, or add the task it names to deps="
+                )
+            try:
+                otype = resolve_annotation(hints[p.name])
+            except UnsupportedAnnotation as exc:
+                raise DefinitionError(f"{label}: option '{p.name}': {exc}") from None
+            default = MISSING if p.default is p.empty else p.default
+            if default is not MISSING:
+                if callable(default) and not isinstance(default, (type, TaskType)):
+                    raise DefinitionError(
+                        f"{label}: option '{p.name}' has a callable default; defaults are"
+                        " values, set the value itself"
+                    )
+                try:
+                    default = otype.check(default)
+                except TypeCheckError as exc:
+                    raise DefinitionError(
+                        f"{label}: the default of option '{p.name}' fails its type"
+                        f" {otype.name}: {exc.message}; change the default or the type"
+                    ) from None
+            options.append(OptionSpec(p.name, otype, default))
+        params = set(sig.parameters)
+        dep_specs = tuple(DepSpec(param, dep, param in params) for param, dep in deps)
+        if "return" in hints:
+            try:
+                product = resolve_annotation(hints["return"])
+            except UnsupportedAnnotation as exc:
+                raise DefinitionError(f"{label}: return annotation: {exc}") from None
+        else:
+            product = ANY
+        return TaskSpec(
+            name=name,
+            fn=fn,
+            doc=inspect.getdoc(fn) or "",
+            options=tuple(options),
+            deps=dep_specs,
+            product=product,
+            file=file,
+            line=line,
+            **self._read_settings(kwargs, label),
+        )
+
+    def _read_deps(self, deps: Any, label: str) -> list[tuple[str, str]]:
+        if isinstance(deps, Mapping):
+            items = list(deps.items())
+        elif isinstance(deps, (list, tuple)):
+            items = [(None, d) for d in deps]
+        else:
+            raise DefinitionError(
+                f"{label}: deps= must be a list of tasks or a dict of parameter -> task"
+                f" (got {type(deps).__name__})"
+            )
+        out: list[tuple[str, str]] = []
+        for param, dep in items:
+            if isinstance(dep, str):
+                obj = f"the task object {dep}" if dep.isidentifier() else "the task object"
+                raise DefinitionError(
+                    f"{label}: dependency {dep!r} is a string; pass {obj} itself"
+                    " (defined above this task)"
+                )
+            dep_name = self._by_fn.get(dep)
+            if dep_name is None:
+                shown = getattr(dep, "__name__", repr(dep))
+                hint = did_you_mean(str(shown), self._tasks)
+                raise DefinitionError(
+                    f"{label}: dependency '{shown}' is not a registered task{hint};"
+                    " decorate it with @task (in the same task file, above this task)"
+                )
+            param = param if param is not None else dep_name.replace("-", "_")
+            if not isinstance(param, str) or not param.isidentifier() or keyword.iskeyword(param):
+                raise DefinitionError(
+                    f"{label}: {param!r} cannot name a parameter for dependency '{dep_name}';"
+                    " use deps={'valid_name': task}"
+                )
+            if any(p == param for p, _ in out):
+                raise DefinitionError(
+                    f"{label}: two dependencies are passed to parameter '{param}';"
+                    " rename one with deps={'other_name': task}"
+                )
+            if any(d == dep_name for _, d in out):
+                raise DefinitionError(f"{label}: dependency '{dep_name}' is listed twice")
+            out.append((param, dep_name))
+        return out
+
+    @staticmethod
+    def _hints(fn: Callable[..., Any], label: str) -> dict[str, Any]:
+        try:
+            return typing.get_type_hints(fn)
+        except Exception as exc:  # NameError for a forward reference, and friends
+            raise DefinitionError(
+                f"{label}: its annotations could not be evaluated ({exc}); define the types"
+                " used in annotations before the task"
+            ) from None
+
+    @staticmethod
+    def _read_settings(kwargs: Mapping[str, Any], label: str) -> dict[str, Any]:
+        def strings(key: str) -> tuple[str, ...]:
+            value = kwargs.get(key, ())
+            if isinstance(value, str):
+                raise DefinitionError(
+                    f"{label}: {key}= must be a list of strings, not one string;"
+                    f" write {key}=[{value!r}]"
+                )
+            if not all(isinstance(v, str) and v for v in value):
+                raise DefinitionError(f"{label}: {key}= must be a list of non-empty strings")
+            return tuple(value)
+
+        out: dict[str, Any] = {k: strings(k) for k in ("inputs", "outputs", "env")}
+        for key in ("inputs", "outputs"):
+            for pattern in out[key]:
+                if pattern.startswith("/") or ".." in pattern.split("/"):
+                    raise DefinitionError(
+                        f"{label}: {key} pattern {pattern!r} leaves the project; use a path"
+                        " relative to the project root without '..'"
+                    )
+        version = kwargs.get("version")
+        if version is not None:
+            if not isinstance(version, (str, int)) or isinstance(version, bool):
+                raise DefinitionError(f"{label}: version= must be a str or int")
+            version = str(version)
+        cache = kwargs.get("cache", True)
+        if not isinstance(cache, bool):
+            raise DefinitionError(f"{label}: cache= must be True or False")
+        if not cache and version is not None:
+            raise DefinitionError(
+                f"{label}: version= and cache=False contradict each other (version= only"
+                " matters for cached results); drop one of them"
+            )
+        if not cache and out["outputs"]:
+            raise DefinitionError(
+                f"{label}: outputs= and cache=False contradict each other (outputs are"
+                " stored in and restored from the cache); drop one of them"
+            )
+        retries = kwargs.get("retries", 0)
+        if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+            raise DefinitionError(f"{label}: retries= must be a whole number >= 0")
+        timeout = kwargs.get("timeout")
+        if timeout is not None and (
+            not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0
+        ):
+            raise DefinitionError(f"{label}: timeout= must be a number of seconds above 0")
+        return {
+            **out,
+            "version": version,
+            "cache": cache,
+            "retries": retries,
+            "timeout": float(timeout) if timeout is not None else None,
+        }
+
+    # -- queries ---------------------------------------------------------------------
+    @property
+    def tasks(self) -> Mapping[str, TaskSpec]:
+        """Every task by name, in definition order (which is a topological order)."""
+        return pytypes.MappingProxyType(self._tasks)
+
+    @property
+    def types(self) -> Mapping[str, DefinedType]:
+        return pytypes.MappingProxyType(self._types)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tasks
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def get(self, task: str | Callable[..., Any]) -> TaskSpec:
+        """The spec of a task, by name or by function; UsageError with a hint if unknown."""
+        name = task if isinstance(task, str) else self._by_fn.get(task)
+        if name is None or name not in self._tasks:
+            shown = task if isinstance(task, str) else getattr(task, "__name__", repr(task))
+            hint = did_you_mean(str(shown), self._tasks)
+            raise UsageError(f"unknown task '{shown}'{hint}")
+        return self._tasks[name]
+
+    def name_of(self, task: str | Callable[..., Any]) -> str:
+        return self.get(task).name
+
+    @property
+    def graph(self) -> Graph:
+        from taskrun.graph import Graph
+
+        return Graph({n: tuple(d.task for d in s.deps) for n, s in self._tasks.items()})
+
+    def topological_order(self) -> list[str]:
+        return self.graph.topological_order()
+
+    def upstream(self, *tasks: str | Callable[..., Any]) -> set[str]:
+        return self.graph.upstream([self.name_of(t) for t in tasks])
+
+    def downstream(self, *tasks: str | Callable[..., Any]) -> set[str]:
+        return self.graph.downstream([self.name_of(t) for t in tasks])
+
+    def subgraph(self, *targets: str | Callable[..., Any]) -> list[str]:
+        """The tasks ``targets`` need, themselves included, in topological order."""
+        return self.graph.subgraph([self.name_of(t) for t in targets])
+
+    # -- overrides -------------------------------------------------------------------
+    @contextlib.contextmanager
+    def override(
+        self, task: str | Callable[..., Any], replacement: Callable[..., Any]
+    ) -> Iterator[TaskSpec]:
+        """Swap a task's implementation (for tests) while keeping its contract.
+
+        The replacement must take the same options (names, types, defaults) and return
+        the same product type; the dependencies and settings stay the original's.
+        """
+        original = self.get(task)
+        probe = Registry()
+        probe._by_fn = dict(self._by_fn)
+        probe._tasks = dict(self._tasks)
+        kwargs: dict[str, Any] = {
+            "name": original.name,
+            "deps": {d.param: self._tasks[d.task].fn for d in original.deps},
+        }
+        new = probe._build_spec(replacement, kwargs)
+        problems = _contract_changes(original, new)
+        if problems:
+            raise DefinitionError(
+                f"override of task '{original.name}' ({original.where}) by"
+                f" {getattr(replacement, '__qualname__', replacement)!r} breaks its contract: "
+                + "; ".join(problems)
+                + "; give the replacement the same options and return annotation"
+            )
+        swapped = replace(original, fn=replacement, doc=new.doc or original.doc, deps=new.deps)
+        self._tasks[original.name] = swapped
+        try:
+            yield swapped
+        finally:
+            self._tasks[original.name] = original
+
+    # -- activation ------------------------------------------------------------------
+    @contextlib.contextmanager
+    def activate(self) -> Iterator[Registry]:
+        """Make this the registry that module-level ``@task`` and ``define_type`` use."""
+        token = _active.set(self)
+        try:
+            yield self
+        finally:
+            _active.reset(token)
+
+
+def _contract_changes(old: TaskSpec, new: TaskSpec) -> list[str]:
+    problems = []
+    old_opts = {o.name: o for o in old.options}
+    new_opts = {o.name: o for o in new.options}
+    for name in sorted(old_opts.keys() - new_opts.keys()):
+        problems.append(f"option '{name}' is missing")
+    for name in sorted(new_opts.keys() - old_opts.keys()):
+        problems.append(f"option '{name}' is new")
+    for name in sorted(old_opts.keys() & new_opts.keys()):
+        a, b = old_opts[name], new_opts[name]
+        if a.type.name != b.type.name:
+            problems.append(f"option '{name}' has type {b.type.name}, not {a.type.name}")
+        elif a.default is not MISSING and b.default is not MISSING and a.default != b.default:
+            problems.append(f"option '{name}' defaults to {b.default!r}, not {a.default!r}")
+        elif a.required != b.required:
+            problems.append(f"option '{name}' is {'required' if b.required else 'optional'}")
+    if old.product.name != new.product.name:
+        problems.append(f"it returns {new.product.name}, not {old.product.name}")
+    return problems
+
+
+default_registry = Registry()
+_active: contextvars.ContextVar[Registry] = contextvars.ContextVar(
+    "taskrun_registry", default=default_registry
+)
+
+
+def active_registry() -> Registry:
+    """The registry that ``@task`` and ``define_type`` currently register into."""
+    return _active.get()
+
+
+@overload
+def task(fn: F, /) -> F: ...
+@overload
+def task(
+    *,
+    name: str | None = None,
+    deps: Sequence[Callable[..., Any]] | Mapping[str, Callable[..., Any]] = (),
+    inputs: Sequence[str] = (),
+    outputs: Sequence[str] = (),
+    env: Sequence[str] = (),
+    version: str | int | None = None,
+    cache: bool = True,
+    retries: int = 0,
+    timeout: float | None = None,
+) -> Callable[[F], F]: ...
+
+
+def task(fn: Any = None, /, **kwargs: Any) -> Any:
+    """Register a task in the active registry (see :meth:`Registry.task`)."""
+    if fn is not None and not kwargs:
+        return _active.get().task(fn)
+    return _active.get().task(fn, **kwargs) if fn is not None else _active.get().task(**kwargs)
+
+
+def define_type(
+    name: str,
+    parent: Any,
+    predicate: Callable[[Any], bool] | None = None,
+    *,
+    doc: str = "",
+    parse: Callable[[str], Any] | None = None,
+) -> DefinedType:
+    """Define a named type in the active registry (see :meth:`Registry.define_type`)."""
+    return _active.get().define_type(name, parent, predicate, doc=doc, parse=parse)
+
+
+if typing.TYPE_CHECKING:
+    from taskrun.graph import Graph

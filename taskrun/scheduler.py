@@ -1,0 +1,637 @@
+"""The scheduler: decide hit or run for each task, run the misses in parallel, emit events.
+
+Threading model: every decision happens in the one thread that calls :meth:`Scheduler.run`
+(the driver). It computes fingerprints, reads and writes the cache, restores files, and
+builds each call's arguments; executors only run user functions and resolve futures. So
+nothing here needs a lock, and the cache is only ever touched by the driver.
+
+A task becomes *ready* when each of its dependencies is done (cached or ran). Only then is
+its fingerprint computed, because it includes the upstream *product digests* (early
+cutoff: an upstream that reruns and returns an equal value leaves its dependents cached).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path, PurePath
+from typing import Any
+
+from taskrun import events as ev
+from taskrun.errors import Interrupted, TaskrunError, TypeCheckError
+from taskrun.invocation import Invocation
+from taskrun.registry import TaskSpec
+
+__all__ = ["ExplainItem", "RunResult", "Scheduler", "TaskResult"]
+
+EventSink = Callable[[ev.Event], None]
+_POLL = 0.05  # perf: how often parked tasks (another process holds their lock) look again
+
+
+@dataclass(frozen=True, slots=True)
+class TaskResult:
+    """How one task ended in a run."""
+
+    name: str
+    state: str  # "ran" | "cached" | "failed" | "skipped"
+    duration: float = 0.0
+    reasons: tuple[str, ...] = ()
+    fingerprint: str = ""
+    error: str = ""
+
+
+class _LazyProducts(Mapping[str, Any]):
+    """The targets' products; a cached one is unpickled only when asked for."""
+
+    def __init__(self, loaders: Mapping[str, Callable[[], Any]]) -> None:
+        self._loaders = dict(loaders)
+        self._values: dict[str, Any] = {}
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self._values:
+            self._values[key] = self._loaders[key]()
+        return self._values[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._loaders)
+
+    def __len__(self) -> int:
+        return len(self._loaders)
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    """What :func:`taskrun.run` returns: each task's state, timings and the products."""
+
+    tasks: Mapping[str, TaskResult]
+    products: Mapping[str, Any]
+    summary: ev.RunFinished
+
+    @property
+    def ok(self) -> bool:
+        return self.summary.failed == 0 and self.summary.skipped == 0
+
+    def state(self, task: str) -> str:
+        return self.tasks[task].state
+
+    def names(self, state: str) -> list[str]:
+        return [n for n, r in self.tasks.items() if r.state == state]
+
+
+@dataclass(frozen=True, slots=True)
+class ExplainItem:
+    """`taskrun explain` for one task: would it hit, and what changed since its newest entry."""
+
+    task: str
+    action: str  # "cached" | "run"
+    fingerprint: str
+    reasons: tuple[str, ...]
+    changes: tuple[Any, ...]  # fingerprint.Change objects (kind, name, old, new)
+    latest: str | None  # fingerprint of the newest entry recorded for the task
+
+
+class _Node:
+    """Mutable bookkeeping for one task during one run (driver thread only)."""
+
+    __slots__ = (
+        "spec", "name", "deps", "dependents", "state", "fp", "inputs", "described",
+        "digest", "value", "has_value", "entry", "consumers", "lock", "attempt",
+        "reasons", "started", "duration", "error", "forced", "future", "target",
+    )
+
+    def __init__(self, spec: TaskSpec, target: bool) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.deps: list[str] = [d.task for d in spec.deps]
+        self.dependents: list[str] = []
+        self.state = "pending"
+        self.fp = ""
+        self.inputs: Any = None
+        self.described: dict[str, Any] = {}
+        self.digest = ""
+        self.value: Any = None
+        self.has_value = False
+        self.entry: Any = None
+        self.consumers = 0
+        self.lock: Any = None
+        self.attempt = 1
+        self.reasons: tuple[str, ...] = ()
+        self.started = 0.0
+        self.duration = 0.0
+        self.error = ""
+        self.forced = False
+        self.future: cf.Future[Any] | None = None
+        self.target = target
+
+
+@dataclass
+class Scheduler:
+    """Runs one :class:`Invocation` against a cache with an executor."""
+
+    invocation: Invocation
+    cache: Any  # taskrun.cache.Cache
+    executor: Any = None  # taskrun.executors.Executor; None for plan/explain
+    runtime: Mapping[str, str] = field(default_factory=dict)
+    stat_cache: Any = None  # taskrun.files.StatCache
+    force: frozenset[str] = frozenset()
+    force_all: bool = False
+    keep_going: bool = False
+    on_event: EventSink = lambda e: None
+    _nodes: dict[str, _Node] = field(default_factory=dict, init=False)
+    _code: dict[Any, Any] = field(default_factory=dict, init=False)
+    _pending: list[_Node] = field(default_factory=list, init=False)
+    _parked: list[_Node] = field(default_factory=list, init=False)
+    _running: dict[cf.Future[Any], _Node] = field(default_factory=dict, init=False)
+    _calls: dict[str, Any] = field(default_factory=dict, init=False)
+
+    def __post_init__(self) -> None:
+        inv = self.invocation
+        targets = set(inv.targets)
+        for name in inv.order:
+            self._nodes[name] = _Node(inv.spec(name), name in targets)
+        for node in self._nodes.values():
+            for dep in node.spec.deps:
+                self._nodes[dep.task].dependents.append(node.name)
+                if dep.passed:
+                    self._nodes[dep.task].consumers += 1
+            node.forced = self.force_all or node.name in self.force
+
+    @property
+    def root(self) -> Path:
+        return self.invocation.root
+
+    # -- fingerprints ------------------------------------------------------------------
+    def _hash_path(self, path: PurePath) -> str:
+        from taskrun.files import content_digest
+
+        full = path if path.is_absolute() else self.root / path
+        return content_digest(Path(full), stat_cache=self.stat_cache)
+
+    def _code_of(self, spec: TaskSpec) -> tuple[str, Mapping[str, str]]:
+        if spec.version is not None:
+            return f"version:{spec.version}", {}
+        key = spec.fn
+        if key not in self._code:
+            from taskrun.fingerprint import code_fingerprint
+
+            code = code_fingerprint(spec.fn, root=self.root)
+            self._code[key] = (code.digest, dict(code.parts))
+        result: tuple[str, Mapping[str, str]] = self._code[key]
+        return result
+
+    def _inputs_of(self, node: _Node, upstream: Mapping[str, str]) -> Any:
+        from taskrun.files import expand_globs, file_digest
+        from taskrun.fingerprint import FingerprintInputs
+
+        spec = node.spec
+        code, parts = self._code_of(spec)
+        files = {}
+        if spec.inputs:
+            for rel in expand_globs(spec.inputs, self.root):
+                files[rel.as_posix()] = file_digest(self.root / rel, stat_cache=self.stat_cache)
+        return FingerprintInputs(
+            task=spec.name,
+            code=code,
+            code_parts=parts,
+            options=dict(self.invocation.options[spec.name]),
+            upstream=dict(upstream),
+            inputs=files,
+            env={name: os.environ.get(name) for name in spec.env},
+            runtime=dict(self.runtime),
+        )
+
+    def _fingerprint(self, node: _Node, upstream: Mapping[str, str]) -> None:
+        from taskrun.fingerprint import describe, task_fingerprint
+
+        node.inputs = self._inputs_of(node, upstream)
+        node.fp = task_fingerprint(node.inputs, hash_path=self._hash_path)
+        node.described = describe(node.inputs)
+
+    def _why(self, node: _Node) -> tuple[str, ...]:
+        """Why a task misses: what changed since the newest entry recorded for it."""
+        if node.forced:
+            return ("forced",)
+        if not node.spec.cache:
+            return ("not cached (cache=False)",)
+        if self.cache.mode == "off":
+            return ("cache off",)
+        latest = self.cache.latest(node.name)
+        if latest is None:
+            return ("no entry",)
+        from taskrun.fingerprint import diff
+
+        changes = diff(latest.components, node.described)
+        return tuple(str(c) for c in changes) or ("no entry (the matching entry is gone)",)
+
+    # -- dry runs and explain -------------------------------------------------------------
+    def plan(self) -> list[ev.Planned]:
+        """For every task: would it hit, or run and why. Runs nothing, writes nothing."""
+        return [item for item, _ in self._walk()]
+
+    def explain(self) -> list[ExplainItem]:
+        """Like :meth:`plan`, with each fingerprint component diffed against the newest entry."""
+        from taskrun.fingerprint import diff
+
+        out = []
+        for item, node in self._walk(unknown="(will run)"):
+            latest = self.cache.latest(node.name) if self.cache.mode != "off" else None
+            changes = tuple(diff(latest.components, node.described)) if latest else ()
+            out.append(ExplainItem(
+                task=node.name, action=item.action, fingerprint=item.fingerprint,
+                reasons=item.reasons, changes=changes,
+                latest=latest.fingerprint if latest else None,
+            ))
+        return out
+
+    def _walk(self, unknown: str | None = None) -> Iterator[tuple[ev.Planned, _Node]]:
+        for node in self._nodes.values():
+            deps = [self._nodes[d] for d in node.deps]
+            waiting = [d.name for d in deps if not d.digest]
+            if waiting and unknown is None:
+                reasons = tuple(f"upstream '{u}' will run" for u in waiting)
+                yield ev.Planned(node.name, "run", reasons), node
+                continue
+            self._fingerprint(node, {d.name: d.digest or str(unknown) for d in deps})
+            entry = None
+            if not waiting and not node.forced and node.spec.cache:
+                entry = self.cache.lookup(node.fp)
+            if entry is not None:
+                node.digest = entry.meta.product_digest
+                yield ev.Planned(node.name, "cached", (), node.fp), node
+            elif waiting:
+                reasons = tuple(f"upstream '{u}' will run" for u in waiting)
+                yield ev.Planned(node.name, "run", reasons, node.fp), node
+            else:
+                yield ev.Planned(node.name, "run", self._why(node), node.fp), node
+
+    # -- the run -----------------------------------------------------------------------
+    def run(self) -> RunResult:
+        """Run every planned task; return the result (failures are in it, not raised)."""
+        start = time.perf_counter()
+        self.on_event(ev.RunStarted(
+            tasks=tuple(self._nodes), targets=self.invocation.targets,
+            jobs=self.executor.jobs, executor=self.executor.name,
+        ))
+        running, parked = self._running, self._parked
+        stopping = False
+        self._pending = list(self._nodes.values())
+        try:
+            while True:
+                if not stopping:
+                    self._advance()
+                if not running and not parked:
+                    break
+                done, _ = cf.wait(
+                    list(running), timeout=_POLL if parked else 0.5,
+                    return_when=cf.FIRST_COMPLETED,
+                )
+                for future in done:
+                    node = running.pop(future)
+                    failed = self._finish(node, future.result())
+                    if failed and not self.keep_going:
+                        stopping = True
+                if stopping:
+                    for node in parked:
+                        self._release_lock(node)
+                        node.state = "pending"
+                    parked.clear()
+            self._skip_rest(stopping)
+        except KeyboardInterrupt:
+            self.executor.cancel()
+            for node in self._nodes.values():
+                self._release_lock(node)
+            in_flight = tuple(n.name for n in running.values())
+            self.on_event(ev.Interrupted(running=in_flight))
+            raise Interrupted("interrupted; nothing in flight was recorded") from None
+        finally:
+            self._close()
+        return self._result(time.perf_counter() - start)
+
+    def _advance(self) -> None:
+        """Decide every task whose dependencies are done; submit the misses."""
+        # Parked tasks first: the other process may have finished and stored the entry.
+        for node in list(self._parked):
+            if self._try_lock(node):
+                self._parked.remove(node)
+                self._decide_locked(node)
+        progress = True
+        while progress:
+            progress = False
+            pending, self._pending = self._pending, []
+            for node in pending:
+                deps = [self._nodes[d] for d in node.deps]
+                if any(d.state in ("failed", "skipped") for d in deps):
+                    failed = next(d.name for d in deps if d.state in ("failed", "skipped"))
+                    self._skip(node, f"upstream '{failed}' did not complete")
+                    progress = True
+                    continue
+                if not all(d.state in ("cached", "ran") for d in deps):
+                    self._pending.append(node)
+                    continue
+                progress = True
+                self._fingerprint(node, {d.name: d.digest for d in deps})
+                if self._lookup(node):
+                    continue
+                if not self._try_lock(node):
+                    node.state = "parked"
+                    self._parked.append(node)
+                    self.on_event(ev.TaskWaiting(node.name))
+                    continue
+                self._decide_locked(node)
+
+    def _lookup(self, node: _Node) -> bool:
+        """A hit: restore outputs, mark cached, release upstream products. Else False."""
+        if node.forced or not node.spec.cache:
+            return False
+        entry = self.cache.lookup(node.fp)
+        if entry is None:
+            return False
+        restored = 0
+        if entry.meta.outputs:
+            from taskrun.files import restore_outputs
+
+            try:
+                report = restore_outputs(
+                    [(o.path, o.digest, o.mode) for o in entry.meta.outputs],
+                    self.root, self.cache.get_blob, stat_cache=self.stat_cache,
+                )
+            except TaskrunError as exc:
+                self._warn(f"cached outputs of '{node.name}' cannot be restored ({exc}); rerunning", node)
+                return False
+            restored = getattr(report, "restored", 0)
+        node.entry = entry
+        node.digest = entry.meta.product_digest
+        node.state = "cached"
+        node.duration = entry.meta.compute_time
+        for dep in node.spec.deps:
+            if dep.passed:
+                self._consumed(self._nodes[dep.task])
+        self.on_event(ev.TaskCached(node.name, saved=entry.meta.compute_time, restored=restored))
+        return True
+
+    def _try_lock(self, node: _Node) -> bool:
+        if not node.spec.cache or self.cache.mode != "rw":
+            return True
+        node.lock = self.cache.try_lock(node.fp)
+        return node.lock is not None
+
+    def _release_lock(self, node: _Node) -> None:
+        if node.lock is not None:
+            node.lock.release()
+            node.lock = None
+
+    def _decide_locked(self, node: _Node) -> None:
+        # Holding the lock: another process may have stored the entry while we waited.
+        if node.lock is not None and self._lookup(node):
+            self._release_lock(node)
+            return
+        node.reasons = self._why(node)
+        try:
+            kwargs = self._arguments(node)
+        except _UpstreamReload as reload:
+            self._release_lock(node)
+            node.state = "pending"
+            self._pending.append(node)
+            self._rerun(reload.node, reload.reason)
+            return
+        self._submit(node, kwargs)
+
+    def _arguments(self, node: _Node) -> dict[str, Any]:
+        kwargs = dict(self.invocation.options[node.name])
+        for dep in node.spec.deps:
+            up = self._nodes[dep.task]
+            if dep.passed:
+                kwargs[dep.param] = self._product(up)
+        for dep in node.spec.deps:
+            if dep.passed:
+                self._consumed(self._nodes[dep.task])
+        return kwargs
+
+    def _product(self, node: _Node) -> Any:
+        if not node.has_value:
+            try:
+                node.value = node.entry.load()
+            except Exception as exc:
+                raise _UpstreamReload(node, f"its cached product could not be loaded ({exc})") from None
+            node.has_value = True
+        return node.value
+
+    def _consumed(self, node: _Node) -> None:
+        node.consumers -= 1
+        if node.consumers <= 0 and not node.target:
+            # perf: drop the product after its last consumer; memory stays bounded by the
+            # frontier of the graph, not its size.
+            node.value, node.has_value = None, False
+
+    def _rerun(self, node: _Node, reason: str) -> None:
+        """A cached upstream whose product cannot be loaded runs again before its dependents."""
+        self._warn(f"'{node.name}': {reason}; running it again", node)
+        node.state = "pending"
+        node.entry = None
+        node.forced = True  # its entry is bad: don't hit it again
+        self._pending.append(node)
+
+    def _submit(self, node: _Node, kwargs: Mapping[str, Any]) -> None:
+        from taskrun.executors import Call
+
+        node.state = "running"
+        node.started = time.perf_counter()
+        self.on_event(ev.TaskStarted(node.name, node.reasons, node.attempt))
+        call = Call(
+            task=node.name, fn=node.spec.fn, kwargs=kwargs, cwd=str(self.root),
+            timeout=node.spec.timeout, attempt=node.attempt,
+        )
+        self._calls[node.name] = call
+        node.future = self.executor.submit(call)
+        self._running[node.future] = node
+
+    def _finish(self, node: _Node, outcome: Any) -> bool:
+        """Record a finished call. Returns True when the task has failed for good."""
+        if outcome.ok:
+            try:
+                self._record(node, outcome)
+                return False
+            except TaskrunError as exc:
+                outcome = _Failure(error=exc.message, output=outcome.output, duration=outcome.duration)
+        if node.attempt <= node.spec.retries:
+            node.attempt += 1
+            self.on_event(ev.TaskRetrying(node.name, node.attempt, outcome.error))
+            self._submit(node, self._calls[node.name].kwargs)
+            return False
+        self._release_lock(node)
+        node.state = "failed"
+        node.error = outcome.error
+        node.duration = outcome.duration
+        self.on_event(ev.TaskFailedEvent(
+            node.name, error=outcome.error, traceback=getattr(outcome, "traceback", ""),
+            output=outcome.output, duration=outcome.duration,
+            timed_out=getattr(outcome, "timed_out", False),
+        ))
+        return True
+
+    def _record(self, node: _Node, outcome: Any) -> None:
+        """Check the product, hash it, store it with its output files; mark the task ran."""
+        from taskrun.errors import ProductTypeError
+        from taskrun.fingerprint import product_digest
+
+        spec = node.spec
+        try:
+            value = spec.product.check(outcome.value, root=self.root)
+        except TypeCheckError as exc:
+            raise ProductTypeError(
+                spec.name, f"its product fails its type {spec.product.name}: {exc.message};"
+                f" fix the task or its return annotation ({spec.where})"
+            ) from None
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            digest = product_digest(value, hash_path=self._hash_path)
+        for w in caught:
+            self._warn(str(w.message), node)
+        stored, unchanged = False, False
+        captured = self._capture(node, value)
+        if spec.cache and self.cache.mode == "rw":
+            stored, unchanged = self._store(node, value, digest, outcome.duration, captured)
+        self._release_lock(node)
+        node.digest = digest
+        node.value, node.has_value = value, True
+        if node.consumers <= 0 and not node.target:
+            node.value, node.has_value = None, False
+        node.state = "ran"
+        node.duration = outcome.duration
+        self.on_event(ev.TaskRan(
+            node.name, duration=outcome.duration, reasons=node.reasons, output=outcome.output,
+            stored=stored, unchanged=unchanged,
+        ))
+
+    def _capture(self, node: _Node, value: Any) -> list[Any]:
+        extra = list(_paths_in(value))
+        if not node.spec.outputs and not extra:
+            return []
+        from taskrun.files import capture_outputs
+
+        try:
+            return capture_outputs(node.spec.outputs, self.root, extra=extra)
+        except TaskrunError as exc:
+            from taskrun.errors import TaskFailed
+
+            raise TaskFailed(node.name, exc.message) from None
+
+    def _store(
+        self, node: _Node, value: Any, digest: str, duration: float, captured: list[Any]
+    ) -> tuple[bool, bool]:
+        import cloudpickle
+
+        from taskrun.cache import EntryMeta, OutputRecord
+
+        try:
+            payload = cloudpickle.dumps(value)
+        except Exception as exc:
+            self._warn(f"the product of '{node.name}' cannot be pickled ({exc}); not cached", node)
+            return False, False
+        latest = self.cache.latest(node.name)
+        unchanged = latest is not None and latest.product_digest == digest
+        meta = EntryMeta(
+            fingerprint=node.fp,
+            task=node.name,
+            components=node.described,
+            product_digest=digest,
+            compute_time=duration,
+            created=time.time(),
+            outputs=tuple(OutputRecord(c.path, c.digest, c.mode, len(c.data)) for c in captured),
+            size=len(payload),
+        )
+        result = self.cache.store(meta, payload, {c.digest: c.data for c in captured})
+        if str(result).endswith("kept-existing-different") or result == "kept-existing-different":
+            self._warn(
+                f"'{node.name}' is not reproducible: rerun with the same fingerprint, it"
+                " returned a different product than the cached entry (kept the first entry);"
+                " its dependents' cached results may be stale",
+                node,
+            )
+        return True, unchanged
+
+    # -- endings -----------------------------------------------------------------------
+    def _skip(self, node: _Node, reason: str) -> None:
+        node.state = "skipped"
+        node.error = reason
+        self.on_event(ev.Skipped(node.name, reason))
+
+    def _skip_rest(self, stopping: bool) -> None:
+        failed = [n.name for n in self._nodes.values() if n.state == "failed"]
+        for node in self._nodes.values():
+            if node.state in ("pending", "parked"):
+                why = f"stopped after '{failed[0]}' failed (use --keep-going to go on)" if (
+                    stopping and failed
+                ) else "upstream did not complete"
+                self._skip(node, why)
+
+    def _close(self) -> None:
+        used = [n.fp for n in self._nodes.values() if n.state in ("cached", "ran") and n.spec.cache]
+        hits = sum(1 for n in self._nodes.values() if n.state == "cached")
+        misses = sum(1 for n in self._nodes.values() if n.state in ("ran", "failed"))
+        if self.cache.mode == "rw":
+            try:
+                self.cache.record_run(used, hits=hits, misses=misses)
+            except TypeError:
+                self.cache.record_run(used)
+        if self.stat_cache is not None:
+            self.stat_cache.flush()
+
+    def _result(self, elapsed: float) -> RunResult:
+        nodes = self._nodes.values()
+        count = {s: sum(1 for n in nodes if n.state == s) for s in ("cached", "ran", "failed", "skipped")}
+        summary = ev.RunFinished(
+            total=len(self._nodes), cached=count["cached"], ran=count["ran"],
+            failed=count["failed"], skipped=count["skipped"], elapsed=elapsed,
+            saved=sum(n.duration for n in nodes if n.state == "cached"),
+            failures=tuple(n.name for n in nodes if n.state == "failed"),
+        )
+        self.on_event(summary)
+        tasks = {
+            n.name: TaskResult(n.name, n.state, n.duration, n.reasons, n.fp, n.error) for n in nodes
+        }
+        loaders: dict[str, Callable[[], Any]] = {}
+        for name in self.invocation.targets:
+            node = self._nodes[name]
+            if node.has_value:
+                loaders[name] = (lambda v: lambda: v)(node.value)
+            elif node.state == "cached":
+                loaders[name] = node.entry.load
+        return RunResult(tasks=tasks, products=_LazyProducts(loaders), summary=summary)
+
+    def _warn(self, message: str, node: _Node | None = None) -> None:
+        self.on_event(ev.Warned(message, node.name if node else ""))
+
+
+class _UpstreamReload(Exception):
+    def __init__(self, node: _Node, reason: str) -> None:
+        self.node = node
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class _Failure:
+    ok: bool = False
+    error: str = ""
+    output: str = ""
+    duration: float = 0.0
+    traceback: str = ""
+    timed_out: bool = False
+
+
+def _paths_in(value: Any) -> Iterator[Path]:
+    """File and Dir values inside a product (they are stored as outputs)."""
+    from taskrun.files import Dir, File
+
+    if isinstance(value, (File, Dir)):
+        yield value
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        for v in value:
+            yield from _paths_in(v)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _paths_in(v)

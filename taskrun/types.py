@@ -1,0 +1,472 @@
+"""Option and product types: parse from text, check a value, format back to text.
+
+A :class:`TaskType` converts a value the way click's ``ParamType.convert`` does and fails
+with a :class:`~taskrun.errors.TypeCheckError`. Types form a chain: a type made by
+:func:`define_type` checks its parent first, then its own predicate.
+
+Every type has a text form (used on the command line) that round-trips::
+
+    t.parse(t.format(v)) == v        for every v that t.check accepts
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import pathlib
+import types as pytypes
+import typing
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from taskrun.errors import TypeCheckError
+from taskrun.files import Dir, File
+
+__all__ = [
+    "BUILTIN_TYPES",
+    "DefinedType",
+    "TaskType",
+    "resolve_annotation",
+]
+
+
+def _short(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class TaskType:
+    """The base of every type. Subclasses override ``_convert``, ``_parse`` and ``format``."""
+
+    name: str = "value"
+    doc: str = ""
+
+    def check(self, value: Any, *, root: pathlib.Path | None = None) -> Any:
+        """Return ``value`` converted to this type, or raise :class:`TypeCheckError`."""
+        return self._convert(value, root)
+
+    def parse(self, text: str, *, root: pathlib.Path | None = None) -> Any:
+        """Parse the text form (command line) into a checked value."""
+        return self.check(self._parse(text), root=root)
+
+    def format(self, value: Any) -> str:
+        """The text form of ``value``: ``parse(format(v)) == v``."""
+        return str(value)
+
+    def __call__(self, value: Any) -> Any:
+        """Check a value against this type (``PositiveInt(3) == 3``)."""
+        return self.check(value)
+
+    def __repr__(self) -> str:
+        return f"<type {self.name}>"
+
+    # -- for subclasses ---------------------------------------------------------------
+    def _convert(self, value: Any, root: pathlib.Path | None) -> Any:
+        return value
+
+    def _parse(self, text: str) -> Any:
+        return text
+
+    def fail(self, value: object, expected: str | None = None) -> typing.NoReturn:
+        raise TypeCheckError(
+            f"{_short(value)} is not {expected or 'a valid ' + self.name}", type_name=self.name
+        )
+
+
+class _Scalar(TaskType):
+    def __init__(self, name: str, pytype: type, doc: str) -> None:
+        self.name = name
+        self.pytype = pytype
+        self.doc = doc
+
+    def _convert(self, value: Any, root: pathlib.Path | None) -> Any:
+        # bool is an int subclass; an option typed int must not silently accept True.
+        if isinstance(value, bool) and self.pytype is not bool:
+            self.fail(value, f"{self._article()} (got a bool)")
+        if isinstance(value, self.pytype):
+            return value
+        if self.pytype is float and isinstance(value, int):
+            return float(value)
+        if self.pytype is bytes and isinstance(value, (bytearray, memoryview)):
+            return bytes(value)
+        self.fail(value, f"{self._article()} (got {type(value).__name__})")
+
+    def _article(self) -> str:
+        return f"an {self.name}" if self.name[0] in "aeiou" else f"a {self.name}"
+
+    def _parse(self, text: str) -> Any:
+        try:
+            if self.pytype is int:
+                return int(text.strip())
+            if self.pytype is float:
+                return float(text.strip())
+        except ValueError:
+            self.fail(text, self._article())
+        if self.pytype is bytes:
+            if text.startswith("hex:"):
+                try:
+                    return bytes.fromhex(text[4:])
+                except ValueError:
+                    self.fail(text, "hex digits after 'hex:'")
+            return text.encode("utf-8")
+        return text
+
+    def format(self, value: Any) -> str:
+        if self.pytype is float:
+            return repr(value)
+        if self.pytype is bytes:
+            try:
+                text = value.decode("utf-8")
+            except UnicodeDecodeError:
+                return "hex:" + value.hex()
+            return "hex:" + value.hex() if text.startswith("hex:") else text
+        return str(value)
+
+
+class _Bool(TaskType):
+    name = "bool"
+    doc = "true/false, yes/no, on/off, 1/0"
+    _TRUE = frozenset({"true", "yes", "on", "1", "y", "t"})
+    _FALSE = frozenset({"false", "no", "off", "0", "n", "f"})
+
+    def _convert(self, value: Any, root: pathlib.Path | None) -> Any:
+        if isinstance(value, bool):
+            return value
+        self.fail(value, "a bool (true or false)")
+
+    def _parse(self, text: str) -> Any:
+        word = text.strip().lower()
+        if word in self._TRUE:
+            return True
+        if word in self._FALSE:
+            return False
+        self.fail(text, "a bool (true/false, yes/no, on/off, 1/0)")
+
+    def format(self, value: Any) -> str:
+        return "true" if value else "false"
+
+
+class _PathType(TaskType):
+    """``pathlib.Path``, ``File`` and ``Dir``. File and Dir are made relative to the root."""
+
+    def __init__(self, name: str, pytype: type[pathlib.Path], doc: str) -> None:
+        self.name = name
+        self.pytype = pytype
+        self.doc = doc
+
+    def _convert(self, value: Any, root: pathlib.Path | None) -> Any:
+        if isinstance(value, str):
+            if not value:
+                self.fail(value, f"a {self.name} (the path is empty)")
+            value = pathlib.Path(value)
+        if not isinstance(value, pathlib.PurePath):
+            self.fail(value, f"a {self.name} path (got {type(value).__name__})")
+        if self.pytype is pathlib.Path:
+            return value if type(value) is type(pathlib.Path()) else pathlib.Path(value)
+        if root is not None:
+            # Deferred import: files imports nothing from here, but keep the edge one-way.
+            from taskrun.files import project_relative
+
+            value = project_relative(value, root)
+        elif value.is_absolute():
+            self.fail(value, f"a {self.name} relative to the project root")
+        return value if type(value) is self.pytype else self.pytype(value)
+
+    def format(self, value: Any) -> str:
+        return value.as_posix()
+
+
+class LiteralType(TaskType):
+    """One of a fixed set of values (``Literal["plain", "md"]``)."""
+
+    def __init__(self, choices: tuple[Any, ...]) -> None:
+        self.choices = choices
+        self.name = "{" + "|".join(str(c) for c in choices) + "}"
+        self.doc = "one of " + ", ".join(repr(c) for c in choices)
+
+    def _convert(self, value: Any, root: pathlib.Path | None) -> Any:
+        for choice in self.choices:
+            if type(choice) is type(value) and choice == value:
+                return choice
+        from taskrun.errors import did_you_mean
+
+        hint = did_you_mean(str(value), [str(c) for c in self.choices])
+        self.fail(value, self.doc + hint)
+
+    def _parse(self, text: str) -> Any:
+        for choice in self.choices:
+            if str(choice) == text or (isinstance(choice, bool) and text.lower() == str(choice).lower()):
+                return choice
+        return text  # _convert reports it, with "did you mean"
+
+
+class EnumType(TaskType):
+    """An ``enum.Enum`` subclass, by member name on the command line."""
+
+    def __init__(self, enum_cls: type[enum.Enum]) -> None:
+        self.enum_cls = enum_cls
+        self.name = enum_cls.__name__
+        self.doc = "one of " + ", ".join(m.name for m in enum_cls)
+
+    def _convert(self, value: Any, root: pathlib.Path | None) -> Any:
+        if isinstance(value, self.enum_cls):
+            return value
+        if isinstance(value, str) and value in self.enum_cls.__members__:
+            return self.enum_cls[value]
+        try:
+            return self.enum_cls(value)
+        except ValueError:
+            from taskrun.errors import did_you_mean
+
+            hint = did_you_mean(str(value), list(self.enum_cls.__members__))
+            self.fail(value, self.doc + hint)
+
+    def format(self, value: Any) -> str:
+        return str(value.name)
+
+
+class _Container(TaskType):
+    """Shared text form for list/tuple/dict: JSON, or the short comma form."""
+
+    def _items_from_text(self, text: str) -> Any:
+        stripped = text.strip()
+        if stripped.startswith(("[", "{")):
+            try:
+                return json.loads(stripped)
+            except json.JSONDecodeError as exc:
+                self.fail(text, f"a {self.name} in JSON ({exc.msg} at column {exc.colno})")
+        return None
+
+
+class ListType(_Container):
+    """``list[T]`` or ``tuple[T, ...]``. Text: ``a,b,c`` or a JSON list."""
+
+    def __init__(self, item: TaskType, container: type = list) -> None:
+        self.item = item
+        self.container = container
+        self.name = f"{container.__name__}[{item.name}{', ...' if container is tuple else ''}]"
+        self.doc = f"a comma-separated or JSON list of {item.name}"
+
+    def _convert(self, value: Any, root: pathlib.Path | None) -> Any:
+        if not isinstance(value, (list, tuple)):
+            self.fail(value, f"a {self.name} (got {type(value).__name__})")
+        out = []
+        for i, v in enumerate(value):
+            try:
+                out.append(self.item.check(v, root=root))
+            except TypeCheckError as exc:
+                raise TypeCheckError(f"item {i}: {exc.message}", type_name=self.name) from None
+        return self.container(out)
+
+    def parse(self, text: str, *, root: pathlib.Path | None = None) -> Any:
+        items = self._items_from_text(text)
+        if items is None:
+            items = [p.strip() for p in text.split(",")] if text.strip() else []
+        if not isinstance(items, list):
+            self.fail(text, f"a {self.name}")
+        parsed = [self.item.parse(v, root=root) if isinstance(v, str) else v for v in items]
+        return self.check(parsed, root=root)
+
+    def format(self, value: Any) -> str:
+        return json.dumps([self.item.format(v) for v in value])
+
+
+class DictType(_Container):
+    """``dict[str, T]``. Text: ``k=v,k2=v2`` or a JSON object."""
+
+    def __init__(self, value_type: TaskType) -> None:
+        self.value_type = value_type
+        self.name = f"dict[str, {value_type.name}]"
+        self.doc = f"KEY=VALUE pairs or a JSON object of {value_type.name}"
+
+    def _convert(self, value: Any, root: pathlib.Path | None) -> Any:
+        if not isinstance(value, Mapping):
+            self.fail(value, f"a {self.name} (got {type(value).__name__})")
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                self.fail(k, "a str key")
+            try:
+                out[k] = self.value_type.check(v, root=root)
+            except TypeCheckError as exc:
+                raise TypeCheckError(f"key {k!r}: {exc.message}", type_name=self.name) from None
+        return out
+
+    def parse(self, text: str, *, root: pathlib.Path | None = None) -> Any:
+        items = self._items_from_text(text)
+        if items is None:
+            items = {}
+            for part in filter(None, (p.strip() for p in text.split(","))):
+                key, sep, val = part.partition("=")
+                if not sep:
+                    self.fail(text, f"a {self.name} written KEY=VALUE,... ({part!r} has no '=')")
+                items[key.strip()] = val.strip()
+        if not isinstance(items, dict):
+            self.fail(text, f"a {self.name}")
+        parsed = {
+            k: self.value_type.parse(v, root=root) if isinstance(v, str) else v
+            for k, v in items.items()
+        }
+        return self.check(parsed, root=root)
+
+    def format(self, value: Any) -> str:
+        return json.dumps({k: self.value_type.format(v) for k, v in value.items()})
+
+
+class OptionalType(TaskType):
+    """``T | None``. Text ``none`` is None; a backslash escapes a value that reads as none."""
+
+    _NONE = ("none", "null")
+
+    def __init__(self, inner: TaskType) -> None:
+        self.inner = inner
+        self.name = f"{inner.name} | None"
+        self.doc = f"{inner.doc or inner.name}, or none"
+
+    def _convert(self, value: Any, root: pathlib.Path | None) -> Any:
+        return None if value is None else self.inner.check(value, root=root)
+
+    def parse(self, text: str, *, root: pathlib.Path | None = None) -> Any:
+        if text.strip().lower() in self._NONE:
+            return None
+        if text.startswith("\\"):
+            text = text[1:]
+        return self.inner.parse(text, root=root)
+
+    def format(self, value: Any) -> str:
+        if value is None:
+            return "none"
+        text = self.inner.format(value)
+        if text.strip().lower() in self._NONE or text.startswith("\\"):
+            return "\\" + text
+        return text
+
+
+class DefinedType(TaskType):
+    """A named type from :func:`define_type`: the parent's check, then a predicate."""
+
+    def __init__(
+        self,
+        name: str,
+        parent: TaskType,
+        predicate: Callable[[Any], bool] | None = None,
+        *,
+        doc: str = "",
+        parse: Callable[[str], Any] | None = None,
+        defined_at: str = "",
+    ) -> None:
+        self.name = name
+        self.parent = parent
+        self.predicate = predicate
+        self.doc = doc
+        self.custom_parse = parse
+        self.defined_at = defined_at
+
+    def check(self, value: Any, *, root: pathlib.Path | None = None) -> Any:
+        value = self.parent.check(value, root=root)
+        if self.predicate is not None:
+            try:
+                ok = self.predicate(value)
+            except Exception as exc:  # a predicate that raises is a failed check, with why
+                self.fail(value, f"{self._expected()} (its predicate raised {exc!r})")
+            if not ok:
+                self.fail(value, self._expected())
+        return value
+
+    def parse(self, text: str, *, root: pathlib.Path | None = None) -> Any:
+        if self.custom_parse is None:
+            return self.check(self.parent.parse(text, root=root), root=root)
+        try:
+            value = self.custom_parse(text)
+        except Exception as exc:
+            self.fail(text, f"{self._expected()} ({self.name}'s parse raised {exc!r})")
+        return self.check(value, root=root)
+
+    def format(self, value: Any) -> str:
+        return self.parent.format(value)
+
+    def _expected(self) -> str:
+        return f"{self.doc} ({self.name})" if self.doc else f"a valid {self.name}"
+
+    def __repr__(self) -> str:
+        return f"<type {self.name} ({self.parent.name})>"
+
+
+class AnyType(TaskType):
+    """No annotation on a product: anything goes, nothing is checked."""
+
+    name = "any"
+
+
+class NoneType_(TaskType):
+    """``-> None``: the task returns nothing."""
+
+    name = "None"
+
+    def _convert(self, value: Any, root: pathlib.Path | None) -> Any:
+        if value is not None:
+            self.fail(value, "None (the task is annotated '-> None')")
+        return None
+
+
+BUILTIN_TYPES: dict[Any, TaskType] = {
+    int: _Scalar("int", int, "an integer"),
+    float: _Scalar("float", float, "a number"),
+    str: _Scalar("str", str, "text"),
+    bytes: _Scalar("bytes", bytes, "bytes (text as UTF-8, or hex:...)"),
+    bool: _Bool(),
+    pathlib.Path: _PathType("Path", pathlib.Path, "a path"),
+    File: _PathType("File", File, "a file relative to the project root"),
+    Dir: _PathType("Dir", Dir, "a directory relative to the project root"),
+}
+ANY = AnyType()
+NONE = NoneType_()
+
+
+class UnsupportedAnnotation(Exception):
+    """Raised by resolve_annotation; the registry turns it into a DefinitionError."""
+
+
+def resolve_annotation(annotation: Any) -> TaskType:
+    """Map a Python annotation (or a TaskType) to a TaskType."""
+    if isinstance(annotation, TaskType):
+        return annotation
+    if annotation is None or annotation is type(None):
+        return NONE
+    if annotation in BUILTIN_TYPES:
+        return BUILTIN_TYPES[annotation]
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return EnumType(annotation)
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is typing.Literal:
+        return LiteralType(args)
+    if origin is list and len(args) == 1:
+        return ListType(resolve_annotation(args[0]), list)
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        return ListType(resolve_annotation(args[0]), tuple)
+    if origin is dict and len(args) == 2:
+        if args[0] is not str:
+            raise UnsupportedAnnotation(f"dict keys must be str (got {args[0]!r})")
+        return DictType(resolve_annotation(args[1]))
+    if origin in (typing.Union, pytypes.UnionType):
+        rest = [a for a in args if a is not type(None)]
+        if len(rest) == 1 and len(args) == 2:
+            return OptionalType(resolve_annotation(rest[0]))
+        raise UnsupportedAnnotation(
+            f"the union {annotation!r} is not supported; only 'T | None' is"
+            " (define a type with define_type for anything else)"
+        )
+    if origin is tuple:
+        raise UnsupportedAnnotation(f"{annotation!r}: use tuple[T, ...] (one item type)")
+    if isinstance(annotation, str):
+        raise UnsupportedAnnotation(f"the annotation {annotation!r} could not be evaluated")
+    raise UnsupportedAnnotation(
+        f"{annotation!r} is not a taskrun type; use int, float, str, bool, bytes, Path, File,"
+        " Dir, Literal, an Enum, list/tuple/dict of them, T | None, or define_type(...)"
+    )
+
+
+def parent_type(parent: Any) -> TaskType:
+    """The TaskType for a ``define_type`` parent (a Python type or a TaskType)."""
+    return resolve_annotation(parent)
