@@ -14,6 +14,7 @@ exit code the command line turns it into (``cli.py`` is the only place that does
     │   └── IntegrityError (1)    an entry or blob failed its digest or signature
     ├── TaskFailed (1)            a task raised, timed out, or broke its contract
     │   └── ProductTypeError (1)  a product failed its declared type
+    ├── ShellError (1)            a command run with `sh(...)` exited non-zero
     └── Interrupted (130)         the run was cancelled by the user (Ctrl-C)
 
 ``TypeCheckError`` is the low-level failure of one value against one type; invocation
@@ -37,6 +38,7 @@ __all__ = [
     "Problem",
     "ProbeError",
     "ProductTypeError",
+    "ShellError",
     "TaskFailed",
     "TaskrunError",
     "TypeCheckError",
@@ -141,6 +143,17 @@ class TaskFailed(TaskrunError):
 
 class ProductTypeError(TaskFailed):
     """A task's product failed its declared type; the product is not cached."""
+
+
+class ShellError(TaskrunError):
+    """A command run with ``sh(..., check=True)`` failed; the message ends with its output's tail."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, command: str, returncode: int | None) -> None:
+        super().__init__(message)
+        self.command = command
+        self.returncode = returncode
 
 
 class Interrupted(TaskrunError):
