@@ -1,0 +1,274 @@
+"""Cache archives: carry verified entries and their blobs between caches as one file.
+
+An archive is a gzip-compressed tar holding exactly::
+
+    entries/<fingerprint>   an entry's raw envelope (as stored, signature included)
+    blobs/<digest>          a blob's raw envelope
+    manifest.json           format, version, and every member's xxh3-128 with what it is
+
+Import is all-or-nothing and never touches the disk before the end: the archive is
+decompressed into memory (bounded by the cache's size limit), every member must be a
+regular file with exactly one of the names above (so ``../x``, absolute names, links and
+devices are refused), must match the manifest, and every envelope must pass the
+receiving cache's digest and signature checks. Only then is anything written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import io
+import json
+import os
+import pathlib
+import re
+import tarfile
+import tempfile
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Final
+
+import xxhash
+
+from taskrun.cache import Cache
+from taskrun.errors import IntegrityError, UsageError
+
+__all__ = ["ExportReport", "ImportReport", "export_archive", "import_archive"]
+
+MANIFEST: Final = "manifest.json"
+FORMAT: Final = "taskrun-cache-archive"
+VERSION: Final = 1
+_MEMBER = re.compile(r"(entries|blobs)/([0-9a-f]{32})\Z")
+_CHUNK = 2**20
+
+
+@dataclass(frozen=True, slots=True)
+class ExportReport:
+    """What :func:`export_archive` wrote, and what it left out and why."""
+
+    path: pathlib.Path
+    entries: tuple[str, ...]
+    blobs: tuple[str, ...]
+    skipped: tuple[tuple[str, str], ...]  # (fingerprint, reason)
+    size: int  # archive bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ImportReport:
+    """What :func:`import_archive` took, found already present, or refused (and why).
+
+    When anything is refused, nothing was taken: an archive enters whole or not at all.
+    """
+
+    path: pathlib.Path
+    taken: tuple[str, ...]
+    present: tuple[str, ...]
+    refused: tuple[tuple[str, str], ...]  # (member or archive name, reason)
+    blobs: int
+
+    @property
+    def ok(self) -> bool:
+        """True when the archive was accepted."""
+        return not self.refused
+
+
+def _digest(data: bytes) -> str:
+    return xxhash.xxh3_128_hexdigest(data)
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mode = 0o644
+    info.mtime = 0  # reproducible archives: same entries, same bytes
+    tar.addfile(info, io.BytesIO(data))
+
+
+def export_archive(cache: Cache, path: pathlib.Path | str,
+                   fingerprints: Iterable[str] | None = None) -> ExportReport:
+    """Write the given entries (default: those the last run used) with their blobs.
+
+    Entries that are absent, bad or missing a blob are skipped and reported. The file
+    appears atomically (written beside it, then renamed).
+    """
+    path = pathlib.Path(path)
+    if cache.mode == "off":
+        raise UsageError("cannot export: the cache is off (--cache-mode off)")
+    if fingerprints is None:
+        last = cache.last_run()
+        if last is None:
+            raise UsageError(f"no run is recorded in {cache.directory}; run first, "
+                             "or name what to export")
+        fingerprints = last.used
+    wanted = sorted(set(fingerprints))
+    manifest_entries: dict[str, Any] = {}
+    manifest_blobs: dict[str, Any] = {}
+    skipped: list[tuple[str, str]] = []
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            with gzip.GzipFile(filename="", mode="wb", fileobj=f, mtime=0) as gz, \
+                    tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+                # perf: streamed member by member; only one envelope is in memory at a time.
+                for fp in wanted:
+                    got = cache.read_entry_envelope(fp)
+                    if got is None:
+                        skipped.append((fp, "not in the cache (or unusable)"))
+                        continue
+                    meta, raw = got
+                    outputs = sorted({o.digest for o in meta.outputs})
+                    new_blobs = {}
+                    for digest in outputs:
+                        if digest in manifest_blobs:
+                            continue
+                        blob = cache.read_blob_envelope(digest)
+                        if blob is None:
+                            break
+                        new_blobs[digest] = blob
+                    else:
+                        _add(tar, f"entries/{fp}", raw)
+                        manifest_entries[fp] = {"task": meta.task, "digest": _digest(raw),
+                                                "product_digest": meta.product_digest,
+                                                "blobs": outputs}
+                        for digest, blob in sorted(new_blobs.items()):
+                            _add(tar, f"blobs/{digest}", blob)
+                            manifest_blobs[digest] = {"digest": _digest(blob)}
+                        continue
+                    skipped.append((fp, "an output blob is missing (evicted?)"))
+                manifest = {"format": FORMAT, "version": VERSION, "envelope": "TRC1",
+                            "signed": cache.signed, "entries": manifest_entries,
+                            "blobs": manifest_blobs}
+                _add(tar, MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return ExportReport(path, tuple(manifest_entries), tuple(manifest_blobs), tuple(skipped),
+                        path.stat().st_size)
+
+
+class _Refused(Exception):
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        super().__init__(problems)
+        self.problems = problems
+
+
+def _gunzip(path: pathlib.Path, limit: int) -> bytes:
+    out = io.BytesIO()
+    total = 0
+    try:
+        with gzip.open(path, "rb") as gz:
+            while chunk := gz.read(_CHUNK):
+                total += len(chunk)
+                if total > limit:
+                    raise _Refused([(path.name, f"more than {limit} bytes uncompressed, "
+                                                "the cache's size limit")])
+                out.write(chunk)
+    except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
+        raise _Refused([(path.name, f"not a valid gzip file: {exc}")]) from None
+    return out.getvalue()
+
+
+def _kind(member: tarfile.TarInfo) -> str:
+    for test, name in ((member.issym, "symlink"), (member.islnk, "hard link"),
+                       (member.isdir, "directory"), (member.isdev, "device or fifo")):
+        if test():
+            return name
+    return f"type {member.type!r}"
+
+
+def _members(path: pathlib.Path, data: bytes) -> dict[str, bytes]:
+    members: dict[str, bytes] = {}
+    refused: list[tuple[str, str]] = []
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+            for member in tar:
+                name = member.name
+                if not member.isreg():
+                    refused.append((name, f"not a regular file ({_kind(member)})"))
+                elif name != MANIFEST and not _MEMBER.match(name):
+                    refused.append((name, "unexpected name (only manifest.json, "
+                                          "entries/<hex>, blobs/<hex>)"))
+                elif name in members:
+                    refused.append((name, "appears twice"))
+                else:
+                    stream = tar.extractfile(member)
+                    assert stream is not None  # regular files always have data
+                    members[name] = stream.read()
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        refused.append((path.name, f"not a valid tar archive: {exc}"))
+    if refused:
+        raise _Refused(refused)
+    return members
+
+
+def _check(cache: Cache, path: pathlib.Path,
+           members: dict[str, bytes]) -> tuple[dict[str, bytes], dict[str, bytes]]:
+    """Split members into entries and blobs, checking them against the manifest and cache."""
+    refused: list[tuple[str, str]] = []
+    raw_manifest = members.pop(MANIFEST, None)
+    try:
+        if raw_manifest is None:
+            raise ValueError("missing")
+        manifest = json.loads(raw_manifest)
+        if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+            raise ValueError(f"not a {FORMAT} version {VERSION}")
+        listed = {f"entries/{fp}": v["digest"] for fp, v in manifest["entries"].items()}
+        listed |= {f"blobs/{d}": v["digest"] for d, v in manifest["blobs"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise _Refused([(MANIFEST, f"unusable manifest: {exc}")]) from None
+    for name in sorted(listed.keys() - members.keys()):
+        refused.append((name, "listed in the manifest but not in the archive"))
+    entries: dict[str, bytes] = {}
+    blobs: dict[str, bytes] = {}
+    for name, raw in sorted(members.items()):
+        if name not in listed:
+            refused.append((name, "not listed in the manifest"))
+            continue
+        if listed[name] != _digest(raw):
+            refused.append((name, "does not match its manifest digest"))
+            continue
+        kind, _, hexname = name.partition("/")
+        try:
+            if kind == "entries":
+                cache.check_entry_envelope(hexname, raw)
+                entries[hexname] = raw
+            else:
+                cache.check_blob_envelope(hexname, raw)
+                blobs[hexname] = raw
+        except IntegrityError as exc:
+            refused.append((name, str(exc)))
+    for fp, raw in entries.items():
+        meta = cache.check_entry_envelope(fp, raw)
+        for o in meta.outputs:
+            if o.digest not in blobs and not cache.has_blob(o.digest):
+                refused.append((f"entries/{fp}", f"its output blob {o.digest} is missing"))
+    if refused:
+        raise _Refused(refused)
+    return entries, blobs
+
+
+def import_archive(cache: Cache, path: pathlib.Path | str) -> ImportReport:
+    """Verify a whole archive, then add its entries and blobs to ``cache`` (mode rw only).
+
+    Entries already present (complete and valid) are kept, the first one winning.
+    """
+    path = pathlib.Path(path)
+    if cache.mode != "rw":
+        raise UsageError(f"cannot import: the cache is in '{cache.mode}' mode; "
+                         "use --cache-mode rw")
+    if not path.is_file():
+        raise UsageError(f"no archive at {path}")
+    try:
+        data = _gunzip(path, cache.size_limit)
+        entries, blobs = _check(cache, path, _members(path, data))
+        taken, present = cache.adopt(entries, blobs)
+    except _Refused as exc:
+        return ImportReport(path, (), (), tuple(exc.problems), 0)
+    except IntegrityError as exc:  # the cache changed under us between check and adopt
+        return ImportReport(path, (), (), ((path.name, str(exc)),), 0)
+    return ImportReport(path, taken, present, (), len(blobs))

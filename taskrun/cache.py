@@ -1,0 +1,1111 @@
+"""The result cache: verified, optionally signed entries and blobs on diskcache.
+
+A cache directory holds::
+
+    cache.db, xx/yy/*.val       diskcache: the SQLite index, large values as files
+    locks/<fingerprint>.lock    per-fingerprint flock files (one computes, others wait)
+    last-run.json               the fingerprints the last run used, its hits and misses
+
+diskcache keys (all values are bytes)::
+
+    <fingerprint>   tag "entry"   an entry envelope: meta JSON + the cloudpickled product
+    <digest>        tag "blob"    a blob envelope: one output file's bytes, content-addressed
+    task:<name>     tag "task"    the fingerprint last stored for that task (for ``explain``)
+
+Fingerprints and blob digests are xxh3-128 in lowercase hex (32 characters). A blob's
+digest is that of its bytes (:func:`blob_digest`), so equal outputs are stored once.
+
+Every entry and blob is an envelope::
+
+    offset size
+    0      4    magic b"TRC1"
+    4      1    kind: b"E" entry, b"B" blob
+    5      1    flags: bit 0 = signed
+    6      1    reserved (0)
+    7      4    meta length, big-endian
+    11     8    payload length
+    19     16   xxh3-128 of meta + payload
+    35     32   HMAC-SHA256, only when signed
+    ...         meta JSON (empty for blobs), then the payload
+
+The HMAC (key: ``TASKRUN_CACHE_KEY``) covers a length-prefixed encoding of the kind, the
+diskcache key the envelope is stored under, the meta and the payload, so an entry cannot
+be replayed under another fingerprint. Digest, signature and lengths are checked before
+the meta JSON is parsed and long before anything is unpickled; with a key set, an
+unsigned envelope is refused.
+
+Trust: values are read through our own read-only SQLite connection, never through
+``diskcache.Cache.get``, because diskcache unpickles rows stored in its pickle mode and a
+cache restored from elsewhere could carry such a row. Mode ``read`` never even opens
+diskcache (its constructor writes to the database), so it writes nothing at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import fcntl
+import hashlib
+import hmac
+import io
+import json
+import os
+import pathlib
+import re
+import sqlite3
+import struct
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, replace
+from typing import IO, Any, Final, Literal
+
+import cloudpickle
+import diskcache
+import xxhash
+
+from taskrun.errors import CacheError, ConfigError, IntegrityError, UsageError, did_you_mean
+
+__all__ = [
+    "DEFAULT_SIZE_LIMIT",
+    "Cache",
+    "CacheInfo",
+    "CacheMode",
+    "CacheWarning",
+    "Entry",
+    "EntryMeta",
+    "GcReport",
+    "LastRun",
+    "OutputRecord",
+    "StoreResult",
+    "VerifyProblem",
+    "VerifyReport",
+    "blob_digest",
+]
+
+DEFAULT_SIZE_LIMIT: Final = 5 * 2**30
+CacheMode = Literal["rw", "read", "off"]
+CACHE_MODES: Final = ("rw", "read", "off")
+KEY_ENV: Final = "TASKRUN_CACHE_KEY"
+MODE_ENV: Final = "TASKRUN_CACHE_MODE"
+
+_HEX32 = re.compile(r"[0-9a-f]{32}\Z")
+_MAGIC = b"TRC1"
+_KIND_ENTRY = b"E"
+_KIND_BLOB = b"B"
+_FLAG_SIGNED = 0x01
+_HEADER = struct.Struct(">4scBxIQ16s")
+_SIG_LEN = 32
+_SIG_DOMAIN = b"taskrun-cache-envelope\x00"
+_MAX_META = 64 * 2**20  # a header claiming more is corrupt, not a reason to allocate it
+_CHUNK = 2**20
+_TAG_ENTRY, _TAG_BLOB, _TAG_TASK = "entry", "blob", "task"
+_VALUE_FILE = re.compile(r"[0-9a-f]{2}/[0-9a-f]{2}/[0-9a-f]{28}\.val\Z")
+_LAST_RUN = "last-run.json"
+
+
+class CacheWarning(UserWarning):
+    """A cache entry or blob was unusable (corrupt, truncated, unsigned, mis-signed)."""
+
+
+def blob_digest(data: bytes) -> str:
+    """The content address of a blob: xxh3-128 of its bytes, in hex."""
+    return xxhash.xxh3_128_hexdigest(data)
+
+
+def _check_name(name: str, what: str) -> None:
+    if not isinstance(name, str) or not _HEX32.match(name):
+        raise UsageError(f"{what} {name!r} is not 32 lowercase hex digits (an xxh3-128 digest)")
+
+
+# --------------------------------------------------------------------------- values
+
+
+@dataclass(frozen=True, slots=True)
+class OutputRecord:
+    """One output file of an entry: relative posix path, blob digest, permission bits."""
+
+    path: str
+    digest: str
+    mode: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class EntryMeta:
+    """What the cache knows about an entry without unpickling its product."""
+
+    fingerprint: str
+    task: str
+    components: Mapping[str, Any]  # the fingerprint's inputs, for `explain`; opaque here
+    product_digest: str
+    compute_time: float
+    created: float
+    outputs: tuple[OutputRecord, ...]
+    size: int  # payload bytes; store() sets it from the payload
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict of every field."""
+        return {
+            "fingerprint": self.fingerprint,
+            "task": self.task,
+            "components": dict(self.components),
+            "product_digest": self.product_digest,
+            "compute_time": self.compute_time,
+            "created": self.created,
+            "outputs": [
+                {"path": o.path, "digest": o.digest, "mode": o.mode, "size": o.size}
+                for o in self.outputs
+            ],
+            "size": self.size,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> EntryMeta:
+        """Rebuild from :meth:`to_dict`; raises IntegrityError on any wrong shape."""
+        try:
+            outputs = tuple(
+                OutputRecord(str(o["path"]), str(o["digest"]), int(o["mode"]), int(o["size"]))
+                for o in data["outputs"]
+            )
+            meta = cls(
+                fingerprint=str(data["fingerprint"]),
+                task=str(data["task"]),
+                components=dict(data["components"]),
+                product_digest=str(data["product_digest"]),
+                compute_time=float(data["compute_time"]),
+                created=float(data["created"]),
+                outputs=outputs,
+                size=int(data["size"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise IntegrityError(f"entry metadata has the wrong shape: {exc!r}") from None
+        for o in outputs:
+            if _unsafe_path(o.path) or not _HEX32.match(o.digest):
+                raise IntegrityError(f"entry metadata names an unsafe output {o.path!r}")
+        return meta
+
+
+def _unsafe_path(path: str) -> bool:
+    # Outputs are restored under the project root: nothing absolute, nothing climbing out.
+    parts = path.split("/")
+    return not path or path.startswith("/") or any(p in ("", ".", "..") for p in parts)
+
+
+def _meta_json(meta: EntryMeta) -> bytes:
+    try:
+        text = json.dumps(meta.to_dict(), sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"entry metadata of task '{meta.task}' is not JSON-able: {exc}") from exc
+    return text.encode("utf-8")
+
+
+class StoreResult(str, enum.Enum):
+    """What :meth:`Cache.store` did. Truthy when an entry for the fingerprint now exists."""
+
+    STORED = "stored"
+    KEPT_SAME = "kept-existing-same"  # an entry existed with the same product digest
+    KEPT_DIFFERENT = "kept-existing-different"  # ...with another digest: not reproducible
+    NOT_WRITABLE = "not-writable"  # mode is read or off
+    FAILED = "failed"  # an I/O error; reported through on_warning
+
+    def __bool__(self) -> bool:
+        return self in (StoreResult.STORED, StoreResult.KEPT_SAME, StoreResult.KEPT_DIFFERENT)
+
+
+@dataclass(frozen=True, slots=True)
+class LastRun:
+    """What the last recorded run used."""
+
+    used: frozenset[str]
+    hits: int
+    misses: int
+    recorded: float
+
+
+@dataclass(frozen=True, slots=True)
+class CacheInfo:
+    """Counts and sizes of a cache, and the last run's hit rate."""
+
+    directory: pathlib.Path
+    mode: str
+    signed: bool
+    entries: int
+    blobs: int
+    size_bytes: int
+    size_limit: int
+    last_run_hits: int | None
+    last_run_misses: int | None
+
+    @property
+    def hit_rate(self) -> float | None:
+        """Hits over lookups in the last recorded run, or None."""
+        if self.last_run_hits is None or self.last_run_misses is None:
+            return None
+        total = self.last_run_hits + self.last_run_misses
+        return self.last_run_hits / total if total else None
+
+
+@dataclass(frozen=True, slots=True)
+class GcReport:
+    """What :meth:`Cache.gc` removed."""
+
+    removed: tuple[str, ...]  # fingerprints of removed entries
+    removed_blobs: int
+    kept: int
+    freed_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyProblem:
+    """One bad entry or blob found by :meth:`Cache.verify`."""
+
+    kind: Literal["entry", "blob"]
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyReport:
+    """What :meth:`Cache.verify` checked and found; ``removed`` when bad items were deleted."""
+
+    entries: int
+    blobs: int
+    problems: tuple[VerifyProblem, ...]
+    removed: bool
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing was wrong."""
+        return not self.problems
+
+
+# --------------------------------------------------------------------------- envelopes
+
+
+@dataclass(frozen=True, slots=True)
+class _Opened:
+    meta: bytes
+    digest: str  # hex of the envelope's xxh3-128
+    payload_offset: int
+    size: int
+
+
+def _signer(key: bytes, kind: bytes, name: str, meta: bytes, payload_len: int) -> hmac.HMAC:
+    encoded = name.encode("utf-8")
+    signer = hmac.new(key, digestmod=hashlib.sha256)
+    # Length-prefixed, so no two (name, meta, payload) splits sign the same bytes.
+    signer.update(_SIG_DOMAIN + kind + struct.pack(">I", len(encoded)) + encoded)
+    signer.update(struct.pack(">I", len(meta)) + meta + struct.pack(">Q", payload_len))
+    return signer
+
+
+def _seal(kind: bytes, name: str, meta: bytes, payload: bytes, key: bytes | None) -> bytes:
+    digest = xxhash.xxh3_128(meta)
+    digest.update(payload)
+    flags, sig = 0, b""
+    if key is not None:
+        signer = _signer(key, kind, name, meta, len(payload))
+        signer.update(payload)
+        flags, sig = _FLAG_SIGNED, signer.digest()
+    header = _HEADER.pack(_MAGIC, kind, flags, len(meta), len(payload), digest.digest())
+    return b"".join((header, sig, meta, payload))
+
+
+def _read_exact(stream: IO[bytes], n: int, what: str) -> bytes:
+    data = stream.read(n)
+    if len(data) != n:
+        raise IntegrityError(f"truncated ({what} is cut short)")
+    return data
+
+
+def _open_envelope(stream: IO[bytes], *, kind: bytes, name: str, key: bytes | None) -> _Opened:
+    """Check an envelope read from ``stream``; raise IntegrityError saying what is wrong."""
+    magic, got_kind, flags, meta_len, payload_len, digest = _HEADER.unpack(
+        _read_exact(stream, _HEADER.size, "header")
+    )
+    if magic != _MAGIC:
+        raise IntegrityError("not a taskrun cache envelope (bad magic)")
+    if got_kind != kind:
+        raise IntegrityError(f"wrong kind {got_kind!r}, expected {kind!r}")
+    if flags & ~_FLAG_SIGNED:
+        raise IntegrityError(f"unknown flags {flags:#x}")
+    signed = bool(flags & _FLAG_SIGNED)
+    if key is not None and not signed:
+        raise IntegrityError("unsigned, but a signing key is set")
+    sig = _read_exact(stream, _SIG_LEN, "signature") if signed else b""
+    if meta_len > _MAX_META:
+        raise IntegrityError(f"implausible metadata length {meta_len}")
+    meta = _read_exact(stream, meta_len, "metadata")
+    hasher = xxhash.xxh3_128(meta)
+    signer = _signer(key, kind, name, meta, payload_len) if key is not None else None
+    remaining = payload_len
+    while remaining:
+        chunk = stream.read(min(remaining, _CHUNK))
+        if not chunk:
+            raise IntegrityError(f"truncated ({remaining} of {payload_len} payload bytes missing)")
+        hasher.update(chunk)
+        if signer is not None:
+            signer.update(chunk)
+        remaining -= len(chunk)
+    if stream.read(1):
+        raise IntegrityError("trailing bytes after the payload")
+    if not hmac.compare_digest(hasher.digest(), digest):
+        raise IntegrityError("digest mismatch (corrupt)")
+    if signer is not None and not hmac.compare_digest(signer.digest(), sig):
+        raise IntegrityError("bad signature (signed with another key, or tampered with)")
+    offset = _HEADER.size + len(sig) + meta_len
+    return _Opened(meta, digest.hex(), offset, offset + payload_len)
+
+
+# --------------------------------------------------------------------------- storage
+
+
+class _Reader:
+    """Read-only access to a diskcache database, without ever unpickling anything."""
+
+    def __init__(self, directory: pathlib.Path, *, live: bool) -> None:
+        self._directory = directory
+        self._db = directory / "cache.db"
+        self._live = live
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+
+    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
+        with self._lock:
+            if self._conn is None:
+                if not self._db.is_file():
+                    return []
+                wal = self._db.with_name(self._db.name + "-wal")
+                # A read-only WAL connection leaves -wal/-shm files behind when it is the
+                # first one; `immutable` touches nothing, at the price of not seeing a
+                # concurrent writer (only when no writer has the database open now).
+                flag = "mode=ro" if self._live or wal.exists() else "immutable=1"
+                self._conn = sqlite3.connect(
+                    f"{self._db.as_uri()}?{flag}", uri=True, timeout=60,
+                    isolation_level=None, check_same_thread=False,
+                )
+            try:
+                return self._conn.execute(sql, args).fetchall()
+            except sqlite3.OperationalError as exc:
+                if "no such table" in str(exc):
+                    return []
+                raise CacheError(f"cannot read the cache database {self._db}: {exc}") from exc
+            except sqlite3.DatabaseError as exc:
+                raise CacheError(f"cannot read the cache database {self._db}: {exc}") from exc
+
+    def open(self, key: str) -> IO[bytes] | None:
+        """A stream over the stored bytes of ``key``; None when absent."""
+        rows = self._query("SELECT mode, filename, value FROM Cache WHERE key = ? AND raw = 1",
+                           (key,))
+        if not rows:
+            return None
+        mode, filename, value = rows[0]
+        if mode == diskcache.core.MODE_RAW and isinstance(value, bytes):
+            return io.BytesIO(value)
+        if mode == diskcache.core.MODE_BINARY and isinstance(filename, str):
+            if not _VALUE_FILE.match(filename):
+                raise IntegrityError(f"stored under an unexpected file name {filename!r}")
+            try:
+                return open(self._directory / filename, "rb")  # noqa: SIM115
+            except FileNotFoundError:
+                return None  # evicted between the query and the open
+        raise IntegrityError(f"stored in diskcache mode {mode} (not plain bytes); not read")
+
+    def read(self, key: str) -> bytes | None:
+        stream = self.open(key)
+        if stream is None:
+            return None
+        with stream:
+            return stream.read()
+
+    def keys(self, tag: str) -> list[str]:
+        rows = self._query("SELECT key FROM Cache WHERE raw = 1 AND tag = ?", (tag,))
+        return sorted(k for (k,) in rows if isinstance(k, str))
+
+    def contains(self, key: str, tag: str) -> bool:
+        return bool(self._query("SELECT 1 FROM Cache WHERE key = ? AND raw = 1 AND tag = ?",
+                                (key, tag)))
+
+    def count(self, tag: str) -> int:
+        rows = self._query("SELECT COUNT(*) FROM Cache WHERE raw = 1 AND tag = ?", (tag,))
+        return int(rows[0][0]) if rows else 0
+
+    def volume(self) -> int:
+        """Bytes used, as diskcache counts them for its size limit."""
+        pages = self._query("PRAGMA page_count")
+        page_size = self._query("PRAGMA page_size")
+        files = self._query("SELECT value FROM Settings WHERE key = 'size'")
+        if not pages:
+            return 0
+        return int(pages[0][0]) * int(page_size[0][0]) + (int(files[0][0]) if files else 0)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
+def _pointer_key(task: str) -> str:
+    return f"task:{task}"
+
+
+def _default_warning(message: str) -> None:
+    warnings.warn(message, CacheWarning, stacklevel=3)
+
+
+def _atomic_write(path: pathlib.Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # readers see the old file or the new one, never half of one
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+class Entry:
+    """A verified cache hit. The product is unpickled only by :meth:`load`."""
+
+    __slots__ = ("_cache", "_digest", "meta")
+
+    def __init__(self, cache: Cache, meta: EntryMeta, digest: str) -> None:
+        self.meta = meta
+        self._cache = cache
+        self._digest = digest
+
+    def load(self) -> object:
+        """Re-read, re-verify and unpickle the product.
+
+        Raises IntegrityError when the entry is gone, changed or fails its checks since
+        the lookup, and CacheError when a verified payload cannot be unpickled.
+        """
+        return self._cache._load(self.meta, self._digest)
+
+    def __repr__(self) -> str:
+        return f"<Entry {self.meta.task} {self.meta.fingerprint}>"
+
+
+# --------------------------------------------------------------------------- the cache
+
+
+class Cache:
+    """The result cache in ``directory``: entries, blobs, signing, size limit, gc."""
+
+    def __init__(
+        self,
+        directory: pathlib.Path | str,
+        *,
+        size_limit: int = DEFAULT_SIZE_LIMIT,
+        key: bytes | None = None,
+        mode: CacheMode = "rw",
+        on_warning: Callable[[str], None] | None = None,
+    ) -> None:
+        if mode not in CACHE_MODES:
+            raise UsageError(f"unknown cache mode {mode!r}; use rw, read or off"
+                             + did_you_mean(str(mode), CACHE_MODES))
+        if not isinstance(size_limit, int) or size_limit <= 0:
+            raise UsageError("cache size limit must be a positive number of bytes, "
+                             f"not {size_limit!r}")
+        if key is not None and not key:
+            raise UsageError("the cache signing key is empty; unset it or give a real key")
+        self._directory = pathlib.Path(directory)
+        self._size_limit = size_limit
+        self._key = key
+        self._mode: CacheMode = mode
+        self._warn = on_warning or _default_warning
+        self._outcomes: dict[str, bool] = {}  # fingerprint -> hit, for the run's hit rate
+        self._dc: diskcache.Cache | None = None
+        self._reader: _Reader | None = None
+        if mode == "rw":
+            try:
+                # least-recently-stored: a read never writes (LRU would update on every hit).
+                self._dc = diskcache.Cache(
+                    str(self._directory), size_limit=size_limit,
+                    eviction_policy="least-recently-stored", tag_index=True,
+                )
+            except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
+                raise CacheError(f"cannot open the cache in {self._directory}: {exc}") from exc
+        if mode != "off":
+            self._reader = _Reader(self._directory, live=mode == "rw")
+
+    @staticmethod
+    def key_from_env(environ: Mapping[str, str] | None = None) -> bytes | None:
+        """The signing key from ``TASKRUN_CACHE_KEY`` (UTF-8), or None when unset or empty."""
+        value = (os.environ if environ is None else environ).get(KEY_ENV, "")
+        return value.encode("utf-8") if value else None
+
+    @staticmethod
+    def mode_from_env(default: CacheMode = "rw",
+                      environ: Mapping[str, str] | None = None) -> CacheMode:
+        """The mode from ``TASKRUN_CACHE_MODE``, or ``default``; ConfigError when invalid."""
+        value = (os.environ if environ is None else environ).get(MODE_ENV, "") or default
+        if value not in CACHE_MODES:
+            raise ConfigError(f"{MODE_ENV}={value!r} is not a cache mode; use rw, read or off"
+                              + did_you_mean(value, CACHE_MODES))
+        return value  # type: ignore[return-value]
+
+    @property
+    def directory(self) -> pathlib.Path:
+        return self._directory
+
+    @property
+    def mode(self) -> CacheMode:
+        return self._mode
+
+    @property
+    def size_limit(self) -> int:
+        return self._size_limit
+
+    @property
+    def signed(self) -> bool:
+        """True when a signing key is set (entries are signed and signatures required)."""
+        return self._key is not None
+
+    def __repr__(self) -> str:
+        return f"<Cache {str(self._directory)!r} mode={self._mode}>"
+
+    def __enter__(self) -> Cache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the database connections (idempotent)."""
+        if self._dc is not None:
+            self._dc.close()
+        if self._reader is not None:
+            self._reader.close()
+
+    def _writable(self, action: str) -> diskcache.Cache:
+        if self._dc is None:
+            raise UsageError(f"cannot {action}: the cache in {self._directory} is in "
+                             f"'{self._mode}' mode; use --cache-mode rw")
+        return self._dc
+
+    # ---- reading and checking
+
+    def _read_entry(self, fp: str) -> tuple[EntryMeta, _Opened] | None:
+        """The verified meta of entry ``fp``; None if absent; IntegrityError if bad."""
+        if self._reader is None:
+            return None
+        stream = self._reader.open(fp)
+        if stream is None:
+            return None
+        with stream:
+            opened = _open_envelope(stream, kind=_KIND_ENTRY, name=fp, key=self._key)
+        return self._entry_meta(fp, opened), opened
+
+    def _entry_meta(self, fp: str, opened: _Opened) -> EntryMeta:
+        try:
+            data = json.loads(opened.meta)
+        except ValueError as exc:
+            raise IntegrityError(f"entry metadata is not JSON: {exc}") from None
+        meta = EntryMeta.from_dict(data)
+        if meta.fingerprint != fp:
+            raise IntegrityError(f"entry for {meta.fingerprint} is stored under {fp}")
+        return meta
+
+    def _entry_or_warn(self, fp: str) -> tuple[EntryMeta, _Opened] | None:
+        try:
+            return self._read_entry(fp)
+        except IntegrityError as exc:
+            self._discard("entry", fp, str(exc))
+            return None
+
+    def _missing_blobs(self, meta: EntryMeta) -> list[str]:
+        assert self._reader is not None
+        return [o.digest for o in meta.outputs if not self._reader.contains(o.digest, _TAG_BLOB)]
+
+    def _blob_problem(self, digest: str, raw: bytes) -> tuple[str | None, int]:
+        """Why the blob envelope ``raw`` is bad (or None), and its payload offset."""
+        try:
+            opened = _open_envelope(io.BytesIO(raw), kind=_KIND_BLOB, name=digest, key=self._key)
+        except IntegrityError as exc:
+            return str(exc), 0
+        if opened.meta or opened.digest != digest:
+            return "content does not match its digest", 0
+        return None, opened.payload_offset
+
+    def _discard(self, kind: str, name: str, reason: str) -> None:
+        removed = self._dc is not None
+        if self._dc is not None:
+            self._dc.delete(name)
+        self._warn(f"cache {kind} {name} is unusable ({reason}); treated as a miss"
+                   + ("; removed" if removed else ""))
+
+    def _load(self, meta: EntryMeta, digest: str) -> object:
+        fp = meta.fingerprint
+        raw = self._reader.read(fp) if self._reader is not None else None
+        if raw is None:
+            raise IntegrityError(f"cache entry {fp} of task '{meta.task}' vanished before "
+                                 "it was loaded (evicted or removed)")
+        try:
+            opened = _open_envelope(io.BytesIO(raw), kind=_KIND_ENTRY, name=fp, key=self._key)
+        except IntegrityError as exc:
+            if self._dc is not None:
+                self._dc.delete(fp)
+            raise IntegrityError(f"cache entry {fp} of task '{meta.task}': {exc}") from None
+        if opened.digest != digest:
+            raise IntegrityError(f"cache entry {fp} of task '{meta.task}' changed since lookup")
+        try:
+            # Only verified bytes reach here: digest (and signature when keyed) checked above.
+            return cloudpickle.loads(memoryview(raw)[opened.payload_offset:])
+        except Exception as exc:
+            raise CacheError(f"cannot unpickle the cached product of task '{meta.task}' "
+                             f"({fp}): {exc!r}") from exc
+
+    # ---- the run's interface
+
+    def lookup(self, fingerprint: str) -> Entry | None:
+        """The verified entry for ``fingerprint`` with all its output blobs, or None.
+
+        A corrupt, truncated, unsigned (with a key set) or mis-signed entry is reported
+        through ``on_warning``, removed (mode rw) and treated as a miss.
+        """
+        _check_name(fingerprint, "fingerprint")
+        got = self._entry_or_warn(fingerprint)
+        hit = got is not None and not self._missing_blobs(got[0])
+        self._outcomes[fingerprint] = hit
+        if got is None or not hit:
+            return None  # a missing blob was evicted: a plain miss, store() will replace it
+        return Entry(self, got[0], got[1].digest)
+
+    def store(self, meta: EntryMeta, payload: bytes,
+              blobs: Mapping[str, bytes] | None = None) -> StoreResult:
+        """Store an entry: its blobs first, then the envelope, atomically.
+
+        ``payload`` is the cloudpickled product; ``blobs`` maps digests to the bytes of
+        outputs not yet in the cache. An existing complete, valid entry is never
+        overwritten (the first one wins): the result says whether its product digest was
+        the same. ``meta.size`` is set to ``len(payload)``. Records ``meta.task``'s newest
+        fingerprint. I/O errors are reported through ``on_warning`` and give FAILED.
+        """
+        blobs = blobs or {}
+        _check_name(meta.fingerprint, "fingerprint")
+        if self._dc is None:
+            return StoreResult.NOT_WRITABLE
+        dc = self._dc
+        for digest, data in blobs.items():
+            if blob_digest(data) != digest:
+                raise UsageError(f"blob given as {digest} for task '{meta.task}' has digest "
+                                 f"{blob_digest(data)}")
+        for o in meta.outputs:
+            if _unsafe_path(o.path):
+                raise UsageError(f"task '{meta.task}' output {o.path!r} is not a relative path "
+                                 "inside the project")
+        fp = meta.fingerprint
+        meta = replace(meta, size=len(payload))
+        envelope = _seal(_KIND_ENTRY, fp, _meta_json(meta), payload, self._key)
+        self._outcomes[fp] = False
+        try:
+            for digest, data in blobs.items():
+                self._write_blob(digest, data=data)
+            missing = self._missing_blobs(meta)
+            if missing:
+                raise UsageError(f"task '{meta.task}' output blob {missing[0]} is neither given "
+                                 "nor in the cache")
+            # perf: the existing entry is read inside the write transaction; that serialises
+            # writers for as long as it takes, but makes check-then-set atomic across processes.
+            with dc.transact():
+                result = StoreResult.STORED
+                try:
+                    existing = self._read_entry(fp)
+                except IntegrityError as exc:
+                    self._warn(f"cache entry {fp} was unusable ({exc}); replaced")
+                    existing = None
+                if existing is not None and not self._missing_blobs(existing[0]):
+                    same = existing[0].product_digest == meta.product_digest
+                    result = StoreResult.KEPT_SAME if same else StoreResult.KEPT_DIFFERENT
+                else:
+                    dc.set(fp, envelope, tag=_TAG_ENTRY)
+                dc.set(_pointer_key(meta.task), fp.encode("ascii"), tag=_TAG_TASK)
+            self._cull()
+        except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
+            self._warn(f"could not store the result of task '{meta.task}' ({fp}): {exc}")
+            return StoreResult.FAILED
+        return result
+
+    def _write_blob(self, digest: str, *, data: bytes = b"", envelope: bytes = b"") -> None:
+        """Write a blob (its bytes or its envelope) unless a valid one is there (dedup)."""
+        assert self._dc is not None and self._reader is not None
+        stored = self._reader.read(digest)
+        if stored is not None and self._blob_problem(digest, stored)[0] is None:
+            return
+        envelope = envelope or _seal(_KIND_BLOB, digest, b"", data, self._key)
+        self._dc.set(digest, envelope, tag=_TAG_BLOB)
+
+    def _cull(self) -> None:
+        assert self._dc is not None and self._reader is not None
+        # diskcache culls at most ten items per set(); one large store can leave it over.
+        if self._reader.volume() > self._size_limit:
+            self._dc.cull()
+
+    def put_blob(self, data: bytes) -> str:
+        """Store ``data`` content-addressed (once) and return its digest."""
+        self._writable("store a blob")
+        digest = blob_digest(data)
+        self._write_blob(digest, data=data)
+        self._cull()
+        return digest
+
+    def get_blob(self, digest: str) -> bytes | None:
+        """The verified bytes of a blob; None when absent or bad (bad ones are reported)."""
+        _check_name(digest, "blob digest")
+        if self._reader is None:
+            return None
+        try:
+            raw = self._reader.read(digest)
+        except IntegrityError as exc:
+            self._discard("blob", digest, str(exc))
+            return None
+        if raw is None:
+            return None
+        problem, offset = self._blob_problem(digest, raw)
+        if problem is not None:
+            self._discard("blob", digest, problem)
+            return None
+        return raw[offset:]
+
+    def has_blob(self, digest: str) -> bool:
+        """True when a blob with this digest is stored (not verified)."""
+        _check_name(digest, "blob digest")
+        return self._reader is not None and self._reader.contains(digest, _TAG_BLOB)
+
+    def latest(self, task: str) -> EntryMeta | None:
+        """The newest verified entry recorded for ``task`` (for ``explain``), or None."""
+        if self._reader is None:
+            return None
+        pointer = self._reader.read(_pointer_key(task))
+        fp = pointer.decode("ascii", "replace") if pointer is not None else ""
+        if _HEX32.match(fp):
+            got = self._entry_or_warn(fp)
+            if got is not None and got[0].task == task:
+                return got[0]
+        # The pointed-to entry was evicted or removed: the newest remaining one will do.
+        newest: EntryMeta | None = None
+        for meta in self.entries():
+            if meta.task == task and (newest is None or meta.created > newest.created):
+                newest = meta
+        return newest
+
+    @contextlib.contextmanager
+    def lock(self, fingerprint: str) -> Iterator[None]:
+        """Hold the per-fingerprint lock (blocking). A no-op unless mode is rw.
+
+        flock is released by the kernel when its holder dies, so a killed process never
+        blocks the next one. gc may unlink a free lock file, hence the inode re-check.
+        """
+        _check_name(fingerprint, "fingerprint")
+        if self._dc is None:
+            yield
+            return
+        lockdir = self._directory / "locks"
+        lockdir.mkdir(parents=True, exist_ok=True)
+        path = lockdir / f"{fingerprint}.lock"
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                try:
+                    held = os.stat(path)
+                    mine = os.fstat(fd)
+                    same = (held.st_dev, held.st_ino) == (mine.st_dev, mine.st_ino)
+                except FileNotFoundError:
+                    same = False
+            except BaseException:
+                os.close(fd)
+                raise
+            if same:
+                break
+            os.close(fd)  # we locked a file gc unlinked meanwhile; lock the new one
+        try:
+            yield
+        finally:
+            os.close(fd)  # closing the descriptor releases the lock
+
+    def record_run(self, used: Iterable[str], *, hits: int | None = None,
+                   misses: int | None = None) -> None:
+        """Record the fingerprints a run used (hits and stores) in ``last-run.json``.
+
+        ``hits``/``misses`` default to what this object's lookups and stores saw for those
+        fingerprints. Does nothing unless mode is rw.
+        """
+        if self._dc is None:
+            return
+        names = sorted(set(used))
+        for fp in names:
+            _check_name(fp, "fingerprint")
+        if hits is None:
+            hits = sum(1 for fp in names if self._outcomes.get(fp))
+        if misses is None:
+            misses = len(names) - hits
+        data = {"format": 1, "recorded": time.time(), "used": names,
+                "hits": hits, "misses": misses}
+        _atomic_write(self._directory / _LAST_RUN, json.dumps(data, indent=1).encode("utf-8"))
+
+    def last_run(self) -> LastRun | None:
+        """What ``last-run.json`` records, or None; CacheError when it is unreadable."""
+        path = self._directory / _LAST_RUN
+        if self._mode == "off" or not path.is_file():
+            return None
+        try:
+            data = json.loads(path.read_bytes())
+            used = frozenset(data["used"])
+            if not all(isinstance(fp, str) and _HEX32.match(fp) for fp in used):
+                raise ValueError("a used fingerprint is not 32 hex digits")
+            return LastRun(used, int(data["hits"]), int(data["misses"]), float(data["recorded"]))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise CacheError(f"{path} is unreadable ({exc}); run again to rewrite it") from exc
+
+    # ---- maintenance
+
+    def info(self) -> CacheInfo:
+        """Counts, size and the last run's hits and misses."""
+        reader = self._reader
+        try:
+            last = self.last_run()
+        except CacheError:
+            last = None
+        return CacheInfo(
+            directory=self._directory, mode=self._mode, signed=self.signed,
+            entries=reader.count(_TAG_ENTRY) if reader else 0,
+            blobs=reader.count(_TAG_BLOB) if reader else 0,
+            size_bytes=reader.volume() if reader else 0,
+            size_limit=self._size_limit,
+            last_run_hits=last.hits if last else None,
+            last_run_misses=last.misses if last else None,
+        )
+
+    def entries(self) -> Iterator[EntryMeta]:
+        """Every verified entry's meta (bad ones are reported and, in rw, removed)."""
+        if self._reader is None:
+            return
+        for fp in self._reader.keys(_TAG_ENTRY):
+            if _HEX32.match(fp):
+                got = self._entry_or_warn(fp)
+                if got is not None:
+                    yield got[0]
+
+    def gc(self, *, max_size: int | None = None, max_age: float | None = None,
+           keep_last_run: bool = False) -> GcReport:
+        """Remove entries, then blobs no entry references, dangling pointers, free locks.
+
+        An entry is removed if any given criterion says so: ``keep_last_run`` keeps only
+        the entries named in ``last-run.json``; ``max_age`` (seconds) removes entries
+        created longer ago; then ``max_size`` (bytes) removes the oldest until the cache
+        is no larger. Bad entries are removed too (and reported).
+        """
+        dc = self._writable("collect garbage")
+        assert self._reader is not None
+        before = self._reader.volume()
+        metas = {m.fingerprint: m for m in self.entries()}
+        doomed: set[str] = set()
+        if keep_last_run:
+            last = self.last_run()
+            if last is None:
+                raise UsageError(f"no run is recorded in {self._directory}; "
+                                 "--keep-last-run would remove everything")
+            doomed |= metas.keys() - last.used
+        if max_age is not None:
+            cutoff = time.time() - max_age
+            doomed |= {fp for fp, m in metas.items() if m.created < cutoff}
+        for fp in doomed:
+            dc.delete(fp)
+            del metas[fp]
+        removed_blobs = self._sweep_blobs(metas.values())
+        if max_size is not None:
+            # perf: one entry at a time, re-measuring; gc is rare and volume() is one query.
+            for meta in sorted(metas.values(), key=lambda m: (m.created, m.fingerprint)):
+                if self._reader.volume() <= max_size:
+                    break
+                dc.delete(meta.fingerprint)
+                del metas[meta.fingerprint]
+                doomed.add(meta.fingerprint)
+                removed_blobs += self._sweep_blobs(metas.values())
+        self._sweep_pointers(metas)
+        self._sweep_locks()
+        return GcReport(removed=tuple(sorted(doomed)), removed_blobs=removed_blobs,
+                        kept=len(metas), freed_bytes=max(0, before - self._reader.volume()))
+
+    def _sweep_blobs(self, keep: Iterable[EntryMeta]) -> int:
+        assert self._dc is not None and self._reader is not None
+        wanted = {o.digest for m in keep for o in m.outputs}
+        # A run storing right now writes its blobs before its entry; gc then may remove
+        # them and cost that entry a miss later, never a wrong hit.
+        orphans = [d for d in self._reader.keys(_TAG_BLOB) if d not in wanted]
+        for digest in orphans:
+            self._dc.delete(digest)
+        return len(orphans)
+
+    def _sweep_pointers(self, metas: Mapping[str, EntryMeta]) -> None:
+        assert self._dc is not None and self._reader is not None
+        for key in self._reader.keys(_TAG_TASK):
+            raw = self._reader.read(key)
+            fp = raw.decode("ascii", "replace") if raw is not None else ""
+            if fp not in metas:
+                self._dc.delete(key)
+
+    def _sweep_locks(self) -> None:
+        for path in (self._directory / "locks").glob("*.lock"):
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                path.unlink()  # while we hold it; lock() re-checks the inode after locking
+            except OSError:
+                pass  # held by a live process: leave it
+            finally:
+                os.close(fd)
+
+    def clear(self, task: str | None = None) -> int:
+        """Remove every entry (or ``task``'s), orphaned blobs too; return how many entries."""
+        dc = self._writable("clear it")
+        assert self._reader is not None
+        if task is None:
+            count = self._reader.count(_TAG_ENTRY)
+            dc.clear()
+            with contextlib.suppress(FileNotFoundError):
+                (self._directory / _LAST_RUN).unlink()
+            self._sweep_locks()
+            return count
+        metas = {m.fingerprint: m for m in self.entries()}
+        gone = [fp for fp, m in metas.items() if m.task == task]
+        for fp in gone:
+            dc.delete(fp)
+            del metas[fp]
+        dc.delete(_pointer_key(task))
+        self._sweep_blobs(metas.values())
+        return len(gone)
+
+    def verify(self) -> VerifyReport:
+        """Check every entry's and blob's digest and signature; remove bad ones (rw)."""
+        if self._reader is None:
+            return VerifyReport(0, 0, (), removed=False)
+        problems: list[VerifyProblem] = []
+        entry_keys = self._reader.keys(_TAG_ENTRY)
+        blob_keys = self._reader.keys(_TAG_BLOB)
+        for digest in blob_keys:
+            try:
+                raw = self._reader.read(digest)
+                problem = None if raw is None else self._blob_problem(digest, raw)[0]
+            except IntegrityError as exc:
+                problem = str(exc)
+            if problem is not None:
+                problems.append(VerifyProblem("blob", digest, problem))
+        bad_blobs = {p.name for p in problems}
+        for fp in entry_keys:
+            try:
+                got = self._read_entry(fp)
+            except IntegrityError as exc:
+                problems.append(VerifyProblem("entry", fp, str(exc)))
+                continue
+            if got is None:
+                continue
+            lost = self._missing_blobs(got[0]) + [
+                o.digest for o in got[0].outputs if o.digest in bad_blobs]
+            if lost:
+                problems.append(VerifyProblem("entry", fp, f"output blob {lost[0]} is missing "
+                                              "or bad"))
+        if self._dc is not None:
+            for p in problems:
+                self._dc.delete(p.name)
+        return VerifyReport(len(entry_keys), len(blob_keys), tuple(problems),
+                            removed=self._dc is not None and bool(problems))
+
+    # ---- raw envelopes, for archives
+
+    def read_entry_envelope(self, fingerprint: str) -> tuple[EntryMeta, bytes] | None:
+        """An entry's verified meta and raw envelope bytes; None when absent or bad."""
+        _check_name(fingerprint, "fingerprint")
+        if self._reader is None:
+            return None
+        try:
+            raw = self._reader.read(fingerprint)
+            if raw is None:
+                return None
+            return self.check_entry_envelope(fingerprint, raw), raw
+        except IntegrityError as exc:
+            self._discard("entry", fingerprint, str(exc))
+            return None
+
+    def read_blob_envelope(self, digest: str) -> bytes | None:
+        """A blob's verified raw envelope bytes; None when absent or bad."""
+        _check_name(digest, "blob digest")
+        if self._reader is None:
+            return None
+        try:
+            raw = self._reader.read(digest)
+            if raw is not None:
+                self.check_blob_envelope(digest, raw)
+            return raw
+        except IntegrityError as exc:
+            self._discard("blob", digest, str(exc))
+            return None
+
+    def check_entry_envelope(self, fingerprint: str, raw: bytes) -> EntryMeta:
+        """Verify raw entry bytes as this cache would; return the meta or raise IntegrityError."""
+        opened = _open_envelope(io.BytesIO(raw), kind=_KIND_ENTRY, name=fingerprint,
+                                key=self._key)
+        return self._entry_meta(fingerprint, opened)
+
+    def check_blob_envelope(self, digest: str, raw: bytes) -> None:
+        """Verify raw blob bytes as this cache would; raise IntegrityError if bad."""
+        problem = self._blob_problem(digest, raw)[0]
+        if problem is not None:
+            raise IntegrityError(problem)
+
+    def adopt(self, entries: Mapping[str, bytes],
+              blobs: Mapping[str, bytes]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """Write raw envelopes from elsewhere: all verified first, entries in one transaction.
+
+        Returns (taken, present): entries written, and entries kept because a complete
+        valid one was already here. Raises IntegrityError (writing nothing) if any
+        envelope fails or an entry's blob is neither given nor present.
+        """
+        dc = self._writable("import into it")
+        assert self._reader is not None
+        for digest, raw in blobs.items():
+            self.check_blob_envelope(digest, raw)
+        metas = {fp: self.check_entry_envelope(fp, raw) for fp, raw in entries.items()}
+        for meta in metas.values():
+            for o in meta.outputs:
+                if o.digest not in blobs and not self._reader.contains(o.digest, _TAG_BLOB):
+                    raise IntegrityError(f"entry {meta.fingerprint} needs blob {o.digest}, "
+                                         "which is neither given nor in the cache")
+        for digest, raw in blobs.items():
+            self._write_blob(digest, envelope=raw)
+        taken: list[str] = []
+        present: list[str] = []
+        with dc.transact():
+            for fp in sorted(metas):
+                try:
+                    existing = self._read_entry(fp)
+                except IntegrityError:
+                    existing = None
+                if existing is not None and not self._missing_blobs(existing[0]):
+                    present.append(fp)
+                    continue
+                dc.set(fp, entries[fp], tag=_TAG_ENTRY)
+                taken.append(fp)
+            newest: dict[str, EntryMeta] = {}
+            for fp in taken:
+                m = metas[fp]
+                if m.task not in newest or m.created > newest[m.task].created:
+                    newest[m.task] = m
+            for task, m in newest.items():
+                current = self.latest(task)
+                if current is None or current.created <= m.created:
+                    dc.set(_pointer_key(task), m.fingerprint.encode("ascii"), tag=_TAG_TASK)
+        self._cull()
+        return tuple(taken), tuple(present)
