@@ -1,0 +1,280 @@
+"""The code a task runs: its source, and the project code it reaches, as digests.
+
+:func:`code_parts` walks from a task function through the names it uses to the project's
+own helper functions, classes and module-level constants, transitively, and digests each
+one: source code as its AST with comments, docstrings (and the task's own decorators)
+gone; constants by their canonical encoding; code without source by its bytecode. The
+standard library, installed packages, taskrun itself and other tasks are left out.
+``fingerprint.code_fingerprint`` is the public entry point.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import pathlib
+import re
+import sys
+import sysconfig
+import textwrap
+import types
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from taskrun.errors import FingerprintError
+
+__all__ = ["code_parts"]
+
+
+def code_parts(
+    fn: Callable[..., Any], *, root: pathlib.Path, digest: Callable[[Any], str]
+) -> dict[str, str]:
+    """Return ``{name: digest}`` for ``fn`` (first, under its qualname) and what it uses.
+
+    ``digest`` hashes a value canonically and raises FingerprintError for values that
+    have no canonical form (such constants are not tracked).
+    """
+    target = inspect.unwrap(fn)
+    walker = _CodeWalker(root, getattr(target, "__module__", "") or "", digest)
+    walker.function(target, top=True)
+    return dict(walker.parts)
+
+
+_LIB_DIRS = tuple(
+    {
+        pathlib.Path(p).resolve()
+        for k in ("stdlib", "platstdlib", "purelib", "platlib")
+        if (p := sysconfig.get_paths().get(k))
+    }
+)
+_TASKRUN_DIR = pathlib.Path(__file__).resolve().parent
+_NOT_PROJECT_PARTS = frozenset({"site-packages", "dist-packages"})
+
+
+def _strip_docstrings(tree: ast.AST, *, drop_decorators: bool) -> None:
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if (
+                body
+                and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)
+            ):
+                del body[0]
+    if drop_decorators and isinstance(tree, ast.Module) and tree.body:
+        head = tree.body[0]
+        if isinstance(head, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            head.decorator_list = []
+
+
+def _references(tree: ast.AST) -> tuple[set[str], dict[str, list[list[str]]]]:
+    """Names loaded in ``tree``, and the attribute chains hanging off each name."""
+    names: set[str] = set()
+    chains: dict[str, list[list[str]]] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
+            names.add(node.id)
+        elif isinstance(node, ast.Attribute):
+            attrs: list[str] = []
+            base: ast.AST = node
+            while isinstance(base, ast.Attribute):
+                attrs.append(base.attr)
+                base = base.value
+            if isinstance(base, ast.Name):
+                chains.setdefault(base.id, []).append(attrs[::-1])
+    return names, chains
+
+
+def _code_objects(code: types.CodeType) -> Iterator[types.CodeType]:
+    yield code
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            yield from _code_objects(const)
+
+
+def _bytecode(code: types.CodeType, doc: str | None = None) -> tuple[Any, ...]:
+    """A canonical structure of a code object (for functions without source)."""
+    consts: list[Any] = []
+    for i, c in enumerate(code.co_consts):
+        if isinstance(c, types.CodeType):
+            consts.append(("code", _bytecode(c)))
+        elif c is Ellipsis:
+            consts.append(("ellipsis",))
+        elif i == 0 and doc is not None and c == doc:
+            consts.append(("doc",))  # a docstring change must not count
+        else:
+            consts.append(("const", c))
+    return (
+        code.co_code,
+        tuple(consts),
+        code.co_names,
+        code.co_varnames,
+        code.co_freevars,
+        code.co_cellvars,
+        code.co_argcount,
+        code.co_posonlyargcount,
+        code.co_kwonlyargcount,
+        code.co_flags,
+    )
+
+
+class _CodeWalker:
+    """Collects the digests of a function and the project code it reaches."""
+
+    def __init__(self, root: pathlib.Path, home: str, digest: Callable[[Any], str]) -> None:
+        self.root = root.resolve()
+        self.home = home
+        self.digest = digest
+        self.parts: dict[str, str] = {}
+        self.owned_files: dict[str, bool] = {}
+
+    def key(self, module: str, name: str) -> str:
+        return name if module == self.home else f"{module}.{name}"
+
+    def owns(self, filename: str | None) -> bool:
+        """True for a file of the project: under root, not a library or a venv."""
+        if not filename or filename.startswith("<"):
+            return False
+        known = self.owned_files.get(filename)
+        if known is not None:
+            return known
+        path = pathlib.Path(filename).resolve()
+        owned = (
+            path.is_relative_to(self.root)
+            and not _NOT_PROJECT_PARTS.intersection(path.parts)
+            and not any(path.is_relative_to(lib) for lib in _LIB_DIRS)
+            and not path.is_relative_to(_TASKRUN_DIR)
+            and not any(
+                (parent / "pyvenv.cfg").exists()
+                for parent in path.parents
+                if parent != self.root and parent.is_relative_to(self.root)
+            )
+        )
+        self.owned_files[filename] = owned
+        return owned
+
+    def owns_module(self, module: types.ModuleType) -> bool:
+        return self.owns(getattr(module, "__file__", None))
+
+    def function(self, fn: types.FunctionType, *, top: bool = False) -> None:
+        key = self.key(fn.__module__ or "", fn.__qualname__)
+        if key in self.parts:
+            return
+        self.parts[key] = ""  # claim the slot first: cycle-safe, and keeps fn first
+        code = fn.__code__
+        try:
+            tree: ast.AST = ast.parse(textwrap.dedent(inspect.getsource(fn)))
+        except (OSError, TypeError, SyntaxError, ValueError):
+            # No usable source (exec'd code, a lambda mid-expression): hash the bytecode.
+            self.parts[key] = self.digest(("bytecode", _bytecode(code, fn.__doc__)))
+            every = {n for c in _code_objects(code) for n in c.co_names}
+            chains = {n: [[a] for a in every] for n in every}
+            names = every
+        else:
+            _strip_docstrings(tree, drop_decorators=top)
+            dump = ast.dump(tree, annotate_fields=True, include_attributes=False)
+            self.parts[key] = self.digest(("source", dump))
+            names, chains = _references(tree)
+            # A name only bound locally is not a global; names the bytecode loads as
+            # globals are. Decorator, default and annotation names are neither: keep them.
+            globals_used: set[str] = set()
+            locals_bound: set[str] = set()
+            for c in _code_objects(code):
+                globals_used.update(c.co_names)
+                locals_bound.update(c.co_varnames, c.co_cellvars, c.co_freevars)
+            names = {n for n in names if n in globals_used or n not in locals_bound}
+        for name in sorted(names):
+            self.global_name(fn.__globals__, fn.__module__ or "", name, chains)
+        for name, cell in zip(code.co_freevars, fn.__closure__ or (), strict=False):
+            try:
+                value = cell.cell_contents
+            except ValueError:  # an empty cell: not bound yet
+                continue
+            self.value(f"{key}.<closure>.{name}", value)
+
+    def klass(self, cls: type, key: str) -> None:
+        self.parts[key] = ""
+        module = sys.modules.get(cls.__module__)
+        namespace: dict[str, Any] = dict(vars(module)) if module is not None else {}
+        try:
+            tree: ast.AST = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+        except (OSError, TypeError, SyntaxError, ValueError):
+            members: list[tuple[str, Any]] = []
+            for name, member in sorted(vars(cls).items()):
+                if isinstance(member, (staticmethod, classmethod)):
+                    member = member.__func__
+                if isinstance(member, types.FunctionType):
+                    members.append((name, _bytecode(member.__code__, member.__doc__)))
+                    namespace = namespace or member.__globals__
+                elif not name.startswith("__"):
+                    try:
+                        members.append((name, self.digest(member)))
+                    except FingerprintError:
+                        members.append((name, f"<{type(member).__qualname__}>"))
+            self.parts[key] = self.digest(("class", tuple(members)))
+            return
+        _strip_docstrings(tree, drop_decorators=False)
+        dump = ast.dump(tree, annotate_fields=True, include_attributes=False)
+        self.parts[key] = self.digest(("source", dump))
+        names, chains = _references(tree)
+        for name in sorted(names):
+            self.global_name(namespace, cls.__module__, name, chains)
+
+    def global_name(
+        self,
+        namespace: Mapping[str, Any],
+        module: str,
+        name: str,
+        chains: Mapping[str, list[list[str]]],
+    ) -> None:
+        if name not in namespace:
+            return  # a builtin, or not defined (yet)
+        value = namespace[name]
+        if isinstance(value, types.ModuleType):
+            if self.owns_module(value):
+                for attrs in chains.get(name, ()):
+                    self.attribute_chain(value, attrs)
+            return
+        self.value(self.key(module, name), value)
+
+    def attribute_chain(self, module: types.ModuleType, attrs: list[str]) -> None:
+        obj: Any = module
+        for attr in attrs:
+            try:
+                nxt = getattr(obj, attr)
+            except Exception:  # a dynamic attribute we cannot see statically
+                return
+            if isinstance(nxt, types.ModuleType):
+                if not self.owns_module(nxt):
+                    return
+                obj = nxt
+                continue
+            self.value(self.key(obj.__name__, attr), nxt)
+            return
+
+    def value(self, key: str, value: Any) -> None:
+        if hasattr(value, "__taskrun_task__"):
+            return  # another task: its product digest covers it
+        if callable(value) and hasattr(value, "__wrapped__"):
+            value = inspect.unwrap(value)
+            if hasattr(value, "__taskrun_task__"):
+                return
+        if isinstance(value, types.FunctionType):
+            if self.owns(value.__code__.co_filename):
+                self.function(value)
+        elif isinstance(value, type):
+            module = sys.modules.get(value.__module__)
+            ckey = self.key(value.__module__, value.__qualname__)
+            if ckey not in self.parts and self.owns(getattr(module, "__file__", None)):
+                self.klass(value, ckey)
+        elif isinstance(value, (types.ModuleType, types.BuiltinFunctionType)):
+            return
+        elif key not in self.parts:
+            if isinstance(value, re.Pattern):
+                value = ("re.Pattern", value.pattern, value.flags)
+            try:
+                digest = self.digest(value)
+            except FingerprintError:
+                return  # no canonical form (a logger, a client...): not a constant
+            self.parts[key] = digest

@@ -1,0 +1,774 @@
+"""Canonical fingerprints: the typed encoding, code fingerprints and product digests.
+
+Everything taskrun hashes goes through one **canonical, typed, tagged, length-prefixed**
+encoding, hashed with xxh3-128 (32 hex characters). Scheme version 1:
+
+====================  =====================================================================
+value                 encoding (``Q`` = unsigned 64-bit little-endian length or count)
+====================  =====================================================================
+``None``              ``N``
+``True`` / ``False``  ``T`` / ``F``
+``int``               ``i`` Q two's-complement little-endian bytes (``(bit_length+8)//8``)
+``float``             ``f`` IEEE-754 double, little-endian; every NaN as ``7ff8...``
+``complex``           ``c`` real double, imaginary double (NaNs as for float)
+``str``               ``s`` Q UTF-8 (lone surrogates kept via ``surrogatepass``)
+``bytes``             ``b`` Q bytes (``memoryview`` encodes as the bytes it shows)
+``bytearray``         ``a`` Q bytes
+``list`` / ``tuple``  ``l`` / ``t`` Q items
+``dict``              ``d`` Q (key, value)..., sorted by encoded key bytes
+``set`` / frozenset   ``S`` / ``z`` Q items, sorted by encoded bytes
+``Enum`` member       ``e`` str(class qualname) value
+dataclass instance    ``D`` Q str(class qualname) (str(field name) value)... declaration order
+namedtuple            ``n`` Q str(class qualname) (str(field name) value)...
+``PurePath``          ``p`` str(posix text); absolute paths are refused
+``File`` / ``Dir``    ``x`` / ``y`` str(posix text) str(content digest); absolute refused
+NumPy array           ``A`` dtype shape Q C-order bytes (object dtype refused)
+NumPy scalar          ``g`` dtype Q bytes
+====================  =====================================================================
+
+Every encoding is self-delimiting, so a concatenation decodes one way only: the encoding
+is injective on the supported values, and ``1``, ``True``, ``1.0`` and ``"1"`` differ.
+Ties between distinct dict keys with equal encodings (only NaN-like keys) are broken by
+the encoded values, so the order never depends on insertion order or ``PYTHONHASHSEED``.
+
+A change to any of this changes digests users already have in their caches: bump
+:data:`SCHEME_VERSION` and update the golden tests in ``tests/test_fingerprint.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+import operator
+import os
+import pathlib
+import struct
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import xxhash
+
+from taskrun.codewalk import code_parts
+from taskrun.errors import FingerprintError
+from taskrun.files import Dir, File
+from taskrun.runtime import runtime_facts
+
+__all__ = [
+    "SCHEME_VERSION",
+    "Change",
+    "CodeFingerprint",
+    "FingerprintInputs",
+    "NonCanonicalProductWarning",
+    "Sink",
+    "code_fingerprint",
+    "describe",
+    "diff",
+    "encode",
+    "encode_into",
+    "product_digest",
+    "runtime_facts",
+    "task_fingerprint",
+    "value_digest",
+]
+
+SCHEME_VERSION: int = 1
+"""Version of the fingerprint scheme; bump it on any change to the encoding."""
+
+HashPath = Callable[[pathlib.Path], str]
+
+
+class Sink(Protocol):
+    """Where encoded bytes go: an xxhash hasher, or anything else with ``update``."""
+
+    def update(self, data: bytes | bytearray | memoryview) -> None: ...
+
+
+class NonCanonicalProductWarning(UserWarning):
+    """A product has no canonical encoding; its digest falls back to cloudpickle bytes."""
+
+
+# --------------------------------------------------------------------------- encoding
+
+_HDR = struct.Struct("<BQ").pack
+_FLOAT = struct.Struct("<Bd").pack
+_DOUBLE = struct.Struct("<d").pack
+_CANONICAL_NAN = bytes.fromhex("000000000000f87f")
+_first = operator.itemgetter(0)
+_NO_KEY = object()
+
+# Tags written before a length or count (ints, for struct); the hot path in
+# _Encoder.enc spells the first few as literals (perf: no global look-ups).
+_T_INT, _T_FLOAT, _T_STR, _T_BYTES, _T_BYTEARRAY = b"ifsba"
+_T_LIST, _T_TUPLE, _T_DICT, _T_SET, _T_FROZENSET = b"ltdSz"
+_T_DATACLASS, _T_NAMEDTUPLE = b"Dn"
+# Tags written alone (bytes).
+_NONE, _TRUE, _FALSE = b"N", b"T", b"F"
+_ENUM, _COMPLEX, _PATH, _FILE, _DIR, _NDARRAY, _NPSCALAR = b"e", b"c", b"p", b"x", b"y", b"A", b"g"
+_PICKLED = b"P"  # domain tag for the cloudpickle fallback; no canonical encoding starts so
+
+# perf: bytes at least this long skip the buffer and go straight into the hasher, so a
+# 512 MiB product is hashed in place, never copied or concatenated.
+_DIRECT = 1 << 16
+# perf: flush the buffer into the hasher past this size, so it never grows without bound.
+_FLUSH = 1 << 20
+
+_SUPPORTED = (
+    "None, bool, int, float, complex, str, bytes, bytearray, list, tuple, dict, set, "
+    "frozenset, Enum members, dataclass instances, namedtuples, relative paths, File, Dir "
+    "and NumPy arrays"
+)
+
+
+class _Failure(Exception):
+    """Why a value cannot be encoded, and where inside it (innermost first)."""
+
+    def __init__(self, reason: str, *, fallback: bool = True, hint: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.hint = hint
+        # False when pickle bytes would be unsafe too (a File's content would be ignored).
+        self.fallback = fallback
+        self.where: list[str] = []
+
+    def brief(self) -> str:
+        where = "".join(reversed(self.where))
+        return f"at value{where}: {self.reason}" if where else self.reason
+
+    def error(self) -> FingerprintError:
+        hint = f" ({self.hint})" if self.hint else ""
+        sep = " " if self.where else ": "
+        return FingerprintError(f"cannot fingerprint{sep}{self.brief()}{hint}")
+
+
+def _type_name(t: type) -> str:
+    return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
+
+
+@functools.lru_cache(maxsize=1024)
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
+def _float_bytes(x: float) -> bytes:
+    return _DOUBLE(x) if x == x else _CANONICAL_NAN
+
+
+def _index_of(container: Any, item: Any) -> int:
+    return next(i for i, x in enumerate(container) if x is item)
+
+
+class _Encoder:
+    """Appends canonical encodings to ``out``; big blobs go straight into ``sink``."""
+
+    __slots__ = ("active", "hash_path", "keys", "out", "sink")
+
+    def __init__(self, out: bytearray, sink: Sink | None, hash_path: HashPath | None) -> None:
+        self.out = out
+        self.sink = sink
+        self.hash_path = hash_path
+        # ids of the mutable containers being encoded right now: a repeat is a cycle.
+        self.active: set[int] = set()
+        self.keys: dict[str, bytes] = {}
+
+    def enc(self, v: Any) -> None:
+        """Encode one value. The common exact types come first, in order of frequency."""
+        out = self.out
+        t = type(v)
+        if t is str:
+            b = v.encode("utf-8", "surrogatepass")
+            out += _HDR(0x73, len(b))
+            out += b
+        elif t is int:
+            n = (v.bit_length() + 8) >> 3
+            out += _HDR(0x69, n)
+            out += v.to_bytes(n, "little", signed=True)
+        elif t is float:
+            out += _FLOAT(0x66, v) if v == v else b"f" + _CANONICAL_NAN
+        elif t is bool:
+            out += _TRUE if v else _FALSE
+        elif v is None:
+            out += _NONE
+        elif t is dict:
+            self.mapping(v)
+        elif t is list:
+            self.sequence(v, _T_LIST, guard=True)
+        elif t is tuple:
+            self.sequence(v, _T_TUPLE, guard=False)
+        elif t is bytes:
+            self.blob(_T_BYTES, v, len(v))
+        elif t is set:
+            self.collection(v, _T_SET)
+        elif t is frozenset:
+            self.collection(v, _T_FROZENSET)
+        else:
+            self.other(v, t)
+
+    def encoded(self, v: Any) -> bytes:
+        """Encode ``v`` on its own (a dict key or set element), for sorting."""
+        out, sink = self.out, self.sink
+        self.out = buf = bytearray()
+        self.sink = None
+        try:
+            self.enc(v)
+        finally:
+            self.out, self.sink = out, sink
+        return bytes(buf)
+
+    def blob(self, tag: int, data: Any, size: int) -> None:
+        out = self.out
+        out += _HDR(tag, size)
+        sink = self.sink
+        if sink is not None and size >= _DIRECT:
+            sink.update(out)
+            del out[:]
+            sink.update(data)
+        else:
+            out += data
+
+    def maybe_flush(self) -> None:
+        if self.sink is not None and len(self.out) > _FLUSH:
+            self.sink.update(self.out)
+            del self.out[:]
+
+    def enter(self, v: Any) -> int:
+        i = id(v)
+        if i in self.active:
+            raise _Failure(f"the {type(v).__name__} contains itself (a reference cycle)")
+        self.active.add(i)
+        return i
+
+    def sequence(self, v: list[Any] | tuple[Any, ...], tag: int, *, guard: bool) -> None:
+        i = self.enter(v) if guard else 0
+        self.out += _HDR(tag, len(v))
+        enc = self.enc
+        x = None
+        try:
+            for x in v:
+                enc(x)
+        except _Failure as e:
+            e.where.append(f"[{_index_of(v, x)}]")
+            raise
+        finally:
+            if guard:
+                self.active.discard(i)
+        self.maybe_flush()
+
+    def mapping(self, d: dict[Any, Any]) -> None:
+        i = self.enter(d)
+        val: Any = _NO_KEY
+        try:
+            items: list[tuple[bytes, Any]] = []
+            append = items.append
+            plain = True
+            keys = self.keys
+            for key, val in d.items():
+                if type(key) is str:
+                    # perf: records repeat their keys; encode each distinct one once.
+                    kb = keys.get(key)
+                    if kb is None:
+                        b = key.encode("utf-8", "surrogatepass")
+                        kb = _HDR(0x73, len(b)) + b
+                        if len(keys) < 65536:
+                            keys[key] = kb
+                    append((kb, val))
+                else:
+                    plain = False
+                    try:
+                        append((self.encoded(key), val))
+                    except _Failure as e:
+                        e.where.append("<key>")
+                        val = _NO_KEY
+                        raise
+            val = _NO_KEY
+            items.sort(key=_first)
+            out = self.out
+            out += _HDR(_T_DICT, len(items))
+            if plain or len({kb for kb, _ in items}) == len(items):
+                enc = self.enc
+                for kb, val in items:
+                    out += kb
+                    # perf: inline the commonest scalars (saves a call per record field).
+                    t = type(val)
+                    if t is str:
+                        b = val.encode("utf-8", "surrogatepass")
+                        out += _HDR(0x73, len(b))
+                        out += b
+                    elif t is int:
+                        n = (val.bit_length() + 8) >> 3
+                        out += _HDR(0x69, n)
+                        out += val.to_bytes(n, "little", signed=True)
+                    else:
+                        enc(val)
+            else:  # distinct keys, equal encodings (NaNs): order ties by their values too
+                for kb, vb in sorted((kb, self.encoded(v)) for kb, v in items):
+                    out += kb
+                    out += vb
+        except _Failure as e:
+            if val is not _NO_KEY:
+                key = next((k for k, v in d.items() if v is val), "?")
+                e.where.append(f"[{key!r}]")
+            raise
+        finally:
+            self.active.discard(i)
+        self.maybe_flush()
+
+    def collection(self, v: set[Any] | frozenset[Any], tag: int) -> None:
+        encoded = sorted(self.encoded(x) for x in v)
+        out = self.out
+        out += _HDR(tag, len(encoded))
+        for b in encoded:
+            out += b
+
+    def text(self, s: str) -> None:
+        b = s.encode("utf-8", "surrogatepass")
+        self.out += _HDR(_T_STR, len(b))
+        self.out += b
+
+    def fields(self, tag: int, cls: type, names: Sequence[str], values: Sequence[Any]) -> None:
+        self.out += _HDR(tag, len(names))
+        self.text(cls.__qualname__)
+        for name, value in zip(names, values, strict=True):
+            self.text(name)
+            try:
+                self.enc(value)
+            except _Failure as e:
+                e.where.append(f".{name}")
+                raise
+
+    def other(self, v: Any, t: type) -> None:
+        """The slow path: subclasses, paths, dataclasses, NumPy and the unsupported."""
+        if isinstance(v, enum.Enum):
+            self.out += _ENUM
+            self.text(t.__qualname__)
+            self.enc(v.value)
+        elif t.__module__ == "numpy":
+            self.numpy(v, t)
+        elif isinstance(v, (File, Dir)):
+            self.content_path(v)
+        elif isinstance(v, pathlib.PurePath):
+            if v.is_absolute():
+                raise _Failure(
+                    f"the absolute path '{v}' (a fingerprint must not depend on where the "
+                    "project lives); use a path relative to the project root, or File/Dir"
+                )
+            self.out += _PATH
+            self.text(v.as_posix())
+        elif hasattr(t, "__dataclass_fields__") and not isinstance(v, type):
+            i = self.enter(v)
+            try:
+                names = _field_names(t)
+                self.fields(_T_DATACLASS, t, names, [getattr(v, n) for n in names])
+            finally:
+                self.active.discard(i)
+        elif isinstance(v, tuple) and isinstance(getattr(t, "_fields", None), tuple):
+            self.fields(_T_NAMEDTUPLE, t, t._fields, v)  # type: ignore[attr-defined]
+        elif t is complex:
+            self.out += _COMPLEX + _float_bytes(v.real) + _float_bytes(v.imag)
+        elif t is bytearray:
+            self.blob(_T_BYTEARRAY, v, len(v))
+        elif t is memoryview:
+            view = v.cast("B") if v.c_contiguous else memoryview(v.tobytes())
+            self.blob(_T_BYTES, view, view.nbytes)
+        else:
+            raise _Failure(
+                f"values of type '{_type_name(t)}' have no canonical encoding",
+                hint=f"supported: {_SUPPORTED}",
+            )
+
+    def content_path(self, v: File | Dir) -> None:
+        kind = type(v).__name__
+        if v.is_absolute():
+            raise _Failure(
+                f"the absolute {kind} '{v}'; a {kind} is relative to the project root "
+                f"(write {kind}('data/in.csv'), not an absolute path)",
+                fallback=False,
+            )
+        digest = (self.hash_path or _default_hash_path)(v)
+        self.out += _FILE if isinstance(v, File) else _DIR
+        self.text(v.as_posix())
+        self.text(digest)
+
+    def numpy(self, v: Any, t: type) -> None:
+        import numpy as np  # perf: only when a NumPy value is actually met
+
+        if isinstance(v, (np.ndarray, np.generic)) and v.dtype.hasobject:
+            raise _Failure(
+                "NumPy values of object dtype hold references, not data; convert the "
+                "array to a numeric/string dtype or a list"
+            )
+        if isinstance(v, np.ndarray) and t is np.ndarray:
+            self.out += _NDARRAY
+            self.dtype(v.dtype)
+            self.enc(tuple(int(n) for n in v.shape))
+            flat = np.ascontiguousarray(v).reshape(-1).view(np.uint8)
+            self.blob(_T_BYTES, memoryview(flat), flat.nbytes)
+        elif isinstance(v, np.generic):
+            self.out += _NPSCALAR
+            self.dtype(v.dtype)
+            data = v.tobytes()
+            self.out += _HDR(_T_BYTES, len(data))
+            self.out += data
+        else:
+            raise _Failure(f"values of type '{_type_name(t)}' have no canonical encoding")
+
+    def dtype(self, dt: Any) -> None:
+        # dtype.str loses the field names of structured dtypes; descr keeps them.
+        self.enc(dt.descr if dt.fields is not None else dt.str)
+
+
+def _run(sink: Sink | None, out: bytearray, value: Any, hash_path: HashPath | None) -> None:
+    try:
+        _Encoder(out, sink, hash_path).enc(value)
+    except RecursionError:
+        raise FingerprintError("cannot fingerprint: the value is nested too deeply") from None
+
+
+def encode_into(sink: Sink | bytearray, value: Any, *, hash_path: HashPath | None = None) -> None:
+    """Write the canonical encoding of ``value`` into ``sink`` (a hasher or a bytearray).
+
+    ``hash_path`` gives the content digest of a relative ``File``/``Dir``; by default the
+    file's bytes (or the directory's sorted tree) are hashed from the working directory.
+    Raises FingerprintError for a value without a canonical encoding.
+    """
+    try:
+        if isinstance(sink, bytearray):
+            _run(None, sink, value, hash_path)
+            return
+        out = bytearray()
+        _run(sink, out, value, hash_path)
+        if out:
+            sink.update(out)
+    except _Failure as e:
+        raise e.error() from None
+
+
+def encode(value: Any, *, hash_path: HashPath | None = None) -> bytes:
+    """Return the canonical encoding of ``value`` as bytes (see the module docstring)."""
+    out = bytearray()
+    encode_into(out, value, hash_path=hash_path)
+    return bytes(out)
+
+
+def value_digest(value: Any, *, hash_path: HashPath | None = None) -> str:
+    """Return the xxh3-128 hex digest of ``encode(value)``; FingerprintError if impossible."""
+    hasher = xxhash.xxh3_128()
+    encode_into(hasher, value, hash_path=hash_path)
+    return hasher.hexdigest()
+
+
+def product_digest(value: Any, *, hash_path: HashPath | None = None) -> str:
+    """Return the digest of a task's product, for early cutoff downstream.
+
+    Canonical (equal values, equal digests, in any process) for every type the encoding
+    supports. Anything else falls back to a digest of its cloudpickle bytes, with a
+    :class:`NonCanonicalProductWarning`: such bytes can differ for equal values, which
+    costs cache misses downstream, never wrong hits. ``File``/``Dir`` objects inside
+    are hashed by content even then.
+    """
+    hasher = xxhash.xxh3_128()
+    out = bytearray()
+    try:
+        _run(hasher, out, value, hash_path)
+    except _Failure as e:
+        if not e.fallback:
+            raise e.error() from None
+        reason = e.brief()
+    else:
+        if out:
+            hasher.update(out)
+        return hasher.hexdigest()
+    warnings.warn(
+        f"product of type '{_type_name(type(value))}' is hashed by its cloudpickle bytes "
+        f"({reason}); equal values may then get different digests, which only costs "
+        "cache misses downstream, never wrong hits",
+        NonCanonicalProductWarning,
+        stacklevel=2,
+    )
+    return _pickled_digest(value, hash_path)
+
+
+def _pickled_digest(value: Any, hash_path: HashPath | None) -> str:
+    import cloudpickle  # perf: only the fallback needs it
+
+    hasher = xxhash.xxh3_128(_PICKLED)
+
+    class _HashWriter:
+        def write(self, data: bytes) -> int:
+            hasher.update(data)
+            return len(data)
+
+    class _ContentPickler(cloudpickle.CloudPickler):  # type: ignore[misc]
+        # Pickle bytes hold a File's path, not its content: hash the content instead,
+        # so a rewritten file under the same name still changes the digest.
+        def persistent_id(self, obj: Any) -> Any:
+            if isinstance(obj, (File, Dir)):
+                return value_digest(obj, hash_path=hash_path)
+            return None
+
+    try:
+        _ContentPickler(_HashWriter(), protocol=5).dump(value)
+    except FingerprintError:
+        raise
+    except Exception as e:  # cloudpickle raises many kinds for the unpicklable
+        raise FingerprintError(
+            f"cannot digest a product of type '{_type_name(type(value))}': it has no "
+            f"canonical encoding and cannot be pickled either ({e})"
+        ) from e
+    return hasher.hexdigest()
+
+
+def _default_hash_path(path: pathlib.Path, base: pathlib.Path | None = None) -> str:
+    """Content digest of a file (its bytes) or directory (sorted relative paths + bytes)."""
+    real = base / path if base is not None else path
+    try:
+        if real.is_dir():
+            if isinstance(path, File):
+                raise _Failure(f"File '{path}' is a directory; use Dir", fallback=False)
+            tree = []
+            for dirpath, dirnames, filenames in os.walk(real):
+                dirnames.sort()
+                for name in sorted(filenames):
+                    full = pathlib.Path(dirpath, name)
+                    tree.append((full.relative_to(real).as_posix(), _file_digest(full)))
+            tree.sort()
+            return value_digest(tree)
+        if not real.exists():
+            return "missing"  # an absent file is a state too: its appearance reruns
+        if isinstance(path, Dir):
+            raise _Failure(f"Dir '{path}' is a file; use File", fallback=False)
+        return _file_digest(real)
+    except OSError as e:
+        raise _Failure(f"cannot read '{path}' to hash its content: {e}", fallback=False) from e
+
+
+def _file_digest(path: pathlib.Path) -> str:
+    hasher = xxhash.xxh3_128()
+    with open(path, "rb") as f:
+        for chunk in iter(functools.partial(f.read, 1 << 20), b""):
+            hasher.update(chunk)
+    return hasher.hexdigest()
+
+
+# --------------------------------------------------------------------------- code
+
+
+@dataclass(frozen=True, slots=True)
+class CodeFingerprint:
+    """The code fingerprint of a task function.
+
+    ``parts`` maps each piece of code to its digest: the task function first (under its
+    qualname), then the project's helpers and constants it uses, transitively. Names from
+    the task's own module are bare (``helper``, ``CONST``); others carry their module
+    (``helpers.normalize``). ``digest`` covers all parts.
+    """
+
+    digest: str
+    parts: Mapping[str, str]
+
+
+def code_fingerprint(fn: Callable[..., Any], *, root: pathlib.Path) -> CodeFingerprint:
+    """Fingerprint ``fn``'s source and the project code under ``root`` that it uses.
+
+    Comments, docstrings and the task's decorators do not count; a helper's body or a
+    module constant does. Standard library, installed packages and other tasks are left
+    out (other tasks are covered by their product digests).
+    """
+    base = pathlib.Path(root).resolve()
+
+    def digest(value: Any) -> str:
+        return value_digest(value, hash_path=lambda p: _default_hash_path(p, base))
+
+    parts = code_parts(fn, root=base, digest=digest)
+    return CodeFingerprint(digest=value_digest(parts), parts=parts)
+
+
+# --------------------------------------------------------------------------- tasks
+
+
+@dataclass(frozen=True, slots=True)
+class FingerprintInputs:
+    """Everything a task's fingerprint is made of (``code_parts`` only explains ``code``)."""
+
+    task: str
+    code: str  # CodeFingerprint.digest, or "version:<v>" when the task gives version=
+    code_parts: Mapping[str, str]
+    options: Mapping[str, object]
+    upstream: Mapping[str, str]  # parameter name -> upstream product digest
+    inputs: Mapping[str, str]  # relative posix path -> content digest
+    env: Mapping[str, str | None]  # declared variable -> value, None when unset
+    runtime: Mapping[str, str]
+
+
+def _option_digests(inputs: FingerprintInputs, hash_path: HashPath | None) -> dict[str, str]:
+    digests = {}
+    for name, value in inputs.options.items():
+        try:
+            digests[name] = value_digest(value, hash_path=hash_path)
+        except FingerprintError as e:
+            raise FingerprintError(
+                f"option '{name}' of task '{inputs.task}': {e.message}"
+            ) from None
+    return digests
+
+
+def task_fingerprint(inputs: FingerprintInputs, *, hash_path: HashPath | None = None) -> str:
+    """Return the task's fingerprint: xxh3-128 of the canonical encoding of its inputs."""
+    # Options enter as their value digests (the same ones describe() shows), so the
+    # fingerprint changes exactly when some part that diff() compares changes.
+    return value_digest(
+        (
+            "taskrun.task",
+            SCHEME_VERSION,
+            inputs.task,
+            inputs.code,
+            _option_digests(inputs, hash_path),
+            dict(inputs.upstream),
+            dict(inputs.inputs),
+            dict(inputs.env),
+            dict(inputs.runtime),
+        )
+    )
+
+
+def describe(inputs: FingerprintInputs, *, hash_path: HashPath | None = None) -> dict[str, Any]:
+    """Return the fingerprint's components as JSON-able data, for ``explain`` and diff().
+
+    Environment values appear only as digests: this lands in cache metadata, and a
+    declared variable may hold a secret.
+    """
+    digests = _option_digests(inputs, hash_path)
+    return {
+        "scheme": SCHEME_VERSION,
+        "task": inputs.task,
+        "code": inputs.code,
+        "code_parts": dict(inputs.code_parts),
+        "options": {
+            name: {"repr": repr(value), "digest": digests[name]}
+            for name, value in inputs.options.items()
+        },
+        "upstream": dict(inputs.upstream),
+        "inputs": dict(inputs.inputs),
+        "env": {
+            name: None if value is None else value_digest(value)
+            for name, value in inputs.env.items()
+        },
+        "runtime": dict(inputs.runtime),
+    }
+
+
+_CATEGORY_TEXT = {
+    "helper": "helper",
+    "option": "option",
+    "upstream": "upstream",
+    "input": "input",
+    "env": "env",
+    "runtime": "runtime",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One difference between two fingerprints, renderable as a reason to rerun.
+
+    ``kind`` is one of ``scheme``, ``task``, ``code`` (the task function, or its
+    ``version:``), ``helper``, ``option``, ``upstream``, ``input``, ``env``, ``runtime``,
+    or ``<category>-added`` / ``<category>-removed`` for those from ``helper`` on.
+    """
+
+    kind: str
+    name: str
+    old: Any
+    new: Any
+
+    def __str__(self) -> str:
+        kind, name = self.kind, self.name
+        if kind == "scheme":
+            return f"fingerprint scheme changed: {self.old} -> {self.new}"
+        if kind == "task":
+            return f"task name changed: {self.old!r} -> {self.new!r}"
+        if kind == "code":
+            old, new = str(self.old or ""), str(self.new or "")
+            if old.startswith("version:") and new.startswith("version:"):
+                return f"version changed: {old[8:]!r} -> {new[8:]!r}"
+            if old.startswith("version:") or new.startswith("version:"):
+                return f"code changed: {_code_label(old)} -> {_code_label(new)}"
+            return f"code of '{name}' changed"
+        if kind == "helper":
+            return f"code of helper '{name}' changed"
+        if kind == "option":
+            return f"option '{name}' changed: {self.old} -> {self.new}"
+        if kind == "runtime":
+            return f"runtime '{name}' changed: {self.old!r} -> {self.new!r}"
+        category, _, action = kind.partition("-")
+        if action:
+            return f"{_CATEGORY_TEXT.get(category, category)} '{name}' {action}"
+        return f"{_CATEGORY_TEXT.get(kind, kind)} '{name}' changed"
+
+
+def _code_label(code: str) -> str:
+    return f"version {code[8:]!r}" if code.startswith("version:") else "source fingerprint"
+
+
+def _diff_mapping(
+    kind: str, old: Mapping[str, Any], new: Mapping[str, Any], key: Callable[[Any], Any]
+) -> list[Change]:
+    changes = []
+    for name in old:
+        if name not in new:
+            changes.append(Change(f"{kind}-removed", name, old[name], None))
+        elif key(old[name]) != key(new[name]):
+            changes.append(Change(kind, name, old[name], new[name]))
+    changes += [Change(f"{kind}-added", n, None, new[n]) for n in new if n not in old]
+    return changes
+
+
+def _same(x: Any) -> Any:
+    return x
+
+
+def diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Change]:
+    """Compare two describe() dicts and return what changed, in fingerprint order."""
+    if old.get("scheme") != new.get("scheme"):
+        # Every digest was made differently: nothing finer is meaningful.
+        return [Change("scheme", "", old.get("scheme"), new.get("scheme"))]
+    changes: list[Change] = []
+    if old.get("task") != new.get("task"):
+        changes.append(Change("task", str(new.get("task")), old.get("task"), new.get("task")))
+    if old.get("code") != new.get("code"):
+        changes += _diff_code(old, new)
+    old_opts, new_opts = old.get("options", {}), new.get("options", {})
+    for change in _diff_mapping("option", old_opts, new_opts, lambda o: o["digest"]):
+        if change.kind == "option":  # show the values, not their digests
+            change = Change(
+                "option", change.name, old_opts[change.name]["repr"], new_opts[change.name]["repr"]
+            )
+        changes.append(change)
+    for kind, field in (
+        ("upstream", "upstream"),
+        ("input", "inputs"),
+        ("env", "env"),
+        ("runtime", "runtime"),
+    ):
+        changes += _diff_mapping(kind, old.get(field, {}), new.get(field, {}), _same)
+    return changes
+
+
+def _diff_code(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Change]:
+    old_code, new_code = str(old.get("code", "")), str(new.get("code", ""))
+    old_parts, new_parts = old.get("code_parts") or {}, new.get("code_parts") or {}
+    function = next(iter(new_parts), None) or next(iter(old_parts), None) or new.get("task")
+    if (
+        old_code.startswith("version:")
+        or new_code.startswith("version:")
+        or not (old_parts and new_parts)
+    ):
+        return [Change("code", str(function), old_code, new_code)]
+    changes = []
+    for change in _diff_mapping("helper", old_parts, new_parts, _same):
+        if change.name == function and change.kind == "helper":
+            change = Change("code", change.name, change.old, change.new)
+        changes.append(change)
+    return changes or [Change("code", str(function), old_code, new_code)]
