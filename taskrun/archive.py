@@ -31,7 +31,7 @@ from typing import Any, Final
 
 import xxhash
 
-from taskrun.cache import Cache
+from taskrun.cache import Cache, EntryMeta
 from taskrun.errors import IntegrityError, UsageError
 
 __all__ = ["ExportReport", "ImportReport", "export_archive", "import_archive"]
@@ -225,6 +225,7 @@ def _check(cache: Cache, path: pathlib.Path,
         refused.append((name, "listed in the manifest but not in the archive"))
     entries: dict[str, bytes] = {}
     blobs: dict[str, bytes] = {}
+    metas: dict[str, EntryMeta] = {}
     for name, raw in sorted(members.items()):
         if name not in listed:
             refused.append((name, "not listed in the manifest"))
@@ -235,15 +236,14 @@ def _check(cache: Cache, path: pathlib.Path,
         kind, _, hexname = name.partition("/")
         try:
             if kind == "entries":
-                cache.check_entry_envelope(hexname, raw)
+                metas[hexname] = cache.check_entry_envelope(hexname, raw)
                 entries[hexname] = raw
             else:
                 cache.check_blob_envelope(hexname, raw)
                 blobs[hexname] = raw
         except IntegrityError as exc:
             refused.append((name, str(exc)))
-    for fp, raw in entries.items():
-        meta = cache.check_entry_envelope(fp, raw)
+    for fp, meta in metas.items():
         for o in meta.outputs:
             if o.digest not in blobs and not cache.has_blob(o.digest):
                 refused.append((f"entries/{fp}", f"its output blob {o.digest} is missing"))
