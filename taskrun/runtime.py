@@ -56,7 +56,7 @@ def runtime_facts(
 
 def _probe(name: str, command: str) -> str:
     def fail(why: str, fix: str) -> ProbeError:
-        return ProbeError(f"runtime probe '{name}' ({command!r}) {why}; {fix}")
+        return ProbeError(f"runtime probe '{name}' (command: {command}) {why}; {fix}")
 
     try:
         argv = shlex.split(command)
