@@ -77,6 +77,7 @@ __all__ = [
     "Entry",
     "EntryMeta",
     "GcReport",
+    "HeldLock",
     "LastRun",
     "OutputRecord",
     "StoreResult",
@@ -213,6 +214,9 @@ class StoreResult(str, enum.Enum):
 
     def __bool__(self) -> bool:
         return self in (StoreResult.STORED, StoreResult.KEPT_SAME, StoreResult.KEPT_DIFFERENT)
+
+    def __str__(self) -> str:
+        return self.value
 
 
 @dataclass(frozen=True, slots=True)
@@ -469,6 +473,32 @@ def _atomic_write(path: pathlib.Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+class HeldLock:
+    """A held per-fingerprint lock; ``release()`` or leaving a ``with`` block frees it."""
+
+    __slots__ = ("_fd", "fingerprint")
+
+    def __init__(self, fingerprint: str, fd: int | None) -> None:
+        self.fingerprint = fingerprint
+        self._fd = fd
+
+    def release(self) -> None:
+        """Let the next process in (idempotent). Closing the descriptor drops the flock."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def __enter__(self) -> HeldLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def __del__(self) -> None:
+        # A forgotten lock must not outlive its owner object (the kernel would keep it).
+        self.release()
 
 
 class Entry:
@@ -799,38 +829,50 @@ class Cache:
 
     @contextlib.contextmanager
     def lock(self, fingerprint: str) -> Iterator[None]:
-        """Hold the per-fingerprint lock (blocking). A no-op unless mode is rw.
+        """Hold the per-fingerprint lock, waiting for it. A no-op unless mode is rw.
 
         flock is released by the kernel when its holder dies, so a killed process never
-        blocks the next one. gc may unlink a free lock file, hence the inode re-check.
+        blocks the next one.
         """
+        held = self._acquire(fingerprint, blocking=True)
+        assert held is not None
+        with held:
+            yield
+
+    def try_lock(self, fingerprint: str) -> HeldLock | None:
+        """Take the per-fingerprint lock if it is free, else None (mode rw; else a no-op lock).
+
+        The caller must ``release()`` it (or use it as a context manager).
+        """
+        return self._acquire(fingerprint, blocking=False)
+
+    def _acquire(self, fingerprint: str, *, blocking: bool) -> HeldLock | None:
         _check_name(fingerprint, "fingerprint")
         if self._dc is None:
-            yield
-            return
+            return HeldLock(fingerprint, None)
         lockdir = self._directory / "locks"
         lockdir.mkdir(parents=True, exist_ok=True)
         path = lockdir / f"{fingerprint}.lock"
         while True:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
                 try:
-                    held = os.stat(path)
-                    mine = os.fstat(fd)
-                    same = (held.st_dev, held.st_ino) == (mine.st_dev, mine.st_ino)
+                    fcntl.flock(fd, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    return None
+                try:
+                    on_disk, mine = os.stat(path), os.fstat(fd)
+                    same = (on_disk.st_dev, on_disk.st_ino) == (mine.st_dev, mine.st_ino)
                 except FileNotFoundError:
                     same = False
             except BaseException:
                 os.close(fd)
                 raise
             if same:
-                break
-            os.close(fd)  # we locked a file gc unlinked meanwhile; lock the new one
-        try:
-            yield
-        finally:
-            os.close(fd)  # closing the descriptor releases the lock
+                return HeldLock(fingerprint, fd)
+            # gc unlinked the file between our open and our lock: lock the current one.
+            os.close(fd)
 
     def record_run(self, used: Iterable[str], *, hits: int | None = None,
                    misses: int | None = None) -> None:
@@ -962,7 +1004,7 @@ class Cache:
                 continue
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                path.unlink()  # while we hold it; lock() re-checks the inode after locking
+                path.unlink()  # while we hold it; _acquire() re-checks the inode after locking
             except OSError:
                 pass  # held by a live process: leave it
             finally:

@@ -425,6 +425,7 @@ def test_store_keeps_the_first_entry(cache: Cache) -> None:
         cache.store(meta_for(fp, product_digest="d2"), cloudpickle.dumps("second"))
         is StoreResult.KEPT_DIFFERENT
     )
+    assert str(StoreResult.KEPT_DIFFERENT) == "kept-existing-different"
     entry = cache.lookup(fp)
     assert entry is not None and entry.load() == "first"
 
@@ -651,6 +652,7 @@ def test_killed_lock_holder_does_not_block(cache: Cache, cache_dir: pathlib.Path
         [sys.executable, "-c", HOLDER, str(cache_dir), fp_of(1)], stdout=subprocess.PIPE, text=True
     )
     assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+    assert cache.try_lock(fp_of(1)) is None  # held by the other process
     holder.send_signal(signal.SIGKILL)
     holder.wait()
     holder.stdout.close()
@@ -663,6 +665,17 @@ def test_killed_lock_holder_does_not_block(cache: Cache, cache_dir: pathlib.Path
     # A daemon thread so a regression fails the test instead of hanging the suite.
     threading.Thread(target=take, daemon=True).start()
     assert acquired.wait(timeout=60)
+
+
+def test_try_lock_does_not_wait(cache: Cache) -> None:
+    """try_lock gives None while the lock is held and a lock once it is released."""
+    held = cache.try_lock(fp_of(1))
+    assert held is not None
+    assert cache.try_lock(fp_of(1)) is None
+    held.release()
+    held.release()  # idempotent
+    with cache.try_lock(fp_of(1)) as again:
+        assert again is not None
 
 
 WRITER = """
