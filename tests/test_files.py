@@ -413,6 +413,14 @@ def test_restore_replaces_symlink_instead_of_writing_through(tmp_path: Path) -> 
     assert not (root / "out.txt").is_symlink() and (root / "out.txt").read_text() == "new"
 
 
+def test_restore_rejects_malformed_records(tmp_path: Path) -> None:
+    """A bad digest or mode in an entry is an IntegrityError, not a crash."""
+    with pytest.raises(IntegrityError, match="digest"):
+        restore_outputs([("a", "not-hex", 0o644)], tmp_path, lambda d: None)
+    with pytest.raises(IntegrityError, match="mode"):
+        restore_outputs([("a", xxh(b"a"), "0644")], tmp_path, lambda d: None)  # type: ignore[list-item]
+
+
 @pytest.mark.parametrize("bad", ["../x", "/etc/x", "a/../../x", "", "./."])
 def test_restore_rejects_path_traversal(tmp_path: Path, bad: str) -> None:
     """Records escaping the root are refused before any file is written."""
@@ -441,8 +449,8 @@ def test_restore_rejects_symlinked_parent_leading_outside(tmp_path: Path) -> Non
 
 
 def test_restore_missing_blob_is_specific_error(tmp_path: Path) -> None:
-    """A missing blob raises BlobMissingError and leaves nothing behind."""
-    records = [("a.txt", xxh(b"a"), 0o644), ("b/c.txt", xxh(b"c"), 0o644)]
+    """A missing blob raises BlobMissingError and leaves no file or new directory behind."""
+    records = [("x/a.txt", xxh(b"a"), 0o644), ("b/c.txt", xxh(b"c"), 0o644)]
     with pytest.raises(BlobMissingError) as info:
         restore_outputs(records, tmp_path, {xxh(b"a"): b"a"}.get)
     assert isinstance(info.value, CacheError) and info.value.path == "b/c.txt"
@@ -478,3 +486,17 @@ def test_clean_dry_run_then_real(tmp_path: Path) -> None:
     assert clean_outputs(specs, tmp_path, dry_run=False) == expected
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
     assert (tmp_path / "src/main.c").exists()
+
+
+def test_flush_drops_entries_of_deleted_files(tmp_path: Path, later: None) -> None:
+    """Entries for files that no longer exist are not written back."""
+    cache_file = tmp_path / "sc"
+    gone = write(tmp_path / "gone.txt", "g")
+    first = StatCache(cache_file)
+    first.digest(gone)
+    first.flush()
+    gone.unlink()
+    second = StatCache(cache_file)
+    second.digest(write(tmp_path / "new.txt", "n"))
+    second.flush()
+    assert len(StatCache(cache_file)) == 1
