@@ -11,7 +11,9 @@ standard library, installed packages, taskrun itself and other tasks are left ou
 from __future__ import annotations
 
 import ast
+import functools
 import inspect
+import os
 import pathlib
 import re
 import sys
@@ -36,7 +38,7 @@ def code_parts(
     """
     target = inspect.unwrap(fn)
     walker = _CodeWalker(root, getattr(target, "__module__", "") or "", digest)
-    walker.function(target, top=True)
+    walker.function(target, target.__qualname__, top=True)
     return dict(walker.parts)
 
 
@@ -86,6 +88,25 @@ def _references(tree: ast.AST) -> tuple[set[str], dict[str, list[list[str]]]]:
     return names, chains
 
 
+def _has(obj: Any, name: str) -> bool:
+    """hasattr that survives objects whose __getattr__ raises anything."""
+    try:
+        return hasattr(obj, name)
+    except Exception:
+        return False
+
+
+def _is_task(obj: Any) -> bool:
+    return _has(obj, "__taskrun_task__")
+
+
+def _paths(module: types.ModuleType) -> list[str]:
+    try:
+        return [str(p) for p in getattr(module, "__path__", ())]
+    except Exception:
+        return []
+
+
 def _code_objects(code: types.CodeType) -> Iterator[types.CodeType]:
     yield code
     for const in code.co_consts:
@@ -132,6 +153,15 @@ class _CodeWalker:
     def key(self, module: str, name: str) -> str:
         return name if module == self.home else f"{module}.{name}"
 
+    def definition_key(self, obj: Any, lookup: str) -> str:
+        """Key a function or class by where it is defined, unless that is ambiguous."""
+        qualname: str = obj.__qualname__
+        if "<" in qualname:
+            # Lambdas, and functions made by a factory, share one qualname: key them by
+            # the name they were reached through, or one would hide the others.
+            return lookup
+        return self.key(obj.__module__ or "", qualname)
+
     def owns(self, filename: str | None) -> bool:
         """True for a file of the project: under root, not a library or a venv."""
         if not filename or filename.startswith("<"):
@@ -155,10 +185,13 @@ class _CodeWalker:
         return owned
 
     def owns_module(self, module: types.ModuleType) -> bool:
-        return self.owns(getattr(module, "__file__", None))
+        file = getattr(module, "__file__", None)
+        if file is not None:
+            return self.owns(file)
+        # A namespace package (a directory without __init__.py) has only __path__.
+        return any(self.owns(os.path.join(p, "__init__.py")) for p in _paths(module))
 
-    def function(self, fn: types.FunctionType, *, top: bool = False) -> None:
-        key = self.key(fn.__module__ or "", fn.__qualname__)
+    def function(self, fn: types.FunctionType, key: str, *, top: bool = False) -> None:
         if key in self.parts:
             return
         self.parts[key] = ""  # claim the slot first: cycle-safe, and keeps fn first
@@ -254,18 +287,27 @@ class _CodeWalker:
             return
 
     def value(self, key: str, value: Any) -> None:
-        if hasattr(value, "__taskrun_task__"):
+        """Digest what the name ``key`` refers to, if it is the project's."""
+        if _is_task(value):
             return  # another task: its product digest covers it
-        if callable(value) and hasattr(value, "__wrapped__"):
-            value = inspect.unwrap(value)
-            if hasattr(value, "__taskrun_task__"):
+        if callable(value) and _has(value, "__wrapped__"):
+            try:
+                value = inspect.unwrap(value)
+            except ValueError:  # a wrapper cycle
                 return
+            if _is_task(value):
+                return
+        if isinstance(value, types.MethodType):
+            value = value.__func__  # a bound method: its function's code
+        if isinstance(value, functools.partial):
+            self.value(f"{key}.<partial>", value.func)
+            value = ("functools.partial", value.args, value.keywords)
         if isinstance(value, types.FunctionType):
             if self.owns(value.__code__.co_filename):
-                self.function(value)
+                self.function(value, self.definition_key(value, key))
         elif isinstance(value, type):
             module = sys.modules.get(value.__module__)
-            ckey = self.key(value.__module__, value.__qualname__)
+            ckey = self.definition_key(value, key)
             if ckey not in self.parts and self.owns(getattr(module, "__file__", None)):
                 self.klass(value, ckey)
         elif isinstance(value, (types.ModuleType, types.BuiltinFunctionType)):

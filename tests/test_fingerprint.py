@@ -539,11 +539,12 @@ def load(tmp_path: pathlib.Path, request: pytest.FixtureRequest) -> Iterator[Loa
 
     def load_project(files: dict[str, str], main: str = "tasks", sub: str = "") -> Any:
         root = tmp_path / f"project{next(counter)}"
-        for name, source in files.items():
+        for name, source in files.items():  # "pkg/util" is module util of package pkg
             path = root / sub / f"{prefix}{name}.py"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(textwrap.dedent(source).replace("MOD_", prefix))
-            sys.modules.pop(prefix + name, None)
+            for module_name in itertools.accumulate(name.split("/"), lambda a, b: f"{a}.{b}"):
+                sys.modules.pop(prefix + module_name, None)
         sys.path.insert(0, str(root / sub))
         try:
             importlib.invalidate_caches()
@@ -761,6 +762,58 @@ def test_closure_values_count(load: Loader) -> None:
     module = load({"tasks": tasks})
     one, two = _fingerprint(module, "report_one"), _fingerprint(module, "report_two")
     assert one.digest != two.digest
+
+
+def test_lambdas_and_factory_made_helpers_are_kept_apart(load: Loader) -> None:
+    """Helpers sharing a qualname (lambdas, factory products) are each tracked."""
+    tasks = """
+    def make(n):
+        def scale(x):
+            return x * n
+        return scale
+
+    double = make(2)
+    triple = make(3)
+    inc = lambda x: x + 1
+    dec = lambda x: x - 1
+
+    def report():
+        return double(inc(1)) + triple(dec(1))
+    """
+    before = _fingerprint(load({"tasks": tasks}))
+    assert {"double", "triple", "inc", "dec"} <= set(before.parts)
+    assert _fingerprint(load({"tasks": tasks.replace("make(3)", "make(4)")})) != before
+    assert _fingerprint(load({"tasks": tasks.replace("x - 1", "x - 2")})) != before
+
+
+def test_partial_helpers_count(load: Loader) -> None:
+    """A functools.partial counts by its function's code and its bound arguments."""
+    tasks = """
+    import functools
+
+    def scale(x, n):
+        return x * n
+
+    scaled = functools.partial(scale, n=2)
+
+    def report():
+        return scaled(1)
+    """
+    before = _fingerprint(load({"tasks": tasks}))
+    assert "scale" in before.parts
+    assert _fingerprint(load({"tasks": tasks.replace("n=2", "n=3")})) != before
+    assert _fingerprint(load({"tasks": tasks.replace("x * n", "x + n")})) != before
+
+
+def test_namespace_package_helpers_count(load: Loader) -> None:
+    """Helpers in a package without __init__.py are still the project's own."""
+    util = "def twice(x):\n    return 2 * x\n"
+    tasks = "import MOD_pkg.util\n\ndef report():\n    return MOD_pkg.util.twice(1)\n"
+    module = load({"pkg/util": util, "tasks": tasks})
+    before = _fingerprint(module)
+    assert f"{module.PREFIX}pkg.util.twice" in before.parts
+    changed = load({"pkg/util": util.replace("2 * x", "3 * x"), "tasks": tasks})
+    assert _fingerprint(changed) != before
 
 
 def test_code_without_source_falls_back_to_bytecode(tmp_path: pathlib.Path) -> None:
