@@ -17,13 +17,13 @@ value                 encoding (``Q`` = unsigned 64-bit little-endian length or 
 ``list`` / ``tuple``  ``l`` / ``t`` Q items
 ``dict``              ``d`` Q (key, value)..., sorted by encoded key bytes
 ``set`` / frozenset   ``S`` / ``z`` Q items, sorted by encoded bytes
-``Enum`` member       ``e`` str(class qualname) value
+``Enum`` member       ``e`` str(class qualname) value (the module does not count)
 dataclass instance    ``D`` Q str(class qualname) (str(field name) value)... declaration order
 namedtuple            ``n`` Q str(class qualname) (str(field name) value)...
 ``PurePath``          ``p`` str(posix text); absolute paths are refused
 ``File`` / ``Dir``    ``x`` / ``y`` str(posix text) str(content digest); absolute refused
-NumPy array           ``A`` dtype shape Q C-order bytes (object dtype refused)
-NumPy scalar          ``g`` dtype Q bytes
+NumPy array           ``A`` dtype shape bytes(C-order data); object dtype refused
+NumPy scalar          ``g`` dtype bytes(data)
 ====================  =====================================================================
 
 Every encoding is self-delimiting, so a concatenation decodes one way only: the encoding
