@@ -15,24 +15,9 @@ diskcache keys (all values are bytes)::
 Fingerprints and blob digests are xxh3-128 in lowercase hex (32 characters). A blob's
 digest is that of its bytes (:func:`blob_digest`), so equal outputs are stored once.
 
-Every entry and blob is an envelope::
-
-    offset size
-    0      4    magic b"TRC1"
-    4      1    kind: b"E" entry, b"B" blob
-    5      1    flags: bit 0 = signed
-    6      1    reserved (0)
-    7      4    meta length, big-endian
-    11     8    payload length
-    19     16   xxh3-128 of meta + payload
-    35     32   HMAC-SHA256, only when signed
-    ...         meta JSON (empty for blobs), then the payload
-
-The HMAC (key: ``TASKRUN_CACHE_KEY``) covers a length-prefixed encoding of the kind, the
-diskcache key the envelope is stored under, the meta and the payload, so an entry cannot
-be replayed under another fingerprint. Digest, signature and lengths are checked before
-the meta JSON is parsed and long before anything is unpickled; with a key set, an
-unsigned envelope is refused.
+Entries and blobs are stored as envelopes (see :mod:`taskrun.cache_format`): length,
+xxh3-128 digest and, with ``TASKRUN_CACHE_KEY`` set, an HMAC-SHA256 bound to the key they
+are stored under, all checked before the meta is parsed or the product unpickled.
 
 Trust: values are read through our own read-only SQLite connection, never through
 ``diskcache.Cache.get``, because diskcache unpickles rows stored in its pickle mode and a
@@ -45,27 +30,31 @@ from __future__ import annotations
 import contextlib
 import enum
 import fcntl
-import hashlib
-import hmac
 import io
 import json
 import os
 import pathlib
-import re
 import sqlite3
-import struct
 import tempfile
-import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
-from typing import IO, Any, Final, Literal
+from typing import Any, Final, Literal
 
 import cloudpickle
 import diskcache
-import xxhash
 
+from taskrun.cache_format import (
+    KIND_BLOB,
+    KIND_ENTRY,
+    Opened,
+    StoreReader,
+    blob_digest,
+    is_digest,
+    open_envelope,
+    seal,
+)
 from taskrun.errors import CacheError, ConfigError, IntegrityError, UsageError, did_you_mean
 
 __all__ = [
@@ -92,18 +81,7 @@ CACHE_MODES: Final = ("rw", "read", "off")
 KEY_ENV: Final = "TASKRUN_CACHE_KEY"
 MODE_ENV: Final = "TASKRUN_CACHE_MODE"
 
-_HEX32 = re.compile(r"[0-9a-f]{32}\Z")
-_MAGIC = b"TRC1"
-_KIND_ENTRY = b"E"
-_KIND_BLOB = b"B"
-_FLAG_SIGNED = 0x01
-_HEADER = struct.Struct(">4scBxIQ16s")
-_SIG_LEN = 32
-_SIG_DOMAIN = b"taskrun-cache-envelope\x00"
-_MAX_META = 64 * 2**20  # a header claiming more is corrupt, not a reason to allocate it
-_CHUNK = 2**20
 _TAG_ENTRY, _TAG_BLOB, _TAG_TASK = "entry", "blob", "task"
-_VALUE_FILE = re.compile(r"[0-9a-f]{2}/[0-9a-f]{2}/[0-9a-f]{28}\.val\Z")
 _LAST_RUN = "last-run.json"
 
 
@@ -111,13 +89,8 @@ class CacheWarning(UserWarning):
     """A cache entry or blob was unusable (corrupt, truncated, unsigned, mis-signed)."""
 
 
-def blob_digest(data: bytes) -> str:
-    """The content address of a blob: xxh3-128 of its bytes, in hex."""
-    return xxhash.xxh3_128_hexdigest(data)
-
-
 def _check_name(name: str, what: str) -> None:
-    if not isinstance(name, str) or not _HEX32.match(name):
+    if not is_digest(name):
         raise UsageError(f"{what} {name!r} is not 32 lowercase hex digits (an xxh3-128 digest)")
 
 
@@ -184,7 +157,7 @@ class EntryMeta:
         except (KeyError, TypeError, ValueError) as exc:
             raise IntegrityError(f"entry metadata has the wrong shape: {exc!r}") from None
         for o in outputs:
-            if _unsafe_path(o.path) or not _HEX32.match(o.digest):
+            if _unsafe_path(o.path) or not is_digest(o.digest):
                 raise IntegrityError(f"entry metadata names an unsafe output {o.path!r}")
         return meta
 
@@ -284,173 +257,6 @@ class VerifyReport:
     def ok(self) -> bool:
         """True when nothing was wrong."""
         return not self.problems
-
-
-# --------------------------------------------------------------------------- envelopes
-
-
-@dataclass(frozen=True, slots=True)
-class _Opened:
-    meta: bytes
-    digest: str  # hex of the envelope's xxh3-128
-    payload_offset: int
-    size: int
-
-
-def _signer(key: bytes, kind: bytes, name: str, meta: bytes, payload_len: int) -> hmac.HMAC:
-    encoded = name.encode("utf-8")
-    signer = hmac.new(key, digestmod=hashlib.sha256)
-    # Length-prefixed, so no two (name, meta, payload) splits sign the same bytes.
-    signer.update(_SIG_DOMAIN + kind + struct.pack(">I", len(encoded)) + encoded)
-    signer.update(struct.pack(">I", len(meta)) + meta + struct.pack(">Q", payload_len))
-    return signer
-
-
-def _seal(kind: bytes, name: str, meta: bytes, payload: bytes, key: bytes | None) -> bytes:
-    digest = xxhash.xxh3_128(meta)
-    digest.update(payload)
-    flags, sig = 0, b""
-    if key is not None:
-        signer = _signer(key, kind, name, meta, len(payload))
-        signer.update(payload)
-        flags, sig = _FLAG_SIGNED, signer.digest()
-    header = _HEADER.pack(_MAGIC, kind, flags, len(meta), len(payload), digest.digest())
-    return b"".join((header, sig, meta, payload))
-
-
-def _read_exact(stream: IO[bytes], n: int, what: str) -> bytes:
-    data = stream.read(n)
-    if len(data) != n:
-        raise IntegrityError(f"truncated ({what} is cut short)")
-    return data
-
-
-def _open_envelope(stream: IO[bytes], *, kind: bytes, name: str, key: bytes | None) -> _Opened:
-    """Check an envelope read from ``stream``; raise IntegrityError saying what is wrong."""
-    magic, got_kind, flags, meta_len, payload_len, digest = _HEADER.unpack(
-        _read_exact(stream, _HEADER.size, "header")
-    )
-    if magic != _MAGIC:
-        raise IntegrityError("not a taskrun cache envelope (bad magic)")
-    if got_kind != kind:
-        raise IntegrityError(f"wrong kind {got_kind!r}, expected {kind!r}")
-    if flags & ~_FLAG_SIGNED:
-        raise IntegrityError(f"unknown flags {flags:#x}")
-    signed = bool(flags & _FLAG_SIGNED)
-    if key is not None and not signed:
-        raise IntegrityError("unsigned, but a signing key is set")
-    sig = _read_exact(stream, _SIG_LEN, "signature") if signed else b""
-    if meta_len > _MAX_META:
-        raise IntegrityError(f"implausible metadata length {meta_len}")
-    meta = _read_exact(stream, meta_len, "metadata")
-    hasher = xxhash.xxh3_128(meta)
-    signer = _signer(key, kind, name, meta, payload_len) if key is not None else None
-    remaining = payload_len
-    while remaining:
-        chunk = stream.read(min(remaining, _CHUNK))
-        if not chunk:
-            raise IntegrityError(f"truncated ({remaining} of {payload_len} payload bytes missing)")
-        hasher.update(chunk)
-        if signer is not None:
-            signer.update(chunk)
-        remaining -= len(chunk)
-    if stream.read(1):
-        raise IntegrityError("trailing bytes after the payload")
-    if not hmac.compare_digest(hasher.digest(), digest):
-        raise IntegrityError("digest mismatch (corrupt)")
-    if signer is not None and not hmac.compare_digest(signer.digest(), sig):
-        raise IntegrityError("bad signature (signed with another key, or tampered with)")
-    offset = _HEADER.size + len(sig) + meta_len
-    return _Opened(meta, digest.hex(), offset, offset + payload_len)
-
-
-# --------------------------------------------------------------------------- storage
-
-
-class _Reader:
-    """Read-only access to a diskcache database, without ever unpickling anything."""
-
-    def __init__(self, directory: pathlib.Path, *, live: bool) -> None:
-        self._directory = directory
-        self._db = directory / "cache.db"
-        self._live = live
-        self._conn: sqlite3.Connection | None = None
-        self._lock = threading.Lock()
-
-    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
-        with self._lock:
-            if self._conn is None:
-                if not self._db.is_file():
-                    return []
-                wal = self._db.with_name(self._db.name + "-wal")
-                # A read-only WAL connection leaves -wal/-shm files behind when it is the
-                # first one; `immutable` touches nothing, at the price of not seeing a
-                # concurrent writer (only when no writer has the database open now).
-                flag = "mode=ro" if self._live or wal.exists() else "immutable=1"
-                self._conn = sqlite3.connect(
-                    f"{self._db.as_uri()}?{flag}", uri=True, timeout=60,
-                    isolation_level=None, check_same_thread=False,
-                )
-            try:
-                return self._conn.execute(sql, args).fetchall()
-            except sqlite3.OperationalError as exc:
-                if "no such table" in str(exc):
-                    return []
-                raise CacheError(f"cannot read the cache database {self._db}: {exc}") from exc
-            except sqlite3.DatabaseError as exc:
-                raise CacheError(f"cannot read the cache database {self._db}: {exc}") from exc
-
-    def open(self, key: str) -> IO[bytes] | None:
-        """A stream over the stored bytes of ``key``; None when absent."""
-        rows = self._query("SELECT mode, filename, value FROM Cache WHERE key = ? AND raw = 1",
-                           (key,))
-        if not rows:
-            return None
-        mode, filename, value = rows[0]
-        if mode == diskcache.core.MODE_RAW and isinstance(value, bytes):
-            return io.BytesIO(value)
-        if mode == diskcache.core.MODE_BINARY and isinstance(filename, str):
-            if not _VALUE_FILE.match(filename):
-                raise IntegrityError(f"stored under an unexpected file name {filename!r}")
-            try:
-                return open(self._directory / filename, "rb")  # noqa: SIM115
-            except FileNotFoundError:
-                return None  # evicted between the query and the open
-        raise IntegrityError(f"stored in diskcache mode {mode} (not plain bytes); not read")
-
-    def read(self, key: str) -> bytes | None:
-        stream = self.open(key)
-        if stream is None:
-            return None
-        with stream:
-            return stream.read()
-
-    def keys(self, tag: str) -> list[str]:
-        rows = self._query("SELECT key FROM Cache WHERE raw = 1 AND tag = ?", (tag,))
-        return sorted(k for (k,) in rows if isinstance(k, str))
-
-    def contains(self, key: str, tag: str) -> bool:
-        return bool(self._query("SELECT 1 FROM Cache WHERE key = ? AND raw = 1 AND tag = ?",
-                                (key, tag)))
-
-    def count(self, tag: str) -> int:
-        rows = self._query("SELECT COUNT(*) FROM Cache WHERE raw = 1 AND tag = ?", (tag,))
-        return int(rows[0][0]) if rows else 0
-
-    def volume(self) -> int:
-        """Bytes used, as diskcache counts them for its size limit."""
-        pages = self._query("PRAGMA page_count")
-        page_size = self._query("PRAGMA page_size")
-        files = self._query("SELECT value FROM Settings WHERE key = 'size'")
-        if not pages:
-            return 0
-        return int(pages[0][0]) * int(page_size[0][0]) + (int(files[0][0]) if files else 0)
-
-    def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
 
 
 def _pointer_key(task: str) -> str:
@@ -553,7 +359,7 @@ class Cache:
         self._warn = on_warning or _default_warning
         self._outcomes: dict[str, bool] = {}  # fingerprint -> hit, for the run's hit rate
         self._dc: diskcache.Cache | None = None
-        self._reader: _Reader | None = None
+        self._reader: StoreReader | None = None
         if mode == "rw":
             try:
                 # least-recently-stored: a read never writes (LRU would update on every hit).
@@ -564,7 +370,7 @@ class Cache:
             except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
                 raise CacheError(f"cannot open the cache in {self._directory}: {exc}") from exc
         if mode != "off":
-            self._reader = _Reader(self._directory, live=mode == "rw")
+            self._reader = StoreReader(self._directory, live=mode == "rw")
 
     @staticmethod
     def key_from_env(environ: Mapping[str, str] | None = None) -> bytes | None:
@@ -623,7 +429,7 @@ class Cache:
 
     # ---- reading and checking
 
-    def _read_entry(self, fp: str) -> tuple[EntryMeta, _Opened] | None:
+    def _read_entry(self, fp: str) -> tuple[EntryMeta, Opened] | None:
         """The verified meta of entry ``fp``; None if absent; IntegrityError if bad."""
         if self._reader is None:
             return None
@@ -631,10 +437,10 @@ class Cache:
         if stream is None:
             return None
         with stream:
-            opened = _open_envelope(stream, kind=_KIND_ENTRY, name=fp, key=self._key)
+            opened = open_envelope(stream, kind=KIND_ENTRY, name=fp, key=self._key)
         return self._entry_meta(fp, opened), opened
 
-    def _entry_meta(self, fp: str, opened: _Opened) -> EntryMeta:
+    def _entry_meta(self, fp: str, opened: Opened) -> EntryMeta:
         try:
             data = json.loads(opened.meta)
         except ValueError as exc:
@@ -644,7 +450,7 @@ class Cache:
             raise IntegrityError(f"entry for {meta.fingerprint} is stored under {fp}")
         return meta
 
-    def _entry_or_warn(self, fp: str) -> tuple[EntryMeta, _Opened] | None:
+    def _entry_or_warn(self, fp: str) -> tuple[EntryMeta, Opened] | None:
         try:
             return self._read_entry(fp)
         except IntegrityError as exc:
@@ -658,7 +464,7 @@ class Cache:
     def _blob_problem(self, digest: str, raw: bytes) -> tuple[str | None, int]:
         """Why the blob envelope ``raw`` is bad (or None), and its payload offset."""
         try:
-            opened = _open_envelope(io.BytesIO(raw), kind=_KIND_BLOB, name=digest, key=self._key)
+            opened = open_envelope(io.BytesIO(raw), kind=KIND_BLOB, name=digest, key=self._key)
         except IntegrityError as exc:
             return str(exc), 0
         if opened.meta or opened.digest != digest:
@@ -679,7 +485,7 @@ class Cache:
             raise IntegrityError(f"cache entry {fp} of task '{meta.task}' vanished before "
                                  "it was loaded (evicted or removed)")
         try:
-            opened = _open_envelope(io.BytesIO(raw), kind=_KIND_ENTRY, name=fp, key=self._key)
+            opened = open_envelope(io.BytesIO(raw), kind=KIND_ENTRY, name=fp, key=self._key)
         except IntegrityError as exc:
             if self._dc is not None:
                 self._dc.delete(fp)
@@ -734,7 +540,7 @@ class Cache:
                                  "inside the project")
         fp = meta.fingerprint
         meta = replace(meta, size=len(payload))
-        envelope = _seal(_KIND_ENTRY, fp, _meta_json(meta), payload, self._key)
+        envelope = seal(KIND_ENTRY, fp, _meta_json(meta), payload, self._key)
         self._outcomes[fp] = False
         try:
             for digest, data in blobs.items():
@@ -770,7 +576,7 @@ class Cache:
         stored = self._reader.read(digest)
         if stored is not None and self._blob_problem(digest, stored)[0] is None:
             return
-        envelope = envelope or _seal(_KIND_BLOB, digest, b"", data, self._key)
+        envelope = envelope or seal(KIND_BLOB, digest, b"", data, self._key)
         self._dc.set(digest, envelope, tag=_TAG_BLOB)
 
     def _cull(self) -> None:
@@ -811,21 +617,19 @@ class Cache:
         return self._reader is not None and self._reader.contains(digest, _TAG_BLOB)
 
     def latest(self, task: str) -> EntryMeta | None:
-        """The newest verified entry recorded for ``task`` (for ``explain``), or None."""
+        """The verified entry last stored for ``task`` (for ``explain``), or None.
+
+        After gc it is the task's newest remaining entry; if diskcache evicted it, None.
+        """
         if self._reader is None:
             return None
+        # perf: one pointer read, never a scan; the scheduler asks this on every store.
         pointer = self._reader.read(_pointer_key(task))
         fp = pointer.decode("ascii", "replace") if pointer is not None else ""
-        if _HEX32.match(fp):
-            got = self._entry_or_warn(fp)
-            if got is not None and got[0].task == task:
-                return got[0]
-        # The pointed-to entry was evicted or removed: the newest remaining one will do.
-        newest: EntryMeta | None = None
-        for meta in self.entries():
-            if meta.task == task and (newest is None or meta.created > newest.created):
-                newest = meta
-        return newest
+        if not is_digest(fp):
+            return None
+        got = self._entry_or_warn(fp)
+        return got[0] if got is not None and got[0].task == task else None
 
     @contextlib.contextmanager
     def lock(self, fingerprint: str) -> Iterator[None]:
@@ -902,7 +706,7 @@ class Cache:
         try:
             data = json.loads(path.read_bytes())
             used = frozenset(data["used"])
-            if not all(isinstance(fp, str) and _HEX32.match(fp) for fp in used):
+            if not all(is_digest(fp) for fp in used):
                 raise ValueError("a used fingerprint is not 32 hex digits")
             return LastRun(used, int(data["hits"]), int(data["misses"]), float(data["recorded"]))
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -932,7 +736,7 @@ class Cache:
         if self._reader is None:
             return
         for fp in self._reader.keys(_TAG_ENTRY):
-            if _HEX32.match(fp):
+            if is_digest(fp):
                 got = self._entry_or_warn(fp)
                 if got is not None:
                     yield got[0]
@@ -989,11 +793,20 @@ class Cache:
         return len(orphans)
 
     def _sweep_pointers(self, metas: Mapping[str, EntryMeta]) -> None:
+        """Re-point each task whose latest entry is gone at its newest remaining one."""
         assert self._dc is not None and self._reader is not None
+        newest: dict[str, EntryMeta] = {}
+        for m in metas.values():
+            if m.task not in newest or m.created > newest[m.task].created:
+                newest[m.task] = m
         for key in self._reader.keys(_TAG_TASK):
             raw = self._reader.read(key)
-            fp = raw.decode("ascii", "replace") if raw is not None else ""
-            if fp not in metas:
+            if raw is not None and raw.decode("ascii", "replace") in metas:
+                continue
+            task = key.removeprefix("task:")
+            if task in newest:
+                self._dc.set(key, newest[task].fingerprint.encode("ascii"), tag=_TAG_TASK)
+            else:
                 self._dc.delete(key)
 
     def _sweep_locks(self) -> None:
@@ -1097,7 +910,7 @@ class Cache:
 
     def check_entry_envelope(self, fingerprint: str, raw: bytes) -> EntryMeta:
         """Verify raw entry bytes as this cache would; return the meta or raise IntegrityError."""
-        opened = _open_envelope(io.BytesIO(raw), kind=_KIND_ENTRY, name=fingerprint,
+        opened = open_envelope(io.BytesIO(raw), kind=KIND_ENTRY, name=fingerprint,
                                 key=self._key)
         return self._entry_meta(fingerprint, opened)
 

@@ -349,8 +349,8 @@ def test_read_mode_writes_nothing(cache_dir: pathlib.Path, warned: list[str]) ->
     data = b"blob"
     out = output("o.txt", data)
     with Cache(cache_dir) as c:
+        c.store(meta_for(fp_of(2), task="u"), cloudpickle.dumps(2))
         c.store(meta_for(fp_of(1), outputs=(out,)), cloudpickle.dumps(1), {out.digest: data})
-        c.store(meta_for(fp_of(2)), cloudpickle.dumps(2))
         c.record_run([fp_of(1)])
     raw_set(cache_dir, fp_of(2), raw_get(cache_dir, fp_of(2))[:-1])  # one corrupt entry
     before = snapshot(cache_dir)
@@ -568,21 +568,28 @@ def test_verify_reports_and_removes_bad_items(cache: Cache, cache_dir: pathlib.P
 # ---- bookkeeping
 
 
-def test_latest_follows_the_newest_store(cache: Cache) -> None:
-    """latest(task) is the entry stored last; after it is gone, the newest remaining one."""
+def test_latest_is_the_last_stored(cache: Cache) -> None:
+    """latest(task) is the entry stored last for that task, whatever its creation time."""
     cache.store(meta_for(fp_of(1), created=1.0), b"")
     cache.store(meta_for(fp_of(2), created=3.0), b"")
     cache.store(meta_for(fp_of(3), created=2.0), b"")
+    cache.store(meta_for(fp_of(4), task="other"), b"")
     latest = cache.latest("t")
     assert latest is not None and latest.fingerprint == fp_of(3)
-    cache.gc(max_age=0)  # everything is older than now
+    assert cache.latest("nobody") is None
+
+
+def test_latest_after_gc_is_the_newest_remaining(cache: Cache) -> None:
+    """When gc removes a task's latest entry, latest() moves to its newest remaining one."""
+    now = time.time()
+    cache.store(meta_for(fp_of(1), created=now - 10), b"")
+    cache.store(meta_for(fp_of(2), created=now - 5), b"")
+    cache.store(meta_for(fp_of(3), created=now - 1000), b"")
+    cache.gc(max_age=500)
+    latest = cache.latest("t")
+    assert latest is not None and latest.fingerprint == fp_of(2)
+    cache.gc(max_age=0)
     assert cache.latest("t") is None
-    cache.store(meta_for(fp_of(1), created=1.0), b"")
-    cache.store(meta_for(fp_of(2), created=3.0), b"")
-    with diskcache.Cache(str(cache.directory)) as dc:
-        dc.delete(fp_of(2))
-    fallback = cache.latest("t")
-    assert fallback is not None and fallback.fingerprint == fp_of(1)
 
 
 def test_record_run_counts_hits_and_misses(cache: Cache, cache_dir: pathlib.Path) -> None:

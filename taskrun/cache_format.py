@@ -1,0 +1,248 @@
+"""The cache's on-disk format: envelopes, and reading diskcache without unpickling.
+
+Every entry and blob the cache stores is an envelope::
+
+    offset size
+    0      4    magic b"TRC1"
+    4      1    kind: b"E" entry, b"B" blob
+    5      1    flags: bit 0 = signed
+    6      1    reserved (0)
+    7      4    meta length, big-endian
+    11     8    payload length
+    19     16   xxh3-128 of meta + payload
+    35     32   HMAC-SHA256, only when signed
+    ...         meta JSON (empty for blobs), then the payload
+
+The HMAC covers a length-prefixed encoding of the kind, the name (the diskcache key the
+envelope is stored under), the meta and the payload, so an envelope cannot be replayed
+under another name. :func:`open_envelope` checks lengths, digest and signature, streaming,
+before anyone parses the meta, let alone unpickles the payload; with a key set, an
+unsigned envelope is refused. A blob's meta is empty, so its envelope digest is the
+digest of its bytes: its content address (:func:`blob_digest`).
+
+:class:`StoreReader` reads values straight from diskcache's SQLite database, read-only,
+because ``diskcache.Cache.get`` unpickles rows stored in its pickle mode (and a cache
+directory restored from elsewhere could carry one), and because diskcache's constructor
+writes to the database, which mode ``read`` must never do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import pathlib
+import re
+import sqlite3
+import struct
+import threading
+from dataclasses import dataclass
+from typing import IO, Any, Final
+
+import diskcache
+import xxhash
+
+from taskrun.errors import CacheError, IntegrityError
+
+__all__ = [
+    "KIND_BLOB",
+    "KIND_ENTRY",
+    "Opened",
+    "StoreReader",
+    "blob_digest",
+    "is_digest",
+    "open_envelope",
+    "seal",
+]
+
+KIND_ENTRY: Final = b"E"
+KIND_BLOB: Final = b"B"
+_HEX32 = re.compile(r"[0-9a-f]{32}\Z")
+_MAGIC = b"TRC1"
+_FLAG_SIGNED = 0x01
+_HEADER = struct.Struct(">4scBxIQ16s")
+_SIG_LEN = 32
+_SIG_DOMAIN = b"taskrun-cache-envelope\x00"
+_MAX_META = 64 * 2**20  # a header claiming more is corrupt, not a reason to allocate it
+_CHUNK = 2**20
+_VALUE_FILE = re.compile(r"[0-9a-f]{2}/[0-9a-f]{2}/[0-9a-f]{28}\.val\Z")
+
+
+def blob_digest(data: bytes) -> str:
+    """The content address of a blob: xxh3-128 of its bytes, in hex."""
+    return xxhash.xxh3_128_hexdigest(data)
+
+
+def is_digest(name: object) -> bool:
+    """True for 32 lowercase hex digits: a fingerprint or a blob digest."""
+    return isinstance(name, str) and _HEX32.match(name) is not None
+
+
+# --------------------------------------------------------------------------- envelopes
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """A verified envelope: its meta bytes, digest, and where its payload starts."""
+
+    meta: bytes
+    digest: str  # hex of the envelope's xxh3-128
+    payload_offset: int
+    size: int
+
+
+def _signer(key: bytes, kind: bytes, name: str, meta: bytes, payload_len: int) -> hmac.HMAC:
+    encoded = name.encode("utf-8")
+    signer = hmac.new(key, digestmod=hashlib.sha256)
+    # Length-prefixed, so no two (name, meta, payload) splits sign the same bytes.
+    signer.update(_SIG_DOMAIN + kind + struct.pack(">I", len(encoded)) + encoded)
+    signer.update(struct.pack(">I", len(meta)) + meta + struct.pack(">Q", payload_len))
+    return signer
+
+
+def seal(kind: bytes, name: str, meta: bytes, payload: bytes, key: bytes | None) -> bytes:
+    """The envelope of ``meta`` and ``payload`` stored under ``name``, signed if ``key``."""
+    digest = xxhash.xxh3_128(meta)
+    digest.update(payload)
+    flags, sig = 0, b""
+    if key is not None:
+        signer = _signer(key, kind, name, meta, len(payload))
+        signer.update(payload)
+        flags, sig = _FLAG_SIGNED, signer.digest()
+    header = _HEADER.pack(_MAGIC, kind, flags, len(meta), len(payload), digest.digest())
+    return b"".join((header, sig, meta, payload))
+
+
+def _read_exact(stream: IO[bytes], n: int, what: str) -> bytes:
+    data = stream.read(n)
+    if len(data) != n:
+        raise IntegrityError(f"truncated ({what} is cut short)")
+    return data
+
+
+def open_envelope(stream: IO[bytes], *, kind: bytes, name: str, key: bytes | None) -> Opened:
+    """Check an envelope read from ``stream``; raise IntegrityError saying what is wrong."""
+    magic, got_kind, flags, meta_len, payload_len, digest = _HEADER.unpack(
+        _read_exact(stream, _HEADER.size, "header")
+    )
+    if magic != _MAGIC:
+        raise IntegrityError("not a taskrun cache envelope (bad magic)")
+    if got_kind != kind:
+        raise IntegrityError(f"wrong kind {got_kind!r}, expected {kind!r}")
+    if flags & ~_FLAG_SIGNED:
+        raise IntegrityError(f"unknown flags {flags:#x}")
+    signed = bool(flags & _FLAG_SIGNED)
+    if key is not None and not signed:
+        raise IntegrityError("unsigned, but a signing key is set")
+    sig = _read_exact(stream, _SIG_LEN, "signature") if signed else b""
+    if meta_len > _MAX_META:
+        raise IntegrityError(f"implausible metadata length {meta_len}")
+    meta = _read_exact(stream, meta_len, "metadata")
+    hasher = xxhash.xxh3_128(meta)
+    signer = _signer(key, kind, name, meta, payload_len) if key is not None else None
+    remaining = payload_len
+    while remaining:
+        chunk = stream.read(min(remaining, _CHUNK))
+        if not chunk:
+            raise IntegrityError(f"truncated ({remaining} of {payload_len} payload bytes missing)")
+        hasher.update(chunk)
+        if signer is not None:
+            signer.update(chunk)
+        remaining -= len(chunk)
+    if stream.read(1):
+        raise IntegrityError("trailing bytes after the payload")
+    if not hmac.compare_digest(hasher.digest(), digest):
+        raise IntegrityError("digest mismatch (corrupt)")
+    if signer is not None and not hmac.compare_digest(signer.digest(), sig):
+        raise IntegrityError("bad signature (signed with another key, or tampered with)")
+    offset = _HEADER.size + len(sig) + meta_len
+    return Opened(meta, digest.hex(), offset, offset + payload_len)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class StoreReader:
+    """Read-only access to a diskcache database, without ever unpickling anything."""
+
+    def __init__(self, directory: pathlib.Path, *, live: bool) -> None:
+        self._directory = directory
+        self._db = directory / "cache.db"
+        self._live = live
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+
+    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
+        with self._lock:
+            if self._conn is None:
+                if not self._db.is_file():
+                    return []
+                wal = self._db.with_name(self._db.name + "-wal")
+                # A read-only WAL connection leaves -wal/-shm files behind when it is the
+                # first one; `immutable` touches nothing, at the price of not seeing a
+                # concurrent writer (only when no writer has the database open now).
+                flag = "mode=ro" if self._live or wal.exists() else "immutable=1"
+                self._conn = sqlite3.connect(
+                    f"{self._db.as_uri()}?{flag}", uri=True, timeout=60,
+                    isolation_level=None, check_same_thread=False,
+                )
+            try:
+                return self._conn.execute(sql, args).fetchall()
+            except sqlite3.OperationalError as exc:
+                if "no such table" in str(exc):
+                    return []
+                raise CacheError(f"cannot read the cache database {self._db}: {exc}") from exc
+            except sqlite3.DatabaseError as exc:
+                raise CacheError(f"cannot read the cache database {self._db}: {exc}") from exc
+
+    def open(self, key: str) -> IO[bytes] | None:
+        """A stream over the stored bytes of ``key``; None when absent."""
+        rows = self._query("SELECT mode, filename, value FROM Cache WHERE key = ? AND raw = 1",
+                           (key,))
+        if not rows:
+            return None
+        mode, filename, value = rows[0]
+        if mode == diskcache.core.MODE_RAW and isinstance(value, bytes):
+            return io.BytesIO(value)
+        if mode == diskcache.core.MODE_BINARY and isinstance(filename, str):
+            if not _VALUE_FILE.match(filename):
+                raise IntegrityError(f"stored under an unexpected file name {filename!r}")
+            try:
+                return open(self._directory / filename, "rb")  # noqa: SIM115
+            except FileNotFoundError:
+                return None  # evicted between the query and the open
+        raise IntegrityError(f"stored in diskcache mode {mode} (not plain bytes); not read")
+
+    def read(self, key: str) -> bytes | None:
+        stream = self.open(key)
+        if stream is None:
+            return None
+        with stream:
+            return stream.read()
+
+    def keys(self, tag: str) -> list[str]:
+        rows = self._query("SELECT key FROM Cache WHERE raw = 1 AND tag = ?", (tag,))
+        return sorted(k for (k,) in rows if isinstance(k, str))
+
+    def contains(self, key: str, tag: str) -> bool:
+        return bool(self._query("SELECT 1 FROM Cache WHERE key = ? AND raw = 1 AND tag = ?",
+                                (key, tag)))
+
+    def count(self, tag: str) -> int:
+        rows = self._query("SELECT COUNT(*) FROM Cache WHERE raw = 1 AND tag = ?", (tag,))
+        return int(rows[0][0]) if rows else 0
+
+    def volume(self) -> int:
+        """Bytes used, as diskcache counts them for its size limit."""
+        pages = self._query("PRAGMA page_count")
+        page_size = self._query("PRAGMA page_size")
+        files = self._query("SELECT value FROM Settings WHERE key = 'size'")
+        if not pages:
+            return 0
+        return int(pages[0][0]) * int(page_size[0][0]) + (int(files[0][0]) if files else 0)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
