@@ -46,7 +46,7 @@ def __getattr__(name: str) -> Any:
     # perf: `sh` lives with the file helpers; importing it lazily keeps `import taskrun`
     # (and so `taskrun list`) free of subprocess machinery it does not need.
     if name == "sh":
-        from taskrun.files import sh
+        from taskrun.shell import sh
 
         return sh
     raise AttributeError(f"module 'taskrun' has no attribute {name!r}")

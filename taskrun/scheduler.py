@@ -147,6 +147,7 @@ class Scheduler:
     _parked: list[_Node] = field(default_factory=list, init=False)
     _running: dict[cf.Future[Any], _Node] = field(default_factory=dict, init=False)
     _calls: dict[str, Any] = field(default_factory=dict, init=False)
+    _stopping: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
         inv = self.invocation
@@ -277,11 +278,10 @@ class Scheduler:
             jobs=self.executor.jobs, executor=self.executor.name,
         ))
         running, parked = self._running, self._parked
-        stopping = False
         self._pending = list(self._nodes.values())
         try:
             while True:
-                if not stopping:
+                if not self._stopping:
                     self._advance()
                 if not running and not parked:
                     break
@@ -290,16 +290,13 @@ class Scheduler:
                     return_when=cf.FIRST_COMPLETED,
                 )
                 for future in done:
-                    node = running.pop(future)
-                    failed = self._finish(node, future.result())
-                    if failed and not self.keep_going:
-                        stopping = True
-                if stopping:
+                    self._collect(future)
+                if self._stopping:
                     for node in parked:
                         self._release_lock(node)
                         node.state = "pending"
                     parked.clear()
-            self._skip_rest(stopping)
+            self._skip_rest(self._stopping)
         except KeyboardInterrupt:
             self.executor.cancel()
             for node in self._nodes.values():
@@ -310,6 +307,11 @@ class Scheduler:
         finally:
             self._close()
         return self._result(time.perf_counter() - start)
+
+    def _collect(self, future: cf.Future[Any]) -> None:
+        node = self._running.pop(future)
+        if self._finish(node, future.result()) and not self.keep_going:
+            self._stopping = True
 
     def _advance(self) -> None:
         """Decide every task whose dependencies are done; submit the misses."""
@@ -323,6 +325,9 @@ class Scheduler:
             progress = False
             pending, self._pending = self._pending, []
             for node in pending:
+                if self._stopping:
+                    self._pending.append(node)
+                    continue
                 deps = [self._nodes[d] for d in node.deps]
                 if any(d.state in ("failed", "skipped") for d in deps):
                     failed = next(d.name for d in deps if d.state in ("failed", "skipped"))
@@ -448,6 +453,10 @@ class Scheduler:
         self._calls[node.name] = call
         node.future = self.executor.submit(call)
         self._running[node.future] = node
+        if node.future.done():
+            # The inline executor finishes inside submit(); settle it now so that a
+            # failure stops the run before the next task starts.
+            self._collect(node.future)
 
     def _finish(self, node: _Node, outcome: Any) -> bool:
         """Record a finished call. Returns True when the task has failed for good."""
