@@ -759,6 +759,8 @@ def diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Change]:
 def _diff_code(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Change]:
     old_code, new_code = str(old.get("code", "")), str(new.get("code", ""))
     old_parts, new_parts = old.get("code_parts") or {}, new.get("code_parts") or {}
+    # The task function is the first part (see CodeFingerprint); it may have been renamed.
+    functions = {next(iter(old_parts), None), next(iter(new_parts), None)} - {None}
     function = next(iter(new_parts), None) or next(iter(old_parts), None) or new.get("task")
     if (
         old_code.startswith("version:")
@@ -766,9 +768,12 @@ def _diff_code(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Change]:
         or not (old_parts and new_parts)
     ):
         return [Change("code", str(function), old_code, new_code)]
-    changes = []
+    changes = (
+        [Change("code", str(function), old_code, new_code)]
+        if any(old_parts.get(f) != new_parts.get(f) for f in functions)
+        else []
+    )
     for change in _diff_mapping("helper", old_parts, new_parts, _same):
-        if change.name == function and change.kind == "helper":
-            change = Change("code", change.name, change.old, change.new)
-        changes.append(change)
+        if change.name not in functions:
+            changes.append(change)
     return changes or [Change("code", str(function), old_code, new_code)]

@@ -548,7 +548,7 @@ def load(tmp_path: pathlib.Path, request: pytest.FixtureRequest) -> Iterator[Loa
         sys.path.insert(0, str(root / sub))
         try:
             importlib.invalidate_caches()
-            module = importlib.import_module(prefix + main)
+            module: Any = importlib.import_module(prefix + main)
         finally:
             sys.path.remove(str(root / sub))
         module.ROOT = root
@@ -920,6 +920,12 @@ def test_diff_renders_helper_and_function_changes() -> None:
         "code of 'report' changed",
         "code of helper 'helper' changed",
     ]
+
+
+def test_diff_of_a_renamed_function_is_a_code_change() -> None:
+    """Renaming the task function (same task name) is its code changing, not helpers."""
+    new = _inputs(code="e" * 32, code_parts={"build": "9" * 32, "helper": "1" * 32})
+    assert _reasons(GOLDEN_INPUTS, new) == ["code of 'build' changed"]
 
 
 def test_diff_renders_inputs_upstream_and_env() -> None:
