@@ -131,6 +131,16 @@ class Pattern:
     def literal(self) -> bool:
         return not self.rest
 
+    def matches(self, path: str) -> bool:
+        """Whether the relative posix PATH is covered (a directory match covers its files)."""
+        parts = tuple(path.split("/"))
+        n = len(self.prefix)
+        if parts[:n] != self.prefix:
+            return False
+        if self.regex is None:
+            return True
+        return len(parts) > n and self.regex.fullmatch("/".join(parts[n:])) is not None
+
 
 def compile_pattern(text: str, what: str = "glob") -> Pattern:
     parts, problem = split_relative(text)

@@ -100,7 +100,7 @@ class _Node:
     __slots__ = (
         "spec", "name", "deps", "dependents", "state", "fp", "inputs", "described",
         "digest", "value", "has_value", "entry", "consumers", "lock", "attempt",
-        "reasons", "started", "duration", "error", "forced", "future", "target",
+        "reasons", "started", "duration", "error", "forced", "future", "target", "hint",
     )
 
     def __init__(self, spec: TaskSpec, target: bool) -> None:
@@ -126,6 +126,7 @@ class _Node:
         self.forced = False
         self.future: cf.Future[Any] | None = None
         self.target = target
+        self.hint = ""
 
 
 @dataclass
@@ -216,6 +217,8 @@ class Scheduler:
         """Why a task misses: what changed since the newest entry recorded for it."""
         if node.forced:
             return ("forced",)
+        if node.hint:
+            return (node.hint,)
         if not node.spec.cache:
             return ("not cached (cache=False)",)
         if self.cache.mode == "off":
@@ -359,6 +362,13 @@ class Scheduler:
         if entry.meta.outputs:
             from taskrun.files import restore_outputs
 
+            changed = self._changed_product_file(node, entry.meta.outputs)
+            if changed:
+                # A File product that is not a declared output may be the user's own file
+                # (an input the task points at); never overwrite it: run the task instead.
+                node.hint = f"product file '{changed}' differs from the cached one"
+                return False
+
             try:
                 report = restore_outputs(
                     [(o.path, o.digest, o.mode) for o in entry.meta.outputs],
@@ -377,6 +387,19 @@ class Scheduler:
                 self._consumed(self._nodes[dep.task])
         self.on_event(ev.TaskCached(node.name, saved=entry.meta.compute_time, restored=restored))
         return True
+
+    def _changed_product_file(self, node: _Node, records: Any) -> str | None:
+        from taskrun.files import file_digest
+        from taskrun.globs import compile_pattern
+
+        patterns = [compile_pattern(p) for p in node.spec.outputs]
+        for record in records:
+            if any(p.matches(record.path) for p in patterns):
+                continue
+            path = self.root / record.path
+            if path.is_file() and file_digest(path, stat_cache=self.stat_cache) != record.digest:
+                return str(record.path)
+        return None
 
     def _try_lock(self, node: _Node) -> bool:
         if not node.spec.cache or self.cache.mode != "rw":

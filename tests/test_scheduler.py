@@ -340,3 +340,22 @@ def test_results_equal_a_serial_run(
         )
     assert results["thread"] == results["inline"]
     assert results["process"] == results["inline"]
+
+
+def test_undeclared_product_file_is_never_overwritten(tmp_path: Path) -> None:
+    """A File product that is not a declared output and was edited makes a miss, not a restore."""
+    (tmp_path / "config.toml").write_text("a = 1\n")
+    reg = Registry()
+    with reg.activate():
+
+        @taskrun.task
+        def config() -> File:
+            note("config")
+            return File("config.toml")
+
+    go(reg, tmp_path, "inline", targets=["config"])
+    (tmp_path / "config.toml").write_text("a = 2\n")
+    result = go(reg, tmp_path, "inline", targets=["config"])
+    assert (tmp_path / "config.toml").read_text() == "a = 2\n"
+    assert result.state("config") == "ran"
+    assert result.tasks["config"].reasons == ("product file 'config.toml' differs from the cached one",)
