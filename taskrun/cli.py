@@ -167,5 +167,13 @@ def run_cmd(ctx: click.Context, targets: tuple[str, ...], assignments: tuple[str
     ctx.exit(code)
 
 
-if __name__ == "__main__":  # pragma: no cover
-    main(prog_name="taskrun")
+
+
+def _add_commands() -> None:
+    # The cache commands live in their own module to keep this one about running.
+    from taskrun.cli_cache import cache_group
+
+    main.add_command(cache_group)
+
+
+_add_commands()
