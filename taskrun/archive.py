@@ -41,6 +41,7 @@ FORMAT: Final = "taskrun-cache-archive"
 VERSION: Final = 1
 _MEMBER = re.compile(r"(entries|blobs)/([0-9a-f]{32})\Z")
 _CHUNK = 2**20
+_TAR_SLACK = 2**20  # tar headers and padding on top of the envelopes themselves
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +167,7 @@ def _gunzip(path: pathlib.Path, limit: int) -> bytes:
                 total += len(chunk)
                 if total > limit:
                     raise _Refused([(path.name, f"more than {limit} bytes uncompressed, "
-                                                "the cache's size limit")])
+                                                "more than the cache can hold")])
                 out.write(chunk)
     except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
         raise _Refused([(path.name, f"not a valid gzip file: {exc}")]) from None
@@ -264,7 +265,8 @@ def import_archive(cache: Cache, path: pathlib.Path | str) -> ImportReport:
     if not path.is_file():
         raise UsageError(f"no archive at {path}")
     try:
-        data = _gunzip(path, cache.size_limit)
+        # Nothing bigger than the cache could keep is worth decompressing (gzip bombs).
+        data = _gunzip(path, cache.size_limit + _TAR_SLACK)
         entries, blobs = _check(cache, path, _members(path, data))
         taken, present = cache.adopt(entries, blobs)
     except _Refused as exc:

@@ -263,6 +263,14 @@ def _pointer_key(task: str) -> str:
     return f"task:{task}"
 
 
+def _newest_by_task(metas: Iterable[EntryMeta]) -> dict[str, EntryMeta]:
+    newest: dict[str, EntryMeta] = {}
+    for m in metas:
+        if m.task not in newest or m.created > newest[m.task].created:
+            newest[m.task] = m
+    return newest
+
+
 def _default_warning(message: str) -> None:
     warnings.warn(message, CacheWarning, stacklevel=3)
 
@@ -390,14 +398,17 @@ class Cache:
 
     @property
     def directory(self) -> pathlib.Path:
+        """Where the cache lives."""
         return self._directory
 
     @property
     def mode(self) -> CacheMode:
+        """rw, read (never writes) or off (never reads or writes)."""
         return self._mode
 
     @property
     def size_limit(self) -> int:
+        """Bytes the cache may use before diskcache evicts the least recently stored."""
         return self._size_limit
 
     @property
@@ -795,10 +806,7 @@ class Cache:
     def _sweep_pointers(self, metas: Mapping[str, EntryMeta]) -> None:
         """Re-point each task whose latest entry is gone at its newest remaining one."""
         assert self._dc is not None and self._reader is not None
-        newest: dict[str, EntryMeta] = {}
-        for m in metas.values():
-            if m.task not in newest or m.created > newest[m.task].created:
-                newest[m.task] = m
+        newest = _newest_by_task(metas.values())
         for key in self._reader.keys(_TAG_TASK):
             raw = self._reader.read(key)
             if raw is not None and raw.decode("ascii", "replace") in metas:
@@ -953,12 +961,7 @@ class Cache:
                     continue
                 dc.set(fp, entries[fp], tag=_TAG_ENTRY)
                 taken.append(fp)
-            newest: dict[str, EntryMeta] = {}
-            for fp in taken:
-                m = metas[fp]
-                if m.task not in newest or m.created > newest[m.task].created:
-                    newest[m.task] = m
-            for task, m in newest.items():
+            for task, m in _newest_by_task(metas[fp] for fp in taken).items():
                 current = self.latest(task)
                 if current is None or current.created <= m.created:
                     dc.set(_pointer_key(task), m.fingerprint.encode("ascii"), tag=_TAG_TASK)

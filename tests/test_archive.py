@@ -234,3 +234,15 @@ def test_not_a_tar_is_refused(dest: Cache, tmp_path: pathlib.Path) -> None:
     report = import_archive(dest, path)
     assert report.refused[0][0] == "junk.tgz" and "not a valid tar" in report.refused[0][1]
     assert_untouched(dest)
+
+
+def test_archive_larger_than_the_cache_is_refused(tmp_path: pathlib.Path) -> None:
+    """An archive that decompresses past the cache's size limit is refused unread."""
+    with Cache(tmp_path / "big") as big:
+        meta = EntryMeta(fp_of(1), "t", {}, "d", 1.0, time.time(), (), 0)
+        big.store(meta, bytes(3 * 2**20))  # compresses to almost nothing
+        export_archive(big, tmp_path / "big.tgz", [fp_of(1)])
+    with Cache(tmp_path / "small", size_limit=2**20) as small:
+        report = import_archive(small, tmp_path / "big.tgz")
+        assert "uncompressed" in report.refused[0][1]
+        assert_untouched(small)
