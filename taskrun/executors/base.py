@@ -93,8 +93,7 @@ class Executor(ABC):
     def __init__(self, jobs: int) -> None:
         if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
             raise UsageError(
-                f"executor '{self.name}': jobs must be a whole number of at least 1,"
-                f" got {jobs!r}"
+                f"executor '{self.name}': jobs must be a whole number of at least 1, got {jobs!r}"
             )
         self.jobs = jobs
 

@@ -126,14 +126,16 @@ class ProcessExecutor(Executor):
         try:
             payload = encode_call(call)
         except Exception as exc:  # noqa: BLE001 - pickling raises many kinds
-            return resolved(Outcome(
-                task=call.task,
-                ok=False,
-                error=(
-                    "cannot send the task to a worker process, its function or arguments"
-                    f" cannot be pickled: {describe_exception(exc)}"
-                ),
-            ))
+            return resolved(
+                Outcome(
+                    task=call.task,
+                    ok=False,
+                    error=(
+                        "cannot send the task to a worker process, its function or arguments"
+                        f" cannot be pickled: {describe_exception(exc)}"
+                    ),
+                )
+            )
         job = _Job(call, payload)
         with self._lock:
             if self._closing:
@@ -235,11 +237,14 @@ class ProcessExecutor(Executor):
             try:
                 worker = self._spawn()
             except OSError as exc:
-                settle(job.future, Outcome(
-                    task=job.call.task,
-                    ok=False,
-                    error=f"cannot start a worker process: {describe_exception(exc)}",
-                ))
+                settle(
+                    job.future,
+                    Outcome(
+                        task=job.call.task,
+                        ok=False,
+                        error=f"cannot start a worker process: {describe_exception(exc)}",
+                    ),
+                )
                 return
         worker.job = job
         try:
@@ -334,15 +339,22 @@ class ProcessExecutor(Executor):
                 f" {sys.executable}? (its output says more)"
             )
         duration = 0.0 if worker.started is None else time.perf_counter() - worker.started
-        settle(job.future, Outcome(
-            task=job.call.task, ok=False, error=error, output=output, duration=duration,
-            crashed=True,
-        ))
+        settle(
+            job.future,
+            Outcome(
+                task=job.call.task,
+                ok=False,
+                error=error,
+                output=output,
+                duration=duration,
+                crashed=True,
+            ),
+        )
 
     def _expire(self) -> None:
         now = time.monotonic()
         late = [w for w in self._workers if w.deadline is not None and w.deadline <= now]
-        for worker, output in zip(late, self._terminate(late)):
+        for worker, output in zip(late, self._terminate(late), strict=True):
             assert worker.job is not None and worker.started is not None
             duration = time.perf_counter() - worker.started
             settle(
@@ -352,13 +364,19 @@ class ProcessExecutor(Executor):
 
     def _stop_running(self) -> None:
         busy = [w for w in self._workers if w.job is not None]
-        for worker, output in zip(busy, self._terminate(busy)):
+        for worker, output in zip(busy, self._terminate(busy), strict=True):
             assert worker.job is not None
             started = worker.started
             duration = 0.0 if started is None else time.perf_counter() - started
-            settle(worker.job.future, cancelled_outcome(
-                worker.job.call, running=True, output=output, duration=duration,
-            ))
+            settle(
+                worker.job.future,
+                cancelled_outcome(
+                    worker.job.call,
+                    running=True,
+                    output=output,
+                    duration=duration,
+                ),
+            )
 
     def _terminate(self, workers: list[_Worker]) -> list[str]:
         """SIGTERM ``workers`` (whole process groups); return what each had printed.
@@ -480,7 +498,7 @@ def worker_main(fd: int, capture_path: str) -> None:
     faulthandler.enable(file=sys.stderr, all_threads=True)
     # On SIGTERM (a timeout, a cancel) write where the task was stuck, then die as usual.
     faulthandler.register(signal.SIGTERM, file=sys.stderr, all_threads=False, chain=True)
-    _watch_parent(os.getppid())
+    _watch_parent(os.getppid(), capture_path)
     conn.send_bytes(_HELLO)
     while True:
         try:
@@ -490,12 +508,19 @@ def worker_main(fd: int, capture_path: str) -> None:
         conn.send_bytes(run_pickled(payload, cwd, capture_path=capture_path))
 
 
-def _watch_parent(parent: int) -> None:
+def _watch_parent(parent: int, capture_path: str) -> None:
     """Kill this worker's process group if the driver dies without closing the connection."""
 
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(0.5)
+        # The driver cannot clean up after us any more: remove our file (and the folder,
+        # once the last worker has removed its own).
+        for remove, path in ((os.unlink, capture_path), (os.rmdir, os.path.dirname(capture_path))):
+            try:
+                remove(path)
+            except OSError:
+                pass
         os.killpg(0, signal.SIGKILL)
 
     threading.Thread(target=watch, name="taskrun-parent-watch", daemon=True).start()

@@ -40,6 +40,8 @@ from taskrun.executors.local import LocalSession, run_here
 
 __all__ = ["ThreadExecutor"]
 
+_executors = itertools.count(1)
+
 
 @dataclass(eq=False, slots=True)
 class _Job:
@@ -75,6 +77,8 @@ class ThreadExecutor(Executor):
         self._running: set[_Running] = set()
         self._deadlines: list[tuple[float, int, _Running]] = []
         self._seq = itertools.count()
+        self._names = itertools.count(1)
+        self.thread_prefix = f"taskrun-thread{next(_executors)}"  # names its threads
         self._live = 0  # worker threads not abandoned
         self._watchdog: threading.Thread | None = None
         self._closed = False
@@ -114,7 +118,10 @@ class ThreadExecutor(Executor):
         worker = _Worker()
         self._live += 1
         thread = threading.Thread(
-            target=self._serve, args=(worker,), name=f"taskrun-thread-{self._live}", daemon=True
+            target=self._serve,
+            args=(worker,),
+            name=f"{self.thread_prefix}-{next(self._names)}",
+            daemon=True,
         )
         thread.start()
 
@@ -164,7 +171,7 @@ class ThreadExecutor(Executor):
     def _start_watchdog_locked(self) -> None:
         if self._watchdog is None:
             self._watchdog = threading.Thread(
-                target=self._watch, name="taskrun-thread-watchdog", daemon=True
+                target=self._watch, name=f"{self.thread_prefix}-watchdog", daemon=True
             )
             self._watchdog.start()
 
@@ -202,5 +209,7 @@ def _settle_cancelled(pending: list[tuple[_Job, _Running | None]]) -> None:
             settle(job.future, cancelled_outcome(job.call))
         else:
             output, duration = run.sink.getvalue(), time.perf_counter() - run.started
-            settle(job.future, cancelled_outcome(job.call, running=True, output=output,
-                                                 duration=duration))
+            settle(
+                job.future,
+                cancelled_outcome(job.call, running=True, output=output, duration=duration),
+            )

@@ -54,6 +54,7 @@ def _code_reduce(code: types.CodeType) -> Any:
     its bytes deterministic; we never hash pickle bytes, and without the name a traceback
     from a worker would show neither the task file nor its source lines.
     """
+    assert _CLOUDPICKLE_CODE_REDUCE is not None
     ctor, args = _CLOUDPICKLE_CODE_REDUCE(code)
     args = tuple(
         code.co_filename if isinstance(a, str) and a == "<dynamic-code>" else a for a in args
@@ -233,7 +234,7 @@ class _FdCapture(_Capture):
         _flush(sys.stdout, sys.stderr)
         assert self._streams is not None and self._file is not None
         sys.stdout, sys.stderr = self._streams
-        for fd, saved in zip((1, 2), self._saved):
+        for fd, saved in zip((1, 2), self._saved, strict=True):
             if saved is None:
                 os.close(fd)
             else:
