@@ -211,7 +211,7 @@ class Scheduler:
 
         node.inputs = self._inputs_of(node, upstream)
         node.fp = task_fingerprint(node.inputs, hash_path=self._hash_path)
-        node.described = describe(node.inputs)
+        node.described = describe(node.inputs, hash_path=self._hash_path)
 
     def _why(self, node: _Node) -> tuple[str, ...]:
         """Why a task misses: what changed since the newest entry recorded for it."""
