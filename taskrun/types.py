@@ -7,6 +7,11 @@ with a :class:`~taskrun.errors.TypeCheckError`. Types form a chain: a type made 
 Every type has a text form (used on the command line) that round-trips::
 
     t.parse(t.format(v)) == v        for every v that t.check accepts
+
+``float`` accepts ``inf``, ``-inf`` and ``nan`` (text ``inf``, ``-inf``, ``nan``): they are
+floats a computation can return, and the fingerprint encodes every NaN the same way. A
+predicate decides whether an option may take them (``0 <= v <= 100`` rejects NaN). NaN
+round-trips as NaN, though ``nan != nan``.
 """
 
 from __future__ import annotations
@@ -28,6 +33,10 @@ __all__ = [
     "TaskType",
     "resolve_annotation",
 ]
+
+
+class UnsupportedAnnotation(Exception):
+    """Raised by resolve_annotation; the registry turns it into a DefinitionError."""
 
 
 def _short(value: object, limit: int = 60) -> str:
@@ -180,6 +189,17 @@ class LiteralType(TaskType):
     """One of a fixed set of values (``Literal["plain", "md"]``)."""
 
     def __init__(self, choices: tuple[Any, ...]) -> None:
+        # The command line gives text; two choices with one text form (1 and "1") could
+        # not be told apart, and the round trip would silently change the value.
+        seen: dict[str, Any] = {}
+        for choice in choices:
+            text = str(choice)
+            if text in seen:
+                raise UnsupportedAnnotation(
+                    f"Literal choices {seen[text]!r} and {choice!r} have the same text form"
+                    f" {text!r}; make every choice read differently"
+                )
+            seen[text] = choice
         self.choices = choices
         self.name = "{" + "|".join(str(c) for c in choices) + "}"
         self.doc = "one of " + ", ".join(repr(c) for c in choices)
@@ -264,7 +284,12 @@ class ListType(_Container):
             items = [p.strip() for p in text.split(",")] if text.strip() else []
         if not isinstance(items, list):
             self.fail(text, f"a {self.name}")
-        parsed = [self.item.parse(v, root=root) if isinstance(v, str) else v for v in items]
+        parsed = []
+        for i, v in enumerate(items):
+            try:
+                parsed.append(self.item.parse(v, root=root) if isinstance(v, str) else v)
+            except TypeCheckError as exc:
+                raise TypeCheckError(f"item {i}: {exc.message}", type_name=self.name) from None
         return self.check(parsed, root=root)
 
     def format(self, value: Any) -> str:
@@ -303,10 +328,12 @@ class DictType(_Container):
                 items[key.strip()] = val.strip()
         if not isinstance(items, dict):
             self.fail(text, f"a {self.name}")
-        parsed = {
-            k: self.value_type.parse(v, root=root) if isinstance(v, str) else v
-            for k, v in items.items()
-        }
+        parsed = {}
+        for k, v in items.items():
+            try:
+                parsed[k] = self.value_type.parse(v, root=root) if isinstance(v, str) else v
+            except TypeCheckError as exc:
+                raise TypeCheckError(f"key {k!r}: {exc.message}", type_name=self.name) from None
         return self.check(parsed, root=root)
 
     def format(self, value: Any) -> str:
@@ -423,10 +450,6 @@ ANY = AnyType()
 NONE = NoneType_()
 
 
-class UnsupportedAnnotation(Exception):
-    """Raised by resolve_annotation; the registry turns it into a DefinitionError."""
-
-
 def resolve_annotation(annotation: Any) -> TaskType:
     """Map a Python annotation (or a TaskType) to a TaskType."""
     if isinstance(annotation, TaskType):
@@ -459,6 +482,13 @@ def resolve_annotation(annotation: Any) -> TaskType:
         )
     if origin is tuple:
         raise UnsupportedAnnotation(f"{annotation!r}: use tuple[T, ...] (one item type)")
+    if annotation in (list, tuple, dict) or origin in (list, dict):
+        shown = getattr(annotation, "__name__", None) or repr(annotation)
+        example = {"list": "list[str]", "tuple": "tuple[int, ...]", "dict": "dict[str, int]"}
+        raise UnsupportedAnnotation(
+            f"{shown!r} needs its item type; write e.g."
+            f" {example.get(shown, 'list[str]')}"
+        )
     if isinstance(annotation, str):
         raise UnsupportedAnnotation(f"the annotation {annotation!r} could not be evaluated")
     raise UnsupportedAnnotation(
