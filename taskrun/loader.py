@@ -30,9 +30,10 @@ def load_task_file(path: Path) -> Registry:
     module = importlib.util.module_from_spec(spec)
     registry = Registry()
     root = str(path.parent)
-    # The project's own modules (helpers next to tasks.py) must be importable.
-    added = root not in sys.path
-    if added:
+    # The project's own modules (helpers next to tasks.py) must be importable, while the
+    # file is executed and later, when a task imports one inside its body; so the root
+    # stays on sys.path.
+    if root not in sys.path:
         sys.path.insert(0, root)
     # Dataclasses and typing look the module up while it executes.
     sys.modules[name] = module
@@ -58,5 +59,5 @@ def load_task_file(path: Path) -> Registry:
         ) from None
     finally:
         sys.modules.pop(name, None)
-    registry.module = module  # type: ignore[attr-defined]
+    registry.module = module
     return registry

@@ -14,12 +14,14 @@ import contextlib
 import contextvars
 import inspect
 import keyword
+import os
 import re
 import sys
 import types as pytypes
 import typing
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
+from types import FrameType, ModuleType
 from typing import Any, TypeVar, overload
 
 from taskrun.errors import DefinitionError, TypeCheckError, UsageError, did_you_mean
@@ -124,12 +126,20 @@ def _where(fn: Callable[..., Any]) -> tuple[str, int]:
     return code.co_filename, code.co_firstlineno
 
 
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _caller_frame() -> FrameType | None:
+    """The first frame outside taskrun itself: where the user wrote the definition."""
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame = frame.f_back
+    return frame
+
+
 def _caller_where() -> str:
     """``file:line`` of the first caller outside taskrun itself."""
-    frame = sys._getframe(1)
-    here = __file__.rsplit("/", 1)[0]
-    while frame is not None and frame.f_code.co_filename.startswith(here):
-        frame = frame.f_back  # type: ignore[assignment]
+    frame = _caller_frame()
     return f"{frame.f_code.co_filename}:{frame.f_lineno}" if frame else "<unknown>"
 
 
@@ -141,6 +151,9 @@ class Registry:
         self._types: dict[str, DefinedType] = {}
         self._by_fn: dict[Callable[..., Any], str] = {}
         self.config_default: tuple[str, ...] = ()
+        #: The task file's module when the loader filled this registry (its root is
+        #: where the file lives), else None.
+        self.module: ModuleType | None = None
 
     # -- definition ------------------------------------------------------------------
     @overload
@@ -190,7 +203,8 @@ class Registry:
         where = _caller_where()
         if not isinstance(name, str) or not _NAME_RE.match(name):
             raise DefinitionError(
-                f"type name {name!r} at {where} is not a valid name; use letters, digits and _"
+                f"type name {name!r} at {where} is not a valid name; use letters, digits, _"
+                " and -, starting with a letter or _"
             )
         if name in self._types:
             raise DefinitionError(
@@ -259,15 +273,17 @@ class Registry:
             )
         if not callable(fn) or not isinstance(fn, pytypes.FunctionType):
             raise DefinitionError(f"@task at {where} must decorate a function (got {fn!r})")
-        name = kwargs.get("name") or fn.__name__
+        name = kwargs.get("name")
+        name = fn.__name__ if name is None else name
         label = f"task '{name}' ({where})"
         if not isinstance(name, str) or not _NAME_RE.match(name):
             raise DefinitionError(
-                f"{label}: name {name!r} is not valid; use letters, digits, _ and -"
+                f"{label}: name {name!r} is not valid; use letters, digits, _ and -,"
+                " starting with a letter or _"
             )
         deps = self._read_deps(kwargs.get("deps", ()), label)
         sig = inspect.signature(fn)
-        hints = self._hints(fn, label)
+        hints = self._hints(fn, label, _caller_frame())
         dep_params = {param for param, _ in deps}
         options: list[OptionSpec] = []
         for p in sig.parameters.values():
@@ -283,13 +299,7 @@ class Registry:
             if p.name in dep_params:
                 continue
             if p.name not in hints:
-                choices = [t for t in self._tasks if t not in dep_params]
-                near = did_you_mean(p.name, choices)
-                raise DefinitionError(
-                    f"{label}: parameter '{p.name}' is named after no dependency and has no"
-                    f" type annotation{near}; annotate it (e.g. '{p.name}: int = 0') to make"
-                    f" it an option, or add the task it names to deps="
-                )
+                raise DefinitionError(self._unannotated(p, label, deps))
             try:
                 otype = resolve_annotation(hints[p.name])
             except UnsupportedAnnotation as exc:
@@ -311,7 +321,9 @@ class Registry:
             options.append(OptionSpec(p.name, otype, default))
         params = set(sig.parameters)
         dep_specs = tuple(DepSpec(param, dep, param in params) for param, dep in deps)
-        if "return" in hints:
+        # `-> Any` says what no annotation says: the product is not checked. Options have
+        # no such escape, since a value from the command line must parse into something.
+        if "return" in hints and hints["return"] is not Any:
             try:
                 product = resolve_annotation(hints["return"])
             except UnsupportedAnnotation as exc:
@@ -328,6 +340,32 @@ class Registry:
             file=file,
             line=line,
             **self._read_settings(kwargs, label),
+        )
+
+    def _unannotated(
+        self, p: inspect.Parameter, label: str, deps: Sequence[tuple[str, str]]
+    ) -> str:
+        """The message for a parameter that is neither a dependency nor a typed option."""
+        listed = {d for _, d in deps}
+        task_name = next(
+            (t for t in self._tasks if t not in listed and t.replace("-", "_") == p.name), None
+        )
+        if task_name is not None:
+            return (
+                f"{label}: parameter '{p.name}' names task '{task_name}', which is not in"
+                f" deps=; add it (@task(deps=[{p.name}, ...])) to receive its product"
+            )
+        if p.default is not p.empty and type(p.default) in (int, float, str, bool):
+            example = f"{p.name}: {type(p.default).__name__} = {p.default!r}"
+            return (
+                f"{label}: option '{p.name}' has no type annotation; every option needs one,"
+                f" write '{example}'"
+            )
+        near = did_you_mean(p.name, [t for t in self._tasks if t not in listed])
+        return (
+            f"{label}: parameter '{p.name}' is named after no dependency and has no type"
+            f" annotation{near}; annotate it (e.g. '{p.name}: int = 0') to make it an"
+            " option, or add the task it names to deps="
         )
 
     def _read_deps(self, deps: Any, label: str) -> list[tuple[str, str]]:
@@ -348,7 +386,10 @@ class Registry:
                     f"{label}: dependency {dep!r} is a string; pass {obj} itself"
                     " (defined above this task)"
                 )
-            dep_name = self._by_fn.get(dep)
+            try:
+                dep_name = self._by_fn.get(dep)
+            except TypeError:  # unhashable: a list inside the list, a dict, ...
+                dep_name = None
             if dep_name is None:
                 shown = getattr(dep, "__name__", repr(dep))
                 hint = did_you_mean(str(shown), self._tasks)
@@ -373,10 +414,25 @@ class Registry:
         return out
 
     @staticmethod
-    def _hints(fn: Callable[..., Any], label: str) -> dict[str, Any]:
+    def _hints(
+        fn: Callable[..., Any], label: str, frame: FrameType | None = None
+    ) -> dict[str, Any]:
         try:
             return typing.get_type_hints(fn)
-        except Exception as exc:  # NameError for a forward reference, and friends
+        except NameError:
+            # With `from __future__ import annotations`, a task defined inside a function
+            # (a test, typically) names types that live in that function's locals: the
+            # frame the decorator was applied in.
+            if frame is None:
+                raise
+            try:
+                return typing.get_type_hints(fn, localns=dict(frame.f_locals))
+            except Exception as exc:
+                raise DefinitionError(
+                    f"{label}: its annotations could not be evaluated ({exc}); define the"
+                    " types used in annotations before the task"
+                ) from None
+        except Exception as exc:  # a forward reference to nothing, and friends
             raise DefinitionError(
                 f"{label}: its annotations could not be evaluated ({exc}); define the types"
                 " used in annotations before the task"
@@ -391,8 +447,13 @@ class Registry:
                     f"{label}: {key}= must be a list of strings, not one string;"
                     f" write {key}=[{value!r}]"
                 )
-            if not all(isinstance(v, str) and v for v in value):
-                raise DefinitionError(f"{label}: {key}= must be a list of non-empty strings")
+            if not isinstance(value, (list, tuple)) or not all(
+                isinstance(v, str) and v for v in value
+            ):
+                raise DefinitionError(
+                    f"{label}: {key}= must be a list of non-empty strings (got {value!r});"
+                    f" write e.g. {key}=['NAME']"
+                )
             return tuple(value)
 
         out: dict[str, Any] = {k: strings(k) for k in ("inputs", "outputs", "env")}
@@ -406,11 +467,14 @@ class Registry:
         version = kwargs.get("version")
         if version is not None:
             if not isinstance(version, (str, int)) or isinstance(version, bool):
-                raise DefinitionError(f"{label}: version= must be a str or int")
+                raise DefinitionError(
+                    f"{label}: version= must be a str or int (got {version!r});"
+                    " write e.g. version=\"2\""
+                )
             version = str(version)
         cache = kwargs.get("cache", True)
         if not isinstance(cache, bool):
-            raise DefinitionError(f"{label}: cache= must be True or False")
+            raise DefinitionError(f"{label}: cache= must be True or False (got {cache!r})")
         if not cache and version is not None:
             raise DefinitionError(
                 f"{label}: version= and cache=False contradict each other (version= only"
@@ -423,12 +487,18 @@ class Registry:
             )
         retries = kwargs.get("retries", 0)
         if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
-            raise DefinitionError(f"{label}: retries= must be a whole number >= 0")
+            raise DefinitionError(
+                f"{label}: retries= must be a whole number >= 0 (got {retries!r});"
+                " write e.g. retries=2, or leave it out for no retry"
+            )
         timeout = kwargs.get("timeout")
         if timeout is not None and (
             not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0
         ):
-            raise DefinitionError(f"{label}: timeout= must be a number of seconds above 0")
+            raise DefinitionError(
+                f"{label}: timeout= must be a number of seconds above 0 (got {timeout!r});"
+                " write e.g. timeout=60, or leave it out for no limit"
+            )
         return {
             **out,
             "version": version,
