@@ -696,6 +696,25 @@ def test_trampoline_reports_a_payload_it_cannot_load(project: Path) -> None:
     assert not outcome.ok and outcome.error.startswith("cannot load the task on this worker")
 
 
+@pytest.mark.parametrize("forget", [False, True])
+def test_trampoline_can_forget_project_modules(
+    tasks: ModuleType, project: Path, forget: bool
+) -> None:
+    """With forget_project_modules, modules imported from the project root are dropped."""
+    name = f"helper_{uuid.uuid4().hex}"
+    (project / f"{name}.py").write_text("VALUE = 7\n")
+    payload = encode_call(make_call(tasks.use_project_module, project, name=name))
+    cwd = os.getcwd()
+    try:
+        data = run_pickled(payload, str(project), capture="none", forget_project_modules=forget)
+        assert decode_result("t", data).value == 7
+        assert (name in sys.modules) is not forget
+    finally:
+        os.chdir(cwd)
+        sys.path.remove(str(project))
+        sys.modules.pop(name, None)
+
+
 # -- helpers --------------------------------------------------------------------------------
 
 

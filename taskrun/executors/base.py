@@ -22,7 +22,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from taskrun.errors import UsageError
 
@@ -72,6 +72,9 @@ class Outcome:
     cancelled: bool = False  # stopped by Executor.cancel()/shutdown() before it finished
 
 
+_E = TypeVar("_E", bound="Executor")
+
+
 class Executor(ABC):
     """Runs calls, at most ``jobs`` at a time, and resolves a future per call.
 
@@ -107,7 +110,7 @@ class Executor(ABC):
     def shutdown(self) -> None:  # noqa: B027
         """Cancel what is left and release workers; safe to call more than once."""
 
-    def __enter__(self) -> Executor:
+    def __enter__(self: _E) -> _E:
         return self
 
     def __exit__(

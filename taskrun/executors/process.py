@@ -193,8 +193,23 @@ class ProcessExecutor(Executor):
     # -- the dispatcher thread ------------------------------------------------------------
 
     def _dispatch(self) -> None:
-        while self._step():
-            pass
+        try:
+            while self._step():
+                pass
+        except BaseException as exc:
+            # A bug here must not leave futures unresolved (the scheduler would wait
+            # forever): fail everything, stop the workers, then let the error show.
+            with self._lock:
+                self._closing = True
+                jobs = list(self._queue)
+                self._queue.clear()
+            jobs += [w.job for w in self._workers if w.job is not None]
+            for worker in self._workers:
+                _signal_group(worker.proc.pid, signal.SIGKILL)
+            error = f"internal error in the process executor: {describe_exception(exc)}"
+            for job in jobs:
+                settle(job.future, Outcome(task=job.call.task, ok=False, error=error))
+            raise
 
     def _step(self) -> bool:
         """One round: obey cancel/shutdown, start calls, wait, handle what happened."""

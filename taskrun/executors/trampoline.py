@@ -80,6 +80,7 @@ def run_pickled(
     *,
     capture: Capture = "fd",
     capture_path: str | None = None,
+    forget_project_modules: bool = False,
 ) -> bytes:
     """Run a call made by :func:`encode_call` in this process; return bytes for decode_result.
 
@@ -95,6 +96,14 @@ def run_pickled(
 
     ``capture_path`` (with ``"fd"``) names the file to capture into, truncated first: the
     process executor reads it when the worker dies mid-call or is killed at a deadline.
+
+    ``forget_project_modules`` drops the modules imported from under ``cwd`` from
+    ``sys.modules`` after the call, so the next call imports them afresh. A long-lived
+    worker (a Dask cluster serving run after run) needs it: otherwise, after the user edits
+    a helper module, the task reruns (its code fingerprint changed) with the old helper
+    still loaded, and a wrong product is cached under the new fingerprint. The process
+    executor's workers live for one run and skip it.
+
     Never raises for anything the task does.
     """
     _enter_project(cwd)
@@ -110,7 +119,12 @@ def run_pickled(
             )
         else:
             outcome = call_function("", fn, kwargs, interruptible=False)
-    return _encode_result(replace(outcome, output=sink.text))
+    # Encode before forgetting: a product whose class lives in a project module must be
+    # pickled by reference to that module, which needs it still in sys.modules.
+    result = _encode_result(replace(outcome, output=sink.text))
+    if forget_project_modules:
+        _forget_modules_under(cwd)
+    return result
 
 
 def decode_result(task: str, data: bytes) -> Outcome:
@@ -157,6 +171,30 @@ def _enter_project(cwd: str) -> None:
         if cwd in sys.path:
             sys.path.remove(cwd)
         sys.path.insert(0, cwd)
+
+
+def _forget_modules_under(root: str) -> None:
+    """Drop the project's own pure-Python modules (those under ``root``) from sys.modules."""
+    prefix = os.path.join(os.path.abspath(root), "")
+    # A virtualenv inside the project, or taskrun's own checkout as the project, is not
+    # "the project's modules": re-importing installed packages (C extensions) breaks them.
+    keep = tuple(
+        os.path.join(os.path.abspath(p), "")
+        for p in {sys.prefix, sys.exec_prefix, sys.base_prefix, _TASKRUN_DIR}
+    )
+    for name, module in list(sys.modules.items()):
+        path = getattr(module, "__file__", None)
+        if not path or not path.endswith(".py"):
+            continue
+        path = os.path.abspath(path)
+        if not path.startswith(prefix) or path.startswith(keep):
+            continue
+        if f"{os.sep}site-packages{os.sep}" in path or f"{os.sep}dist-packages{os.sep}" in path:
+            continue
+        del sys.modules[name]
+
+
+_TASKRUN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class _Capture:
