@@ -5,6 +5,12 @@ Values come from three places, the first that has one wins: the command line
 option's default. Every value is parsed and checked (parent type, then own predicate).
 Every problem is collected; if there is any, :class:`InvocationError` lists them all and
 nothing runs.
+
+Within one place, a qualified value beats an unqualified one, and on the command line a
+later value beats an earlier one of the same kind (``-o top=1 -o top=2`` sets 2).
+Command-line values are text and are parsed; values from ``options=`` are Python values
+and are only checked; a TOML *string* from the config file is parsed like text (TOML has
+no bytes, enum or null), any other TOML value is checked.
 """
 
 from __future__ import annotations
@@ -102,7 +108,9 @@ def invoke(
                     opt.type.parse(raw, root=root) if is_text else opt.type.check(raw, root=root)
                 )
             except TypeCheckError as exc:
-                problems.append(Problem(where, f"{exc.message} (from {source}, type {opt.type.name})"))
+                # Most messages name the type already ("is not an int"); say it otherwise.
+                kind = "" if opt.type.name in exc.message else f", type {opt.type.name}"
+                problems.append(Problem(where, f"{exc.message} (from {source}{kind})"))
                 continue
             except Exception as exc:  # e.g. a File outside the project root
                 problems.append(Problem(where, f"{exc} (from {source})"))
@@ -184,7 +192,10 @@ def _spread(
     if task is not None:
         if task not in registry.tasks:
             hint = did_you_mean(task, registry.tasks)
-            problems.append(Problem(f"{source} '{where}'", f"there is no task '{task}'{hint}"))
+            problems.append(Problem(
+                f"{source} '{where}'",
+                f"there is no task '{task}'{hint}; `taskrun list` shows the tasks",
+            ))
             return
         if registry.tasks[task].option(option) is None:
             problems.append(
@@ -225,7 +236,9 @@ def _from_cli(
         except ValueError as exc:
             problems.append(Problem("-o", f"{exc}; write -o TASK.OPTION=VALUE"))
     out: dict[tuple[str, str], tuple[Any, bool]] = {}
-    for task, option, value in sorted(parsed, key=lambda p: p[0] is None):
+    # _spread keeps the first value it sees for an option: walk qualified values first,
+    # and each kind from the last to the first, so the last one written wins.
+    for task, option, value in sorted(reversed(parsed), key=lambda p: p[0] is None):
         _spread(task, option, value, True, "-o", registry, planned, problems, out, strict_task=True)
     return out
 
@@ -264,8 +277,8 @@ def _from_config(
     plain = [(k, v) for k, v in config.items() if not (k in registry.tasks and isinstance(v, dict))]
     for task, table in qualified:
         for option, value in table.items():
-            _spread(task, option, value, False, source, registry, planned, problems, out,
-                    strict_task=False)
+            _spread(task, option, value, isinstance(value, str), source, registry, planned,
+                    problems, out, strict_task=False)
     for option, value in plain:
         if not any(s.option(option) for s in registry.tasks.values()):
             choices = sorted({o.name for s in registry.tasks.values() for o in s.options})
@@ -274,6 +287,6 @@ def _from_config(
                 f"no task has an option '{option}'{did_you_mean(option, [*choices, *registry.tasks])}",
             ))
             continue
-        _spread(None, option, value, False, source, registry, planned, problems, out,
-                strict_task=False)
+        _spread(None, option, value, isinstance(value, str), source, registry, planned,
+                problems, out, strict_task=False)
     return out
