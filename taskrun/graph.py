@@ -121,7 +121,9 @@ class Graph:
         keep = self.topological_order(nodes)
         kept = set(keep)
         doc = {
-            "nodes": [{"name": n, "deps": list(self._deps[n])} for n in keep],
+            # Only edges inside the rendering: a node set that is not closed upstream
+            # (a downstream view) must not name nodes the document does not contain.
+            "nodes": [{"name": n, "deps": [d for d in self._deps[n] if d in kept]} for n in keep],
             "edges": [[d, n] for d, n in self.edges() if n in kept and d in kept],
         }
         return json.dumps(doc, indent=2) + "\n"
