@@ -11,25 +11,85 @@ standard library, installed packages, taskrun itself and other tasks are left ou
 from __future__ import annotations
 
 import ast
+import contextlib
 import functools
 import inspect
+import json
+import linecache
 import os
 import pathlib
 import re
 import sys
 import sysconfig
+import tempfile
 import textwrap
 import types
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+import xxhash
+
 from taskrun.errors import FingerprintError
 
-__all__ = ["code_parts"]
+__all__ = ["SourceMemo", "code_parts"]
+
+
+class SourceMemo:
+    """Source text -> (normalized-AST digest, names it uses), kept across runs.
+
+    Parsing and dumping the AST of every task on every run dominated a warm run of a big
+    graph. The mapping from a function's exact source text to its normalized digest and
+    referenced names is a pure function of that text (and of the Python version, which is
+    part of the file's header), so it is safe to remember. What the names *refer to* (a
+    helper's code, a constant's value) is still resolved live on every run.
+    """
+
+    _HEADER = f"taskrun-source-memo-1-{sys.implementation.cache_tag}"
+
+    def __init__(self, path: pathlib.Path | None = None) -> None:
+        self.path = path
+        self.items: dict[str, list[Any]] = {}
+        self.dirty = False
+        if path is not None:
+            try:
+                data = json.loads(path.read_bytes())
+                if data.get("header") == self._HEADER:
+                    self.items = data["items"]
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                self.items = {}  # missing or damaged: start over, it is only a memo
+
+    def get(self, key: str) -> list[Any] | None:
+        return self.items.get(key)
+
+    def put(self, key: str, value: list[Any]) -> None:
+        self.items[key] = value
+        self.dirty = True
+
+    def flush(self) -> None:
+        """Write the memo atomically (last writer wins; never a torn file)."""
+        if self.path is None or not self.dirty:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".memo-")
+        try:
+            with os.fdopen(fd, "w") as fh:
+                json.dump({"header": self._HEADER, "items": self.items}, fh)
+            os.replace(tmp, self.path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        self.dirty = False
+
+
+_PROCESS_MEMO = SourceMemo()
 
 
 def code_parts(
-    fn: Callable[..., Any], *, root: pathlib.Path, digest: Callable[[Any], str]
+    fn: Callable[..., Any],
+    *,
+    root: pathlib.Path,
+    digest: Callable[[Any], str],
+    memo: SourceMemo | None = None,
 ) -> dict[str, str]:
     """Return ``{name: digest}`` for ``fn`` (first, under its qualname) and what it uses.
 
@@ -37,9 +97,33 @@ def code_parts(
     have no canonical form (such constants are not tracked).
     """
     target = inspect.unwrap(fn)
-    walker = _CodeWalker(root, getattr(target, "__module__", "") or "", digest)
+    walker = _CodeWalker(
+        root, getattr(target, "__module__", "") or "", digest, memo or _PROCESS_MEMO
+    )
     walker.function(target, target.__qualname__, top=True)
     return dict(walker.parts)
+
+
+def _source(code: types.CodeType) -> str:
+    """The source lines of a code object, cheaply: first line to the last one it spans.
+
+    perf: ``inspect.getsource`` tokenizes the file from the function on, which costs more
+    than everything else a warm run does per task. The code object knows its first line
+    (decorators included) and, through ``co_positions``, the last line any instruction of
+    it or its nested code spans. Lines with no instruction at the very end (``pass``, a
+    trailing string) may be cut; that is harmless, since they do nothing, and anything
+    that does not parse falls back to ``inspect.getsource``.
+    """
+    positions = getattr(code, "co_positions", None)
+    lines = linecache.getlines(code.co_filename)
+    if positions is None or not lines:
+        raise OSError("no fast source")
+    last = code.co_firstlineno
+    for c in _code_objects(code):
+        for _, end, _, _ in c.co_positions():
+            if end is not None and end > last:
+                last = end
+    return textwrap.dedent("".join(lines[code.co_firstlineno - 1 : last]))
 
 
 _LIB_DIRS = tuple(
@@ -143,10 +227,13 @@ def _bytecode(code: types.CodeType, doc: str | None = None) -> tuple[Any, ...]:
 class _CodeWalker:
     """Collects the digests of a function and the project code it reaches."""
 
-    def __init__(self, root: pathlib.Path, home: str, digest: Callable[[Any], str]) -> None:
+    def __init__(
+        self, root: pathlib.Path, home: str, digest: Callable[[Any], str], memo: SourceMemo
+    ) -> None:
         self.root = root.resolve()
         self.home = home
         self.digest = digest
+        self.memo = memo
         self.parts: dict[str, str] = {}
         self.owned_files: dict[str, bool] = {}
 
@@ -196,19 +283,15 @@ class _CodeWalker:
             return
         self.parts[key] = ""  # claim the slot first: cycle-safe, and keeps fn first
         code = fn.__code__
-        try:
-            tree: ast.AST = ast.parse(textwrap.dedent(inspect.getsource(fn)))
-        except (OSError, TypeError, SyntaxError, ValueError):
+        parsed = self.parse(code, top)
+        if parsed is None:
             # No usable source (exec'd code, a lambda mid-expression): hash the bytecode.
             self.parts[key] = self.digest(("bytecode", _bytecode(code, fn.__doc__)))
             every = {n for c in _code_objects(code) for n in c.co_names}
             chains = {n: [[a] for a in every] for n in every}
             names = every
         else:
-            _strip_docstrings(tree, drop_decorators=top)
-            dump = ast.dump(tree, annotate_fields=True, include_attributes=False)
-            self.parts[key] = self.digest(("source", dump))
-            names, chains = _references(tree)
+            self.parts[key], names, chains = parsed
             # A name only bound locally is not a global; names the bytecode loads as
             # globals are. Decorator, default and annotation names are neither: keep them.
             globals_used: set[str] = set()
@@ -225,6 +308,40 @@ class _CodeWalker:
             except ValueError:  # an empty cell: not bound yet
                 continue
             self.value(f"{key}.<closure>.{name}", value)
+
+    def parse(
+        self, code: types.CodeType, top: bool
+    ) -> tuple[str, set[str], dict[str, list[list[str]]]] | None:
+        """(digest, names, attribute chains) of a function's normalized source, memoized."""
+        texts = []
+        with contextlib.suppress(OSError):
+            texts.append(_source(code))
+        for text in texts:
+            key = xxhash.xxh3_128_hexdigest(f"{int(top)}:{text}".encode())
+            hit = self.memo.get(key)
+            if hit is not None:
+                return hit[0], set(hit[1]), hit[2]
+            try:
+                tree: ast.AST = ast.parse(text)
+            except (SyntaxError, ValueError):
+                break
+            return self._remember(key, tree, top)
+        try:
+            text = textwrap.dedent(inspect.getsource(code))
+            tree = ast.parse(text)
+        except (OSError, TypeError, SyntaxError, ValueError):
+            return None
+        return self._remember(xxhash.xxh3_128_hexdigest(f"{int(top)}:{text}".encode()), tree, top)
+
+    def _remember(
+        self, key: str, tree: ast.AST, top: bool
+    ) -> tuple[str, set[str], dict[str, list[list[str]]]]:
+        _strip_docstrings(tree, drop_decorators=top)
+        dump = ast.dump(tree, annotate_fields=True, include_attributes=False)
+        digest = self.digest(("source", dump))
+        names, chains = _references(tree)
+        self.memo.put(key, [digest, sorted(names), chains])
+        return digest, names, chains
 
     def klass(self, cls: type, key: str) -> None:
         self.parts[key] = ""

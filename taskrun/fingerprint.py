@@ -51,7 +51,7 @@ from typing import Any, Protocol
 
 import xxhash
 
-from taskrun.codewalk import code_parts
+from taskrun.codewalk import SourceMemo, code_parts
 from taskrun.errors import FingerprintError
 from taskrun.files import Dir, File
 from taskrun.runtime import runtime_facts
@@ -569,7 +569,9 @@ class CodeFingerprint:
     parts: Mapping[str, str]
 
 
-def code_fingerprint(fn: Callable[..., Any], *, root: pathlib.Path) -> CodeFingerprint:
+def code_fingerprint(
+    fn: Callable[..., Any], *, root: pathlib.Path, memo: SourceMemo | None = None
+) -> CodeFingerprint:
     """Fingerprint ``fn``'s source and the project code under ``root`` that it uses.
 
     Comments, docstrings and the task's decorators do not count; a helper's body or a
@@ -581,7 +583,7 @@ def code_fingerprint(fn: Callable[..., Any], *, root: pathlib.Path) -> CodeFinge
     def digest(value: Any) -> str:
         return value_digest(value, hash_path=lambda p: _default_hash_path(p, base))
 
-    parts = code_parts(fn, root=base, digest=digest)
+    parts = code_parts(fn, root=base, digest=digest, memo=memo)
     return CodeFingerprint(digest=value_digest(parts), parts=parts)
 
 

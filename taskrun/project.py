@@ -22,6 +22,7 @@ __all__ = ["Project", "open_cache", "run", "run_from_cli", "runtime_of"]
 
 CACHE_DIR = Path(".taskrun") / "cache"
 STAT_CACHE = Path(".taskrun") / "stat-cache"
+SOURCE_MEMO = Path(".taskrun") / "source-memo.json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +111,7 @@ def execute(
     executor_options: Mapping[str, Any] | None = None,
 ) -> Any:
     """Run a validated invocation; returns a :class:`~taskrun.scheduler.RunResult`."""
+    from taskrun.codewalk import SourceMemo
     from taskrun.executors import make_executor
     from taskrun.files import StatCache
     from taskrun.scheduler import Scheduler
@@ -132,6 +134,7 @@ def execute(
             executor=ex,
             runtime=runtime,
             stat_cache=StatCache(stat_path),
+            source_memo=SourceMemo(root / SOURCE_MEMO if stat_path is not None else None),
             force=frozenset(force),
             force_all=force_all,
             keep_going=keep_going,

@@ -138,6 +138,7 @@ class Scheduler:
     executor: Any = None  # taskrun.executors.Executor; None for plan/explain
     runtime: Mapping[str, str] = field(default_factory=dict)
     stat_cache: Any = None  # taskrun.files.StatCache
+    source_memo: Any = None  # taskrun.codewalk.SourceMemo
     force: frozenset[str] = frozenset()
     force_all: bool = False
     keep_going: bool = False
@@ -180,7 +181,7 @@ class Scheduler:
         if key not in self._code:
             from taskrun.fingerprint import code_fingerprint
 
-            code = code_fingerprint(spec.fn, root=self.root)
+            code = code_fingerprint(spec.fn, root=self.root, memo=self.source_memo)
             self._code[key] = (code.digest, dict(code.parts))
         result: tuple[str, Mapping[str, str]] = self._code[key]
         return result
@@ -612,6 +613,8 @@ class Scheduler:
                 self.cache.record_run(used)
         if self.stat_cache is not None:
             self.stat_cache.flush()
+        if self.source_memo is not None:
+            self.source_memo.flush()
 
     def _result(self, elapsed: float) -> RunResult:
         nodes = self._nodes.values()

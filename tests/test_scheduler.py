@@ -220,8 +220,6 @@ def test_retries(tmp_path: Path, executor: str) -> None:
 
 def test_timeout_stops_a_hung_task(tmp_path: Path, executor: str) -> None:
     """timeout= fails a task that hangs, and the run ends."""
-    if executor == "inline":
-        pytest.skip("the inline executor runs in the driver thread; see its docstring")
     reg = Registry()
     with reg.activate():
 
