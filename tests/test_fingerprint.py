@@ -1037,3 +1037,58 @@ def test_probe_cannot_shadow_a_builtin_fact() -> None:
     """A probe named like a built-in fact is a configuration error."""
     with pytest.raises(ConfigError, match="clashes"):
         runtime_facts(probes={"python": f"{PY} --version"})
+
+
+def _load_source(tmp_path: Path, name: str, source: str) -> Any:
+    import importlib.util
+    import linecache
+
+    path = tmp_path / f"{name}.py"
+    path.write_text(textwrap.dedent(source))
+    linecache.checkcache(str(path))
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_source_memo_persists_and_still_sees_changes(tmp_path: Path) -> None:
+    """A memo saved by one run gives the same digests; helper edits still change them."""
+    from taskrun.codewalk import SourceMemo
+
+    memo_path = tmp_path / "memo.json"
+    source = """
+        def helper(x):
+            return x + 1
+
+        def task_fn(n):
+            '''Doc.'''
+            return helper(n)  # a comment
+    """
+    first = SourceMemo(memo_path)
+    before = code_fingerprint(_load_source(tmp_path, "memo_a", source).task_fn, root=tmp_path, memo=first)
+    first.flush()
+    assert memo_path.exists()
+    second = SourceMemo(memo_path)
+    assert second.items, "the memo was read back"
+    again = code_fingerprint(_load_source(tmp_path, "memo_b", source).task_fn, root=tmp_path, memo=second)
+    assert again.digest == before.digest
+    recomment = source.replace("# a comment", "# another").replace("Doc.", "Docs.")
+    same = code_fingerprint(_load_source(tmp_path, "memo_c", recomment).task_fn, root=tmp_path, memo=second)
+    assert same.digest == before.digest
+    edited = source.replace("x + 1", "x + 2")
+    changed = code_fingerprint(_load_source(tmp_path, "memo_d", edited).task_fn, root=tmp_path, memo=second)
+    assert changed.digest != before.digest
+    assert changed.parts["helper"] != before.parts["helper"]
+
+
+def test_damaged_source_memo_is_ignored(tmp_path: Path) -> None:
+    """A torn or foreign memo file is treated as empty, never trusted."""
+    from taskrun.codewalk import SourceMemo
+
+    path = tmp_path / "memo.json"
+    path.write_text('{"header": "something else", "items": {"k": [1, [], {}]}}')
+    assert SourceMemo(path).items == {}
+    path.write_text("{not json")
+    assert SourceMemo(path).items == {}
