@@ -45,6 +45,8 @@ else:  # pragma: no cover - exercised on 3.10 only
 __all__ = ["RuntimeSettings", "Settings", "find_task_file", "load_settings", "parse_size"]
 
 TASK_FILE = "tasks.py"
+EXECUTORS = ("inline", "thread", "process", "dask")
+CACHE_MODES = ("rw", "read", "off")
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
 _UNITS = {
     "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
@@ -102,6 +104,11 @@ def find_task_file(start: Path, explicit: Path | None = None) -> Path:
     """``explicit`` if given, else ``tasks.py`` in ``start`` or its nearest parent."""
     if explicit is not None:
         path = explicit if explicit.is_absolute() else start / explicit
+        if path.is_dir():
+            raise UsageError(
+                f"task file {str(explicit)!r} is a directory; name the file, e.g."
+                f" -f {explicit / TASK_FILE}"
+            )
         if not path.is_file():
             raise UsageError(f"task file {str(explicit)!r} does not exist (looked at {path})")
         return path.resolve()
@@ -151,6 +158,13 @@ def load_settings(task_file: Path) -> Settings:
     if not isinstance(default, list) or not all(isinstance(t, str) for t in default):
         raise ConfigError(f"{where}: 'default' must be a list of task names")
     jobs = typed("jobs", int, "a whole number of jobs")
+    for key, allowed in (("executor", EXECUTORS), ("cache-mode", CACHE_MODES)):
+        value = typed(key, str, " or ".join(allowed))
+        if value is not None and value not in allowed:
+            raise ConfigError(
+                f"{where}: '{key}' is {value!r}{did_you_mean(value, allowed)};"
+                f" use one of {', '.join(allowed)}"
+            )
     if jobs is not None and jobs < 1:
         raise ConfigError(f"{where}: 'jobs' must be at least 1 (got {jobs})")
     cache_dir = typed("cache-dir", str, "a directory path")
