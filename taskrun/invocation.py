@@ -101,8 +101,10 @@ def invoke(
                         f" ({opt.type.name})"
                     )))
                     continue
-                values[name][opt.name], sources[name][opt.name] = opt.default, SOURCE_DEFAULT
-                continue
+                # The default passed its type at definition, but without a root: checking
+                # it again normalizes File/Dir paths as a value from the command line would
+                # be, and hands each run its own copy of a mutable default.
+                raw, is_text, source = opt.default, False, SOURCE_DEFAULT
             try:
                 value = (
                     opt.type.parse(raw, root=root) if is_text else opt.type.check(raw, root=root)

@@ -24,7 +24,7 @@ import typing
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from taskrun.errors import TypeCheckError
+from taskrun.errors import TypeCheckError, UsageError
 from taskrun.files import Dir, File
 
 __all__ = [
@@ -173,10 +173,12 @@ class _PathType(TaskType):
         if self.pytype is pathlib.Path:
             return value if type(value) is type(pathlib.Path()) else pathlib.Path(value)
         if root is not None:
-            # Deferred import: files imports nothing from here, but keep the edge one-way.
             from taskrun.files import project_relative
 
-            value = project_relative(value, root)
+            try:
+                value = project_relative(value, root)
+            except UsageError as exc:  # outside the root: a value this type refuses
+                raise TypeCheckError(exc.message, type_name=self.name) from None
         elif value.is_absolute():
             self.fail(value, f"a {self.name} relative to the project root")
         return value if type(value) is self.pytype else self.pytype(value)

@@ -325,3 +325,34 @@ def test_parse_assignment() -> None:
     assert parse_assignment(" top =") == (None, "top", "")
     with pytest.raises(ValueError):
         parse_assignment("=5")
+
+
+def test_file_default_is_normalized_like_a_given_value(registry: Registry, tmp_path: Path) -> None:
+    """A File default is relative-normalized against the root, as a -o value would be."""
+
+    @task
+    def read(path: File = File("./data/../data.txt")) -> None: ...
+
+    assert run_invoke(registry, tmp_path, ["read"]).options["read"]["path"] == File("data.txt")
+
+
+def test_file_default_outside_the_root_is_a_problem(registry: Registry, tmp_path: Path) -> None:
+    """A default leading out of the project is caught before anything runs."""
+
+    @task
+    def read(path: File = File("../outside.txt")) -> None: ...
+
+    (problem,) = problems_of(registry, tmp_path, ["read"])
+    assert "outside the project root" in problem and "(from default" in problem
+
+
+def test_each_invocation_gets_its_own_copy_of_a_list_default(registry: Registry,
+                                                              tmp_path: Path) -> None:
+    """Mutating a list option value cannot change the default of the next run."""
+
+    @task
+    def t(names: list[str] = ["a"]) -> None: ...  # noqa: B006
+
+    first = run_invoke(registry, tmp_path, ["t"]).options["t"]["names"]
+    first.append("b")
+    assert run_invoke(registry, tmp_path, ["t"]).options["t"]["names"] == ["a"]

@@ -275,3 +275,9 @@ def test_type_names_read_like_annotations() -> None:
         Mode: "Mode",
     }
     assert resolve_annotation(Literal["plain", "md"]).name == "{plain|md}"
+
+
+def test_file_outside_the_root_is_a_type_error(tmp_path: pathlib.Path) -> None:
+    """A File leading out of the root fails its type, naming the path."""
+    with pytest.raises(TypeCheckError, match="outside the project root"):
+        resolve_annotation(File).check("../x", root=tmp_path)
