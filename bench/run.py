@@ -1,0 +1,705 @@
+"""taskrun's benchmark suite: taskrun against doit, Snakemake and the machine's limits.
+
+Usage (from the repository root, with ``pip install -e '.[bench]'`` done once)::
+
+    python bench/run.py                 # the full suite (about 10 minutes on 2 cores)
+    python bench/run.py --quick         # fewer, smaller workloads, 2 repetitions
+    python bench/run.py --only 'noop/layered-5000*' --reps 7
+    python bench/run.py --json results.json
+    python bench/run.py --profile noop/layered-5000/warm   # pyinstrument report
+
+Nothing is installed: the suite runs the ``taskrun``, ``doit`` and ``snakemake`` found next
+to this interpreter (or on PATH), as real subprocesses timed with ``time.perf_counter``
+around ``subprocess.run``. Workloads are generated in a temporary directory. Tools are run
+alternately (A B A B ..., the order reversed every repetition) in the same session, and
+the table shows medians and **ratios**: the machines are shared and noisy, absolute times
+are context only. Every run's output is checked (how many tasks ran / were up to date), so
+a tool that silently did nothing cannot win.
+
+Workload names, for ``--only`` (a glob; several may be given, comma-separated)::
+
+    noop/<independent|chain|layered>-<100|1000|5000>   phases: cold, warm, changed
+    cpu/<inline|thread|process>                         -j 1 against -j 2
+    hash/product                                        512 MiB bytes; 100,000 dicts
+    files/tree-10k                                      cold and warm stat cache
+    startup/list-10                                     taskrun list, doit list, python
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import workloads as wl  # noqa: E402
+
+TIMEOUT = 900.0  # a single subprocess; generous (Snakemake spawning per job takes minutes)
+
+
+class BenchError(Exception):
+    """A tool failed or did something other than what the workload expects."""
+
+
+# --------------------------------------------------------------------------- tools
+
+
+def _exe(name: str) -> str | None:
+    beside = Path(sys.executable).with_name(name)
+    if beside.exists():
+        return str(beside)
+    return shutil.which(name)
+
+
+@dataclass
+class Run:
+    """One timed subprocess."""
+
+    seconds: float
+    stdout: str
+    stderr: str
+
+
+def timed(cmd: Sequence[str], cwd: Path, env: dict[str, str] | None = None) -> Run:
+    """Run CMD in CWD and time it; BenchError on a non-zero exit."""
+    full_env = _base_env()
+    if env:
+        full_env.update(env)
+    t0 = time.perf_counter()
+    p = subprocess.run(
+        list(cmd), cwd=cwd, env=full_env, capture_output=True, text=True, timeout=TIMEOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    seconds = time.perf_counter() - t0
+    if p.returncode != 0:
+        tail = "\n".join((p.stdout + p.stderr).strip().splitlines()[-25:])
+        raise BenchError(f"{' '.join(cmd)} (in {cwd}) exited {p.returncode}:\n{tail}")
+    return Run(seconds, p.stdout, p.stderr)
+
+
+def _base_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TASKRUN_", "BENCH_"))}
+    env.pop("PYTHONHASHSEED", None)
+    env["NO_COLOR"] = "1"
+    return env
+
+
+class Tool:
+    """One contestant on the no-op graphs: how to reset, run a phase, and count its work."""
+
+    name = ""
+
+    def __init__(self, exe: str, directory: Path, graph: wl.Graph) -> None:
+        self.exe = exe
+        self.dir = directory
+        self.graph = graph
+
+    def write(self) -> None:
+        raise NotImplementedError
+
+    def prime(self) -> None:
+        """An untimed load of the task file, so byte-code caches are in their steady state."""
+
+    def reset(self) -> None:
+        raise NotImplementedError
+
+    def run(self, phase: str) -> Run:
+        raise NotImplementedError
+
+    def counts(self, run: Run) -> tuple[int, int]:
+        """(tasks that ran, tasks that were up to date) according to the tool's output."""
+        raise NotImplementedError
+
+    def expected(self, phase: str) -> tuple[int, int]:
+        n = len(self.graph.names)
+        return {"cold": (n, 0), "warm": (0, n), "changed": (1, n - 1)}[phase]
+
+
+class Taskrun(Tool):
+    name = "taskrun"
+    flags: tuple[str, ...] = ("-j", "1", "--executor", "inline")
+
+    def write(self) -> None:
+        wl.write(self.dir, [("tasks.py", wl.tasks_py(self.graph))])
+
+    def prime(self) -> None:
+        timed([self.exe, "list"], self.dir)
+
+    def reset(self) -> None:
+        shutil.rmtree(self.dir / ".taskrun", ignore_errors=True)
+
+    def command(self, phase: str) -> list[str]:
+        cmd = [self.exe, "run", *self.flags]
+        if phase == "changed":
+            cmd += ["-o", f"{self.graph.leaf}.x=2"]
+        return cmd
+
+    def run(self, phase: str) -> Run:
+        return timed(self.command(phase), self.dir)
+
+    def counts(self, run: Run) -> tuple[int, int]:
+        lines = run.stdout.splitlines()
+        return (
+            sum(line.startswith("ran ") for line in lines),
+            sum(line.startswith("cached ") for line in lines),
+        )
+
+
+class Doit(Tool):
+    name = "doit"
+
+    def write(self) -> None:
+        wl.write(self.dir, [("dodo.py", wl.dodo_py(self.graph))])
+
+    def prime(self) -> None:
+        timed([self.exe, "list"], self.dir)
+
+    def reset(self) -> None:
+        for p in self.dir.glob(".doit.db*"):
+            p.unlink()
+
+    def run(self, phase: str) -> Run:
+        env = {"BENCH_OPTIONS": f"{self.graph.leaf}=2"} if phase == "changed" else None
+        return timed([self.exe], self.dir, env)
+
+    def counts(self, run: Run) -> tuple[int, int]:
+        lines = run.stdout.splitlines()
+        return (
+            sum(line.startswith(". ") for line in lines),
+            sum(line.startswith("-- ") for line in lines),
+        )
+
+
+class Snakemake(Tool):
+    name = "snakemake"
+    # --force-use-threads: without it Snakemake 9 runs each `run:` job in a fresh
+    # Snakemake subprocess (about 2.4 s per job here: 100 no-op jobs took 239 s).
+    flags = ("--cores", "1", "--force-use-threads")
+    _rule = re.compile(r"^(?:local)?rule t\d+:", re.M)
+
+    def write(self) -> None:
+        wl.write(self.dir, [("Snakefile", wl.snakefile(self.graph))])
+
+    def reset(self) -> None:
+        shutil.rmtree(self.dir / "out", ignore_errors=True)
+        shutil.rmtree(self.dir / ".snakemake", ignore_errors=True)
+
+    def run(self, phase: str) -> Run:
+        cmd = [self.exe, *self.flags]
+        if phase == "changed":
+            cmd += ["--config", f"{self.graph.leaf}=2"]
+        return timed(cmd, self.dir)
+
+    def counts(self, run: Run) -> tuple[int, int]:
+        ran = len(self._rule.findall(run.stdout + run.stderr))
+        return ran, len(self.graph.names) - ran  # Snakemake does not list what it skipped
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class Results:
+    """Samples by (workload, case, tool), and the checks that failed."""
+
+    samples: dict[tuple[str, str, str], list[float]] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    def add(self, workload: str, case: str, tool: str, seconds: float) -> None:
+        self.samples.setdefault((workload, case, tool), []).append(seconds)
+
+    def median(self, workload: str, case: str, tool: str) -> float | None:
+        s = self.samples.get((workload, case, tool))
+        return statistics.median(s) if s else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "samples": [
+                {"workload": w, "case": c, "tool": t, "seconds": s, "median": statistics.median(s)}
+                for (w, c, t), s in self.samples.items()
+            ],
+            "problems": self.problems,
+        }
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- benchmarks
+
+
+@dataclass(frozen=True)
+class Bench:
+    """A named workload and the function that measures it."""
+
+    name: str
+    fn: Callable[[Path, int, Results], None]
+
+
+def _exes() -> dict[str, str | None]:
+    return {name: _exe(name) for name in ("taskrun", "doit", "snakemake")}
+
+
+def noop_bench(shape: str, n: int, *, snakemake: bool) -> Bench:
+    name = f"noop/{shape}-{n}"
+
+    def measure(tmp: Path, reps: int, results: Results) -> None:
+        graph = wl.make_graph(shape, n)
+        exes = _exes()
+        tools: list[Tool] = []
+        for cls in (Taskrun, Doit) + ((Snakemake,) if snakemake else ()):
+            exe = exes[cls.name]
+            if exe is None:
+                results.problems.append(f"{name}: {cls.name} not installed; skipped")
+                continue
+            tool = cls(exe, tmp / name.replace("/", "_") / cls.name, graph)
+            tool.write()
+            tools.append(tool)
+        failed: set[str] = set()
+        for tool in tools:
+            try:
+                tool.prime()
+            except BenchError as exc:
+                failed.add(tool.name)
+                results.problems.append(f"{name}: {tool.name} failed: {exc}")
+        for rep in range(reps):
+            order = [t for t in (tools if rep % 2 == 0 else tools[::-1]) if t.name not in failed]
+            for tool in order:
+                tool.reset()
+            for phase in ("cold", "warm", "changed"):
+                for tool in order:
+                    if tool.name in failed:
+                        continue
+                    try:
+                        run = tool.run(phase)
+                    except (BenchError, subprocess.TimeoutExpired) as exc:
+                        failed.add(tool.name)
+                        results.problems.append(f"{name} {phase}: {tool.name} failed: {exc}")
+                        continue
+                    got, want = tool.counts(run), tool.expected(phase)
+                    if got != want:
+                        results.problems.append(
+                            f"{name} {phase} rep {rep}: {tool.name} ran/up-to-date {got}, "
+                            f"expected {want}"
+                        )
+                    results.add(name, phase, tool.name, run.seconds)
+                    log(f"  {name:<22} {phase:<8} {tool.name:<10} {run.seconds:8.3f} s")
+
+    return Bench(name, measure)
+
+
+def _calibrate_loops(target_s: float = 1.0) -> int:
+    """Loop count for which workloads.spin takes about TARGET_S in this interpreter."""
+    n = 200_000
+    while True:
+        t0 = time.perf_counter()
+        wl.spin(n, 1)
+        dt = time.perf_counter() - t0
+        if dt > 0.2:
+            return int(n * target_s / dt)
+        n *= 2
+
+
+def cpu_bench(executor: str) -> Bench:
+    name = f"cpu/{executor}"
+
+    def measure(tmp: Path, reps: int, results: Results) -> None:
+        exe = _exes()["taskrun"]
+        if exe is None:
+            results.problems.append(f"{name}: taskrun not installed; skipped")
+            return
+        d = tmp / "cpu"
+        if not (d / "tasks.py").exists():
+            loops = _calibrate_loops()
+            wl.write(d, [("tasks.py", wl.cpu_tasks_py(loops))])
+            timed([exe, "list"], d)
+        for rep in range(reps):
+            for jobs in ("1", "2") if rep % 2 == 0 else ("2", "1"):
+                cmd = [exe, "run", "--force-all", "--executor", executor, "-j", jobs]
+                try:
+                    run = timed(cmd, d)
+                except BenchError as exc:
+                    results.problems.append(f"{name} -j {jobs}: {exc}")
+                    return
+                ran = sum(line.startswith("ran ") for line in run.stdout.splitlines())
+                if ran != 2:
+                    results.problems.append(f"{name} -j {jobs}: {ran} tasks ran, expected 2")
+                results.add(name, f"j{jobs}", "taskrun", run.seconds)
+                log(f"  {name:<22} -j {jobs:<5} taskrun    {run.seconds:8.3f} s")
+
+    return Bench(name, measure)
+
+
+def _inproc(args: list[str], name: str, results: Results) -> None:
+    try:
+        run = timed([sys.executable, str(HERE / "inproc.py"), *args], HERE)
+    except BenchError as exc:
+        results.problems.append(f"{name}: {exc}")
+        return
+    for case, seconds in json.loads(run.stdout.strip().splitlines()[-1]).items():
+        group, _, tool = case.partition("/")
+        for s in seconds:
+            results.add(name, group, tool, s)
+        log(f"  {name:<22} {case:<20} {statistics.median(seconds):8.4f} s (median)")
+
+
+def hash_bench() -> Bench:
+    def measure(tmp: Path, reps: int, results: Results) -> None:
+        _inproc(["hash", "--reps", str(max(reps, 5))], "hash/product", results)
+
+    return Bench("hash/product", measure)
+
+
+def files_bench() -> Bench:
+    def measure(tmp: Path, reps: int, results: Results) -> None:
+        _inproc(
+            ["files", "--dir", str(tmp / "files"), "--files", "10000", "--reps", str(max(reps, 5))],
+            "files/tree-10k", results,
+        )
+
+    return Bench("files/tree-10k", measure)
+
+
+def startup_bench() -> Bench:
+    name = "startup/list-10"
+
+    def measure(tmp: Path, reps: int, results: Results) -> None:
+        exes = _exes()
+        d = tmp / "startup"
+        wl.write(d, [("tasks.py", wl.startup_tasks_py(10)), ("dodo.py", wl.startup_dodo_py(10))])
+        cmds: dict[str, list[str]] = {"python -c pass": [sys.executable, "-c", "pass"]}
+        for tool in ("taskrun", "doit"):
+            exe = exes[tool]
+            if exe is None:
+                results.problems.append(f"{name}: {tool} not installed; skipped")
+            else:
+                cmds[f"{tool} list"] = [exe, "list"]
+        for cmd in cmds.values():  # untimed: byte-code caches, OS file cache
+            timed(cmd, d)
+        labels = list(cmds)
+        for rep in range(max(reps * 4, 10)):
+            for label in labels if rep % 2 == 0 else labels[::-1]:
+                results.add(name, "list", label, timed(cmds[label], d).seconds)
+        for label in labels:
+            log(f"  {name:<22} {label:<20} {results.median(name, 'list', label):8.4f} s (median)")
+
+    return Bench(name, measure)
+
+
+def all_benches(quick: bool) -> list[Bench]:
+    sizes = (100, 1000) if quick else (100, 1000, 5000)
+    benches = [
+        noop_bench(shape, n, snakemake=(n == 100)) for n in sizes for shape in wl.SHAPES
+    ]
+    if quick:
+        benches.append(noop_bench("layered", 5000, snakemake=False))
+    benches += [cpu_bench(e) for e in ("inline", "thread", "process")]
+    benches += [hash_bench(), files_bench(), startup_bench()]
+    return benches
+
+
+# --------------------------------------------------------------------------- report
+
+
+@dataclass(frozen=True)
+class Target:
+    """One issue-8 target: a measured value against a limit."""
+
+    label: str
+    value: float | None
+    limit: float
+    kind: str  # "max" (value must be <= limit) or "min"
+    unit: str = "x"
+
+    @property
+    def met(self) -> bool | None:
+        if self.value is None:
+            return None
+        return self.value <= self.limit if self.kind == "max" else self.value >= self.limit
+
+    def line(self) -> str:
+        sign = "≤" if self.kind == "max" else "≥"
+        limit = f"{sign} {self.limit:g}{self.unit}"
+        if self.value is None:
+            return f"| {self.label} | {limit} | not measured | — |"
+        verdict = "met" if self.met else "**missed**"
+        if not self.met:
+            factor = self.value / self.limit if self.kind == "max" else self.limit / self.value
+            verdict += f" (by {factor:.2f}x)"
+        return f"| {self.label} | {limit} | {self.value:.3g}{self.unit} | {verdict} |"
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def _fmt(x: float | None, digits: int = 3) -> str:
+    if x is None:
+        return "—"
+    return f"{x:.{digits}f}"
+
+
+def _fmt_ratio(x: float | None) -> str:
+    return "—" if x is None else f"{x:.2f}"
+
+
+def targets(r: Results) -> list[Target]:
+    lay = "noop/layered-5000"
+    su = "startup/list-10"
+    j1 = r.median("cpu/process", "j1", "taskrun")
+    j2 = r.median("cpu/process", "j2", "taskrun")
+    hb = r.median("hash/product", "bytes", "taskrun")
+    hx = r.median("hash/product", "bytes", "xxh3")
+    return [
+        Target("warm run, 5000 layered: taskrun / doit",
+               _ratio(r.median(lay, "warm", "taskrun"), r.median(lay, "warm", "doit")), 0.2, "max"),
+        Target("cold run, 5000 layered, inline: taskrun / doit",
+               _ratio(r.median(lay, "cold", "taskrun"), r.median(lay, "cold", "doit")), 0.5, "max"),
+        Target("`taskrun list` / `doit list` (10 tasks)",
+               _ratio(r.median(su, "list", "taskrun list"), r.median(su, "list", "doit list")),
+               1.0, "max"),
+        Target("`taskrun list` / `python -c pass`",
+               _ratio(r.median(su, "list", "taskrun list"), r.median(su, "list", "python -c pass")),
+               8.0, "max"),
+        Target("512 MiB bytes product: throughput vs raw xxh3-128", _ratio(hx, hb), 0.5, "min"),
+        Target("2 CPU-bound 1 s tasks, process: speed-up -j 2 / -j 1", _ratio(j1, j2), 1.8, "min"),
+        Target("warm tree_digest, 10,000 files, stat cache",
+               r.median("files/tree-10k", "tree", "warm"), 0.3, "max", " s"),
+    ]
+
+
+def report(r: Results) -> str:
+    """The Markdown tables: no-op graphs, CPU, hashing, files, start-up, targets."""
+    out: list[str] = []
+    noop = sorted(
+        {w for (w, _, _) in r.samples if w.startswith("noop/")},
+        key=lambda w: (int(w.rsplit("-", 1)[1]), wl.SHAPES.index(w[5:].rsplit("-", 1)[0])),
+    )
+    if noop:
+        out += [
+            "### No-op task graphs (median seconds; ratio = taskrun / peer, lower is better)",
+            "",
+            "| workload | phase | taskrun | doit | snakemake | taskrun/doit | taskrun/snakemake |",
+            "|---|---|---:|---:|---:|---:|---:|",
+        ]
+        for w in noop:
+            for phase in ("cold", "warm", "changed"):
+                t, d, s = (r.median(w, phase, tool) for tool in ("taskrun", "doit", "snakemake"))
+                out.append(
+                    f"| {w[5:]} | {phase} | {_fmt(t)} | {_fmt(d)} | {_fmt(s)} | "
+                    f"{_fmt_ratio(_ratio(t, d))} | {_fmt_ratio(_ratio(t, s))} |"
+                )
+        out.append("")
+    cpu = [
+        w for w in ("cpu/inline", "cpu/thread", "cpu/process")
+        if (w, "j1", "taskrun") in r.samples
+    ]
+    if cpu:
+        out += [
+            "### Two CPU-bound ~1 s tasks (median seconds of the whole `taskrun run --force-all`)",
+            "",
+            "| executor | -j 1 | -j 2 | speed-up |",
+            "|---|---:|---:|---:|",
+        ]
+        for w in cpu:
+            a, b = r.median(w, "j1", "taskrun"), r.median(w, "j2", "taskrun")
+            out.append(f"| {w[4:]} | {_fmt(a)} | {_fmt(b)} | {_fmt_ratio(_ratio(a, b))} |")
+        out.append("")
+    if ("hash/product", "bytes", "taskrun") in r.samples:
+        hb = r.median("hash/product", "bytes", "taskrun")
+        hx = r.median("hash/product", "bytes", "xxh3")
+        dt = r.median("hash/product", "dicts", "taskrun")
+        dp = r.median("hash/product", "dicts", "pickle+xxh3")
+        dj = r.median("hash/product", "dicts", "json+xxh3")
+        gib = 0.5
+        out += [
+            "### Product hashing (in-process, median seconds)",
+            "",
+            "| product | taskrun `product_digest` | baseline | baseline time "
+            "| taskrun / baseline |",
+            "|---|---:|---|---:|---:|",
+            f"| 512 MiB `bytes` | {_fmt(hb, 4)} ({gib / hb:.1f} GiB/s) | raw `xxh3_128(data)` | "
+            f"{_fmt(hx, 4)} ({gib / hx:.1f} GiB/s) | {_fmt_ratio(_ratio(hb, hx))} |"
+            if hb and hx else "",
+            f"| 100,000 small dicts | {_fmt(dt, 4)} | `xxh3_128(pickle.dumps(lst, 5))` | "
+            f"{_fmt(dp, 4)} | {_fmt_ratio(_ratio(dt, dp))} |",
+            f"| 100,000 small dicts | {_fmt(dt, 4)} | "
+            "`xxh3_128(json.dumps(lst, sort_keys=True))` | "
+            f"{_fmt(dj, 4)} | {_fmt_ratio(_ratio(dt, dj))} |",
+            "",
+        ]
+    if ("files/tree-10k", "tree", "warm") in r.samples:
+        out += [
+            "### File hashing: `tree_digest` of 10,000 files of 1 KiB (in-process, median seconds)",
+            "",
+            "| no stat cache | cold stat cache (incl. flush) | warm stat cache (incl. load) |",
+            "|---:|---:|---:|",
+            "| " + " | ".join(_fmt(r.median("files/tree-10k", "tree", c), 4)
+                             for c in ("no-stat-cache", "cold", "warm")) + " |",
+            "",
+        ]
+    su = "startup/list-10"
+    if (su, "list", "python -c pass") in r.samples:
+        py = r.median(su, "list", "python -c pass")
+        out += [
+            "### Start-up on a 10-task file (median seconds)",
+            "",
+            "| command | median | / `python -c pass` |",
+            "|---|---:|---:|",
+        ]
+        for label in ("python -c pass", "taskrun list", "doit list"):
+            m = r.median(su, "list", label)
+            out.append(f"| `{label}` | {_fmt(m, 4)} | {_fmt_ratio(_ratio(m, py))} |")
+        out.append("")
+    out += ["### Targets (issue 8)", "", "| target | limit | measured | verdict |"]
+    out.append("|---|---|---|---|")
+    out += [t.line() for t in targets(r)]
+    out.append("")
+    if r.problems:
+        out += ["### Problems", ""] + [f"- {p}" for p in r.problems] + [""]
+    return "\n".join(out)
+
+
+def machine() -> str:
+    """One line on the machine and the tools' versions."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = []
+    for mod in ("taskrun", "doit", "snakemake", "xxhash", "diskcache"):
+        try:
+            from importlib.metadata import version
+
+            versions.append(f"{mod} {version(mod)}")
+        except Exception:  # noqa: BLE001 - an absent tool is reported, not fatal
+            versions.append(f"{mod} absent")
+    return (
+        f"{platform.system()} {platform.release()}, {cpu}, {os.cpu_count()} CPUs; "
+        f"Python {platform.python_version()}; " + ", ".join(versions)
+    )
+
+
+# --------------------------------------------------------------------------- profile
+
+
+def profile(spec: str, out: Path) -> None:
+    """Run taskrun under pyinstrument for one no-op workload phase (noop/SHAPE-N/PHASE)."""
+    m = re.fullmatch(r"noop/(\w+)-(\d+)/(cold|warm|changed)", spec)
+    if not m:
+        raise SystemExit(
+            f"--profile takes noop/SHAPE-N/PHASE, e.g. noop/layered-5000/warm; got {spec!r}"
+        )
+    shape, n, phase = m.group(1), int(m.group(2)), m.group(3)
+    exe = _exes()["taskrun"]
+    if exe is None:
+        raise SystemExit("taskrun is not installed")
+    with tempfile.TemporaryDirectory(prefix="taskrun-profile-") as tmp:
+        tool = Taskrun(exe, Path(tmp), wl.make_graph(shape, n))
+        tool.write()
+        tool.prime()
+        if phase != "cold":
+            tool.run("cold")
+        cmd = tool.command(phase)
+        session = Path(tmp) / "profile.pyisession"
+        t0 = time.perf_counter()
+        timed([sys.executable, "-m", "pyinstrument", "-r", "pyisession", "-o", str(session),
+               "-i", "0.0005", "-m", "taskrun", *cmd[1:]], Path(tmp))
+        log(f"profiled {' '.join(cmd)} in {time.perf_counter() - t0:.2f} s (with profiler)")
+        tree = timed([sys.executable, "-m", "pyinstrument", "--load", str(session), "-r", "text",
+                      "--no-color", "--unicode"], Path(tmp)).stdout
+        flat = timed([sys.executable, "-m", "pyinstrument", "--load", str(session), "-r", "text",
+                      "--no-color", "--unicode", "-p", "flat=true", "--show-all"], Path(tmp)).stdout
+    out.write_text(
+        f"# taskrun profile: {spec}\n# command: {' '.join(cmd)}\n# {machine()}\n\n"
+        f"## Flat (self time, all frames)\n\n{_head(flat, 60)}\n\n## Call tree\n\n{tree}"
+    )
+    log(f"wrote {out}")
+
+
+def _head(text: str, n: int) -> str:
+    return "\n".join(text.splitlines()[:n])
+
+
+# --------------------------------------------------------------------------- main
+
+
+def _selected(benches: Iterable[Bench], only: str | None) -> list[Bench]:
+    if not only:
+        return list(benches)
+    pats = [p.strip() for p in only.split(",") if p.strip()]
+    return [b for b in benches if any(fnmatch.fnmatch(b.name, p) for p in pats)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="bench/run.py", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--quick", action="store_true",
+                        help="N = 100 and 1000 (+ the 5000 layered graph), 2 repetitions")
+    parser.add_argument("--only", metavar="GLOB", help="only workloads matching GLOB[,GLOB...]")
+    parser.add_argument("--reps", type=int, default=None, help="repetitions (default 5; quick 2)")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="write every sample as JSON")
+    parser.add_argument("--profile", metavar="noop/SHAPE-N/PHASE",
+                        help="profile taskrun on one workload with pyinstrument instead")
+    parser.add_argument("--profile-out", type=Path, default=Path("bench-profile.txt"))
+    parser.add_argument("--list", action="store_true", help="list workload names and exit")
+    args = parser.parse_args(argv)
+
+    if args.profile:
+        profile(args.profile, args.profile_out)
+        return 0
+    benches = _selected(all_benches(args.quick), args.only)
+    if args.list:
+        print("\n".join(b.name for b in benches))
+        return 0
+    if not benches:
+        parser.error(f"no workload matches {args.only!r} (see --list)")
+    reps = args.reps or (2 if args.quick else 5)
+    results = Results()
+    log(f"{machine()}\n{len(benches)} workloads, {reps} repetitions")
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="taskrun-bench-") as tmp:
+        for bench in benches:
+            log(f"{bench.name}")
+            try:
+                bench.fn(Path(tmp), reps, results)
+            except (BenchError, subprocess.TimeoutExpired) as exc:
+                results.problems.append(f"{bench.name}: {exc}")
+    log(f"done in {time.perf_counter() - t0:.0f} s")
+    print(f"Machine: {machine()}\nRepetitions: {reps}\n")
+    print(report(results))
+    if args.json:
+        doc = results.to_json()
+        doc["machine"] = machine()
+        doc["targets"] = [
+            {"label": t.label, "value": t.value, "limit": t.limit, "kind": t.kind, "met": t.met}
+            for t in targets(results)
+        ]
+        args.json.write_text(json.dumps(doc, indent=2))
+    return 1 if results.problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
