@@ -82,6 +82,12 @@ class SourceMemo:
 
 
 _PROCESS_MEMO = SourceMemo()
+_OWNED: dict[str, dict[str, bool]] = {}
+
+
+@functools.lru_cache(maxsize=64)
+def _resolved(root: pathlib.Path) -> pathlib.Path:
+    return root.resolve()
 
 
 def code_parts(
@@ -230,12 +236,14 @@ class _CodeWalker:
     def __init__(
         self, root: pathlib.Path, home: str, digest: Callable[[Any], str], memo: SourceMemo
     ) -> None:
-        self.root = root.resolve()
+        self.root = _resolved(root)
         self.home = home
         self.digest = digest
         self.memo = memo
         self.parts: dict[str, str] = {}
-        self.owned_files: dict[str, bool] = {}
+        # perf: which files belong to the project is a question about the file system, not
+        # about one task: share the answers across walks (keyed by root).
+        self.owned_files = _OWNED.setdefault(str(self.root), {})
 
     def key(self, module: str, name: str) -> str:
         return name if module == self.home else f"{module}.{name}"

@@ -51,7 +51,7 @@ from typing import Any, Protocol
 
 import xxhash
 
-from taskrun.codewalk import SourceMemo, code_parts
+from taskrun.codewalk import SourceMemo, _resolved, code_parts
 from taskrun.errors import FingerprintError
 from taskrun.files import Dir, File
 from taskrun.runtime import runtime_facts
@@ -578,7 +578,7 @@ def code_fingerprint(
     module constant does. Standard library, installed packages and other tasks are left
     out (other tasks are covered by their product digests).
     """
-    base = pathlib.Path(root).resolve()
+    base = _resolved(pathlib.Path(root))
 
     def digest(value: Any) -> str:
         return value_digest(value, hash_path=lambda p: _default_hash_path(p, base))

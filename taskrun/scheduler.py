@@ -208,11 +208,19 @@ class Scheduler:
         )
 
     def _fingerprint(self, node: _Node, upstream: Mapping[str, str]) -> None:
-        from taskrun.fingerprint import describe, task_fingerprint
+        from taskrun.fingerprint import task_fingerprint
 
         node.inputs = self._inputs_of(node, upstream)
         node.fp = task_fingerprint(node.inputs, hash_path=self._hash_path)
-        node.described = describe(node.inputs, hash_path=self._hash_path)
+        node.described = {}
+
+    def _described(self, node: _Node) -> dict[str, Any]:
+        """The fingerprint's components as data; perf: only misses and explain need it."""
+        if not node.described:
+            from taskrun.fingerprint import describe
+
+            node.described = describe(node.inputs, hash_path=self._hash_path)
+        return node.described
 
     def _why(self, node: _Node) -> tuple[str, ...]:
         """Why a task misses: what changed since the newest entry recorded for it."""
@@ -229,7 +237,7 @@ class Scheduler:
             return ("no entry",)
         from taskrun.fingerprint import diff
 
-        changes = diff(latest.components, node.described)
+        changes = diff(latest.components, self._described(node))
         return tuple(str(c) for c in changes) or ("no entry (the matching entry is gone)",)
 
     # -- dry runs and explain -------------------------------------------------------------
@@ -244,7 +252,7 @@ class Scheduler:
         out = []
         for item, node in self._walk(unknown="(will run)"):
             latest = self.cache.latest(node.name) if self.cache.mode != "off" else None
-            changes = tuple(diff(latest.components, node.described)) if latest else ()
+            changes = tuple(diff(latest.components, self._described(node))) if latest else ()
             out.append(ExplainItem(
                 task=node.name, action=item.action, fingerprint=item.fingerprint,
                 reasons=item.reasons, changes=changes,
@@ -570,7 +578,7 @@ class Scheduler:
         meta = EntryMeta(
             fingerprint=node.fp,
             task=node.name,
-            components=node.described,
+            components=self._described(node),
             product_digest=digest,
             compute_time=duration,
             created=time.time(),
