@@ -202,7 +202,9 @@ def _runtime(table: Mapping[str, Any], where: str) -> RuntimeSettings:
     if not isinstance(probes, dict) or not all(
         isinstance(v, str) and v.strip() for v in probes.values()
     ):
-        raise ConfigError(f"{where}: 'probes' must map names to commands, e.g. cc = 'gcc --version'")
+        raise ConfigError(
+            f"{where}: 'probes' must map names to commands, e.g. cc = 'gcc --version'"
+        )
     return RuntimeSettings(
         python=table.get("python", True),
         platform=table.get("platform", True),

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from taskrun.errors import InvocationError, Problem, TypeCheckError, did_you_mean
-from taskrun.registry import MISSING, Registry, TaskSpec
+from taskrun.registry import Registry, TaskSpec
 
 __all__ = ["Invocation", "invoke", "parse_assignment"]
 
@@ -89,12 +89,11 @@ def invoke(
         values[name], sources[name] = {}, {}
         for opt in spec.options:
             where = f"option '{opt.name}' of task '{name}' ({spec.where})"
-            raw: Any = MISSING
-            for source, layer in layers:
-                if (name, opt.name) in layer:
-                    raw, is_text = layer[(name, opt.name)]
-                    break
-            if raw is MISSING:
+            key = (name, opt.name)
+            found = next(((src, layer[key]) for src, layer in layers if key in layer), None)
+            if found is not None:
+                source, (raw, is_text) = found
+            else:
                 if opt.required:
                     problems.append(Problem(where, (
                         f"is required and has no value; pass -o {name}.{opt.name}=VALUE"
@@ -114,7 +113,7 @@ def invoke(
                 kind = "" if opt.type.name in exc.message else f", type {opt.type.name}"
                 problems.append(Problem(where, f"{exc.message} (from {source}{kind})"))
                 continue
-            except Exception as exc:  # e.g. a File outside the project root
+            except Exception as exc:  # a custom type raising something of its own
                 problems.append(Problem(where, f"{exc} (from {source})"))
                 continue
             values[name][opt.name], sources[name][opt.name] = value, source
@@ -286,7 +285,8 @@ def _from_config(
             choices = sorted({o.name for s in registry.tasks.values() for o in s.options})
             problems.append(Problem(
                 f"{source} '{option}'",
-                f"no task has an option '{option}'{did_you_mean(option, [*choices, *registry.tasks])}",
+                f"no task has an option '{option}'"
+                f"{did_you_mean(option, [*choices, *registry.tasks])}",
             ))
             continue
         _spread(None, option, value, isinstance(value, str), source, registry, planned,

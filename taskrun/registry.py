@@ -161,6 +161,7 @@ class Registry:
     @overload
     def task(
         self,
+        /,
         *,
         name: str | None = None,
         deps: Sequence[Callable[..., Any]] | Mapping[str, Callable[..., Any]] = (),

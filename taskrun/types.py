@@ -217,7 +217,9 @@ class LiteralType(TaskType):
 
     def _parse(self, text: str) -> Any:
         for choice in self.choices:
-            if str(choice) == text or (isinstance(choice, bool) and text.lower() == str(choice).lower()):
+            if str(choice) == text or (
+                isinstance(choice, bool) and text.lower() == str(choice).lower()
+            ):
                 return choice
         return text  # _convert reports it, with "did you mean"
 

@@ -64,7 +64,9 @@ def dags(draw: st.DrawFn, max_nodes: int = 12) -> dict[str, tuple[str, ...]]:
     deps: dict[str, tuple[str, ...]] = {}
     for i, name in enumerate(names):
         earlier = names[:i]
-        chosen = draw(st.lists(st.sampled_from(earlier), unique=True, max_size=4)) if earlier else []
+        chosen = (
+            draw(st.lists(st.sampled_from(earlier), unique=True, max_size=4)) if earlier else []
+        )
         deps[name] = tuple(chosen)
     order = draw(st.permutations(names))
     return {n: deps[n] for n in order}

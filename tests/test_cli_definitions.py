@@ -94,7 +94,9 @@ def test_list_json(product: Path, run_cli: Any) -> None:
 
 def test_list_shows_required_options(tmp_path: Path, write_project: Any, run_cli: Any) -> None:
     """An option without a default is listed as required."""
-    write_project(tmp_path, "from taskrun import task\n\n@task\ndef deploy(target: str) -> None: ...\n")
+    write_project(
+        tmp_path, "from taskrun import task\n\n@task\ndef deploy(target: str) -> None: ...\n"
+    )
     result = run_cli(tmp_path, "list")
     assert "-o deploy.target=<str>  (required)" in result.stdout
 
@@ -121,7 +123,9 @@ def test_nearer_task_file_wins(product: Path, run_cli: Any) -> None:
 def test_f_names_the_task_file(tmp_path: Path, write_project: Any, run_cli: Any) -> None:
     """-f FILE uses that file (relative to -C), whatever its name."""
     write_project(tmp_path, "from taskrun import task\n\n@task\ndef default_one() -> None: ...\n")
-    (tmp_path / "other.py").write_text("from taskrun import task\n\n@task\ndef chosen() -> None: ...\n")
+    (tmp_path / "other.py").write_text(
+        "from taskrun import task\n\n@task\ndef chosen() -> None: ...\n"
+    )
     result = run_cli(tmp_path, "-f", "other.py", "list")
     assert result.exit_code == 0, result.output
     assert "chosen" in result.stdout and "default_one" not in result.stdout
@@ -163,7 +167,9 @@ def test_definition_error(tmp_path: Path, write_project: Any, run_cli: Any) -> N
 
 def test_definition_error_also_stops_run(tmp_path: Path, write_project: Any, run_cli: Any) -> None:
     """`run` loads the same task file and fails the same way."""
-    write_project(tmp_path, "from taskrun import task\n\n@task(retries=-1)\ndef job() -> None: ...\n")
+    write_project(
+        tmp_path, "from taskrun import task\n\n@task(retries=-1)\ndef job() -> None: ...\n"
+    )
     assert_clean_error(run_cli(tmp_path, "run", "job"), "retries=")
 
 

@@ -18,12 +18,14 @@ def tasks(registry: Registry) -> Registry:
     positive = define_type("PositiveInt", int, lambda v: v > 0, doc="an integer above 0")
 
     @task
-    def sources(root: Dir = Dir("src")) -> list[File]:
+    def sources(root: Dir = Dir("src")) -> list[File]:  # noqa: B008
         raise AssertionError("invocation must not run tasks")
 
     @task(deps=[sources], outputs=["build/report.txt"])
     def report(
-        sources: list[File], top: positive = 10, style: Literal["plain", "md"] = "plain"  # type: ignore[valid-type]
+        sources: list[File],
+        top: positive = 10,  # type: ignore[valid-type]
+        style: Literal["plain", "md"] = "plain",
     ) -> File:
         raise AssertionError("invocation must not run tasks")
 
@@ -38,11 +40,17 @@ def tasks(registry: Registry) -> Registry:
     return registry
 
 
-def run_invoke(registry: Registry, root: Path, targets: Any = (), *cli: str, **kw: Any) -> Invocation:
+def run_invoke(
+    registry: Registry, root: Path, targets: Any = (), *cli: str, **kw: Any
+) -> Invocation:
+    """invoke() with command-line strings as extra positional arguments."""
     return invoke(registry, list(targets), root=root, assignments=list(cli), **kw)
 
 
-def problems_of(registry: Registry, root: Path, targets: Any = (), *cli: str, **kw: Any) -> list[str]:
+def problems_of(
+    registry: Registry, root: Path, targets: Any = (), *cli: str, **kw: Any
+) -> list[str]:
+    """The problems (as text) of an invocation that must fail."""
     with pytest.raises(InvocationError) as info:
         run_invoke(registry, root, targets, *cli, **kw)
     return [str(p) for p in info.value.problems]
@@ -85,7 +93,9 @@ def test_configured_default_targets(tasks: Registry, tmp_path: Path) -> None:
     assert inv.targets == ("summary",)
 
 
-def test_unqualified_option_spreads_over_every_planned_task(tasks: Registry, tmp_path: Path) -> None:
+def test_unqualified_option_spreads_over_every_planned_task(
+    tasks: Registry, tmp_path: Path
+) -> None:
     """'top=7' sets top on report and summary when both are planned."""
     inv = run_invoke(tasks, tmp_path, ["report", "summary"], "top=7")
     assert inv.options["report"]["top"] == 7 and inv.options["summary"]["top"] == 7
@@ -126,14 +136,18 @@ def test_command_line_beats_config_beats_default(tasks: Registry, tmp_path: Path
     assert dict(plain.options["report"]) == {"top": 10, "style": "plain"}
 
 
-def test_config_table_for_a_task_beats_config_plain_value(tasks: Registry, tmp_path: Path) -> None:
+def test_config_table_for_a_task_beats_config_plain_value(
+    tasks: Registry, tmp_path: Path
+) -> None:
     """[tool.taskrun.options.report] top beats [tool.taskrun.options] top."""
     config = {"top": 4, "report": {"top": 2}}
     inv = run_invoke(tasks, tmp_path, ["report", "summary"], config=config)
     assert inv.options["report"]["top"] == 2 and inv.options["summary"]["top"] == 4
 
 
-def test_api_options_sit_between_command_line_and_config(tasks: Registry, tmp_path: Path) -> None:
+def test_api_options_sit_between_command_line_and_config(
+    tasks: Registry, tmp_path: Path
+) -> None:
     """options= beats the config file and loses to -o."""
     config = {"report": {"top": 4, "style": "md"}}
     inv = run_invoke(tasks, tmp_path, ["report"], "report.style=plain",
@@ -178,7 +192,8 @@ def test_every_problem_is_reported_at_once(tasks: Registry, tmp_path: Path) -> N
     assert "4 problems with this invocation; nothing was run" in info.value.message
     assert any("option 'top' of task 'report'" in p and "0 is not an integer above 0" in p
                for p in problems)
-    assert any("option 'style'" in p and "'html' is not one of 'plain', 'md'" in p for p in problems)
+    assert any("option 'style'" in p and "'html' is not one of 'plain', 'md'" in p
+               for p in problems)
     assert any("option 'dry' of task 'publish'" in p and "'perhaps'" in p for p in problems)
     assert any("option 'root' of task 'sources'" in p and "empty" in p for p in problems)
     for p in problems:
@@ -194,10 +209,12 @@ def test_unknown_target_suggests_a_task(tasks: Registry, tmp_path: Path) -> None
     ]
 
 
-def test_unknown_default_target_says_it_came_from_the_config(tasks: Registry, tmp_path: Path) -> None:
+def test_unknown_default_target_says_it_came_from_the_config(
+    tasks: Registry, tmp_path: Path
+) -> None:
     """A bad [tool.taskrun] default is reported as such."""
-    problems = problems_of(tasks, tmp_path, default_targets=["summry"])
-    assert "(from [tool.taskrun] default)" in problems[0] and "did you mean 'summary'" in problems[0]
+    (problem,) = problems_of(tasks, tmp_path, default_targets=["summry"])
+    assert "(from [tool.taskrun] default)" in problem and "did you mean 'summary'" in problem
 
 
 def test_unknown_task_in_an_assignment(tasks: Registry, tmp_path: Path) -> None:
@@ -296,7 +313,7 @@ def test_invocation_is_frozen(tasks: Registry, tmp_path: Path) -> None:
 @pytest.fixture
 def path_task(registry: Registry) -> Registry:
     @task
-    def read(path: File = File("data.txt")) -> None: ...
+    def read(path: File = File("data.txt")) -> None: ...  # noqa: B008
 
     return registry
 
@@ -331,7 +348,7 @@ def test_file_default_is_normalized_like_a_given_value(registry: Registry, tmp_p
     """A File default is relative-normalized against the root, as a -o value would be."""
 
     @task
-    def read(path: File = File("./data/../data.txt")) -> None: ...
+    def read(path: File = File("./data/../data.txt")) -> None: ...  # noqa: B008
 
     assert run_invoke(registry, tmp_path, ["read"]).options["read"]["path"] == File("data.txt")
 
@@ -340,7 +357,7 @@ def test_file_default_outside_the_root_is_a_problem(registry: Registry, tmp_path
     """A default leading out of the project is caught before anything runs."""
 
     @task
-    def read(path: File = File("../outside.txt")) -> None: ...
+    def read(path: File = File("../outside.txt")) -> None: ...  # noqa: B008
 
     (problem,) = problems_of(registry, tmp_path, ["read"])
     assert "outside the project root" in problem and "(from default" in problem

@@ -180,7 +180,9 @@ def test_graph_queries(registry: Registry) -> None:
     assert registry.topological_order() == ["a", "b", "c", "d"]
 
 
-def test_future_annotations_with_types_local_to_a_function(write_project: Any, tmp_path: Path) -> None:
+def test_future_annotations_with_types_local_to_a_function(
+    write_project: Any, tmp_path: Path
+) -> None:
     """String annotations naming a type defined in the enclosing function resolve."""
     write_project(tmp_path, """\
         from __future__ import annotations
@@ -548,7 +550,10 @@ def test_nested_overrides_unwind_in_order(pipeline: Registry) -> None:
 @pytest.mark.parametrize(
     ("signature", "words"),
     [
-        ("download: str, limit: int = 3) -> int", ["option 'top' is missing", "option 'limit' is new"]),
+        (
+            "download: str, limit: int = 3) -> int",
+            ["option 'top' is missing", "option 'limit' is new"],
+        ),
         ("download: str, top: str = '3') -> int", ["option 'top' has type str, not int"]),
         ("download: str, top: int = 4) -> int", ["option 'top' defaults to 4, not 3"]),
         ("download: str, top: int) -> int", ["option 'top' is required"]),

@@ -133,7 +133,8 @@ def test_file_and_dir_values_come_back_as_file_and_dir() -> None:
 
 def test_file_made_relative_to_a_root(tmp_path: pathlib.Path) -> None:
     """An absolute File inside the root becomes relative to it."""
-    assert resolve_annotation(File).check(tmp_path / "a" / "b.txt", root=tmp_path) == File("a/b.txt")
+    value = resolve_annotation(File).check(tmp_path / "a" / "b.txt", root=tmp_path)
+    assert value == File("a/b.txt")
 
 
 def test_tuple_type_gives_a_tuple() -> None:
@@ -167,7 +168,9 @@ def test_tuple_type_gives_a_tuple() -> None:
         (int | None, "x", ["'x'", "int"]),
     ],
 )
-def test_bad_text_is_rejected_naming_the_type(annotation: Any, value: Any, words: list[str]) -> None:
+def test_bad_text_is_rejected_naming_the_type(
+    annotation: Any, value: Any, words: list[str]
+) -> None:
     """Rejections say what the value is and which type it failed."""
     t = resolve_annotation(annotation)
     with pytest.raises(TypeCheckError) as info:
