@@ -25,13 +25,13 @@ import re
 import tarfile
 import tempfile
 import zlib
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import xxhash
 
-from taskrun.cache import Cache, EntryMeta
+from taskrun.cache import Cache, EntryMeta, shared_mode
 from taskrun.errors import IntegrityError, UsageError
 
 __all__ = ["ExportReport", "ImportReport", "export_archive", "import_archive"]
@@ -67,6 +67,7 @@ class ImportReport:
     present: tuple[str, ...]
     refused: tuple[tuple[str, str], ...]  # (member or archive name, reason)
     blobs: int
+    tasks: Mapping[str, str] = field(default_factory=dict)  # fingerprint -> task, as verified
 
     @property
     def ok(self) -> bool:
@@ -108,6 +109,7 @@ def export_archive(cache: Cache, path: pathlib.Path | str,
     skipped: list[tuple[str, str]] = []
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, shared_mode(path.parent))  # not mkstemp's 0600: CI uploads it
         with os.fdopen(fd, "wb") as f:
             with gzip.GzipFile(filename="", mode="wb", fileobj=f, mtime=0) as gz, \
                     tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
@@ -207,8 +209,8 @@ def _members(path: pathlib.Path, data: bytes) -> dict[str, bytes]:
     return members
 
 
-def _check(cache: Cache, path: pathlib.Path,
-           members: dict[str, bytes]) -> tuple[dict[str, bytes], dict[str, bytes]]:
+def _check(cache: Cache, path: pathlib.Path, members: dict[str, bytes]
+           ) -> tuple[dict[str, bytes], dict[str, bytes], dict[str, EntryMeta]]:
     """Split members into entries and blobs, checking them against the manifest and cache."""
     refused: list[tuple[str, str]] = []
     raw_manifest = members.pop(MANIFEST, None)
@@ -250,7 +252,7 @@ def _check(cache: Cache, path: pathlib.Path,
                 refused.append((f"entries/{fp}", f"its output blob {o.digest} is missing"))
     if refused:
         raise _Refused(refused)
-    return entries, blobs
+    return entries, blobs, metas
 
 
 def import_archive(cache: Cache, path: pathlib.Path | str) -> ImportReport:
@@ -267,10 +269,11 @@ def import_archive(cache: Cache, path: pathlib.Path | str) -> ImportReport:
     try:
         # Nothing bigger than the cache could keep is worth decompressing (gzip bombs).
         data = _gunzip(path, cache.size_limit + _TAR_SLACK)
-        entries, blobs = _check(cache, path, _members(path, data))
+        entries, blobs, metas = _check(cache, path, _members(path, data))
         taken, present = cache.adopt(entries, blobs)
     except _Refused as exc:
         return ImportReport(path, (), (), tuple(exc.problems), 0)
     except IntegrityError as exc:  # the cache changed under us between check and adopt
         return ImportReport(path, (), (), ((path.name, str(exc)),), 0)
-    return ImportReport(path, taken, present, (), len(blobs))
+    return ImportReport(path, taken, present, (), len(blobs),
+                        {fp: m.task for fp, m in sorted(metas.items())})

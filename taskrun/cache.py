@@ -50,6 +50,7 @@ from taskrun.cache_format import (
     KIND_ENTRY,
     Opened,
     StoreReader,
+    audit_store,
     blob_digest,
     is_digest,
     open_envelope,
@@ -73,6 +74,7 @@ __all__ = [
     "VerifyProblem",
     "VerifyReport",
     "blob_digest",
+    "shared_mode",
 ]
 
 DEFAULT_SIZE_LIMIT: Final = 5 * 2**30
@@ -82,6 +84,9 @@ KEY_ENV: Final = "TASKRUN_CACHE_KEY"
 MODE_ENV: Final = "TASKRUN_CACHE_MODE"
 
 _TAG_ENTRY, _TAG_BLOB, _TAG_TASK = "entry", "blob", "task"
+_PINNED_SETTINGS: Final = {
+    k: v for k, v in diskcache.core.DEFAULT_SETTINGS.items() if k.startswith(("sqlite_", "disk_"))
+}
 _LAST_RUN = "last-run.json"
 
 
@@ -275,9 +280,20 @@ def _default_warning(message: str) -> None:
     warnings.warn(message, CacheWarning, stacklevel=3)
 
 
+def shared_mode(directory: pathlib.Path) -> int:
+    """Permission bits for a new file in ``directory``: its read/write bits, at least 0o600."""
+    try:
+        return (directory.stat().st_mode & 0o666) | 0o600
+    except OSError:
+        return 0o644
+
+
 def _atomic_write(path: pathlib.Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp makes the file 0600; a cache directory shared by a team (group-writable,
+        # setgid) must stay readable by the others, so take the directory's bits.
+        os.fchmod(fd, shared_mode(path.parent))
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -369,11 +385,20 @@ class Cache:
         self._dc: diskcache.Cache | None = None
         self._reader: StoreReader | None = None
         if mode == "rw":
+            problems = audit_store(self._directory)
+            if problems:
+                raise CacheError(
+                    f"the cache in {self._directory} was not written by taskrun, or was "
+                    f"tampered with ({'; '.join(problems[:3])}); it was not opened. Remove "
+                    "that directory (or import results with `taskrun cache import`)")
             try:
                 # least-recently-stored: a read never writes (LRU would update on every hit).
+                # The sqlite_/disk_ settings are given explicitly so that values stored in
+                # a database restored from elsewhere never reach a PRAGMA.
                 self._dc = diskcache.Cache(
                     str(self._directory), size_limit=size_limit,
                     eviction_policy="least-recently-stored", tag_index=True,
+                    **_PINNED_SETTINGS,
                 )
             except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
                 raise CacheError(f"cannot open the cache in {self._directory}: {exc}") from exc
@@ -427,10 +452,14 @@ class Cache:
 
     def close(self) -> None:
         """Release the database connections (idempotent)."""
-        if self._dc is not None:
-            self._dc.close()
+        # The read-only connection goes first, so that diskcache's is the last one: SQLite
+        # then checkpoints and deletes cache.db-wal and -shm, and a later read-mode run
+        # can open the database immutable, writing nothing (a read-only connection to a
+        # WAL database would rewrite -shm).
         if self._reader is not None:
             self._reader.close()
+        if self._dc is not None:
+            self._dc.close()
 
     def _writable(self, action: str) -> diskcache.Cache:
         if self._dc is None:

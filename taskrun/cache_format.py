@@ -24,10 +24,18 @@ digest of its bytes: its content address (:func:`blob_digest`).
 because ``diskcache.Cache.get`` unpickles rows stored in its pickle mode (and a cache
 directory restored from elsewhere could carry one), and because diskcache's constructor
 writes to the database, which mode ``read`` must never do.
+
+:func:`audit_store` checks a cache directory before diskcache opens it for writing.
+diskcache trusts its database: it runs ``PRAGMA`` statements named in its Settings table,
+deletes the files its rows name, and SQLite runs whatever triggers the schema holds. A
+cache directory restored from elsewhere (a CI cache that untrusted jobs could write) must
+therefore look exactly like one diskcache made before it is opened read-write; the
+envelopes protect the values, this protects the machine.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import io
@@ -35,6 +43,7 @@ import pathlib
 import re
 import sqlite3
 import struct
+import tempfile
 import threading
 from dataclasses import dataclass
 from typing import IO, Any, Final
@@ -49,6 +58,7 @@ __all__ = [
     "KIND_ENTRY",
     "Opened",
     "StoreReader",
+    "audit_store",
     "blob_digest",
     "is_digest",
     "open_envelope",
@@ -181,7 +191,7 @@ class StoreReader:
                 # A read-only WAL connection leaves -wal/-shm files behind when it is the
                 # first one; `immutable` touches nothing, at the price of not seeing a
                 # concurrent writer (only when no writer has the database open now).
-                flag = "mode=ro" if self._live or wal.exists() else "immutable=1"
+                flag = "mode=ro" if self._live or wal.exists() else "mode=ro&immutable=1"
                 self._conn = sqlite3.connect(
                     f"{self._db.as_uri()}?{flag}", uri=True, timeout=60,
                     isolation_level=None, check_same_thread=False,
@@ -246,3 +256,104 @@ class StoreReader:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+
+
+# --------------------------------------------------------------------------- auditing
+
+_PRAGMA_VALUE = re.compile(r"[A-Za-z]{1,16}\Z")
+_HEX2 = re.compile(r"[0-9a-f]{2}\Z")
+
+
+def _normal_sql(sql: object) -> str:
+    return " ".join(str(sql).split())
+
+
+@functools.cache
+def _reference_schema() -> frozenset[tuple[str, str, str]]:
+    """The tables and triggers diskcache creates, as (type, name, sql), from a scratch cache."""
+    with tempfile.TemporaryDirectory(prefix="taskrun-schema-") as tmp:
+        dc = diskcache.Cache(tmp, tag_index=True, eviction_policy="least-recently-stored")
+        try:
+            rows = dc._sql("SELECT type, name, sql FROM sqlite_master"
+                           " WHERE type IN ('table', 'trigger', 'view')").fetchall()
+        finally:
+            dc.close()
+    return frozenset((t, n, _normal_sql(q)) for t, n, q in rows)
+
+
+def _setting_problem(key: object, value: object) -> str | None:
+    known = diskcache.core.DEFAULT_SETTINGS.keys() | diskcache.core.METADATA.keys()
+    if key not in known:
+        return f"unknown setting {key!r}"
+    assert isinstance(key, str)
+    if key == "eviction_policy":
+        return None if value in diskcache.core.EVICTION_POLICY else f"eviction policy {value!r}"
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        return f"setting {key} has a value of type {type(value).__name__}"
+    if isinstance(value, str) and not _PRAGMA_VALUE.match(value):
+        return f"setting {key} = {value!r}"
+    return None
+
+
+def audit_store(directory: pathlib.Path) -> list[str]:
+    """What makes ``directory`` unsafe to open with diskcache for writing (empty: safe).
+
+    Checks, without writing: the schema (tables and triggers exactly as diskcache makes
+    them, no views), the Settings table (known keys, plain values), every value file
+    name (``xx/yy/<hex>.val``, nothing that climbs out), and that ``locks`` and the value
+    directories are real directories, not symlinks to elsewhere.
+    """
+    problems: list[str] = []
+    for sub in [directory / "locks", *_value_dirs(directory)]:
+        if sub.is_symlink() or (sub.exists() and not sub.is_dir()):
+            problems.append(f"{sub.name} is not a plain directory")
+    db = directory / "cache.db"
+    if db.is_symlink():
+        problems.append("cache.db is a symlink")
+    if problems or not db.is_file():
+        return problems
+    try:
+        conn = sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=60)
+    except sqlite3.Error as exc:
+        return [f"cannot open cache.db: {exc}"]
+    try:
+        # Read the schema text only; nothing in it runs while we look.
+        schema = conn.execute("SELECT type, name, sql FROM sqlite_master"
+                              " WHERE type IN ('table', 'trigger', 'view')").fetchall()
+        if not schema:
+            return problems
+        reference = _reference_schema()
+        for kind, name, sql in schema:
+            if (kind, name, _normal_sql(sql)) not in reference:
+                problems.append(f"unexpected {kind} {name!r} in the schema")
+        if problems:
+            return problems
+        for key, value in conn.execute("SELECT key, value FROM Settings"):
+            problem = _setting_problem(key, value)
+            if problem:
+                problems.append(problem)
+        for (filename,) in conn.execute(
+            "SELECT filename FROM Cache WHERE filename IS NOT NULL"
+        ):
+            if not isinstance(filename, str) or not _VALUE_FILE.match(filename):
+                problems.append(f"a row names the file {filename!r}")
+                break
+    except sqlite3.Error as exc:
+        problems.append(f"cannot read cache.db: {exc}")
+    finally:
+        conn.close()
+    return problems
+
+
+def _value_dirs(directory: pathlib.Path) -> list[pathlib.Path]:
+    """diskcache's two-level value directories (``xx`` and ``xx/yy``)."""
+    found: list[pathlib.Path] = []
+    if not directory.is_dir():
+        return found
+    for top in directory.iterdir():
+        if not _HEX2.match(top.name):
+            continue
+        found.append(top)
+        if top.is_dir() and not top.is_symlink():
+            found.extend(p for p in top.iterdir() if _HEX2.match(p.name))
+    return found
