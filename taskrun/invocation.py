@@ -75,11 +75,12 @@ def invoke(
     """
     problems: list[Problem] = []
     names = _targets(registry, targets, default_targets, problems)
+    targets_ok = not problems
     order = registry.graph.subgraph(names) if names else []
     planned = {n: registry.tasks[n] for n in order}
 
     layers: list[tuple[str, dict[tuple[str, str], tuple[Any, bool]]]] = [
-        (SOURCE_CLI, _from_cli(assignments, registry, planned, problems)),
+        (SOURCE_CLI, _from_cli(assignments, registry, planned, problems, targets_ok)),
         (SOURCE_API, _from_api(options or {}, registry, planned, problems)),
         (SOURCE_CONFIG, _from_config(config or {}, registry, planned, problems)),
     ]
@@ -188,6 +189,7 @@ def _spread(
     out: dict[tuple[str, str], tuple[Any, bool]],
     *,
     strict_task: bool,
+    targets_ok: bool = True,
 ) -> None:
     where = f"{task}.{option}" if task else option
     if task is not None:
@@ -214,7 +216,10 @@ def _spread(
         return
     hits = [n for n, s in planned.items() if s.option(option) is not None]
     if not hits:
-        if strict_task:
+        # With a misspelled target the plan is incomplete: an option of some task may
+        # well be meant for the task that target names, so only the target is reported.
+        known = any(s.option(option) is not None for s in registry.tasks.values())
+        if strict_task and (targets_ok or not known):
             problems.append(
                 Problem(f"{source} '{where}'", _unknown_option(None, option, registry, planned))
             )
@@ -228,6 +233,7 @@ def _from_cli(
     registry: Registry,
     planned: Mapping[str, TaskSpec],
     problems: list[Problem],
+    targets_ok: bool = True,
 ) -> dict[tuple[str, str], tuple[Any, bool]]:
     # Qualified values beat unqualified ones whatever their order on the command line.
     parsed: list[tuple[str | None, str, str]] = []
@@ -240,7 +246,8 @@ def _from_cli(
     # _spread keeps the first value it sees for an option: walk qualified values first,
     # and each kind from the last to the first, so the last one written wins.
     for task, option, value in sorted(reversed(parsed), key=lambda p: p[0] is None):
-        _spread(task, option, value, True, "-o", registry, planned, problems, out, strict_task=True)
+        _spread(task, option, value, True, "-o", registry, planned, problems, out,
+                strict_task=True, targets_ok=targets_ok)
     return out
 
 

@@ -373,3 +373,12 @@ def test_each_invocation_gets_its_own_copy_of_a_list_default(registry: Registry,
     first = run_invoke(registry, tmp_path, ["t"]).options["t"]["names"]
     first.append("b")
     assert run_invoke(registry, tmp_path, ["t"]).options["t"]["names"] == ["a"]
+
+
+def test_a_misspelled_target_is_not_followed_by_its_options(tasks: Registry,
+                                                             tmp_path: Path) -> None:
+    """'run reprot -o style=md' reports the target, not 'no task has style'."""
+    problems = problems_of(tasks, tmp_path, ["reprot"], "style=md", "colour=red")
+    assert len(problems) == 2
+    assert "target 'reprot'" in problems[0]
+    assert "'colour'" in problems[1]
