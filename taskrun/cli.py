@@ -59,7 +59,14 @@ class _Group(click.Group):
 @click.version_option(package_name="taskrun", prog_name="taskrun")
 @click.pass_context
 def main(ctx: click.Context, task_file: Path | None, directory: Path | None) -> None:
-    """A build-system-style task runner with a result cache you can trust."""
+    """A build-system-style task runner with a result cache you can trust.
+
+    \b
+    Exit codes: 0 success, 1 a task failed, 2 a definition, usage or
+    invocation error, 130 interrupted.
+    Shell completion (bash; zsh and fish alike):
+      eval "$(_TASKRUN_COMPLETE=bash_source taskrun)"
+    """
     base = Path.cwd()
     if directory is not None:
         if not directory.is_dir():
@@ -122,6 +129,10 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
             default = "required" if o.required else f"default {o.type.format(o.default)}"
             doc = f"  {o.type.doc}" if o.type.doc else ""
             click.echo(f"    -o {spec.name}.{o.name}=<{o.type.name}>  ({default}){doc}")
+        if spec.inputs:
+            click.echo(f"    inputs: {', '.join(spec.inputs)}")
+        if spec.outputs:
+            click.echo(f"    outputs: {', '.join(spec.outputs)}")
         if spec.product.name != "any":
             click.echo(f"    returns: {spec.product.name}")
 
@@ -134,17 +145,67 @@ def _split_targets(args: Sequence[str]) -> tuple[list[str], list[str]]:
     return targets, assignments
 
 
-@main.command("run")
-@click.argument("targets", nargs=-1)
+# -- shell completion ----------------------------------------------------------------------
+def _completion_project(ctx: click.Context) -> Any:
+    """The project for completion: -C and -f from the command line, errors swallowed."""
+    from taskrun.project import Project
+
+    params = ctx.find_root().params
+    base = Path.cwd()
+    if params.get("directory") is not None:
+        base = (base / params["directory"]).resolve()
+    return Project.load(base, params.get("task_file"))
+
+
+def _complete_tasks(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+    from click.shell_completion import CompletionItem
+
+    try:
+        tasks = _completion_project(ctx).registry.tasks
+    except Exception:  # completion must never print a traceback into the shell
+        return []
+    return [
+        CompletionItem(name, help=spec.summary)
+        for name, spec in tasks.items()
+        if name.startswith(incomplete)
+    ]
+
+
+def _complete_assignments(
+    ctx: click.Context, param: click.Parameter, incomplete: str
+) -> list[Any]:
+    from click.shell_completion import CompletionItem
+
+    if "=" in incomplete:
+        return []
+    try:
+        tasks = _completion_project(ctx).registry.tasks
+    except Exception:
+        return []
+    items = []
+    for spec in tasks.values():
+        for option in spec.options:
+            for key in (option.name, f"{spec.name}.{option.name}"):
+                if key.startswith(incomplete):
+                    items.append(CompletionItem(f"{key}=", help=option.type.name))
+    unique = {item.value: item for item in items}
+    return list(unique.values())
+
+
+# -- run -----------------------------------------------------------------------------------
+@main.command("run", short_help="Run targets and what they need, reusing cached results.")
+@click.argument("targets", nargs=-1, shell_complete=_complete_tasks)
 @click.option("-o", "--option", "assignments", multiple=True, metavar="[TASK.]OPTION=VALUE",
+              shell_complete=_complete_assignments,
               help="Set an option (unqualified: every planned task that has it).")
 @click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
               help="Parallel jobs (default: CPU count).")
 @click.option("--executor", type=click.Choice(["inline", "thread", "process", "dask"]),
-              default=None, help="Where tasks run.")
+              default=None, help="Where tasks run (default: thread).")
 @click.option("--dask-address", default=None, metavar="ADDR",
               help="An existing Dask scheduler (tcp://HOST:PORT).")
-@click.option("--force", "force", multiple=True, metavar="TASK", help="Rerun TASK regardless of the cache.")
+@click.option("--force", "force", multiple=True, metavar="TASK", shell_complete=_complete_tasks,
+              help="Rerun TASK regardless of the cache (repeatable).")
 @click.option("--force-all", is_flag=True, help="Rerun every task regardless of the cache.")
 @click.option("--keep-going", is_flag=True, help="Do not stop at the first failure.")
 @click.option("--dry-run", is_flag=True, help="Say for every task: hit, or run and why; run nothing.")
@@ -153,12 +214,15 @@ def _split_targets(args: Sequence[str]) -> tuple[list[str], list[str]]:
               envvar="TASKRUN_CACHE_DIR", help="Cache directory (default: .taskrun/cache).")
 @click.option("--cache-mode", type=click.Choice(["rw", "read", "off"]), default=None,
               envvar="TASKRUN_CACHE_MODE", help="rw (default), read (never write), off.")
-@click.option("-q", "--quiet", count=True, help="Less output.")
-@click.option("-v", "--verbose", count=True, help="More output.")
+@click.option("-q", "--quiet", count=True, help="Less output (-qq: failures and errors only).")
+@click.option("-v", "--verbose", count=True, help="More output (cached tasks, starts).")
 @click.pass_context
 def run_cmd(ctx: click.Context, targets: tuple[str, ...], assignments: tuple[str, ...],
             **kwargs: Any) -> None:
-    """Run TARGETS and what they need, reusing every valid cached result."""
+    """Run TARGETS and what they need, reusing every valid cached result.
+
+    With no TARGETS: the `default` of [tool.taskrun], else every task nothing depends on.
+    """
     from taskrun.project import run_from_cli
 
     plain, inline_assignments = _split_targets(targets)
@@ -167,6 +231,98 @@ def run_cmd(ctx: click.Context, targets: tuple[str, ...], assignments: tuple[str
     ctx.exit(code)
 
 
+# -- explain -------------------------------------------------------------------------------
+@main.command("explain", short_help="Say for each task whether it would hit, and what changed.")
+@click.argument("targets", nargs=-1, shell_complete=_complete_tasks)
+@click.option("-o", "--option", "assignments", multiple=True, metavar="[TASK.]OPTION=VALUE",
+              shell_complete=_complete_assignments, help="Set an option, as for `run`.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document.")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              envvar="TASKRUN_CACHE_DIR", help="Cache directory (default: .taskrun/cache).")
+@click.pass_context
+def explain_cmd(ctx: click.Context, targets: tuple[str, ...], assignments: tuple[str, ...],
+                as_json: bool, cache_dir: Path | None) -> None:
+    """For each task TARGETS need: would it hit, and if not, what changed.
+
+    Each part of a task's fingerprint (code, helpers, options, upstream products, input
+    files, environment, runtime) is compared with the newest entry recorded for the task,
+    old value -> new value. Runs nothing and writes nothing.
+    """
+    from taskrun.project import open_cache, runtime_of
+    from taskrun.report import explain_json, explain_lines
+    from taskrun.scheduler import Scheduler
+
+    plain, inline_assignments = _split_targets(targets)
+    project = _project(ctx)
+    settings = project.settings
+    invocation = project.invoke(plain, [*assignments, *inline_assignments])
+    warnings: list[str] = []
+    mode = "off" if settings.cache_mode == "off" else "read"  # read mode never writes
+    cache = open_cache(
+        project.root, cache_dir or settings.cache_dir, size_limit=settings.cache_size,
+        mode=mode, on_warning=warnings.append,
+    )
+    try:
+        scheduler = Scheduler(invocation, cache=cache, runtime=runtime_of(settings.runtime))
+        items = scheduler.explain()
+    finally:
+        cache.close()
+    if as_json:
+        doc = explain_json(items)
+        doc["warnings"] = warnings
+        click.echo(json.dumps(doc, indent=2, default=str))
+        return
+    for message in warnings:
+        click.echo(f"warning  {message}")
+    for line in explain_lines(items):
+        click.echo(line)
+
+
+# -- graph ---------------------------------------------------------------------------------
+@main.command("graph", short_help="Print the task graph as dot, mermaid or json.")
+@click.argument("targets", nargs=-1, shell_complete=_complete_tasks)
+@click.option("--format", "fmt", type=click.Choice(["dot", "mermaid", "json"]), default="dot",
+              show_default=True, help="Output format.")
+@click.pass_context
+def graph_cmd(ctx: click.Context, targets: tuple[str, ...], fmt: str) -> None:
+    """Print the task graph (of TARGETS and what they need, or of every task).
+
+    Edges point from a task to the tasks that use its product:
+    `taskrun graph --format dot | dot -Tsvg > graph.svg`.
+    """
+    registry = _project(ctx).registry
+    nodes = registry.subgraph(*targets) if targets else None
+    graph = registry.graph
+    render = {"dot": graph.to_dot, "mermaid": graph.to_mermaid, "json": graph.to_json}[fmt]
+    click.echo(render(nodes), nl=False)
+
+
+# -- clean ---------------------------------------------------------------------------------
+@main.command("clean")
+@click.argument("tasks", nargs=-1, shell_complete=_complete_tasks)
+@click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
+@click.pass_context
+def clean_cmd(ctx: click.Context, tasks: tuple[str, ...], dry_run: bool) -> None:
+    """Remove the declared outputs of TASKS (default: of every task).
+
+    Only files matching a task's `outputs=` globs are removed; the cache keeps its copies,
+    so the next `taskrun run` restores them without running anything.
+    """
+    from taskrun.files import clean_outputs
+
+    project = _project(ctx)
+    registry = project.registry
+    names = [registry.name_of(t) for t in tasks] if tasks else list(registry.tasks)
+    patterns = {n: registry.tasks[n].outputs for n in names if registry.tasks[n].outputs}
+    removed = clean_outputs(patterns, project.root, dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    for path in removed:
+        click.echo(f"{verb} {path}")
+    if not removed:
+        click.echo("nothing to clean")
+        return
+    s = "s" if len(removed) != 1 else ""
+    click.echo(f"{verb} {len(removed)} file{s} declared as outputs of {len(patterns)} task(s)")
 
 
 def _add_commands() -> None:

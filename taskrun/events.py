@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 __all__ = [
     "Event",
     "Interrupted",
+    "PlanFinished",
     "Planned",
     "RunFinished",
     "RunStarted",
@@ -55,6 +56,24 @@ class Planned(Event):
     action: str  # "cached" | "run"
     reasons: tuple[str, ...] = ()
     fingerprint: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PlanFinished(Event):
+    """The end of a dry run: how many tasks would hit and how many would run."""
+
+    kind: ClassVar[str] = "plan-summary"
+    total: int
+    cached: int
+    run: int
+
+    def line(self) -> str:
+        """``dry run: 8 tasks: 6 cached, 2 would run (nothing was run)``."""
+        s = "s" if self.total != 1 else ""
+        return (
+            f"dry run: {self.total} task{s}: {self.cached} cached, {self.run} would run"
+            " (nothing was run)"
+        )
 
 
 @dataclass(frozen=True, slots=True)

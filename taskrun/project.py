@@ -210,9 +210,12 @@ def run_from_cli(
     settings = project.settings
     invocation = project.invoke(targets, assignments)
     reporter = make_reporter(as_json=as_json, quiet=quiet, verbose=verbose)
+    mode = cache_mode or settings.cache_mode or "rw"
+    if dry_run and mode == "rw":
+        mode = "read"  # a dry run writes nothing, not even a new cache directory
     cache = open_cache(
         project.root, cache_dir or settings.cache_dir, size_limit=settings.cache_size,
-        mode=cache_mode or settings.cache_mode or "rw", on_warning=reporter.warning,
+        mode=mode, on_warning=reporter.warning,
     )
     runtime = runtime_of(settings.runtime)
     executor = executor or settings.executor or "thread"
@@ -228,14 +231,14 @@ def run_from_cli(
             )
             for item in scheduler.plan():
                 reporter(item)
-            reporter.close()
             return 0
         result = execute(
             invocation, jobs=jobs or settings.jobs, executor=executor, cache=cache,
             runtime=runtime, force=force, force_all=force_all, keep_going=keep_going,
             on_event=reporter, executor_options=options,
         )
-        reporter.close()
     finally:
+        # Also on errors and Ctrl-C: the live view must be erased before the message.
+        reporter.close()
         cache.close()
     return 0 if result.ok else 1

@@ -1,35 +1,114 @@
 """Reporters: turn events into what users see.
 
-* :class:`PlainReporter` — one line per task event, no control characters (CI, pipes).
+* :class:`ConsoleReporter` — terminals: a live view of the tasks in flight with a progress
+  count, redrawn in place, above which the permanent lines (ran, failed, ...) scroll.
+* :class:`PlainReporter` — one line per task event, no control characters (CI, pipes, logs).
 * :class:`JsonReporter` — one JSON object per event, then a summary object (machines).
 
 A reporter is a callable taking an event; ``warning(msg)`` takes the cache's warnings and
-``close()`` prints what belongs at the end (failures with their output and traceback).
+``close()`` ends the output (it stops the live view; it is safe to call twice).
+:func:`make_reporter` picks the reporter that fits where the output goes.
+
+Every reporter is built so that it can never fail a run: a stream that breaks (a closed
+pipe) silences it, and a console that cannot draw falls back to plain lines.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
 import sys
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 from taskrun import events as ev
 
-__all__ = ["JsonReporter", "PlainReporter", "Reporter", "make_reporter"]
+__all__ = [
+    "ConsoleReporter",
+    "JsonReporter",
+    "PlainReporter",
+    "Reporter",
+    "explain_json",
+    "explain_lines",
+    "is_live_terminal",
+    "make_reporter",
+    "printable",
+]
+
+# CSI sequences (colours, cursor moves), OSC sequences (titles, links) and two-byte escapes.
+_ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_])")
+# Every other C0/C1 control character except tab and newline.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """``text`` without control characters: what a log file can hold safely.
+
+    Escape sequences are dropped; a carriage return keeps what a terminal would finally
+    show on that line (the last non-empty segment), so progress bars collapse to their end.
+    """
+    if not text or (text.isprintable() and "\x1b" not in text):
+        return text
+    text = _ANSI.sub("", text).replace("\r\n", "\n")
+    if "\r" in text:
+        lines = []
+        for line in text.split("\n"):
+            parts = [p for p in line.split("\r") if p]
+            lines.append(parts[-1] if parts else "")
+        text = "\n".join(lines)
+    return _CONTROL.sub("", text)
+
+
+def _reasons(reasons: tuple[str, ...]) -> str:
+    return "; ".join(reasons)
+
+
+def _seconds(s: float) -> str:
+    if s < 60:
+        return f"{s:.1f}s"
+    minutes, seconds = divmod(int(s), 60)
+    return f"{minutes}m{seconds:02d}s"
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    """One permanent output line and its tone (how a console colours it)."""
+
+    text: str
+    tone: str = ""  # "" | "ok" | "bad" | "warn" | "dim" | "bold"
+
+
+_TONES: Mapping[str, Mapping[str, Any]] = {
+    "ok": {"fg": "green"},
+    "bad": {"fg": "red", "bold": True},
+    "warn": {"fg": "yellow"},
+    "dim": {"dim": True},
+    "bold": {"bold": True},
+}
 
 
 class Reporter:
-    """Base: collects failures to show at the end."""
+    """Base: collects failures to show at the end, counts planned tasks, writes safely."""
 
     def __init__(self, stream: TextIO | None = None, *, quiet: int = 0, verbose: int = 0) -> None:
         self.stream = stream if stream is not None else sys.stdout
         self.quiet = quiet
         self.verbose = verbose
         self.failures: list[ev.TaskFailedEvent] = []
+        self.planned: list[ev.Planned] = []
+        self._closed = False
+        self._broken = False  # the stream failed (a closed pipe): say nothing more
 
     def __call__(self, event: ev.Event) -> None:
         if isinstance(event, ev.TaskFailedEvent):
             self.failures.append(event)
+        elif isinstance(event, ev.Planned):
+            self.planned.append(event)
         self.handle(event)
 
     def handle(self, event: ev.Event) -> None:
@@ -39,72 +118,315 @@ class Reporter:
         self(ev.Warned(message))
 
     def close(self) -> None:
-        """Called once after the run."""
+        """Called once after the run (again is harmless): ends a dry run with its summary."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.planned:
+            cached = sum(1 for p in self.planned if p.action == "cached")
+            self.handle(ev.PlanFinished(
+                total=len(self.planned), cached=cached, run=len(self.planned) - cached,
+            ))
 
-    def write(self, line: str = "") -> None:
-        self.stream.write(line + "\n")
-        self.stream.flush()
+    def write(self, text: str = "") -> None:
+        """Write ``text`` and a newline; a broken stream silences the reporter, never the run."""
+        if self._broken:
+            return
+        try:
+            self.stream.write(text + "\n")
+            self.stream.flush()
+        except (OSError, ValueError):  # BrokenPipeError, or a closed file
+            self._broken = True
 
 
-def _reasons(reasons: tuple[str, ...]) -> str:
-    return "; ".join(reasons)
-
-
-def _indent(text: str, prefix: str) -> str:
-    return "\n".join(prefix + line for line in text.rstrip("\n").splitlines())
+def _indent(text: str, prefix: str) -> list[str]:
+    return [prefix + line for line in text.rstrip("\n").splitlines()]
 
 
 class PlainReporter(Reporter):
-    """One plain line per task event, then the summary. Safe for logs."""
+    """One plain line per task event, then the summary. Safe for logs: no control characters."""
 
     def handle(self, event: ev.Event) -> None:
+        for line in self.lines(event):
+            self.write(printable(line.text))
+
+    def lines(self, event: ev.Event) -> list[Line]:
+        """The permanent lines for ``event`` at this reporter's verbosity."""
+        out: list[Line] = []
+        q, v = self.quiet, self.verbose
         if isinstance(event, ev.TaskCached):
-            if self.quiet < 1:
+            if self.show_cached():
                 restored = f", restored {event.restored} file(s)" if event.restored else ""
-                self.write(f"cached   {event.task}{restored}")
+                out.append(Line(f"cached   {event.task}{restored}", "dim"))
         elif isinstance(event, ev.TaskStarted):
-            if self.verbose:
-                self.write(f"start    {event.task}: {_reasons(event.reasons)}")
+            if v:
+                attempt = f" (attempt {event.attempt})" if event.attempt > 1 else ""
+                out.append(Line(f"start    {event.task}{attempt}: {_reasons(event.reasons)}", "dim"))
         elif isinstance(event, ev.TaskRan):
-            if self.quiet < 1:
-                self.write(f"ran      {event.task} ({event.duration:.2f}s): {_reasons(event.reasons)}")
-                if event.output and self.quiet < 1:
-                    self.write(_indent(event.output, f"  [{event.task}] "))
+            if q < 1:
+                note = ""
+                if v and event.unchanged:
+                    note = " [product unchanged: dependents stay cached]"
+                if v and not event.stored:
+                    note += " [not stored]"
+                out.append(Line(
+                    f"ran      {event.task} ({event.duration:.2f}s): {_reasons(event.reasons)}{note}",
+                    "ok",
+                ))
+                if event.output:
+                    out += [Line(s, "dim") for s in _indent(event.output, f"  [{event.task}] ")]
         elif isinstance(event, ev.TaskFailedEvent):
             kind = "timed out" if event.timed_out else "failed"
-            self.write(f"{kind:<8} {event.task}: {event.error}")
+            out.append(Line(f"{kind:<8} {event.task}: {event.error}", "bad"))
         elif isinstance(event, ev.TaskRetrying):
-            self.write(f"retry    {event.task} (attempt {event.attempt}): {event.error}")
+            out.append(Line(f"retry    {event.task} (attempt {event.attempt}): {event.error}", "warn"))
         elif isinstance(event, ev.Skipped):
-            if self.quiet < 2:
-                self.write(f"skipped  {event.task}: {event.reason}")
+            if q < 2:
+                out.append(Line(f"skipped  {event.task}: {event.reason}", "warn"))
         elif isinstance(event, ev.TaskWaiting):
-            if self.quiet < 1:
-                self.write(f"waiting  {event.task}: another taskrun is computing it")
+            if q < 1:
+                out.append(Line(f"waiting  {event.task}: another taskrun is computing it", "dim"))
         elif isinstance(event, ev.Warned):
             where = f"{event.task}: " if event.task else ""
-            self.write(f"warning  {where}{event.message}")
+            out.append(Line(f"warning  {where}{event.message}", "warn"))
         elif isinstance(event, ev.Planned):
             if event.action == "cached":
-                self.write(f"cached   {event.task}")
+                if q < 1:
+                    out.append(Line(f"cached   {event.task}", "dim"))
             else:
-                self.write(f"run      {event.task}: {_reasons(event.reasons)}")
+                out.append(Line(f"run      {event.task}: {_reasons(event.reasons)}"))
+        elif isinstance(event, ev.PlanFinished):
+            out.append(Line(event.line(), "bold"))
         elif isinstance(event, ev.Interrupted):
             running = ", ".join(event.running) or "nothing"
-            self.write(f"interrupted (in flight, not recorded: {running})")
+            out.append(Line(f"interrupted (in flight, not recorded: {running})", "bad"))
         elif isinstance(event, ev.RunFinished):
-            self._failures()
-            if self.quiet < 2 or not event.ok:
-                self.write(event.line())
+            out += self.failure_lines()
+            if q < 2 or not event.ok:
+                out.append(Line(event.line(), "bold" if event.ok else "bad"))
+        return out
 
-    def _failures(self) -> None:
+    def show_cached(self) -> bool:
+        return self.quiet < 1
+
+    def failure_lines(self) -> list[Line]:
+        """Each failure again at the end, with the task's output and traceback."""
+        out: list[Line] = []
         for failure in self.failures:
-            self.write("")
-            self.write(f"--- {failure.task} failed: {failure.error}")
+            out.append(Line(""))
+            out.append(Line(f"--- {failure.task} failed: {failure.error}", "bad"))
             if failure.output:
-                self.write(_indent(failure.output, f"  [{failure.task}] "))
+                out += [Line(s) for s in _indent(failure.output, f"  [{failure.task}] ")]
             if failure.traceback:
-                self.write(_indent(failure.traceback, "  "))
+                out += [Line(s) for s in _indent(failure.traceback, "  ")]
+        if out:
+            out.append(Line(""))
+        return out
+
+
+class ConsoleReporter(PlainReporter):
+    """For terminals: the plain lines in colour, and below them a live view of the run.
+
+    The live view is the tasks in flight with their elapsed time and a progress count
+    (``[12/40] 3 running``), redrawn in place about ten times a second by a small daemon
+    thread. Before a permanent line is printed the live lines are erased, so they never
+    mix. Cached tasks are counted, and listed only with ``-v``.
+
+    Drawing uses two ANSI sequences only (cursor up, erase to end of screen). Live lines
+    are cut to the terminal width, so they never wrap and the cursor arithmetic holds on
+    a narrow terminal. If drawing ever fails, the view turns itself off and plain lines go on.
+    """
+
+    TICK = 0.1  # seconds between redraws
+    MAX_LIVE = 10  # task lines in the live view, at most
+
+    def __init__(
+        self,
+        stream: TextIO | None = None,
+        *,
+        quiet: int = 0,
+        verbose: int = 0,
+        color: bool = True,
+        size: tuple[int, int] | None = None,
+    ) -> None:
+        super().__init__(stream, quiet=quiet, verbose=verbose)
+        self.color = color
+        self._size = size  # (columns, lines); None: ask the terminal each time
+        self._lock = threading.RLock()  # the driver's events and the ticker both draw
+        self._running: dict[str, float] = {}  # task -> monotonic start of this attempt
+        self._waiting: dict[str, float] = {}  # task -> since when another process holds it
+        self._total = 0
+        self._done = 0
+        self._drawn = 0  # live lines now on screen, below the cursor's line
+        self._live = True
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
+
+    # -- events ------------------------------------------------------------------------
+    def __call__(self, event: ev.Event) -> None:
+        with self._lock:
+            try:
+                super().__call__(event)
+            except Exception:
+                # Never fail the run for the sake of a display: drop the live view and
+                # print this event as a plain line.
+                self._give_up()
+                for line in PlainReporter.lines(self, event):
+                    self.write(printable(line.text))
+
+    def handle(self, event: ev.Event) -> None:
+        changed = self._track(event)
+        lines = self.lines(event)
+        if lines or changed:
+            # perf: a cached task changes only the count; the ticker shows that soon
+            # enough, and 10,000 hits need not mean 10,000 redraws.
+            text = "".join(self._styled(line) + "\n" for line in lines)
+            self._emit(self._erase() + text + self._live_text())
+        if isinstance(event, (ev.RunFinished, ev.Interrupted)):
+            self._stop_ticker()
+
+    def show_cached(self) -> bool:
+        return self.verbose > 0
+
+    def _track(self, event: ev.Event) -> bool:
+        """Update the live state; True when the set of tasks in flight changed."""
+        now = time.monotonic()
+        if isinstance(event, ev.RunStarted):
+            self._total = len(event.tasks)
+            self._start_ticker()
+        elif isinstance(event, ev.TaskStarted):
+            self._waiting.pop(event.task, None)
+            self._running[event.task] = now
+            return True
+        elif isinstance(event, ev.TaskWaiting):
+            self._waiting[event.task] = now
+            return True
+        elif isinstance(event, (ev.TaskCached, ev.TaskRan, ev.TaskFailedEvent, ev.Skipped)):
+            self._done += 1
+            gone = self._running.pop(event.task, None), self._waiting.pop(event.task, None)
+            return gone != (None, None)
+        elif isinstance(event, (ev.RunFinished, ev.Interrupted)):
+            self._running.clear()
+            self._waiting.clear()
+            return True
+        return False
+
+    def close(self) -> None:
+        with self._lock:
+            self._stop_ticker()
+            if self._drawn:
+                self._emit(self._erase())
+            super().close()
+
+    # -- the live view -----------------------------------------------------------------
+    def _start_ticker(self) -> None:
+        if self._ticker is not None or not self._live:
+            return
+        self._ticker = threading.Thread(target=self._tick, name="taskrun-console", daemon=True)
+        self._ticker.start()
+
+    def _stop_ticker(self) -> None:
+        # No join: the caller holds the lock the ticker may be waiting for. The ticker
+        # checks the event under the lock, so it draws nothing once this returns.
+        self._stop.set()
+        self._ticker = None
+
+    def _tick(self) -> None:
+        while not self._stop.wait(self.TICK):
+            with self._lock:
+                if self._stop.is_set() or not self._live:
+                    return
+                try:
+                    if self._running or self._waiting:
+                        self._emit(self._erase() + self._live_text())
+                except Exception:
+                    self._give_up()
+                    return
+
+    def _give_up(self) -> None:
+        if self._live:
+            try:
+                if self._drawn:
+                    self._emit(self._erase())
+            except Exception:
+                pass
+            self._live = False
+            self._drawn = 0
+            self._stop.set()
+
+    def _terminal_size(self) -> tuple[int, int]:
+        if self._size is not None:
+            return self._size
+        columns = lines = 0
+        try:
+            size = os.get_terminal_size(self.stream.fileno())
+            columns, lines = size.columns, size.lines
+        except (AttributeError, OSError, ValueError):
+            pass
+        if columns <= 0 or lines <= 0:  # not a terminal, or one that never set its size
+            fallback = shutil.get_terminal_size()
+            columns, lines = columns or fallback.columns, lines or fallback.lines
+        return columns, lines
+
+    def _erase(self) -> str:
+        if not self._drawn:
+            return ""
+        drawn, self._drawn = self._drawn, 0
+        return f"\x1b[{drawn}A\r\x1b[J"
+
+    def _live_text(self) -> str:
+        if not self._live or self._closed or not (self._running or self._waiting):
+            return ""
+        columns, rows = self._terminal_size()
+        width = max(columns - 1, 10)  # the last column would wrap on some terminals
+        room = max(0, min(self.MAX_LIVE, rows - 2))
+        now = time.monotonic()
+        tasks = sorted(self._running.items(), key=lambda kv: kv[1])
+        waiting = sorted(self._waiting.items(), key=lambda kv: kv[1])
+        rows_out: list[str] = []
+        name_width = max((len(n) for n, _ in tasks + waiting), default=0)
+        name_width = min(name_width, max(width - 12, 1))
+        entries = [(n, s, "") for n, s in tasks] + [(n, s, " waiting for another taskrun") for n, s in waiting]
+        shown = entries if len(entries) <= room else entries[: max(room - 1, 0)]
+        for name, since, note in shown:
+            label = name if len(name) <= name_width else name[: name_width - 1] + "~"
+            rows_out.append(self._fit(f"  {label:<{name_width}}  {_seconds(now - since):>6}{note}", width))
+        if len(shown) < len(entries) and room > 0:
+            rows_out.append(self._fit(f"  ... and {len(entries) - len(shown)} more", width))
+        parts = [f"{len(self._running)} running"]
+        if waiting:
+            parts.append(f"{len(waiting)} waiting")
+        status = self._fit(f"[{self._done}/{self._total}] {', '.join(parts)}", width)
+        lines = [self._paint(r, "dim") for r in rows_out] + [self._paint(status, "bold")]
+        self._drawn = len(lines)
+        return "".join(line + "\n" for line in lines)
+
+    @staticmethod
+    def _fit(text: str, width: int) -> str:
+        text = printable(text).replace("\t", " ")
+        return text if len(text) <= width else text[: max(width - 3, 0)] + "..."
+
+    # -- writing -----------------------------------------------------------------------
+    def _paint(self, text: str, tone: str) -> str:
+        if not self.color or not tone or not text:
+            return text
+        import click
+
+        return click.style(text, **_TONES[tone])
+
+    def _styled(self, line: Line) -> str:
+        return self._paint(printable(line.text), line.tone)
+
+    def _emit(self, text: str) -> None:
+        if not text or self._broken:
+            return
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):
+            self._broken = True
+            self._live = False
+            self._stop.set()
 
 
 class JsonReporter(Reporter):
@@ -117,9 +439,119 @@ class JsonReporter(Reporter):
         self.write(json.dumps(doc, default=str))
 
 
-def make_reporter(*, as_json: bool = False, quiet: int = 0, verbose: int = 0,
-                  stream: TextIO | None = None) -> Reporter:
-    """The reporter that fits where output goes."""
+# -- explain -------------------------------------------------------------------------------
+_WILL_RUN = "(will run)"  # what Scheduler.explain() puts for a product not known yet
+_SHOWS_VALUES = ("option", "runtime", "scheme", "task")
+
+
+def _short(value: Any) -> str:
+    """A component value for people: digests cut to 12 hex digits, absent as 'none'."""
+    if value is None:
+        return "none"
+    if isinstance(value, Mapping) and "repr" in value:  # an option: {"repr", "digest"}
+        return str(value["repr"])
+    text = str(value)
+    if len(text) == 32 and all(c in "0123456789abcdef" for c in text):
+        return text[:12]
+    return text
+
+
+def change_text(change: Any) -> str:
+    """One fingerprint change with its old and new value: ``input 'a.txt' changed: 3f.. -> 9c..``."""
+    text = str(change)
+    if change.kind == "upstream" and change.new == _WILL_RUN:
+        return (
+            f"upstream '{change.name}' runs first, so its product is not known yet"
+            f" (was {_short(change.old)})"
+        )
+    if change.kind in _SHOWS_VALUES or (change.kind == "code" and "version" in text):
+        return text
+    return f"{text}: {_short(change.old)} -> {_short(change.new)}"
+
+
+def explain_lines(items: Any) -> list[str]:
+    """``taskrun explain`` as text: each task, hit or run, and what changed, value by value."""
+    out: list[str] = []
+    for item in items:
+        changes = [change_text(c) for c in item.changes]
+        if item.action == "cached":
+            if item.latest and item.latest != item.fingerprint and changes:
+                out.append(f"{item.task}: cached (an older entry; the newest one differs:)")
+                out += [f"  - {c}" for c in changes]
+            else:
+                out.append(f"{item.task}: cached")
+            continue
+        out.append(f"{item.task}: would run")
+        if item.latest is None:
+            out += [f"  - {r}" for r in item.reasons]
+            if item.reasons == ("no entry",):
+                out[-1] = "  - no entry: nothing recorded for this task yet"
+            continue
+        shown = changes or list(item.reasons)
+        extra = [r for r in item.reasons if r in ("forced",) or r.startswith("not cached")]
+        out += [f"  - {c}" for c in extra + shown]
+    cached = sum(1 for i in items if i.action == "cached")
+    total = len(items)
+    out.append(
+        f"{total} task{'s' if total != 1 else ''}: {cached} cached, {total - cached} would run"
+        " (compared with the newest entry recorded for each task)"
+    )
+    return [printable(line) for line in out]
+
+
+def explain_json(items: Any) -> dict[str, Any]:
+    """``taskrun explain --json``: every task with its changes as kind, name, old, new."""
+    tasks = [
+        {
+            "task": item.task,
+            "action": item.action,
+            "fingerprint": item.fingerprint,
+            "latest": item.latest,
+            "reasons": list(item.reasons),
+            "changes": [
+                {"kind": c.kind, "name": c.name, "old": c.old, "new": c.new, "text": change_text(c)}
+                for c in item.changes
+            ],
+        }
+        for item in items
+    ]
+    cached = sum(1 for t in tasks if t["action"] == "cached")
+    return {"tasks": tasks, "cached": cached, "run": len(tasks) - cached}
+
+
+def is_live_terminal(stream: TextIO, environ: Mapping[str, str] | None = None) -> bool:
+    """True when ``stream`` is an interactive terminal and not a CI job (``CI=true``)."""
+    env = os.environ if environ is None else environ
+    if env.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
+        return False
+    if env.get("TERM") == "dumb":
+        return False
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+def make_reporter(
+    *,
+    as_json: bool = False,
+    quiet: int = 0,
+    verbose: int = 0,
+    stream: TextIO | None = None,
+    live: bool | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Reporter:
+    """The reporter that fits where output goes: JSON if asked, live on a terminal, else plain.
+
+    ``live`` forces the choice between the console and the plain reporter.
+    """
+    out = stream if stream is not None else sys.stdout
     if as_json:
-        return JsonReporter(stream, quiet=quiet, verbose=verbose)
-    return PlainReporter(stream, quiet=quiet, verbose=verbose)
+        return JsonReporter(out, quiet=quiet, verbose=verbose)
+    env = os.environ if environ is None else environ
+    if live is None:
+        live = is_live_terminal(out, env)
+    if live:
+        color = "NO_COLOR" not in env
+        return ConsoleReporter(out, quiet=quiet, verbose=verbose, color=color)
+    return PlainReporter(out, quiet=quiet, verbose=verbose)
