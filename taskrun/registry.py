@@ -150,7 +150,6 @@ class Registry:
         self._tasks: dict[str, TaskSpec] = {}
         self._types: dict[str, DefinedType] = {}
         self._by_fn: dict[Callable[..., Any], str] = {}
-        self.config_default: tuple[str, ...] = ()
         #: The task file's module when the loader filled this registry (its root is
         #: where the file lives), else None.
         self.module: ModuleType | None = None
