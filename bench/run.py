@@ -95,6 +95,9 @@ def timed(cmd: Sequence[str], cwd: Path, env: dict[str, str] | None = None) -> R
 def _base_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TASKRUN_", "BENCH_"))}
     env.pop("PYTHONHASHSEED", None)
+    # A user's Python caches byte-code; this sandbox sets PYTHONDONTWRITEBYTECODE, which
+    # would make every run recompile the tools' modules and the generated task files.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     env["NO_COLOR"] = "1"
     return env
 
@@ -628,17 +631,40 @@ def profile(spec: str, out: Path) -> None:
         log(f"profiled {' '.join(cmd)} in {time.perf_counter() - t0:.2f} s (with profiler)")
         tree = timed([sys.executable, "-m", "pyinstrument", "--load", str(session), "-r", "text",
                       "--no-color", "--unicode"], Path(tmp)).stdout
-        flat = timed([sys.executable, "-m", "pyinstrument", "--load", str(session), "-r", "text",
-                      "--no-color", "--unicode", "-p", "flat=true", "--show-all"], Path(tmp)).stdout
+        stats = Path(tmp) / "profile.pstats"
+        timed([sys.executable, "-m", "pyinstrument", "--load", str(session), "-r", "pstats",
+               "-o", str(stats)], Path(tmp))
+        flat = _flat(stats)
     out.write_text(
-        f"# taskrun profile: {spec}\n# command: {' '.join(cmd)}\n# {machine()}\n\n"
-        f"## Flat (self time, all frames)\n\n{_head(flat, 60)}\n\n## Call tree\n\n{tree}"
+        f"# taskrun profile: {spec}\n# command: {' '.join(cmd)}\n# {machine()}\n"
+        "# pyinstrument (statistical), interval 0.5 ms; library frames folded into callers\n\n"
+        f"{flat}\n\n## Call tree\n\n{tree}"
     )
     log(f"wrote {out}")
 
 
-def _head(text: str, n: int) -> str:
-    return "\n".join(text.splitlines()[:n])
+def _flat(pstats_file: Path, top: int = 30) -> str:
+    """Self-time and cumulative-time tables (seconds) from pyinstrument's pstats output."""
+    import pstats
+
+    st = pstats.Stats(str(pstats_file))
+    raw: dict[tuple[str, int, str], tuple[Any, ...]] = st.stats  # type: ignore[attr-defined]
+
+    def where(key: tuple[str, int, str]) -> str:
+        filename, line, func = key
+        short = filename.split("/taskrun/")[-1] if "/taskrun/" in filename else Path(filename).name
+        prefix = "taskrun/" if "/taskrun/" in filename else ""
+        return f"{func} ({prefix}{short}:{line})"
+
+    by_self = sorted(raw.items(), key=lambda kv: -kv[1][2])[:top]
+    ours = [kv for kv in raw.items() if "/taskrun/" in kv[0][0]]
+    by_cum = sorted(ours, key=lambda kv: -kv[1][3])[:top]
+    lines = ["## Self time (top functions, any module)", "", "| self s | function |", "|---:|---|"]
+    lines += [f"| {v[2]:.3f} | {where(k)} |" for k, v in by_self]
+    lines += ["", "## Cumulative time (taskrun's functions)", "", "| total s | function |",
+              "|---:|---|"]
+    lines += [f"| {v[3]:.3f} | {where(k)} |" for k, v in by_cum]
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- main
