@@ -450,7 +450,7 @@ def test_overlapping_outputs_name_both_tasks(definition_error: Any) -> None:
         def b() -> None: ...
         """)
     assert "task 'a'" in message and "task 'b'" in message and where in message
-    assert "one producer" in message
+    assert "give each task its own files" in message
 
 
 def test_task_with_positional_argument_is_refused(definition_error: Any) -> None:
