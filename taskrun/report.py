@@ -140,7 +140,8 @@ class Reporter:
 
 
 def _indent(text: str, prefix: str) -> list[str]:
-    return [prefix + line for line in text.rstrip("\n").splitlines()]
+    # printable() first: it settles carriage returns, which splitlines() would split on.
+    return [prefix + line for line in printable(text).rstrip("\n").split("\n")]
 
 
 class PlainReporter(Reporter):
