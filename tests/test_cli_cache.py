@@ -490,3 +490,44 @@ def test_symlinked_lock_directory_is_refused(project: Path, run_cli, tmp_path: P
     assert result.exit_code == 1 and "locks is not a plain directory" in result.stderr
     assert (outside / "keep.lock").exists()
 
+
+
+# --------------------------------------------------------------------------- the CI guide
+
+GUIDE = Path(__file__).resolve().parent.parent / "docs" / "ci.md"
+
+
+def guide_commands() -> list[list[str]]:
+    """Every `taskrun ...` command line in docs/ci.md's code blocks, as argv after `taskrun`."""
+    import re
+    import shlex
+
+    commands = []
+    for block in re.findall(r"```([a-z]*)\n(.*?)```", GUIDE.read_text(), re.S):
+        lang, body = block
+        for line in body.splitlines():
+            text = line.strip().removeprefix("- ").removeprefix("run: ")
+            if lang == "":  # the reference table: command, two spaces, description
+                text = re.split(r"\s{2,}", text)[0]
+            words = shlex.split(text.split(" #")[0]) if "taskrun " in text else []
+            while words and "=" in words[0]:
+                words.pop(0)  # VAR=value prefixes
+            if words[:1] != ["taskrun"]:
+                continue
+            args = ["x.tar.gz" if w == "FILE" else w for w in words[1:]
+                    if not w.startswith("[")]
+            commands.append(args)
+    return commands
+
+
+def test_every_command_in_the_ci_guide_exists() -> None:
+    """Each taskrun command and option the CI guide shows is accepted by the CLI."""
+    from click.testing import CliRunner
+
+    from taskrun.cli import main
+
+    commands = guide_commands()
+    assert ["cache", "gc", "--keep-last-run"] in commands and len(commands) > 12
+    for args in commands:
+        result = CliRunner().invoke(main, [*args, "--help"])
+        assert result.exit_code == 0, (args, result.output)
