@@ -180,7 +180,13 @@ class StoreReader:
         self._db = directory / "cache.db"
         self._live = live
         self._conn: sqlite3.Connection | None = None
+        self._immutable = False
         self._lock = threading.Lock()
+
+    def _connect(self, *, immutable: bool) -> sqlite3.Connection:
+        flag = "mode=ro&immutable=1" if immutable else "mode=ro"
+        return sqlite3.connect(f"{self._db.as_uri()}?{flag}", uri=True, timeout=60,
+                               isolation_level=None, check_same_thread=False)
 
     def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
         with self._lock:
@@ -188,22 +194,31 @@ class StoreReader:
                 if not self._db.is_file():
                     return []
                 wal = self._db.with_name(self._db.name + "-wal")
-                # A read-only WAL connection leaves -wal/-shm files behind when it is the
-                # first one; `immutable` touches nothing, at the price of not seeing a
-                # concurrent writer (only when no writer has the database open now).
-                flag = "mode=ro" if self._live or wal.exists() else "mode=ro&immutable=1"
-                self._conn = sqlite3.connect(
-                    f"{self._db.as_uri()}?{flag}", uri=True, timeout=60,
-                    isolation_level=None, check_same_thread=False,
-                )
-            try:
-                return self._conn.execute(sql, args).fetchall()
-            except sqlite3.OperationalError as exc:
-                if "no such table" in str(exc):
-                    return []
-                raise CacheError(f"cannot read the cache database {self._db}: {exc}") from exc
-            except sqlite3.DatabaseError as exc:
-                raise CacheError(f"cannot read the cache database {self._db}: {exc}") from exc
+                # A read-only connection to a WAL database rewrites -shm (and creates -wal
+                # and -shm when they are missing); `immutable` touches nothing, at the price
+                # of not seeing a writer that starts later (only when no writer has the
+                # database open now: then there is no -wal).
+                immutable = not self._live and not wal.exists()
+                self._conn = self._connect(immutable=immutable)
+                self._immutable = immutable
+            for attempt in (1, 2):
+                try:
+                    return self._conn.execute(sql, args).fetchall()
+                except sqlite3.OperationalError as exc:
+                    if "no such table" in str(exc):
+                        return []
+                    error: sqlite3.Error = exc
+                except sqlite3.DatabaseError as exc:
+                    error = exc
+                if attempt == 1 and self._immutable:
+                    # A writer arrived and changed the file under our immutable view: look
+                    # again the ordinary way (which may then touch -shm; a writer is there).
+                    self._conn.close()
+                    self._conn = self._connect(immutable=False)
+                    self._immutable = False
+                    continue
+                break
+            raise CacheError(f"cannot read the cache database {self._db}: {error}") from error
 
     def open(self, key: str) -> IO[bytes] | None:
         """A stream over the stored bytes of ``key``; None when absent."""

@@ -169,10 +169,11 @@ def info_cmd(ctx: click.Context, cache_dir: Path | None, as_json: bool) -> None:
 
     def lines() -> list[str]:
         share = info.size_bytes / info.size_limit if info.size_limit else 0.0
+        signing = ("signed (TASKRUN_CACHE_KEY set)" if info.signed
+                   else "unsigned (no TASKRUN_CACHE_KEY)")
         out = [
             f"cache      {info.directory}",
-            f"mode       {where.mode}, "
-            + ("signed (TASKRUN_CACHE_KEY set)" if info.signed else "unsigned (no TASKRUN_CACHE_KEY)"),
+            f"mode       {where.mode}, {signing}",
             f"entries    {info.entries} ({_n(info.blobs, 'output blob')})",
             f"size       {_human(info.size_bytes)} of {_human(info.size_limit)} ({share:.0%})",
         ]
@@ -219,7 +220,8 @@ def gc_cmd(ctx: click.Context, max_size: str | None, max_age: str | None, keep_l
     doc = {"removed": list(report.removed), "removed_blobs": report.removed_blobs,
            "kept": report.kept, "freed": report.freed_bytes, "size": info.size_bytes}
     _emit(as_json, doc, lambda: [
-        f"removed {_n(len(report.removed), 'entry')} and {_n(report.removed_blobs, 'output blob')}; "
+        f"removed {_n(len(report.removed), 'entry')} and "
+        f"{_n(report.removed_blobs, 'output blob')}; "
         f"kept {_n(report.kept, 'entry')} ({_human(info.size_bytes)}); "
         f"freed {_human(report.freed_bytes)}"])
 

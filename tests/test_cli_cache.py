@@ -403,7 +403,8 @@ def probe(command: str) -> str:
 
 def test_failing_probe_is_an_error(tmp_path: Path, write_project, run_cli) -> None:
     """A probe that exits non-zero stops the run with exit 2; it is never an empty fact."""
-    root = write_project(tmp_path / "p", TASKS, probe(f"{sys.executable} -c \"raise SystemExit(3)\""))
+    failing = probe(f"{sys.executable} -c \"raise SystemExit(3)\"")
+    root = write_project(tmp_path / "p", TASKS, failing)
     result = run_cli(root, "run")
     assert result.exit_code == 2
     assert "runtime probe 'tool'" in result.stderr and "status 3" in result.stderr
