@@ -114,6 +114,15 @@ def _need_rw(where: _Located, action: str) -> None:
                          "(TASKRUN_CACHE_MODE or cache-mode); nothing was changed")
 
 
+def _absent(where: _Located, as_json: bool) -> bool:
+    """Say so and return True when there is no cache yet (so as not to create one)."""
+    if where.directory.is_dir():
+        return False
+    _emit(as_json, {"directory": str(where.directory), "exists": False},
+          lambda: [f"no cache at {where.directory}; nothing to do"])
+    return True
+
+
 def _emit(as_json: bool, doc: dict[str, Any], lines: Callable[[], Sequence[str]]) -> None:
     if as_json:
         click.echo(json.dumps(doc, indent=1, default=str))
@@ -214,6 +223,8 @@ def gc_cmd(ctx: click.Context, max_size: str | None, max_age: str | None, keep_l
     age = parse_age(max_age) if max_age is not None else None
     where = _locate(ctx, cache_dir)
     _need_rw(where, "collect garbage")
+    if _absent(where, as_json):
+        return
     with _open(where, "rw") as cache:
         report = cache.gc(max_size=size, max_age=age, keep_last_run=keep_last_run)
         info = cache.info()
@@ -236,6 +247,8 @@ def clear_cmd(ctx: click.Context, task: str | None, cache_dir: Path | None,
     """Remove every entry, or only TASK's."""
     where = _locate(ctx, cache_dir)
     _need_rw(where, "clear the cache")
+    if _absent(where, as_json):
+        return
     with _open(where, "rw") as cache:
         known = sorted({m.task for m in cache.entries()}) if task is not None else []
         removed = cache.clear(task)
@@ -264,6 +277,8 @@ def verify_cmd(ctx: click.Context, cache_dir: Path | None, as_json: bool) -> Non
     Exits 1 when anything was bad, so CI can notice.
     """
     where = _locate(ctx, cache_dir)
+    if _absent(where, as_json):
+        return
     mode = "rw" if where.mode == "rw" else "read"
     problems: list[str] = []
     # Warnings would be the same problems again; verify's own report says each once.

@@ -98,6 +98,17 @@ def test_info_on_a_fresh_project_creates_nothing(tmp_path: Path, write_project, 
     assert not (root / ".taskrun").exists()
 
 
+@pytest.mark.parametrize("command", ["gc", "clear", "verify"])
+def test_maintenance_of_a_missing_cache_creates_none(
+    tmp_path: Path, write_project, run_cli, command: str
+) -> None:
+    """gc, clear and verify on a project that has no cache yet say so and create nothing."""
+    root = write_project(tmp_path / "fresh", TASKS)
+    result = run_cli(root, "cache", command)
+    assert result.exit_code == 0 and "nothing to do" in result.stdout
+    assert not (root / ".taskrun").exists()
+
+
 def test_maintenance_does_not_import_the_task_file(project: Path, run_cli, tmp_path: Path) -> None:
     """info, verify, gc, clear, export and import work even if tasks.py cannot be imported."""
     (project / "tasks.py").write_text("raise RuntimeError('must not be imported')\n")
