@@ -698,7 +698,9 @@ class Cache:
         lockdir.mkdir(parents=True, exist_ok=True)
         path = lockdir / f"{fingerprint}.lock"
         while True:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            # Read-only is enough for flock, so another user's lock file in a shared
+            # directory can be locked too; 0o666 leaves the sharing to the umask.
+            fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o666)
             try:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -849,7 +851,7 @@ class Cache:
     def _sweep_locks(self) -> None:
         for path in (self._directory / "locks").glob("*.lock"):
             try:
-                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             except OSError:
                 continue
             try:
