@@ -78,7 +78,9 @@ def main(ctx: click.Context, task_file: Path | None, directory: Path | None) -> 
 def _project(ctx: click.Context) -> Any:
     from taskrun.project import Project
 
-    where: _Where = ctx.find_object(_Where)
+    where = ctx.find_object(_Where)
+    if where is None:  # a command invoked without the group: start where we are
+        where = _Where(Path.cwd(), None)
     return Project.load(where.directory, where.task_file)
 
 
@@ -127,8 +129,8 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
             click.echo(f"    needs: {', '.join(d.task for d in spec.deps)}")
         for o in spec.options:
             default = "required" if o.required else f"default {o.type.format(o.default)}"
-            doc = f"  {o.type.doc}" if o.type.doc else ""
-            click.echo(f"    -o {spec.name}.{o.name}=<{o.type.name}>  ({default}){doc}")
+            about = f"  {o.type.doc}" if o.type.doc else ""
+            click.echo(f"    -o {spec.name}.{o.name}=<{o.type.name}>  ({default}){about}")
         if spec.inputs:
             click.echo(f"    inputs: {', '.join(spec.inputs)}")
         if spec.outputs:
@@ -139,7 +141,8 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
 
 def _split_targets(args: Sequence[str]) -> tuple[list[str], list[str]]:
     """Allow `taskrun run report top=5` as well as -o top=5."""
-    targets, assignments = [], []
+    targets: list[str] = []
+    assignments: list[str] = []
     for a in args:
         (assignments if "=" in a else targets).append(a)
     return targets, assignments
@@ -208,7 +211,8 @@ def _complete_assignments(
               help="Rerun TASK regardless of the cache (repeatable).")
 @click.option("--force-all", is_flag=True, help="Rerun every task regardless of the cache.")
 @click.option("--keep-going", is_flag=True, help="Do not stop at the first failure.")
-@click.option("--dry-run", is_flag=True, help="Say for every task: hit, or run and why; run nothing.")
+@click.option("--dry-run", is_flag=True,
+              help="Say for every task: hit, or run and why; run nothing.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per event, then a summary.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               envvar="TASKRUN_CACHE_DIR", help="Cache directory (default: .taskrun/cache).")

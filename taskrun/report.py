@@ -162,7 +162,8 @@ class PlainReporter(Reporter):
         elif isinstance(event, ev.TaskStarted):
             if v:
                 attempt = f" (attempt {event.attempt})" if event.attempt > 1 else ""
-                out.append(Line(f"start    {event.task}{attempt}: {_reasons(event.reasons)}", "dim"))
+                why = _reasons(event.reasons)
+                out.append(Line(f"start    {event.task}{attempt}: {why}", "dim"))
         elif isinstance(event, ev.TaskRan):
             if q < 1:
                 note = ""
@@ -170,17 +171,17 @@ class PlainReporter(Reporter):
                     note = " [product unchanged: dependents stay cached]"
                 if v and not event.stored:
                     note += " [not stored]"
-                out.append(Line(
-                    f"ran      {event.task} ({event.duration:.2f}s): {_reasons(event.reasons)}{note}",
-                    "ok",
-                ))
+                took = f"({event.duration:.2f}s)"
+                why = _reasons(event.reasons)
+                out.append(Line(f"ran      {event.task} {took}: {why}{note}", "ok"))
                 if event.output:
                     out += [Line(s, "dim") for s in _indent(event.output, f"  [{event.task}] ")]
         elif isinstance(event, ev.TaskFailedEvent):
             kind = "timed out" if event.timed_out else "failed"
             out.append(Line(f"{kind:<8} {event.task}: {event.error}", "bad"))
         elif isinstance(event, ev.TaskRetrying):
-            out.append(Line(f"retry    {event.task} (attempt {event.attempt}): {event.error}", "warn"))
+            attempt = f"(attempt {event.attempt})"
+            out.append(Line(f"retry    {event.task} {attempt}: {event.error}", "warn"))
         elif isinstance(event, ev.Skipped):
             if q < 2:
                 out.append(Line(f"skipped  {event.task}: {event.reason}", "warn"))
@@ -387,11 +388,13 @@ class ConsoleReporter(PlainReporter):
         rows_out: list[str] = []
         name_width = max((len(n) for n, _ in tasks + waiting), default=0)
         name_width = min(name_width, max(width - 12, 1))
-        entries = [(n, s, "") for n, s in tasks] + [(n, s, " waiting for another taskrun") for n, s in waiting]
+        entries = [(n, s, "") for n, s in tasks]
+        entries += [(n, s, " waiting for another taskrun") for n, s in waiting]
         shown = entries if len(entries) <= room else entries[: max(room - 1, 0)]
         for name, since, note in shown:
             label = name if len(name) <= name_width else name[: name_width - 1] + "~"
-            rows_out.append(self._fit(f"  {label:<{name_width}}  {_seconds(now - since):>6}{note}", width))
+            elapsed = _seconds(now - since)
+            rows_out.append(self._fit(f"  {label:<{name_width}}  {elapsed:>6}{note}", width))
         if len(shown) < len(entries) and room > 0:
             rows_out.append(self._fit(f"  ... and {len(entries) - len(shown)} more", width))
         parts = [f"{len(self._running)} running"]
@@ -458,7 +461,7 @@ def _short(value: Any) -> str:
 
 
 def change_text(change: Any) -> str:
-    """One fingerprint change with its old and new value: ``input 'a.txt' changed: 3f.. -> 9c..``."""
+    """One fingerprint change with its values: ``input 'a.txt' changed: 3f.. -> 9c..``."""
     text = str(change)
     if change.kind == "upstream" and change.new == _WILL_RUN:
         return (

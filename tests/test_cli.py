@@ -9,11 +9,15 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from click.testing import Result
 
-from tests.conftest import RunCli, WriteProject
+# The fixtures' types (see conftest.py); not imported, so the tests need no package.
+RunCli = Callable[..., Result]
+WriteProject = Callable[..., Path]
 
 PROJECT = '''
     import os
@@ -336,7 +340,7 @@ def test_explain_json(run_cli: RunCli, proj: Path) -> None:
     assert report["task"] == "report" and report["action"] == "run"
     change = report["changes"][0]
     assert (change["kind"], change["name"]) == ("input", "data/in.txt")
-    assert re.fullmatch("[0-9a-f]{32}", change["old"]) and re.fullmatch("[0-9a-f]{32}", change["new"])
+    assert all(re.fullmatch("[0-9a-f]{32}", change[k]) for k in ("old", "new"))
     assert change["old"] != change["new"]
     assert doc["cached"] == 1 and doc["run"] == 1
 
@@ -438,7 +442,8 @@ def test_task_file_found_in_a_parent_directory(
 
 def test_file_option(run_cli: RunCli, tmp_path: Path, write_project: WriteProject) -> None:
     """-f names another task file; its directory is the project root."""
-    root = write_project(tmp_path, "from taskrun import task\n\n@task\ndef one() -> int:\n    return 1\n")
+    source = "from taskrun import task\n@task\ndef one() -> int:\n    return 1\n"
+    root = write_project(tmp_path, source)
     (root / "tasks.py").rename(root / "other.py")
     result = run_cli(root, "-f", "other.py", "run")
     assert result.exit_code == 0 and "1 task: 0 cached, 1 ran" in result.output
@@ -517,7 +522,8 @@ def test_bad_pyproject_setting_is_exit_2(
     """A misspelt setting: exit 2 naming it, with a suggestion."""
     root = write_project(tmp_path, PROJECT, "[tool.taskrun]\njobz = 2\n")
     result = run_cli(root, "run")
-    assert result.exit_code == 2 and "'jobz'" in result.output and "did you mean 'jobs'?" in result.output
+    assert result.exit_code == 2
+    assert "'jobz'" in result.output and "did you mean 'jobs'?" in result.output
 
 
 # -- errors become exit codes --------------------------------------------------------------
@@ -530,9 +536,12 @@ def test_invocation_error_lists_every_problem_and_runs_nothing(run_cli: RunCli, 
     assert ran(proj) == []
 
 
-def test_definition_error_is_exit_2(run_cli: RunCli, tmp_path: Path, write_project: WriteProject) -> None:
+def test_definition_error_is_exit_2(
+    run_cli: RunCli, tmp_path: Path, write_project: WriteProject
+) -> None:
     """An option without a type: exit 2, pointing at the task file."""
-    root = write_project(tmp_path, "from taskrun import task\n\n@task\ndef t(x=1) -> int:\n    return x\n")
+    source = "from taskrun import task\n@task\ndef t(x=1) -> int:\n    return x\n"
+    root = write_project(tmp_path, source)
     result = run_cli(root, "run")
     assert result.exit_code == 2
     assert "tasks.py" in result.output and "Traceback" not in result.output
@@ -562,7 +571,11 @@ def test_completion_script(run_cli: RunCli) -> None:
 
 def test_completion_of_task_names_and_options(run_cli: RunCli, proj: Path) -> None:
     """Targets complete to task names; -o to OPTION= and TASK.OPTION=."""
-    env = {"_TASKRUN_COMPLETE": "bash_complete", "COMP_WORDS": f"taskrun -C {proj} run r", "COMP_CWORD": "4"}
+    env = {
+        "_TASKRUN_COMPLETE": "bash_complete",
+        "COMP_WORDS": f"taskrun -C {proj} run r",
+        "COMP_CWORD": "4",
+    }
     result = run_cli(None, env=env)
     assert result.output.split() == ["plain,report"]
     env.update(COMP_WORDS=f"taskrun -C {proj} run -o rep", COMP_CWORD="5")
@@ -581,7 +594,9 @@ COLORFUL = """
 """
 
 
-def taskrun(root: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def taskrun(
+    root: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "taskrun", *args], cwd=root, capture_output=True, text=True,
         env={**os.environ, "CI": "", **(env or {})}, timeout=120,
@@ -589,7 +604,9 @@ def taskrun(root: Path, *args: str, env: dict[str, str] | None = None) -> subpro
 
 
 @pytest.mark.slow
-def test_non_terminal_output_has_no_control_characters(tmp_path: Path, write_project: WriteProject) -> None:
+def test_non_terminal_output_has_no_control_characters(
+    tmp_path: Path, write_project: WriteProject
+) -> None:
     """Piped, every command prints plain lines, even for a task that prints colours; exit 0."""
     root = write_project(tmp_path, COLORFUL)
     outputs = []

@@ -101,7 +101,8 @@ def test_plain_lines_for_each_event() -> None:
     assert "  [b] hello\n  [b] world\n" in text
     assert "failed   c: ValueError: bad\n" in text
     assert "skipped  d: upstream 'c' did not complete\n" in text
-    assert text.rstrip().endswith("4 tasks: 1 cached, 1 ran, 1 failed, 1 skipped in 1.2s (saved 4.0s)")
+    summary = "4 tasks: 1 cached, 1 ran, 1 failed, 1 skipped in 1.2s (saved 4.0s)"
+    assert text.rstrip().endswith(summary)
 
 
 def test_plain_shows_failures_again_at_the_end_with_output_and_traceback() -> None:
