@@ -267,7 +267,7 @@ def explain_cmd(ctx: click.Context, targets: tuple[str, ...], assignments: tuple
         mode=mode, on_warning=warnings.append,
     )
     try:
-        scheduler = Scheduler(invocation, cache=cache, runtime=runtime_of(settings.runtime))
+        scheduler = Scheduler(invocation, cache=cache, runtime=runtime_of(settings.runtime, project.root))
         items = scheduler.explain()
     finally:
         cache.close()

@@ -366,7 +366,7 @@ def _plan(ctx: click.Context, cache: Any, targets: Sequence[str],
     plain = [t for t in targets if "=" not in t]
     inline = [t for t in targets if "=" in t]
     invocation = project.invoke(plain, [*assignments, *inline])
-    scheduler = Scheduler(invocation, cache=cache, runtime=runtime_of(project.settings.runtime))
+    scheduler = Scheduler(invocation, cache=cache, runtime=runtime_of(project.settings.runtime, project.root))
     return scheduler.plan()
 
 

@@ -52,12 +52,14 @@ class Project:
         )
 
 
-def runtime_of(settings: RuntimeSettings | None) -> dict[str, str]:
-    """The runtime facts that enter every fingerprint."""
+def runtime_of(settings: RuntimeSettings | None, root: Path | None = None) -> dict[str, str]:
+    """The runtime facts that enter every fingerprint (probes run in the project root)."""
     from taskrun.fingerprint import runtime_facts
 
     s = settings or RuntimeSettings()
-    return runtime_facts(python=s.python, platform=s.platform, env=s.env, probes=s.probes)
+    return runtime_facts(
+        python=s.python, platform=s.platform, env=s.env, probes=s.probes, cwd=root
+    )
 
 
 def open_cache(
@@ -179,7 +181,7 @@ def run(
     try:
         return execute(
             invocation, jobs=jobs, executor=executor, cache=cache,
-            runtime=runtime_of(runtime), force=force, force_all=force_all,
+            runtime=runtime_of(runtime, root), force=force, force_all=force_all,
             keep_going=keep_going, on_event=on_event,
         )
     finally:
@@ -217,7 +219,7 @@ def run_from_cli(
         project.root, cache_dir or settings.cache_dir, size_limit=settings.cache_size,
         mode=mode, on_warning=reporter.warning,
     )
-    runtime = runtime_of(settings.runtime)
+    runtime = runtime_of(settings.runtime, project.root)
     executor = executor or settings.executor or "thread"
     address = dask_address or settings.dask_address or os.environ.get("DASK_SCHEDULER_ADDRESS")
     options = {"address": address} if executor == "dask" and address else {}

@@ -27,13 +27,15 @@ def runtime_facts(
     platform: bool = True,
     env: Sequence[str] = (),
     probes: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
 ) -> dict[str, str]:
     """Return the runtime facts that go into every fingerprint.
 
     ``python`` -> ``cpython-3.11``; ``platform`` -> ``linux-x86_64``; each name in
     ``env`` -> ``env:NAME`` with its value or ``<unset>``; each probe ``name -> command``
     -> the first non-empty line the command prints (``gcc --version``). A probe that
-    fails raises ProbeError.
+    fails raises ProbeError. Probes run in ``cwd`` (the project root), so a probe such
+    as ``sha256sum uv.lock`` means the same wherever taskrun was started.
     """
     facts: dict[str, str] = {}
     if python:
@@ -50,11 +52,11 @@ def runtime_facts(
                 f"runtime probe '{name}' clashes with a built-in runtime fact; "
                 "give the probe another name"
             )
-        facts[name] = _probe(name, command)
+        facts[name] = _probe(name, command, cwd)
     return facts
 
 
-def _probe(name: str, command: str) -> str:
+def _probe(name: str, command: str, cwd: str | os.PathLike[str] | None = None) -> str:
     def fail(why: str, fix: str) -> ProbeError:
         return ProbeError(f"runtime probe '{name}' (command: {command}) {why}; {fix}")
 
@@ -72,6 +74,7 @@ def _probe(name: str, command: str) -> str:
             timeout=_PROBE_TIMEOUT,
             stdin=subprocess.DEVNULL,
             check=False,
+            cwd=cwd,
         )
     except FileNotFoundError:
         raise fail(

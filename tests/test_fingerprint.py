@@ -1092,3 +1092,15 @@ def test_damaged_source_memo_is_ignored(tmp_path: Path) -> None:
     assert SourceMemo(path).items == {}
     path.write_text("{not json")
     assert SourceMemo(path).items == {}
+
+
+def test_probes_run_in_the_given_directory(tmp_path: Path) -> None:
+    """A probe reading a project file works wherever taskrun was started."""
+    import sys as _sys
+
+    from taskrun.fingerprint import runtime_facts
+
+    (tmp_path / "lock.txt").write_text("pinned-1\n")
+    command = f"{_sys.executable} -c \"print(open('lock.txt').read().strip())\""
+    facts = runtime_facts(python=False, platform=False, probes={"lock": command}, cwd=tmp_path)
+    assert facts == {"lock": "pinned-1"}
