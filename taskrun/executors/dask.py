@@ -1,0 +1,856 @@
+"""The Dask executor: calls run on a Dask distributed cluster (the optional ``dask`` extra).
+
+Two ways to get a cluster:
+
+- **No address**: a :class:`distributed.LocalCluster` of ``jobs`` worker processes with one
+  thread each, listening on 127.0.0.1 only, with no dashboard, started with the first call
+  and closed by :meth:`DaskExecutor.shutdown`. taskrun owns it, so it sets its scheduler up
+  for taskrun (``_OWNED_CONFIG``) and kills the worker of a call that times out or is
+  cancelled (the worker's nanny starts a fresh one).
+- **An address** (``tcp://host:8786``): a client of a scheduler someone else runs. taskrun
+  never shuts it down nor changes its settings; :meth:`DaskExecutor.shutdown` closes only the
+  client. The cluster's size sets the parallelism (``jobs`` is not used).
+
+How a call travels: the driver cloudpickles ``(fn, kwargs)`` *by value*
+(``trampoline.encode_call``: a task file's functions cannot be pickled by reference, and
+registering the task module with ``cloudpickle.register_pickle_by_value`` hangs a
+LocalCluster), and the Dask task is the importable :func:`_run_on_worker` applied to those
+bytes. It runs them with ``trampoline.run_pickled`` and returns bytes the driver decodes. So
+taskrun must be importable on every worker, and on the scheduler (which keeps the claims
+below); both are checked when the executor connects. Each attempt gets a Dask key of its
+own, ``taskrun-<task>-<attempt>-<uuid>``: never the fingerprint, so a retry or a second
+driver on the same cluster never gets a result that is not its own.
+
+**Claims.** Before it runs user code, a worker *claims* the call, atomically, and the
+driver does the same for a call it cancels before it started; whoever claims first wins.
+That makes cancellation exact (Dask's own cancel is a message that can arrive after a
+worker has picked the task up: a cancelled call could still start) and refuses a second
+start of the same key (Dask re-runs a task whose worker died up to
+``distributed.scheduler.allowed-failures`` times: a crash must fail, not run again). On
+an owned cluster, whose workers share this machine, a claim is a file created with
+``O_EXCL`` in the temporary directory, and ``allowed-failures`` is also set to 0 so the
+task fails at once with ``KilledWorker`` (a ``crashed`` outcome). On an external cluster a
+claim is an entry on the scheduler, made with one round trip per call.
+
+Threading: Dask resolves its futures in its own threads. The client's event loop delivers
+start announcements (workers publish one on the ``taskrun-started`` topic when a call
+starts: timeouts count from there, not from submission, because calls can wait in Dask's
+queue); Dask's callback thread fetches results and resolves ours; a watchdog thread
+(started with the first deadline) enforces timeouts. Shared state is guarded by one lock,
+and no call into the client is made while holding it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import faulthandler
+import functools
+import heapq
+import itertools
+import logging
+import os
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import dask
+import distributed
+
+from taskrun.errors import UsageError
+from taskrun.executors.base import (
+    Call,
+    Executor,
+    Outcome,
+    cancelled_outcome,
+    describe_exception,
+    resolved,
+    settle,
+    timed_out_outcome,
+)
+from taskrun.executors.trampoline import decode_result, encode_call, run_pickled
+
+__all__ = ["DaskExecutor"]
+
+_TOPIC = "taskrun-started"  # workers announce the start of each call on it
+_INSTALL = "`pip install taskrun` (the driver's version) in the environment it runs in"
+_WHERE_ADDRESS = "--dask-address, DASK_SCHEDULER_ADDRESS or [tool.taskrun] dask-address"
+# perf: a payload this big goes to the workers with scatter() ahead of the task rather than
+# inside the task's own message (Dask warns about large graphs, and copies them around).
+_SCATTER_OVER = 1 << 20
+_REMOVAL_WAIT = 10.0  # seconds our scheduler gets to notice a killed worker
+_POLL = 0.005  # perf: how often it is checked; only while stopping calls on an owned cluster
+_MAX_CLAIMS = 20_000  # claims a scheduler remembers (re-runs and cancels come within seconds)
+_CLAIM_READ_WAIT = 2.0  # seconds for a worker that just claimed a call to write who it is
+_REVOKED = "revoked"  # a claim made by the driver: the call was cancelled before it started
+_OWNED_CONFIG: dict[str, object] = {
+    # A task that kills its worker fails at once (KilledWorker); Dask does not re-run it.
+    "distributed.scheduler.allowed-failures": 0,
+    # One task per one-thread worker: when a worker dies (a crash, or taskrun killing a
+    # timed-out task), no innocent task queued behind it on that worker dies with it.
+    "distributed.scheduler.worker-saturation": 1.0,
+}
+_CANCELLED = (asyncio.CancelledError, concurrent.futures.CancelledError)
+_Stop = Literal["timeout", "cancel", "dropped"]
+ClaimMode = Literal["file", "scheduler"]
+
+
+@dataclass(eq=False, slots=True)
+class _Job:
+    call: Call
+    key: str  # the Dask key
+    token: str  # the key's unique part; names the worker's capture file
+    future: concurrent.futures.Future[Outcome] = field(default_factory=concurrent.futures.Future)
+    dask_future: Any = None  # distributed.Future, dropped once ours is resolved
+    scattered: Any = None  # the payload's own future, when it went ahead with scatter()
+    settled: bool = False  # our future is (being) resolved; guarded by the lock
+    started: float | None = None  # time.perf_counter() when the worker started it (as known)
+    worker: str = ""  # the address of the worker running it, once started
+    pid: int = 0  # that worker's process id
+
+
+class DaskExecutor(Executor):
+    """Runs calls on a Dask cluster: a local one of ``jobs`` processes, or the one at ``address``.
+
+    ``connect_timeout`` (seconds) bounds connecting to an external scheduler and waiting for
+    its first worker. Nothing is started or connected until the first call (or
+    :meth:`connect`), so a run whose tasks are all cached never touches the cluster.
+    Arguments and products cross process boundaries, so they must be picklable (by
+    cloudpickle), as with the process executor.
+    """
+
+    name = "dask"
+
+    def __init__(
+        self, jobs: int, *, address: str | None = None, connect_timeout: float = 10.0
+    ) -> None:
+        super().__init__(jobs)
+        self.address = address or None
+        self.connect_timeout = connect_timeout
+        self._lock = threading.Lock()
+        self._timers = threading.Condition(self._lock)  # a deadline was added, or closing
+        self._connect_lock = threading.Lock()  # held while connecting and while closing
+        self._client: Any = None  # distributed.Client
+        self._cluster: Any = None  # distributed.LocalCluster, when we own one
+        self._connect_error: str | None = None  # a failed connection is not retried
+        # Where calls are claimed (see the module docstring): files for our own cluster.
+        self._claims: ClaimMode = "file" if self.address is None else "scheduler"
+        self._revoked_files: list[str] = []  # claim files the driver made, removed at shutdown
+        self._jobs: dict[str, _Job] = {}  # by Dask key: submitted, not yet settled
+        self._deadlines: list[tuple[float, int, _Job]] = []
+        self._seq = itertools.count()
+        self._watchdog: threading.Thread | None = None
+        self._closed = False
+        self._lost: str | None = None  # the message, once the scheduler connection is lost
+        self._quiet = False
+
+    @property
+    def scheduler_address(self) -> str | None:
+        """The address of the scheduler in use (the local cluster's too); None before connecting."""
+        if self._client is None:
+            return None
+        address: str = self._client.scheduler.address
+        return address
+
+    def __repr__(self) -> str:
+        where = self.address or "local cluster"
+        return f"<{type(self).__name__} jobs={self.jobs} {where}>"
+
+    # -- the caller's side ----------------------------------------------------------------
+
+    def connect(self) -> None:
+        """Start the local cluster or connect to the scheduler now, instead of at the first call.
+
+        Raises :class:`UsageError` naming the fix when the scheduler cannot be reached, has
+        no worker, or a worker or the scheduler cannot import taskrun.
+        """
+        with self._lock:
+            if self._closed:
+                raise UsageError("the dask executor was shut down; make a new one")
+        self._connected()
+
+    def submit(self, call: Call) -> concurrent.futures.Future[Outcome]:
+        with self._lock:
+            if self._closed:
+                raise UsageError("the dask executor was shut down; make a new one")
+        try:
+            payload = encode_call(call)
+        except Exception as exc:  # noqa: BLE001 - pickling raises many kinds
+            return resolved(
+                _failed(
+                    call,
+                    "cannot send the task to a Dask worker, its function or arguments cannot"
+                    f" be pickled: {describe_exception(exc)}",
+                )
+            )
+        client = self._connected()
+        token = uuid.uuid4().hex
+        job = _Job(call, key=f"taskrun-{call.task}-{call.attempt}-{token}", token=token)
+        with self._lock:
+            lost = self._lost
+            if lost is None:
+                self._jobs[job.key] = job
+        if lost is not None:
+            return resolved(_failed(call, lost))
+        try:
+            argument: Any = payload
+            if len(payload) > _SCATTER_OVER:
+                argument = job.scattered = client.scatter(payload, hash=False)
+            job.dask_future = client.submit(
+                _run_on_worker,
+                argument,
+                call.cwd,
+                job.key,
+                token,
+                self._claims,
+                self.address is not None,  # forget project modules: workers outlive the run
+                key=job.key,
+                pure=False,
+                retries=0,  # the scheduler retries (retries=), with a fresh key per attempt
+            )
+        except Exception as exc:  # noqa: BLE001 - a dead connection raises many kinds
+            with self._lock:
+                self._jobs.pop(job.key, None)
+                job.settled = True
+            return resolved(
+                _failed(call, f"cannot send the task to {self._where()}: {describe_exception(exc)}")
+            )
+        job.dask_future.add_done_callback(functools.partial(self._finished, job))
+        job.future.add_done_callback(functools.partial(self._dropped, job))
+        return job.future
+
+    def cancel(self) -> None:
+        with self._lock:
+            jobs = self._take_unsettled_locked()
+        self._stop(jobs, "cancel")
+
+    def shutdown(self) -> None:
+        with self._connect_lock:  # not while a connection is being made: close what it made
+            with self._lock:
+                if self._closed:
+                    return
+                self._closed = True
+                jobs = self._take_unsettled_locked()
+                self._timers.notify_all()
+            # Kill hung tasks first: a worker stuck in a task would hold up closing the cluster.
+            self._stop(jobs, "cancel")
+            client, cluster = self._client, self._cluster
+            try:
+                if client is not None:
+                    client.close(timeout=self.connect_timeout)
+                if cluster is not None:
+                    cluster.close(timeout=self.connect_timeout)
+            except Exception:  # noqa: BLE001, S110 - a lost scheduler cannot be closed cleanly
+                pass
+            finally:
+                self._client = self._cluster = None
+                for path in self._revoked_files:
+                    _unlink(path)
+                self._revoked_files.clear()
+                if self._quiet:
+                    _quiet_dask_logs(False)
+                    self._quiet = False
+
+    # -- connecting -----------------------------------------------------------------------
+
+    def _where(self) -> str:
+        if self.address is None:
+            return "the local Dask cluster"
+        return f"the Dask scheduler at {self.address}"
+
+    def _connected(self) -> Any:
+        """The client, connecting (or starting the local cluster) on first use."""
+        with self._connect_lock:
+            if self._client is not None:
+                return self._client
+            if self._connect_error is not None:
+                raise UsageError(self._connect_error)
+            with self._lock:
+                if self._closed:
+                    raise UsageError("the dask executor was shut down; make a new one")
+            if not self._quiet:
+                # The executor reports crashes and lost connections itself, as task failures;
+                # distributed's own log lines about them would only repeat it, less clearly.
+                _quiet_dask_logs(True)
+                self._quiet = True
+            client = cluster = None
+            try:
+                if self.address is None:
+                    cluster, client = self._start_cluster()
+                else:
+                    client = self._join()
+                self._check(client)
+                client.subscribe_topic(_TOPIC, self._on_started)
+            except UsageError as exc:
+                self._connect_error = exc.message
+                for thing in (client, cluster):
+                    try:
+                        if thing is not None:
+                            thing.close()
+                    except Exception:  # noqa: BLE001, S110 - already failing; keep that error
+                        pass
+                raise
+            self._client, self._cluster = client, cluster
+            return client
+
+    def _start_cluster(self) -> tuple[Any, Any]:
+        try:
+            with dask.config.set(_OWNED_CONFIG):
+                cluster = distributed.LocalCluster(
+                    n_workers=self.jobs,
+                    threads_per_worker=1,
+                    processes=True,
+                    host="127.0.0.1",
+                    # No dashboard, and the scheduler's HTTP endpoint (health, metrics) on a
+                    # free loopback port: the default 8787 may be taken (by another run).
+                    dashboard_address="127.0.0.1:0",
+                    scheduler_kwargs={"dashboard": False},
+                    silence_logs=logging.CRITICAL,  # the workers too: we report for them
+                )
+        except Exception as exc:  # noqa: BLE001 - whatever stops it, the run cannot go on
+            raise UsageError(
+                f"cannot start a local Dask cluster: {describe_exception(exc)}"
+            ) from exc
+        try:
+            client = distributed.Client(cluster, set_as_default=False)
+        except Exception as exc:  # noqa: BLE001
+            cluster.close()
+            raise UsageError(
+                f"cannot connect to the local Dask cluster: {describe_exception(exc)}"
+            ) from exc
+        return cluster, client
+
+    def _join(self) -> Any:
+        address = self.address
+        try:
+            return distributed.Client(address, timeout=self.connect_timeout, set_as_default=False)
+        except Exception as exc:  # noqa: BLE001 - refused, timed out, a malformed address...
+            raise UsageError(
+                f"cannot connect to the Dask scheduler at {address}: {describe_exception(exc)};"
+                f" start one with `dask scheduler` (and workers with `dask worker {address}`),"
+                f" or correct the address ({_WHERE_ADDRESS})"
+            ) from None
+
+    def _check(self, client: Any) -> None:
+        """Refuse a cluster that cannot run taskrun's calls, naming the fix."""
+        where = self._where()
+        if self.address is not None:
+            try:
+                client.wait_for_workers(1, timeout=self.connect_timeout)
+            except (TimeoutError, asyncio.TimeoutError):
+                raise UsageError(
+                    f"{where} has no workers (waited {self.connect_timeout:g}s);"
+                    f" start some with `dask worker {self.address}`"
+                ) from None
+        here = _python_version()
+        facts = client.run(_worker_facts, on_error="return")
+        for worker, fact in sorted(facts.items()):
+            if isinstance(fact, BaseException) or not isinstance(fact, dict):
+                raise UsageError(
+                    f"the Dask worker {worker} cannot run taskrun's calls"
+                    f" ({_describe(fact)}); install taskrun there: {_INSTALL}"
+                )
+            if fact.get("python") != here:
+                raise UsageError(
+                    f"the Dask worker {worker} runs Python {fact.get('python')} and this"
+                    f" driver Python {here}; tasks travel as pickled code, which needs the"
+                    " same Python version on both sides"
+                )
+        try:
+            client.run_on_scheduler(_scheduler_facts)
+        except Exception as exc:  # noqa: BLE001 - an import error, unpickled on the scheduler
+            raise UsageError(
+                f"{where} cannot run taskrun's calls ({describe_exception(exc)});"
+                f" install taskrun on the scheduler: {_INSTALL}"
+            ) from None
+
+    # -- resolving futures ----------------------------------------------------------------
+
+    def _on_started(self, event: tuple[float, Any]) -> None:
+        """A worker started a call (in the client's event loop: no blocking here)."""
+        message = event[1]
+        if not isinstance(message, dict):
+            return
+        with self._lock:
+            job = self._jobs.get(str(message.get("key")))
+            if job is None or job.settled or job.started is not None:
+                return
+            job.started = time.perf_counter()
+            job.worker = str(message.get("worker", ""))
+            job.pid = int(message.get("pid", 0))
+            if job.call.timeout is not None:
+                deadline = time.monotonic() + job.call.timeout
+                heapq.heappush(self._deadlines, (deadline, next(self._seq), job))
+                if self._watchdog is None:
+                    self._watchdog = threading.Thread(
+                        target=self._watch, name="taskrun-dask-watchdog", daemon=True
+                    )
+                    self._watchdog.start()
+                self._timers.notify()
+
+    def _finished(self, job: _Job, dask_future: Any) -> None:
+        """The Dask future is done (in Dask's callback thread): resolve ours."""
+        with self._lock:
+            mine, job.settled = not job.settled, True
+            self._jobs.pop(job.key, None)
+        if mine:
+            outcome = self._outcome(job, dask_future)
+            settle(job.future, outcome)
+        job.dask_future = job.scattered = None  # let Dask forget the result
+
+    def _outcome(self, job: _Job, dask_future: Any) -> Outcome:
+        call = job.call
+        try:
+            kind, data = dask_future.result()
+        except distributed.KilledWorker as exc:
+            worker = getattr(exc.last_worker, "address", "") or job.worker
+            return Outcome(
+                task=call.task,
+                ok=False,
+                error=(
+                    f"the Dask worker {worker} died while running the task (it is not run again)"
+                ),
+                output=self._read_capture(job),
+                duration=_since(job.started),
+                crashed=True,
+            )
+        except _CANCELLED:
+            return _failed(call, self._lose())  # we never cancel a future we have not settled
+        except Exception as exc:  # noqa: BLE001 - whatever Dask raises, the call failed
+            if self._client is None or self._client.status not in ("running", "newly-created"):
+                return _failed(call, self._lose())
+            hint = ""
+            if isinstance(exc, ImportError) and "taskrun" in str(exc):
+                hint = f"; install taskrun on every worker: {_INSTALL}"
+            return _failed(call, f"{self._where()} could not run the task: {_describe(exc)}{hint}")
+        if kind == "done":
+            try:
+                return decode_result(call.task, data)
+            except Exception as exc:  # noqa: BLE001 - a garbled result is a failure
+                return _failed(call, f"unreadable result from the Dask worker: {_describe(exc)}")
+        if kind == "crashed":
+            output = self._read_capture(job)
+            return Outcome(task=call.task, ok=False, error=data, output=output, crashed=True)
+        if kind == "cancelled":  # we claimed it first; resolved already, but to be safe
+            return cancelled_outcome(call)
+        return _failed(call, str(data))
+
+    def _lose(self) -> str:
+        """The scheduler connection is gone: fail everything in flight, and every later call."""
+        message = (
+            f"lost the connection to {self._where()}; check that it is still running and"
+            " reachable, then run again (the tasks that finished before are cached)"
+        )
+        with self._lock:
+            if self._lost is None:
+                self._lost = message
+            jobs = self._take_unsettled_locked()
+        for job in jobs:
+            settle(job.future, _failed(job.call, message))
+        return message
+
+    def _dropped(self, job: _Job, future: concurrent.futures.Future[Outcome]) -> None:
+        """Our future is done; if the caller cancelled it, stop the Dask task too."""
+        if not future.cancelled():
+            return
+        with self._lock:
+            if job.settled:
+                return
+            job.settled = True
+            self._jobs.pop(job.key, None)
+        self._stop([job], "dropped")
+
+    def _take_unsettled_locked(self) -> list[_Job]:
+        jobs = [job for job in self._jobs.values() if not job.settled]
+        for job in jobs:
+            job.settled = True
+        self._jobs.clear()
+        return jobs
+
+    # -- stopping calls -------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        """The watchdog thread: stop calls that pass their deadline, as timed out."""
+        while True:
+            expired: list[_Job] = []
+            with self._lock:
+                while not expired:
+                    if self._closed:
+                        return
+                    now = time.monotonic()
+                    while self._deadlines and self._deadlines[0][0] <= now:
+                        _, _, job = heapq.heappop(self._deadlines)
+                        if not job.settled:
+                            job.settled = True
+                            self._jobs.pop(job.key, None)
+                            expired.append(job)
+                    if not expired:
+                        wait = self._deadlines[0][0] - now if self._deadlines else None
+                        self._timers.wait(wait)
+            self._stop(expired, "timeout")
+
+    def _stop(self, jobs: list[_Job], why: _Stop) -> None:
+        """Stop ``jobs`` (already marked settled) and resolve their futures.
+
+        Order matters on an owned cluster: read what a running call printed, kill its worker,
+        then cancel the Dask future. Cancelling first would tell the scheduler the worker is
+        free, and a queued task sent there meanwhile would die with it. On an external
+        cluster nothing is killed: the call's thread runs on until it returns (Dask cannot
+        stop a thread) and its result is dropped.
+        """
+        if not jobs:
+            return
+        if why != "timeout":  # a call that times out has started
+            self._revoke([job for job in jobs if job.started is None])
+        running = [job for job in jobs if job.started is not None]
+        outputs = self._outputs(running)
+        if self._cluster is not None:
+            for job in running:
+                _kill_worker(job.pid)
+            self._await_removal({job.worker for job in running})
+        client = self._client
+        futures = [f for job in jobs for f in (job.dask_future, job.scattered) if f is not None]
+        if client is not None and futures:
+            try:
+                client.cancel(futures, force=True)
+            except Exception:  # noqa: BLE001, S110 - lost connection: nothing left to cancel
+                pass
+        for job in jobs:
+            output, duration = outputs.get(job.token, ""), _since(job.started)
+            if why == "timeout":
+                settle(job.future, timed_out_outcome(job.call, output=output, duration=duration))
+            elif why == "cancel":
+                settle(
+                    job.future,
+                    cancelled_outcome(
+                        job.call,
+                        running=job.started is not None,
+                        output=output,
+                        duration=duration,
+                    ),
+                )
+            job.dask_future = job.scattered = None
+
+    def _revoke(self, jobs: list[_Job]) -> None:
+        """Claim calls not known to have started, so that they never do.
+
+        A call a worker claimed first has started: it gets its worker and process id.
+        """
+        if not jobs:
+            return
+        if self._claims == "file":
+            for job in jobs:
+                path = _claim_path(job.token)
+                try:
+                    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+                except FileExistsError:
+                    _started_from(job, _read_claim(path))
+                    continue
+                except OSError:
+                    continue
+                with os.fdopen(fd, "w") as f:
+                    f.write(_REVOKED)
+                self._revoked_files.append(path)
+            return
+        client = self._client
+        if client is None:
+            return
+        try:
+            started = client.run_on_scheduler(_revoke_on_scheduler, [job.key for job in jobs])
+        except Exception:  # noqa: BLE001 - lost connection: nothing will start any more
+            return
+        for job in jobs:
+            _started_from(job, started.get(job.key))
+
+    def _await_removal(self, addresses: set[str]) -> None:
+        """Wait (briefly) until our scheduler has noticed that killed workers are gone.
+
+        Until then it may hand them a queued task (the cancel frees their slot), which would
+        then die with them.
+        """
+        workers = self._cluster.scheduler.workers  # in this process: we own the cluster
+        end = time.monotonic() + _REMOVAL_WAIT
+        while any(a in workers for a in addresses) and time.monotonic() < end:
+            time.sleep(_POLL)
+
+    def _outputs(self, jobs: list[_Job]) -> dict[str, str]:
+        """What each running call has printed so far, by token (read before it is stopped)."""
+        outputs: dict[str, str] = {}
+        remote: dict[str, list[str]] = {}
+        for job in jobs:
+            text = _read(_capture_path(job.token))
+            if text is not None:  # a worker on this machine: read its file directly
+                outputs[job.token] = text
+            elif job.worker:
+                remote.setdefault(job.worker, []).append(job.token)
+        client = self._client
+        if remote and client is not None:
+            tokens = [t for group in remote.values() for t in group]
+            try:
+                found = client.run(
+                    _running_outputs, tokens, workers=list(remote), on_error="return"
+                )
+            except Exception:  # noqa: BLE001 - a lost worker has nothing more to say
+                found = {}
+            for texts in found.values():
+                if isinstance(texts, dict):
+                    outputs.update(texts)
+        return outputs
+
+    def _read_capture(self, job: _Job) -> str:
+        """The output of a call whose worker died, when that worker ran on this machine."""
+        path = _capture_path(job.token)
+        text = _read(path)
+        _unlink(path)  # the dead worker could not remove it
+        _unlink(_claim_path(job.token))
+        return text or ""
+
+
+# -- the driver's helpers -------------------------------------------------------------------
+
+
+def _failed(call: Call, error: str) -> Outcome:
+    return Outcome(task=call.task, ok=False, error=error)
+
+
+def _since(started: float | None) -> float:
+    return 0.0 if started is None else time.perf_counter() - started
+
+
+def _describe(thing: object) -> str:
+    if isinstance(thing, BaseException):
+        return describe_exception(thing)
+    return repr(thing)
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return None
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _read_claim(path: str) -> str:
+    """A claim file's text, waiting briefly for the worker that just made it to fill it in."""
+    end = time.monotonic() + _CLAIM_READ_WAIT
+    while True:
+        text = _read(path) or ""
+        if text or time.monotonic() > end:
+            return text
+        time.sleep(_POLL)
+
+
+def _started_from(job: _Job, claim: Any) -> None:
+    """Record on ``job`` that a worker claimed it (``claim``: "pid address time"), if it did."""
+    if not isinstance(claim, str) or not claim or claim == _REVOKED:
+        return
+    parts = claim.split(" ")
+    if len(parts) != 3:
+        return
+    try:
+        pid, address, when = int(parts[0]), parts[1], float(parts[2])
+    except ValueError:
+        return
+    if job.started is None:
+        job.started = time.perf_counter() - max(0.0, time.time() - when)
+        job.worker, job.pid = address, pid
+
+
+def _kill_worker(pid: int) -> None:
+    """SIGKILL a worker process of our own LocalCluster, and what its task started."""
+    import psutil  # a dependency of distributed
+
+    try:
+        worker = psutil.Process(pid)
+        if worker.ppid() != os.getpid():
+            return  # not one of ours (the pid was reused): leave it alone
+        family = [worker, *worker.children(recursive=True)]
+    except psutil.Error:
+        return
+    for proc in family:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+
+
+_quiet_lock = threading.Lock()
+_quiet_users = 0
+_quiet_saved: list[tuple[logging.Handler, int]] = []
+
+
+def _quiet_dask_logs(on: bool) -> None:
+    """Raise distributed's console log handlers to CRITICAL while any executor is alive."""
+    global _quiet_users
+    with _quiet_lock:
+        _quiet_users += 1 if on else -1
+        if on and _quiet_users == 1:
+            for handler in logging.getLogger("distributed").handlers:
+                if isinstance(handler, logging.StreamHandler):
+                    _quiet_saved.append((handler, handler.level))
+                    handler.setLevel(logging.CRITICAL)
+        elif not on and _quiet_users == 0:
+            for handler, level in _quiet_saved:
+                handler.setLevel(level)
+            _quiet_saved.clear()
+
+
+# -- what runs on the workers and the scheduler (importable by reference) -------------------
+
+_RUNNING: dict[str, str] = {}  # on a worker: token -> capture file of the call running
+
+
+def _python_version() -> str:
+    return f"{sys.version_info[0]}.{sys.version_info[1]}"
+
+
+def _capture_path(token: str) -> str:
+    return os.path.join(tempfile.gettempdir(), f"taskrun-dask-{token}.out")
+
+
+def _claim_path(token: str) -> str:
+    return os.path.join(tempfile.gettempdir(), f"taskrun-dask-{token}.claim")
+
+
+def _run_on_worker(
+    payload: bytes, cwd: str, key: str, token: str, claims: ClaimMode, forget: bool
+) -> tuple[str, Any]:
+    """The Dask task: run an encoded call; return ``("done", result bytes)`` or why not.
+
+    ``("failed", message)`` when the call cannot run here, ``("crashed", message)`` when
+    its claim shows that it started once already (its worker died under it), and
+    ``("cancelled", "")`` when the driver claimed it first.
+    """
+    worker = distributed.get_worker()
+    if not os.path.isdir(cwd):
+        return (
+            "failed",
+            f"the project directory {cwd} does not exist on the Dask worker {worker.address};"
+            " the dask executor needs the project at the same path on every worker (a shared"
+            " file system, see docs/dask.md)",
+        )
+    me = f"{os.getpid()} {worker.address} {time.time()!r}"
+    if claims == "file":
+        refused = _claim_file(token, me)
+    else:
+        refused = distributed.get_client().run_on_scheduler(_claim_on_scheduler, key, me)
+    if refused == _REVOKED:
+        return ("cancelled", "")
+    if refused:
+        return (
+            "crashed",
+            f"the Dask worker that ran the task died ({refused.split(' ')[1]}), and Dask"
+            f" started it again on {worker.address}; taskrun stopped that second run (a task"
+            " that crashes its worker fails, it is not run again)",
+        )
+    worker.log_event(_TOPIC, {"key": key, "worker": worker.address, "pid": os.getpid()})
+    # With one thread, the worker runs one call at a time: capture at the descriptor level
+    # (child processes, C code), into a file the driver can read if the call never returns.
+    path = _capture_path(token) if worker.state.nthreads == 1 else None
+    if path is not None:
+        if not faulthandler.is_enabled():
+            # Writes to fd 2, which points at the capture file while a call runs: a segfault
+            # leaves the traceback of where it happened in the task's output.
+            faulthandler.enable(file=sys.__stderr__ or sys.stderr, all_threads=False)
+        _RUNNING[token] = path
+    try:
+        data = run_pickled(
+            payload,
+            cwd,
+            capture="fd" if path is not None else "sys",
+            capture_path=path,
+            forget_project_modules=forget,
+        )
+    finally:
+        if path is not None:
+            _RUNNING.pop(token, None)
+            _unlink(path)
+        if claims == "file":
+            _unlink(_claim_path(token))  # it ran to the end: it cannot start again
+    return ("done", data)
+
+
+def _claim_file(token: str, me: str) -> str:
+    """Claim a call on this machine: "" when claimed, else the claim that was there first."""
+    path = _claim_path(token)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        return _read_claim(path) or _REVOKED
+    with os.fdopen(fd, "w") as f:
+        f.write(me)
+    return ""
+
+
+def _running_outputs(tokens: list[str]) -> dict[str, str]:
+    """On a worker: what the calls among ``tokens`` running here have printed so far."""
+    found: dict[str, str] = {}
+    for token in tokens:
+        path = _RUNNING.get(token)
+        text = _read(path) if path else None
+        if text is not None:
+            found[token] = text
+    return found
+
+
+def _worker_facts() -> dict[str, str]:
+    """On a worker, at connect: proves taskrun imports there, and says which Python runs it."""
+    from taskrun import __version__
+
+    return {"python": _python_version(), "taskrun": __version__}
+
+
+def _scheduler_facts(dask_scheduler: Any = None) -> dict[str, object]:
+    """On the scheduler, at connect: proves taskrun imports there."""
+    return {"allowed_failures": getattr(dask_scheduler, "allowed_failures", None)}
+
+
+def _scheduler_claims(dask_scheduler: Any) -> OrderedDict[str, str]:
+    claims: OrderedDict[str, str] | None = getattr(dask_scheduler, "_taskrun_claims", None)
+    if claims is None:
+        claims = OrderedDict()
+        dask_scheduler._taskrun_claims = claims
+    return claims
+
+
+def _claim_on_scheduler(key: str, me: str, dask_scheduler: Any = None) -> str:
+    """On the scheduler (in its event loop, so atomic): claim ``key`` for the worker ``me``.
+
+    Returns "" when claimed, else the claim that was there first.
+    """
+    claims = _scheduler_claims(dask_scheduler)
+    first = claims.get(key)
+    if first is not None:
+        return first
+    claims[key] = me
+    while len(claims) > _MAX_CLAIMS:
+        claims.popitem(last=False)
+    return ""
+
+
+def _revoke_on_scheduler(keys: list[str], dask_scheduler: Any = None) -> dict[str, str]:
+    """On the scheduler: claim ``keys`` for the driver; returns the claims workers made first."""
+    claims = _scheduler_claims(dask_scheduler)
+    started: dict[str, str] = {}
+    for key in keys:
+        first = claims.get(key)
+        if first is None:
+            claims[key] = _REVOKED
+        elif first != _REVOKED:
+            started[key] = first
+    while len(claims) > _MAX_CLAIMS:
+        claims.popitem(last=False)
+    return started
