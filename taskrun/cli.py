@@ -215,7 +215,8 @@ def _complete_assignments(
               help="Say for every task: hit, or run and why; run nothing.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per event, then a summary.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              envvar="TASKRUN_CACHE_DIR", help="Cache directory (default: .taskrun/cache).")
+              envvar="TASKRUN_CACHE_DIR",
+              help="Cache directory (default: [tool.taskrun] cache-dir, else .taskrun/cache).")
 @click.option("--cache-mode", type=click.Choice(["rw", "read", "off"]), default=None,
               envvar="TASKRUN_CACHE_MODE", help="rw (default), read (never write), off.")
 @click.option("-q", "--quiet", count=True, help="Less output (-qq: failures and errors only).")
@@ -242,7 +243,8 @@ def run_cmd(ctx: click.Context, targets: tuple[str, ...], assignments: tuple[str
               shell_complete=_complete_assignments, help="Set an option, as for `run`.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              envvar="TASKRUN_CACHE_DIR", help="Cache directory (default: .taskrun/cache).")
+              envvar="TASKRUN_CACHE_DIR",
+              help="Cache directory (default: [tool.taskrun] cache-dir, else .taskrun/cache).")
 @click.pass_context
 def explain_cmd(ctx: click.Context, targets: tuple[str, ...], assignments: tuple[str, ...],
                 as_json: bool, cache_dir: Path | None) -> None:
@@ -267,7 +269,8 @@ def explain_cmd(ctx: click.Context, targets: tuple[str, ...], assignments: tuple
         mode=mode, on_warning=warnings.append,
     )
     try:
-        scheduler = Scheduler(invocation, cache=cache, runtime=runtime_of(settings.runtime, project.root))
+        runtime = runtime_of(settings.runtime, project.root)
+        scheduler = Scheduler(invocation, cache=cache, runtime=runtime)
         items = scheduler.explain()
     finally:
         cache.close()
