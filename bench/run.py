@@ -337,9 +337,13 @@ def cpu_bench(executor: str) -> Bench:
         d = tmp / "cpu"
         if not (d / "tasks.py").exists():
             loops = _calibrate_loops()
-            wl.write(d, [("tasks.py", wl.cpu_tasks_py(loops))])
+            wl.write(d, [("tasks.py", wl.cpu_tasks_py(loops)), ("spin.py", wl.spin_py(loops))])
             timed([exe, "list"], d)
         for rep in range(reps):
+            # The machine's own limit, measured beside taskrun: the same two loops in one
+            # bare Python process, then in two at once. On a shared machine the neighbours'
+            # load shows here too, and the speed-up taskrun can reach is this one.
+            _machine_control(d, rep, results)
             for jobs in ("1", "2") if rep % 2 == 0 else ("2", "1"):
                 cmd = [exe, "run", "--force-all", "--executor", executor, "-j", jobs]
                 try:
@@ -359,6 +363,21 @@ def cpu_bench(executor: str) -> Bench:
                 log(f"  {name:<22} -j {jobs:<5} taskrun    {run.seconds:8.3f} s")
 
     return Bench(name, measure)
+
+
+def _machine_control(d: Path, rep: int, results: Results) -> None:
+    """Time the CPU loops without taskrun: sequential in one process, then two processes."""
+    for jobs in ("1", "2") if rep % 2 == 0 else ("2", "1"):
+        env = _base_env()
+        t0 = time.perf_counter()
+        if jobs == "1":
+            subprocess.run([sys.executable, "spin.py", "2"], cwd=d, env=env, check=True)
+        else:
+            procs = [subprocess.Popen([sys.executable, "spin.py", "1"], cwd=d, env=env)
+                     for _ in range(2)]
+            if any(p.wait() for p in procs):
+                raise BenchError("spin.py failed")
+        results.add("cpu/machine", f"j{jobs}", "python", time.perf_counter() - t0)
 
 
 def _inproc(args: list[str], name: str, results: Results) -> None:
@@ -494,6 +513,9 @@ def targets(r: Results) -> list[Target]:
                8.0, "max"),
         Target("512 MiB bytes product: throughput vs raw xxh3-128", _ratio(hx, hb), 0.5, "min"),
         Target("2 CPU-bound 1 s tasks, process: speed-up -j 2 / -j 1", _ratio(j1, j2), 1.8, "min"),
+        Target("(context) the same two loops in 1 vs 2 bare python processes",
+               _ratio(r.median("cpu/machine", "j1", "python"),
+                      r.median("cpu/machine", "j2", "python")), 1.8, "min"),
         Target("warm tree_digest, 10,000 files, stat cache",
                r.median("files/tree-10k", "tree", "warm"), 0.3, "max", " s"),
     ]
@@ -532,6 +554,12 @@ def report(r: Results) -> str:
             "| executor | -j 1 | -j 2 | speed-up | one task, -j 1 | one task, -j 2 |",
             "|---|---:|---:|---:|---:|---:|",
         ]
+        if ("cpu/machine", "j1", "python") in r.samples:
+            a, b = r.median("cpu/machine", "j1", "python"), r.median("cpu/machine", "j2", "python")
+            out.append(
+                f"| (no taskrun: 1 vs 2 bare python processes) | {_fmt(a)} | {_fmt(b)} "
+                f"| {_fmt_ratio(_ratio(a, b))} | — | — |"
+            )
         for w in cpu:
             a, b = r.median(w, "j1", "taskrun"), r.median(w, "j2", "taskrun")
             ta, tb = r.median(w, "j1-task", "taskrun"), r.median(w, "j2-task", "taskrun")
