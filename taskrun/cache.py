@@ -3,7 +3,8 @@
 A cache directory holds::
 
     cache.db, xx/yy/*.val       diskcache: the SQLite index, large values as files
-    locks/<fingerprint>.lock    per-fingerprint flock files (one computes, others wait)
+    locks/fingerprints.lock     one byte-range lock per fingerprint (one computes, others
+                                wait); elsewhere than Linux, locks/<fingerprint>.lock flocks
     last-run.json               the fingerprints the last run used, its hits and misses
 
 diskcache keys (all values are bytes)::
@@ -35,6 +36,8 @@ import json
 import os
 import pathlib
 import sqlite3
+import struct
+import sys
 import tempfile
 import time
 import warnings
@@ -305,20 +308,51 @@ def _atomic_write(path: pathlib.Path, data: bytes) -> None:
         raise
 
 
+# struct flock for F_OFD_SETLK(W): l_type, l_whence, l_start, l_len, l_pid (+ padding).
+_FLOCK = struct.Struct("hhqqi4x")
+_OFD = getattr(fcntl, "F_OFD_SETLK", None) is not None and sys.platform == "linux"
+_RANGE_FILE = "fingerprints.lock"
+
+
+def _ofd(fd: int, kind: int, offset: int, *, wait: bool) -> bool:
+    """Set or clear one byte-range open-file-description lock; False if it is taken."""
+    cmd = fcntl.F_OFD_SETLKW if wait else fcntl.F_OFD_SETLK  # type: ignore[attr-defined]
+    try:
+        fcntl.fcntl(fd, cmd, _FLOCK.pack(kind, os.SEEK_SET, offset, 1, 0))
+    except (BlockingIOError, PermissionError):
+        return False
+    return True
+
+
 class HeldLock:
     """A held per-fingerprint lock; ``release()`` or leaving a ``with`` block frees it."""
 
-    __slots__ = ("_fd", "fingerprint")
+    __slots__ = ("_fd", "_held", "_offset", "fingerprint")
 
-    def __init__(self, fingerprint: str, fd: int | None) -> None:
+    def __init__(
+        self,
+        fingerprint: str,
+        fd: int | None,
+        offset: int | None = None,
+        held: set[int] | None = None,
+    ) -> None:
         self.fingerprint = fingerprint
         self._fd = fd
+        self._offset = offset  # set: a byte range of the shared lock file, not our own fd
+        self._held = held  # the owner's set of held ranges (OFD locks do not exclude their owner)
 
     def release(self) -> None:
-        """Let the next process in (idempotent). Closing the descriptor drops the flock."""
+        """Let the next process in (idempotent)."""
         fd, self._fd = self._fd, None
-        if fd is not None:
-            os.close(fd)
+        if fd is None:
+            return
+        if self._offset is not None:
+            with contextlib.suppress(OSError):
+                _ofd(fd, fcntl.F_UNLCK, self._offset, wait=False)
+            if self._held is not None:
+                self._held.discard(self._offset)
+        else:
+            os.close(fd)  # closing the descriptor drops the flock
 
     def __enter__(self) -> HeldLock:
         return self
@@ -384,6 +418,8 @@ class Cache:
         self._outcomes: dict[str, bool] = {}  # fingerprint -> hit, for the run's hit rate
         self._dc: diskcache.Cache | None = None
         self._reader: StoreReader | None = None
+        self._range_fd: int | None = None  # the shared byte-range lock file, once opened
+        self._held_ranges: set[int] = set()
         if mode == "rw":
             problems = audit_store(self._directory)
             if problems:
@@ -460,6 +496,9 @@ class Cache:
             self._reader.close()
         if self._dc is not None:
             self._dc.close()
+        if self._range_fd is not None:
+            os.close(self._range_fd)  # drops any byte-range lock still held through it
+            self._range_fd = None
 
     def _writable(self, action: str) -> diskcache.Cache:
         if self._dc is None:
@@ -695,6 +734,27 @@ class Cache:
         if self._dc is None:
             return HeldLock(fingerprint, None)
         lockdir = self._directory / "locks"
+        if _OFD:
+            # perf: one byte of one shared file per fingerprint (Linux open-file-description
+            # locks), instead of creating a file per task, which cost more than the rest of
+            # a cold run of no-op tasks. Like flock, the kernel drops them when the holder
+            # dies; unlike classic POSIX locks, they belong to our descriptor, so closing
+            # another descriptor of the file elsewhere in the process does not drop them.
+            if self._range_fd is None:
+                lockdir.mkdir(parents=True, exist_ok=True)
+                self._range_fd = os.open(
+                    lockdir / _RANGE_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666
+                )
+            offset = int(fingerprint[:15], 16)  # 60 bits: collisions are not a concern
+            if offset in self._held_ranges:
+                # Our own descriptor already holds it; the kernel would say yes again.
+                if not blocking:
+                    return None
+                raise UsageError(f"the lock for {fingerprint} is already held by this cache")
+            if not _ofd(self._range_fd, fcntl.F_WRLCK, offset, wait=blocking):
+                return None
+            self._held_ranges.add(offset)
+            return HeldLock(fingerprint, self._range_fd, offset, self._held_ranges)
         lockdir.mkdir(parents=True, exist_ok=True)
         path = lockdir / f"{fingerprint}.lock"
         while True:
@@ -850,6 +910,8 @@ class Cache:
 
     def _sweep_locks(self) -> None:
         for path in (self._directory / "locks").glob("*.lock"):
+            if path.name == _RANGE_FILE:
+                continue  # shared by every fingerprint; its byte ranges are the locks
             try:
                 fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             except OSError:

@@ -516,13 +516,35 @@ def test_gc_keep_last_run_without_a_record_refuses(cache: Cache) -> None:
     assert cache.info().entries == 1
 
 
-def test_gc_removes_free_lock_files_only(cache: Cache, cache_dir: pathlib.Path) -> None:
-    """gc deletes lock files nobody holds and leaves a held one."""
+def test_gc_keeps_held_locks_held(cache: Cache, cache_dir: pathlib.Path) -> None:
+    """gc never removes a lock that is held: another opener still cannot take it."""
     with cache.lock(fp_of(1)):
         pass
-    with cache.lock(fp_of(2)):
-        cache.gc()
-        assert sorted(p.name for p in (cache_dir / "locks").iterdir()) == [f"{fp_of(2)}.lock"]
+    other = Cache(cache_dir)
+    try:
+        with cache.lock(fp_of(2)):
+            cache.gc()
+            assert other.try_lock(fp_of(2)) is None
+            free = other.try_lock(fp_of(1))
+            assert free is not None
+            free.release()
+        taken = other.try_lock(fp_of(2))
+        assert taken is not None
+        taken.release()
+    finally:
+        other.close()
+
+
+def test_locks_do_not_create_a_file_per_fingerprint(cache: Cache, cache_dir: pathlib.Path) -> None:
+    """Locking many fingerprints leaves one small lock file, not one file each (Linux)."""
+    import sys
+
+    if sys.platform != "linux":
+        pytest.skip("open-file-description locks are Linux-only; elsewhere one file each")
+    for i in range(50):
+        with cache.lock(fp_of(i)):
+            pass
+    assert [p.name for p in (cache_dir / "locks").iterdir()] == ["fingerprints.lock"]
 
 
 def test_clear_one_task(cache: Cache) -> None:
