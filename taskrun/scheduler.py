@@ -101,6 +101,7 @@ class _Node:
         "spec", "name", "deps", "dependents", "state", "fp", "inputs", "described",
         "digest", "value", "has_value", "entry", "consumers", "lock", "attempt",
         "reasons", "started", "duration", "error", "forced", "future", "target", "hint",
+        "latest",
     )
 
     def __init__(self, spec: TaskSpec, target: bool) -> None:
@@ -127,6 +128,7 @@ class _Node:
         self.future: cf.Future[Any] | None = None
         self.target = target
         self.hint = ""
+        self.latest: Any = None  # the task's newest cache entry, when a miss looked it up
 
 
 @dataclass
@@ -232,7 +234,7 @@ class Scheduler:
             return ("not cached (cache=False)",)
         if self.cache.mode == "off":
             return ("cache off",)
-        latest = self.cache.latest(node.name)
+        latest = node.latest = self.cache.latest(node.name)
         if latest is None:
             return ("no entry",)
         from taskrun.fingerprint import diff
@@ -573,7 +575,8 @@ class Scheduler:
         except Exception as exc:
             self._warn(f"the product of '{node.name}' cannot be pickled ({exc}); not cached", node)
             return False, False
-        latest = self.cache.latest(node.name)
+        # The newest entry _why() read before the task ran (no second read of the cache).
+        latest = node.latest
         unchanged = latest is not None and latest.product_digest == digest
         meta = EntryMeta(
             fingerprint=node.fp,
