@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import faulthandler
 import functools
 import heapq
@@ -56,8 +57,9 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TextIO
 
 import dask
 import distributed
@@ -767,13 +769,14 @@ def _run_on_worker(
             faulthandler.enable(file=sys.__stderr__ or sys.stderr, all_threads=False)
         _RUNNING[token] = path
     try:
-        data = run_pickled(
-            payload,
-            cwd,
-            capture="fd" if path is not None else "sys",
-            capture_path=path,
-            forget_project_modules=forget,
-        )
+        with _worker_logs_aside() if path is not None else contextlib.nullcontext():
+            data = run_pickled(
+                payload,
+                cwd,
+                capture="fd" if path is not None else "sys",
+                capture_path=path,
+                forget_project_modules=forget,
+            )
     finally:
         if path is not None:
             _RUNNING.pop(token, None)
@@ -781,6 +784,41 @@ def _run_on_worker(
         if claims == "file":
             _unlink(_claim_path(token))  # it ran to the end: it cannot start again
     return ("done", data)
+
+
+_LOG_STREAMS: dict[int, TextIO] = {}  # on a worker: fd -> a stream on a duplicate of it
+
+
+@contextlib.contextmanager
+def _worker_logs_aside() -> Iterator[None]:
+    """Keep the worker's own log lines out of a call's descriptor-level capture.
+
+    Log handlers write to the streams on fds 1 and 2, which point at the capture file while
+    a call runs; for that time they write to duplicates of the real descriptors instead.
+    """
+    moved: list[tuple[logging.StreamHandler[Any], Any]] = []
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    for logger in loggers:
+        for handler in getattr(logger, "handlers", ()):
+            if not isinstance(handler, logging.StreamHandler):
+                continue
+            try:
+                fd = handler.stream.fileno()
+            except (AttributeError, OSError, ValueError):
+                continue
+            if fd not in (1, 2):
+                continue
+            stream = _LOG_STREAMS.get(fd)
+            if stream is None:
+                stream = os.fdopen(os.dup(fd), "w", buffering=1, errors="backslashreplace")
+                _LOG_STREAMS[fd] = stream
+            moved.append((handler, handler.setStream(stream)))
+    try:
+        yield
+    finally:
+        for handler, old in moved:
+            if old is not None:
+                handler.setStream(old)
 
 
 def _claim_file(token: str, me: str) -> str:
