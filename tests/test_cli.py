@@ -202,8 +202,7 @@ def test_force_unknown_task_is_a_usage_error(run_cli: RunCli, proj: Path) -> Non
 def test_quiet_and_verbose(run_cli: RunCli, proj: Path) -> None:
     """-q keeps the summary only; -v adds start lines and cached tasks."""
     quiet = run_cli(proj, "run", "-q")
-    assert quiet.output.strip().splitlines() == [quiet.output.strip().splitlines()[-1]]
-    assert "2 tasks:" in quiet.output
+    assert len(quiet.output.splitlines()) == 1 and "2 tasks:" in quiet.output
     assert run_cli(proj, "run", "-qq").output == ""
     verbose = run_cli(proj, "run", "-v", "--force", "report")
     assert "start    report: forced" in verbose.output
