@@ -30,14 +30,11 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import fcntl
 import io
 import json
 import os
 import pathlib
 import sqlite3
-import struct
-import sys
 import tempfile
 import time
 import warnings
@@ -60,6 +57,7 @@ from taskrun.cache_format import (
     seal,
 )
 from taskrun.errors import CacheError, ConfigError, IntegrityError, UsageError, did_you_mean
+from taskrun.locks import FingerprintLocks, HeldLock, sweep_lock_files
 
 __all__ = [
     "DEFAULT_SIZE_LIMIT",
@@ -308,63 +306,6 @@ def _atomic_write(path: pathlib.Path, data: bytes) -> None:
         raise
 
 
-# struct flock for F_OFD_SETLK(W): l_type, l_whence, l_start, l_len, l_pid (+ padding).
-_FLOCK = struct.Struct("hhqqi4x")
-_OFD = getattr(fcntl, "F_OFD_SETLK", None) is not None and sys.platform == "linux"
-_RANGE_FILE = "fingerprints.lock"
-
-
-def _ofd(fd: int, kind: int, offset: int, *, wait: bool) -> bool:
-    """Set or clear one byte-range open-file-description lock; False if it is taken."""
-    cmd = fcntl.F_OFD_SETLKW if wait else fcntl.F_OFD_SETLK  # type: ignore[attr-defined]
-    try:
-        fcntl.fcntl(fd, cmd, _FLOCK.pack(kind, os.SEEK_SET, offset, 1, 0))
-    except (BlockingIOError, PermissionError):
-        return False
-    return True
-
-
-class HeldLock:
-    """A held per-fingerprint lock; ``release()`` or leaving a ``with`` block frees it."""
-
-    __slots__ = ("_fd", "_held", "_offset", "fingerprint")
-
-    def __init__(
-        self,
-        fingerprint: str,
-        fd: int | None,
-        offset: int | None = None,
-        held: set[int] | None = None,
-    ) -> None:
-        self.fingerprint = fingerprint
-        self._fd = fd
-        self._offset = offset  # set: a byte range of the shared lock file, not our own fd
-        self._held = held  # the owner's set of held ranges (OFD locks do not exclude their owner)
-
-    def release(self) -> None:
-        """Let the next process in (idempotent)."""
-        fd, self._fd = self._fd, None
-        if fd is None:
-            return
-        if self._offset is not None:
-            with contextlib.suppress(OSError):
-                _ofd(fd, fcntl.F_UNLCK, self._offset, wait=False)
-            if self._held is not None:
-                self._held.discard(self._offset)
-        else:
-            os.close(fd)  # closing the descriptor drops the flock
-
-    def __enter__(self) -> HeldLock:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-    def __del__(self) -> None:
-        # A forgotten lock must not outlive its owner object (the kernel would keep it).
-        self.release()
-
-
 class Entry:
     """A verified cache hit. The product is unpickled only by :meth:`load`."""
 
@@ -418,8 +359,7 @@ class Cache:
         self._outcomes: dict[str, bool] = {}  # fingerprint -> hit, for the run's hit rate
         self._dc: diskcache.Cache | None = None
         self._reader: StoreReader | None = None
-        self._range_fd: int | None = None  # the shared byte-range lock file, once opened
-        self._held_ranges: set[int] = set()
+        self._locks: FingerprintLocks | None = None  # opened on the first lock
         if mode == "rw":
             problems = audit_store(self._directory)
             if problems:
@@ -496,9 +436,9 @@ class Cache:
             self._reader.close()
         if self._dc is not None:
             self._dc.close()
-        if self._range_fd is not None:
-            os.close(self._range_fd)  # drops any byte-range lock still held through it
-            self._range_fd = None
+        if self._locks is not None:
+            self._locks.close()  # drops any lock still held through it
+            self._locks = None
 
     def _writable(self, action: str) -> diskcache.Cache:
         if self._dc is None:
@@ -733,52 +673,9 @@ class Cache:
         _check_name(fingerprint, "fingerprint")
         if self._dc is None:
             return HeldLock(fingerprint, None)
-        lockdir = self._directory / "locks"
-        if _OFD:
-            # perf: one byte of one shared file per fingerprint (Linux open-file-description
-            # locks), instead of creating a file per task, which cost more than the rest of
-            # a cold run of no-op tasks. Like flock, the kernel drops them when the holder
-            # dies; unlike classic POSIX locks, they belong to our descriptor, so closing
-            # another descriptor of the file elsewhere in the process does not drop them.
-            if self._range_fd is None:
-                lockdir.mkdir(parents=True, exist_ok=True)
-                self._range_fd = os.open(
-                    lockdir / _RANGE_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666
-                )
-            offset = int(fingerprint[:15], 16)  # 60 bits: collisions are not a concern
-            if offset in self._held_ranges:
-                # Our own descriptor already holds it; the kernel would say yes again.
-                if not blocking:
-                    return None
-                raise UsageError(f"the lock for {fingerprint} is already held by this cache")
-            if not _ofd(self._range_fd, fcntl.F_WRLCK, offset, wait=blocking):
-                return None
-            self._held_ranges.add(offset)
-            return HeldLock(fingerprint, self._range_fd, offset, self._held_ranges)
-        lockdir.mkdir(parents=True, exist_ok=True)
-        path = lockdir / f"{fingerprint}.lock"
-        while True:
-            # Read-only is enough for flock, so another user's lock file in a shared
-            # directory can be locked too; 0o666 leaves the sharing to the umask.
-            fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o666)
-            try:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    os.close(fd)
-                    return None
-                try:
-                    on_disk, mine = os.stat(path), os.fstat(fd)
-                    same = (on_disk.st_dev, on_disk.st_ino) == (mine.st_dev, mine.st_ino)
-                except FileNotFoundError:
-                    same = False
-            except BaseException:
-                os.close(fd)
-                raise
-            if same:
-                return HeldLock(fingerprint, fd)
-            # gc unlinked the file between our open and our lock: lock the current one.
-            os.close(fd)
+        if self._locks is None:
+            self._locks = FingerprintLocks(self._directory / "locks")
+        return self._locks.acquire(fingerprint, blocking=blocking)
 
     def record_run(self, used: Iterable[str], *, hits: int | None = None,
                    misses: int | None = None) -> None:
@@ -909,20 +806,7 @@ class Cache:
                 self._dc.delete(key)
 
     def _sweep_locks(self) -> None:
-        for path in (self._directory / "locks").glob("*.lock"):
-            if path.name == _RANGE_FILE:
-                continue  # shared by every fingerprint; its byte ranges are the locks
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            except OSError:
-                continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                path.unlink()  # while we hold it; _acquire() re-checks the inode after locking
-            except OSError:
-                pass  # held by a live process: leave it
-            finally:
-                os.close(fd)
+        sweep_lock_files(self._directory / "locks")
 
     def clear(self, task: str | None = None) -> int:
         """Remove every entry (or ``task``'s), orphaned blobs too; return how many entries."""

@@ -72,8 +72,10 @@ def _where(ctx: click.Context) -> tuple[Path, Path | None]:
     # nothing may import cli.
     obj = ctx.find_root().obj
     directory = getattr(obj, "directory", None)
-    return (Path(directory) if directory is not None else Path.cwd(),
-            getattr(obj, "task_file", None))
+    return (
+        Path(directory) if directory is not None else Path.cwd(),
+        getattr(obj, "task_file", None),
+    )
 
 
 def _locate(ctx: click.Context, cache_dir: Path | None) -> _Located:
@@ -104,22 +106,32 @@ def _warn(message: str) -> None:
 def _open(where: _Located, mode: str, on_warning: Callable[[str], None] = _warn) -> Any:
     from taskrun.project import open_cache
 
-    return open_cache(where.root or where.directory, where.directory,
-                      size_limit=where.size_limit, mode=mode, on_warning=on_warning)
+    return open_cache(
+        where.root or where.directory,
+        where.directory,
+        size_limit=where.size_limit,
+        mode=mode,
+        on_warning=on_warning,
+    )
 
 
 def _need_rw(where: _Located, action: str) -> None:
     if where.mode != "rw":
-        raise UsageError(f"cannot {action}: the cache mode is '{where.mode}' "
-                         "(TASKRUN_CACHE_MODE or cache-mode); nothing was changed")
+        raise UsageError(
+            f"cannot {action}: the cache mode is '{where.mode}' "
+            "(TASKRUN_CACHE_MODE or cache-mode); nothing was changed"
+        )
 
 
 def _absent(where: _Located, as_json: bool) -> bool:
     """Say so and return True when there is no cache yet (so as not to create one)."""
     if where.directory.is_dir():
         return False
-    _emit(as_json, {"directory": str(where.directory), "exists": False},
-          lambda: [f"no cache at {where.directory}; nothing to do"])
+    _emit(
+        as_json,
+        {"directory": str(where.directory), "exists": False},
+        lambda: [f"no cache at {where.directory}; nothing to do"],
+    )
     return True
 
 
@@ -133,7 +145,9 @@ def _emit(as_json: bool, doc: dict[str, Any], lines: Callable[[], Sequence[str]]
 
 def _cache_dir_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
-        "--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+        "--cache-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
         envvar="TASKRUN_CACHE_DIR",
         help="Cache directory (default: [tool.taskrun] cache-dir, else .taskrun/cache).",
     )(fn)
@@ -167,19 +181,29 @@ def info_cmd(ctx: click.Context, cache_dir: Path | None, as_json: bool) -> None:
             _warn(str(exc))
             last = None
     doc = {
-        "directory": str(info.directory), "mode": where.mode, "signed": info.signed,
-        "entries": info.entries, "blobs": info.blobs, "size": info.size_bytes,
+        "directory": str(info.directory),
+        "mode": where.mode,
+        "signed": info.signed,
+        "entries": info.entries,
+        "blobs": info.blobs,
+        "size": info.size_bytes,
         "limit": info.size_limit,
-        "last_run": None if last is None else {
-            "used": len(last.used), "hits": last.hits, "misses": last.misses,
-            "hit_rate": info.hit_rate, "recorded": last.recorded,
+        "last_run": None
+        if last is None
+        else {
+            "used": len(last.used),
+            "hits": last.hits,
+            "misses": last.misses,
+            "hit_rate": info.hit_rate,
+            "recorded": last.recorded,
         },
     }
 
     def lines() -> list[str]:
         share = info.size_bytes / info.size_limit if info.size_limit else 0.0
-        signing = ("signed (TASKRUN_CACHE_KEY set)" if info.signed
-                   else "unsigned (no TASKRUN_CACHE_KEY)")
+        signing = (
+            "signed (TASKRUN_CACHE_KEY set)" if info.signed else "unsigned (no TASKRUN_CACHE_KEY)"
+        )
         out = [
             f"cache      {info.directory}",
             f"mode       {where.mode}, {signing}",
@@ -191,8 +215,10 @@ def info_cmd(ctx: click.Context, cache_dir: Path | None, as_json: bool) -> None:
         else:
             when = datetime.datetime.fromtimestamp(last.recorded).isoformat(" ", "seconds")
             rate = "n/a" if info.hit_rate is None else f"{info.hit_rate:.0%}"
-            out.append(f"last run   {when}: {last.hits} cached, {last.misses} ran, "
-                       f"hit rate {rate}; used {_n(len(last.used), 'entry')}")
+            out.append(
+                f"last run   {when}: {last.hits} cached, {last.misses} ran, "
+                f"hit rate {rate}; used {_n(len(last.used), 'entry')}"
+            )
         return out
 
     _emit(as_json, doc, lines)
@@ -202,17 +228,34 @@ def info_cmd(ctx: click.Context, cache_dir: Path | None, as_json: bool) -> None:
 
 
 @cache_group.command("gc")
-@click.option("--max-size", metavar="SIZE", default=None,
-              help="Remove the oldest entries until the cache is no larger (e.g. 500MB, 2GiB).")
-@click.option("--max-age", metavar="AGE", default=None,
-              help="Remove entries stored longer ago (e.g. 7d, 12h, 30m, or seconds).")
-@click.option("--keep-last-run", is_flag=True,
-              help="Keep only the entries the last run used (what the next CI job needs).")
+@click.option(
+    "--max-size",
+    metavar="SIZE",
+    default=None,
+    help="Remove the oldest entries until the cache is no larger (e.g. 500MB, 2GiB).",
+)
+@click.option(
+    "--max-age",
+    metavar="AGE",
+    default=None,
+    help="Remove entries stored longer ago (e.g. 7d, 12h, 30m, or seconds).",
+)
+@click.option(
+    "--keep-last-run",
+    is_flag=True,
+    help="Keep only the entries the last run used (what the next CI job needs).",
+)
 @_cache_dir_option
 @_json_option
 @click.pass_context
-def gc_cmd(ctx: click.Context, max_size: str | None, max_age: str | None, keep_last_run: bool,
-           cache_dir: Path | None, as_json: bool) -> None:
+def gc_cmd(
+    ctx: click.Context,
+    max_size: str | None,
+    max_age: str | None,
+    keep_last_run: bool,
+    cache_dir: Path | None,
+    as_json: bool,
+) -> None:
     """Remove old or unused entries, orphaned output blobs and stale lock files."""
     from taskrun.config import parse_size
 
@@ -228,13 +271,23 @@ def gc_cmd(ctx: click.Context, max_size: str | None, max_age: str | None, keep_l
     with _open(where, "rw") as cache:
         report = cache.gc(max_size=size, max_age=age, keep_last_run=keep_last_run)
         info = cache.info()
-    doc = {"removed": list(report.removed), "removed_blobs": report.removed_blobs,
-           "kept": report.kept, "freed": report.freed_bytes, "size": info.size_bytes}
-    _emit(as_json, doc, lambda: [
-        f"removed {_n(len(report.removed), 'entry')} and "
-        f"{_n(report.removed_blobs, 'output blob')}; "
-        f"kept {_n(report.kept, 'entry')} ({_human(info.size_bytes)}); "
-        f"freed {_human(report.freed_bytes)}"])
+    doc = {
+        "removed": list(report.removed),
+        "removed_blobs": report.removed_blobs,
+        "kept": report.kept,
+        "freed": report.freed_bytes,
+        "size": info.size_bytes,
+    }
+    _emit(
+        as_json,
+        doc,
+        lambda: [
+            f"removed {_n(len(report.removed), 'entry')} and "
+            f"{_n(report.removed_blobs, 'output blob')}; "
+            f"kept {_n(report.kept, 'entry')} ({_human(info.size_bytes)}); "
+            f"freed {_human(report.freed_bytes)}"
+        ],
+    )
 
 
 @cache_group.command("clear")
@@ -242,8 +295,7 @@ def gc_cmd(ctx: click.Context, max_size: str | None, max_age: str | None, keep_l
 @_cache_dir_option
 @_json_option
 @click.pass_context
-def clear_cmd(ctx: click.Context, task: str | None, cache_dir: Path | None,
-              as_json: bool) -> None:
+def clear_cmd(ctx: click.Context, task: str | None, cache_dir: Path | None, as_json: bool) -> None:
     """Remove every entry, or only TASK's."""
     where = _locate(ctx, cache_dir)
     _need_rw(where, "clear the cache")
@@ -285,15 +337,17 @@ def verify_cmd(ctx: click.Context, cache_dir: Path | None, as_json: bool) -> Non
     with _open(where, mode, on_warning=problems.append) as cache:
         report = cache.verify()
         signed = cache.signed
-    doc = {"entries": report.entries, "blobs": report.blobs, "signed": signed,
-           "problems": [{"kind": p.kind, "name": p.name, "reason": p.reason}
-                        for p in report.problems],
-           "removed": report.removed}
+    doc = {
+        "entries": report.entries,
+        "blobs": report.blobs,
+        "signed": signed,
+        "problems": [{"kind": p.kind, "name": p.name, "reason": p.reason} for p in report.problems],
+        "removed": report.removed,
+    }
 
     def lines() -> list[str]:
         checks = "digests and signatures" if signed else "digests; no TASKRUN_CACHE_KEY"
-        head = (f"checked {_n(report.entries, 'entry')} and {_n(report.blobs, 'blob')} "
-                f"({checks})")
+        head = f"checked {_n(report.entries, 'entry')} and {_n(report.blobs, 'blob')} ({checks})"
         if report.ok:
             return [f"{head}: all good"]
         out = [f"bad {p.kind:<5} {p.name}: {p.reason}" for p in report.problems]
@@ -311,13 +365,25 @@ def verify_cmd(ctx: click.Context, cache_dir: Path | None, as_json: bool) -> Non
 @cache_group.command("export")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("targets", nargs=-1)
-@click.option("-o", "--option", "assignments", multiple=True, metavar="[TASK.]OPTION=VALUE",
-              help="Option values for TARGETS, as for `taskrun run`.")
+@click.option(
+    "-o",
+    "--option",
+    "assignments",
+    multiple=True,
+    metavar="[TASK.]OPTION=VALUE",
+    help="Option values for TARGETS, as for `taskrun run`.",
+)
 @_cache_dir_option
 @_json_option
 @click.pass_context
-def export_cmd(ctx: click.Context, file: Path, targets: tuple[str, ...],
-               assignments: tuple[str, ...], cache_dir: Path | None, as_json: bool) -> None:
+def export_cmd(
+    ctx: click.Context,
+    file: Path,
+    targets: tuple[str, ...],
+    assignments: tuple[str, ...],
+    cache_dir: Path | None,
+    as_json: bool,
+) -> None:
     """Write the entries a run needs, with their output files, to FILE (a .tar.gz).
 
     With TARGETS: the cached entries of those targets and everything they need (as
@@ -340,23 +406,31 @@ def export_cmd(ctx: click.Context, file: Path, targets: tuple[str, ...],
                 else:
                     not_cached.append((item.task, "; ".join(item.reasons)))
         report = export_archive(cache, path, fingerprints)
-    doc = {"file": str(report.path), "entries": list(report.entries), "blobs": len(report.blobs),
-           "size": report.size, "not_cached": [{"task": t, "reason": r} for t, r in not_cached],
-           "skipped": [{"fingerprint": f, "reason": r} for f, r in report.skipped]}
+    doc = {
+        "file": str(report.path),
+        "entries": list(report.entries),
+        "blobs": len(report.blobs),
+        "size": report.size,
+        "not_cached": [{"task": t, "reason": r} for t, r in not_cached],
+        "skipped": [{"fingerprint": f, "reason": r} for f, r in report.skipped],
+    }
 
     def lines() -> list[str]:
         out = [f"not cached {task}: would run ({why})" for task, why in not_cached]
         out += [f"skipped  {fp}: {why}" for fp, why in report.skipped]
-        out.append(f"exported {_n(len(report.entries), 'entry')} and "
-                   f"{_n(len(report.blobs), 'output blob')} to {report.path} "
-                   f"({_human(report.size)})")
+        out.append(
+            f"exported {_n(len(report.entries), 'entry')} and "
+            f"{_n(len(report.blobs), 'output blob')} to {report.path} "
+            f"({_human(report.size)})"
+        )
         return out
 
     _emit(as_json, doc, lines)
 
 
-def _plan(ctx: click.Context, cache: Any, targets: Sequence[str],
-          assignments: Sequence[str]) -> list[Any]:
+def _plan(
+    ctx: click.Context, cache: Any, targets: Sequence[str], assignments: Sequence[str]
+) -> list[Any]:
     """A dry run of TARGETS against ``cache``: Planned events with their fingerprints."""
     from taskrun.project import Project, runtime_of
     from taskrun.scheduler import Scheduler
@@ -366,7 +440,9 @@ def _plan(ctx: click.Context, cache: Any, targets: Sequence[str],
     plain = [t for t in targets if "=" not in t]
     inline = [t for t in targets if "=" in t]
     invocation = project.invoke(plain, [*assignments, *inline])
-    scheduler = Scheduler(invocation, cache=cache, runtime=runtime_of(project.settings.runtime, project.root))
+    scheduler = Scheduler(
+        invocation, cache=cache, runtime=runtime_of(project.settings.runtime, project.root)
+    )
     return scheduler.plan()
 
 
@@ -389,21 +465,28 @@ def import_cmd(ctx: click.Context, file: Path, cache_dir: Path | None, as_json: 
     path = file if file.is_absolute() else base / file
     with _open(where, "rw") as cache:
         report = import_archive(cache, path)
-    doc = {"file": str(report.path), "ok": report.ok,
-           "taken": [{"fingerprint": fp, "task": report.tasks.get(fp, "")} for fp in report.taken],
-           "present": list(report.present), "blobs": report.blobs,
-           "refused": [{"member": m, "reason": r} for m, r in report.refused]}
+    doc = {
+        "file": str(report.path),
+        "ok": report.ok,
+        "taken": [{"fingerprint": fp, "task": report.tasks.get(fp, "")} for fp in report.taken],
+        "present": list(report.present),
+        "blobs": report.blobs,
+        "refused": [{"member": m, "reason": r} for m, r in report.refused],
+    }
 
     def lines() -> list[str]:
         if not report.ok:
             return [f"refused  {member}: {reason}" for member, reason in report.refused]
         out = [f"took     {report.tasks.get(fp, '?')} {fp}" for fp in report.taken]
-        out.append(f"imported {_n(len(report.taken), 'entry')} and "
-                   f"{_n(report.blobs, 'output blob')} from {report.path.name}; "
-                   f"{len(report.present)} already present")
+        out.append(
+            f"imported {_n(len(report.taken), 'entry')} and "
+            f"{_n(report.blobs, 'output blob')} from {report.path.name}; "
+            f"{len(report.present)} already present"
+        )
         return out
 
     _emit(as_json, doc, lines)
     if not report.ok:
-        raise CacheError(f"refused {report.path}: {len(report.refused)} problem(s); "
-                         "nothing was imported")
+        raise CacheError(
+            f"refused {report.path}: {len(report.refused)} problem(s); nothing was imported"
+        )

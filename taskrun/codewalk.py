@@ -126,7 +126,7 @@ def _source(code: types.CodeType) -> str:
         raise OSError("no fast source")
     last = code.co_firstlineno
     for c in _code_objects(code):
-        for _, end, _, _ in c.co_positions():
+        for _, end, _, _ in c.co_positions():  # type: ignore[attr-defined]
             if end is not None and end > last:
                 last = end
     return textwrap.dedent("".join(lines[code.co_firstlineno - 1 : last]))

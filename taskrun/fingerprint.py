@@ -404,7 +404,7 @@ class _Encoder:
             self.dtype(v.dtype)
             self.enc(tuple(int(n) for n in v.shape))
             flat = np.ascontiguousarray(v).reshape(-1).view(np.uint8)
-            self.blob(_T_BYTES, memoryview(flat), flat.nbytes)
+            self.blob(_T_BYTES, memoryview(flat), flat.nbytes)  # type: ignore[arg-type]
         elif isinstance(v, np.generic):
             self.out += _NPSCALAR
             self.dtype(v.dtype)

@@ -182,7 +182,7 @@ def _signature(fn: Callable[..., Any]) -> Any:
     for i, name in enumerate(names):
         if i < n_pos:
             default = defaults[i - first_default] if i >= first_default else _Param.empty
-            kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+            kind: inspect._ParameterKind = inspect.Parameter.POSITIONAL_OR_KEYWORD
         else:
             default = kwdefaults.get(name, _Param.empty)
             kind = inspect.Parameter.KEYWORD_ONLY

@@ -98,9 +98,29 @@ class _Node:
     """Mutable bookkeeping for one task during one run (driver thread only)."""
 
     __slots__ = (
-        "spec", "name", "deps", "dependents", "state", "fp", "inputs", "described",
-        "digest", "value", "has_value", "entry", "consumers", "lock", "attempt",
-        "reasons", "started", "duration", "error", "forced", "future", "target", "hint",
+        "spec",
+        "name",
+        "deps",
+        "dependents",
+        "state",
+        "fp",
+        "inputs",
+        "described",
+        "digest",
+        "value",
+        "has_value",
+        "entry",
+        "consumers",
+        "lock",
+        "attempt",
+        "reasons",
+        "started",
+        "duration",
+        "error",
+        "forced",
+        "future",
+        "target",
+        "hint",
         "latest",
     )
 
@@ -255,11 +275,16 @@ class Scheduler:
         for item, node in self._walk(unknown="(will run)"):
             latest = self.cache.latest(node.name) if self.cache.mode != "off" else None
             changes = tuple(diff(latest.components, self._described(node))) if latest else ()
-            out.append(ExplainItem(
-                task=node.name, action=item.action, fingerprint=item.fingerprint,
-                reasons=item.reasons, changes=changes,
-                latest=latest.fingerprint if latest else None,
-            ))
+            out.append(
+                ExplainItem(
+                    task=node.name,
+                    action=item.action,
+                    fingerprint=item.fingerprint,
+                    reasons=item.reasons,
+                    changes=changes,
+                    latest=latest.fingerprint if latest else None,
+                )
+            )
         return out
 
     def _walk(self, unknown: str | None = None) -> Iterator[tuple[ev.Planned, _Node]]:
@@ -287,10 +312,14 @@ class Scheduler:
     def run(self) -> RunResult:
         """Run every planned task; return the result (failures are in it, not raised)."""
         start = time.perf_counter()
-        self.on_event(ev.RunStarted(
-            tasks=tuple(self._nodes), targets=self.invocation.targets,
-            jobs=self.executor.jobs, executor=self.executor.name,
-        ))
+        self.on_event(
+            ev.RunStarted(
+                tasks=tuple(self._nodes),
+                targets=self.invocation.targets,
+                jobs=self.executor.jobs,
+                executor=self.executor.name,
+            )
+        )
         running, parked = self._running, self._parked
         self._pending = list(self._nodes.values())
         try:
@@ -300,7 +329,8 @@ class Scheduler:
                 if not running and not parked:
                     break
                 done, _ = cf.wait(
-                    list(running), timeout=_POLL if parked else 0.5,
+                    list(running),
+                    timeout=_POLL if parked else 0.5,
                     return_when=cf.FIRST_COMPLETED,
                 )
                 for future in done:
@@ -383,10 +413,14 @@ class Scheduler:
             try:
                 report = restore_outputs(
                     [(o.path, o.digest, o.mode) for o in entry.meta.outputs],
-                    self.root, self.cache.get_blob, stat_cache=self.stat_cache,
+                    self.root,
+                    self.cache.get_blob,
+                    stat_cache=self.stat_cache,
                 )
             except TaskrunError as exc:
-                self._warn(f"cached outputs of '{node.name}' cannot be restored ({exc}); rerunning", node)
+                self._warn(
+                    f"cached outputs of '{node.name}' cannot be restored ({exc}); rerunning", node
+                )
                 return False
             restored = getattr(report, "restored", 0)
         node.entry = entry
@@ -455,7 +489,9 @@ class Scheduler:
             try:
                 node.value = node.entry.load()
             except Exception as exc:
-                raise _UpstreamReload(node, f"its cached product could not be loaded ({exc})") from None
+                raise _UpstreamReload(
+                    node, f"its cached product could not be loaded ({exc})"
+                ) from None
             node.has_value = True
         return node.value
 
@@ -481,8 +517,12 @@ class Scheduler:
         node.started = time.perf_counter()
         self.on_event(ev.TaskStarted(node.name, node.reasons, node.attempt))
         call = Call(
-            task=node.name, fn=node.spec.fn, kwargs=kwargs, cwd=str(self.root),
-            timeout=node.spec.timeout, attempt=node.attempt,
+            task=node.name,
+            fn=node.spec.fn,
+            kwargs=kwargs,
+            cwd=str(self.root),
+            timeout=node.spec.timeout,
+            attempt=node.attempt,
         )
         self._calls[node.name] = call
         node.future = self.executor.submit(call)
@@ -499,7 +539,9 @@ class Scheduler:
                 self._record(node, outcome)
                 return False
             except TaskrunError as exc:
-                outcome = _Failure(error=exc.message, output=outcome.output, duration=outcome.duration)
+                outcome = _Failure(
+                    error=exc.message, output=outcome.output, duration=outcome.duration
+                )
         if node.attempt <= node.spec.retries:
             node.attempt += 1
             self.on_event(ev.TaskRetrying(node.name, node.attempt, outcome.error))
@@ -509,11 +551,16 @@ class Scheduler:
         node.state = "failed"
         node.error = outcome.error
         node.duration = outcome.duration
-        self.on_event(ev.TaskFailedEvent(
-            node.name, error=outcome.error, traceback=getattr(outcome, "traceback", ""),
-            output=outcome.output, duration=outcome.duration,
-            timed_out=getattr(outcome, "timed_out", False),
-        ))
+        self.on_event(
+            ev.TaskFailedEvent(
+                node.name,
+                error=outcome.error,
+                traceback=getattr(outcome, "traceback", ""),
+                output=outcome.output,
+                duration=outcome.duration,
+                timed_out=getattr(outcome, "timed_out", False),
+            )
+        )
         return True
 
     def _record(self, node: _Node, outcome: Any) -> None:
@@ -526,8 +573,9 @@ class Scheduler:
             value = spec.product.check(outcome.value, root=self.root)
         except TypeCheckError as exc:
             raise ProductTypeError(
-                spec.name, f"its product fails its type {spec.product.name}: {exc.message};"
-                f" fix the task or its return annotation ({spec.where})"
+                spec.name,
+                f"its product fails its type {spec.product.name}: {exc.message};"
+                f" fix the task or its return annotation ({spec.where})",
             ) from None
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -545,10 +593,16 @@ class Scheduler:
             node.value, node.has_value = None, False
         node.state = "ran"
         node.duration = outcome.duration
-        self.on_event(ev.TaskRan(
-            node.name, duration=outcome.duration, reasons=node.reasons, output=outcome.output,
-            stored=stored, unchanged=unchanged,
-        ))
+        self.on_event(
+            ev.TaskRan(
+                node.name,
+                duration=outcome.duration,
+                reasons=node.reasons,
+                output=outcome.output,
+                stored=stored,
+                unchanged=unchanged,
+            )
+        )
 
     def _capture(self, node: _Node, value: Any) -> list[Any]:
         extra = list(_paths_in(value))
@@ -608,9 +662,11 @@ class Scheduler:
         failed = [n.name for n in self._nodes.values() if n.state == "failed"]
         for node in self._nodes.values():
             if node.state in ("pending", "parked"):
-                why = f"stopped after '{failed[0]}' failed (use --keep-going to go on)" if (
-                    stopping and failed
-                ) else "upstream did not complete"
+                why = (
+                    f"stopped after '{failed[0]}' failed (use --keep-going to go on)"
+                    if (stopping and failed)
+                    else "upstream did not complete"
+                )
                 self._skip(node, why)
 
     def _close(self) -> None:
@@ -629,10 +685,16 @@ class Scheduler:
 
     def _result(self, elapsed: float) -> RunResult:
         nodes = self._nodes.values()
-        count = {s: sum(1 for n in nodes if n.state == s) for s in ("cached", "ran", "failed", "skipped")}
+        count = {
+            s: sum(1 for n in nodes if n.state == s) for s in ("cached", "ran", "failed", "skipped")
+        }
         summary = ev.RunFinished(
-            total=len(self._nodes), cached=count["cached"], ran=count["ran"],
-            failed=count["failed"], skipped=count["skipped"], elapsed=elapsed,
+            total=len(self._nodes),
+            cached=count["cached"],
+            ran=count["ran"],
+            failed=count["failed"],
+            skipped=count["skipped"],
+            elapsed=elapsed,
             saved=sum(n.duration for n in nodes if n.state == "cached"),
             failures=tuple(n.name for n in nodes if n.state == "failed"),
         )

@@ -1,0 +1,164 @@
+"""Per-fingerprint locks: two taskrun processes never compute the same fingerprint at once.
+
+The scheduler takes a fingerprint's lock before it computes a miss and releases it after
+the entry is stored; a second process that finds the lock taken waits (or parks the task)
+and then, normally, hits. The kernel drops a lock when its holder dies, so a killed
+process never blocks the next run.
+
+On Linux a lock is one byte of one shared file, ``locks/fingerprints.lock``, at an offset
+taken from the fingerprint, held with an *open-file-description* lock (``F_OFD_SETLK``).
+perf: creating a lock file per task cost more than the rest of a cold run of no-op tasks.
+Unlike classic POSIX record locks, OFD locks belong to our descriptor, so closing another
+descriptor of the file elsewhere in the process does not drop them; like them, they do
+not exclude their own owner, so the held ranges are also tracked here. Elsewhere, each
+fingerprint gets a ``locks/<fingerprint>.lock`` file and ``flock``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import pathlib
+import struct
+import sys
+
+from taskrun.errors import UsageError
+
+__all__ = ["FingerprintLocks", "HeldLock", "sweep_lock_files"]
+
+# struct flock for F_OFD_SETLK(W): l_type, l_whence, l_start, l_len, l_pid (+ padding).
+_FLOCK = struct.Struct("hhqqi4x")
+_OFD = getattr(fcntl, "F_OFD_SETLK", None) is not None and sys.platform == "linux"
+_RANGE_FILE = "fingerprints.lock"
+
+
+def _ofd(fd: int, kind: int, offset: int, *, wait: bool) -> bool:
+    """Set or clear one byte-range open-file-description lock; False if it is taken."""
+    cmd = fcntl.F_OFD_SETLKW if wait else fcntl.F_OFD_SETLK  # type: ignore[attr-defined]
+    try:
+        fcntl.fcntl(fd, cmd, _FLOCK.pack(kind, os.SEEK_SET, offset, 1, 0))
+    except (BlockingIOError, PermissionError):
+        return False
+    return True
+
+
+class HeldLock:
+    """A held per-fingerprint lock; ``release()`` or leaving a ``with`` block frees it."""
+
+    __slots__ = ("_fd", "_held", "_offset", "fingerprint")
+
+    def __init__(
+        self,
+        fingerprint: str,
+        fd: int | None,
+        offset: int | None = None,
+        held: set[int] | None = None,
+    ) -> None:
+        self.fingerprint = fingerprint
+        self._fd = fd
+        self._offset = offset  # set: a byte range of the shared lock file, not our own fd
+        self._held = held  # the owner's set of held ranges (OFD locks do not exclude their owner)
+
+    def release(self) -> None:
+        """Let the next process in (idempotent)."""
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        if self._offset is not None:
+            with contextlib.suppress(OSError):
+                _ofd(fd, fcntl.F_UNLCK, self._offset, wait=False)
+            if self._held is not None:
+                self._held.discard(self._offset)
+        else:
+            os.close(fd)  # closing the descriptor drops the flock
+
+    def __enter__(self) -> HeldLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def __del__(self) -> None:
+        # A forgotten lock must not outlive its owner object (the kernel would keep it).
+        self.release()
+
+
+class FingerprintLocks:
+    """The lock directory of one cache, as seen by one opener."""
+
+    def __init__(self, directory: pathlib.Path) -> None:
+        self.directory = directory
+        self._range_fd: int | None = None  # the shared byte-range lock file, once opened
+        self._held: set[int] = set()
+
+    def acquire(self, fingerprint: str, *, blocking: bool) -> HeldLock | None:
+        """The fingerprint's lock, or None if it is taken and ``blocking`` is False."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if _OFD:
+            if self._range_fd is None:
+                # 0o666: sharing a cache directory between users is left to the umask.
+                self._range_fd = os.open(
+                    self.directory / _RANGE_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666
+                )
+            offset = int(fingerprint[:15], 16)  # 60 bits: collisions are not a concern
+            if offset in self._held:
+                # Our own descriptor already holds it; the kernel would say yes again.
+                if not blocking:
+                    return None
+                raise UsageError(f"the lock for {fingerprint} is already held by this cache")
+            if not _ofd(self._range_fd, fcntl.F_WRLCK, offset, wait=blocking):
+                return None
+            self._held.add(offset)
+            return HeldLock(fingerprint, self._range_fd, offset, self._held)
+        return self._flock(fingerprint, blocking)
+
+    def _flock(self, fingerprint: str, blocking: bool) -> HeldLock | None:
+        path = self.directory / f"{fingerprint}.lock"
+        while True:
+            # Read-only is enough for flock, so another user's lock file in a shared
+            # directory can be locked too; 0o666 leaves the sharing to the umask.
+            fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o666)
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    return None
+                try:
+                    on_disk, mine = os.stat(path), os.fstat(fd)
+                    same = (on_disk.st_dev, on_disk.st_ino) == (mine.st_dev, mine.st_ino)
+                except FileNotFoundError:
+                    same = False
+            except BaseException:
+                os.close(fd)
+                raise
+            if same:
+                return HeldLock(fingerprint, fd)
+            # gc unlinked the file between our open and our lock: lock the current one.
+            os.close(fd)
+
+    def close(self) -> None:
+        """Close the shared descriptor (dropping any byte-range lock still held by it)."""
+        if self._range_fd is not None:
+            os.close(self._range_fd)
+            self._range_fd = None
+            self._held.clear()
+
+
+def sweep_lock_files(directory: pathlib.Path) -> None:
+    """Delete per-fingerprint lock files that nobody holds (gc)."""
+    for path in directory.glob("*.lock"):
+        if path.name == _RANGE_FILE:
+            continue  # shared by every fingerprint; its byte ranges are the locks
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            path.unlink()  # while we hold it; acquire() re-checks the inode after locking
+        except OSError:
+            pass  # held by a live process: leave it
+        finally:
+            os.close(fd)
