@@ -146,7 +146,7 @@ class ProductTypeError(TaskFailed):
 
 
 class ShellError(TaskrunError):
-    """A command run with ``sh(..., check=True)`` failed; the message ends with its output's tail."""
+    """A command run with ``sh(..., check=True)`` failed; the message ends with its tail."""
 
     exit_code = 1
 
