@@ -35,9 +35,10 @@ claim is an entry on the scheduler, made with one round trip per call.
 Threading: Dask resolves its futures in its own threads. The client's event loop delivers
 start announcements (workers publish one on the ``taskrun-started`` topic when a call
 starts: timeouts count from there, not from submission, because calls can wait in Dask's
-queue); Dask's callback thread fetches results and resolves ours; a watchdog thread
-(started with the first deadline) enforces timeouts. Shared state is guarded by one lock,
-and no call into the client is made while holding it.
+queue); Dask's callback thread hands finished futures to a collector thread of ours,
+which fetches their results and resolves our futures; a watchdog thread (started with the
+first deadline) enforces timeouts. Shared state is guarded by one lock, and no call into
+the client is made while holding it.
 """
 
 from __future__ import annotations
@@ -147,6 +148,9 @@ class DaskExecutor(Executor):
         self._deadlines: list[tuple[float, int, _Job]] = []
         self._seq = itertools.count()
         self._watchdog: threading.Thread | None = None
+        self._done: list[tuple[_Job, Any]] = []  # finished Dask futures, for the collector
+        self._has_done = threading.Condition(self._lock)
+        self._collector: threading.Thread | None = None
         self._closed = False
         self._lost: str | None = None  # the message, once the scheduler connection is lost
         self._quiet = False
@@ -239,8 +243,12 @@ class DaskExecutor(Executor):
                 self._closed = True
                 jobs = self._take_unsettled_locked()
                 self._timers.notify_all()
+                self._has_done.notify_all()
+                collector = self._collector
             # Kill hung tasks first: a worker stuck in a task would hold up closing the cluster.
             self._stop(jobs, "cancel")
+            if collector is not None:
+                collector.join(timeout=self.connect_timeout)  # results that arrived: resolved
             client, cluster = self._client, self._cluster
             try:
                 if client is not None:
@@ -396,19 +404,54 @@ class DaskExecutor(Executor):
                 self._timers.notify()
 
     def _finished(self, job: _Job, dask_future: Any) -> None:
-        """The Dask future is done (in Dask's callback thread): resolve ours."""
+        """The Dask future is done (in Dask's callback thread): hand it to the collector."""
         with self._lock:
-            mine, job.settled = not job.settled, True
+            if job.settled:  # timed out or cancelled meanwhile: resolved already
+                job.dask_future = job.scattered = None
+                return
+            job.settled = True
             self._jobs.pop(job.key, None)
-        if mine:
-            outcome = self._outcome(job, dask_future)
-            settle(job.future, outcome)
-        job.dask_future = job.scattered = None  # let Dask forget the result
+            self._done.append((job, dask_future))
+            if self._collector is None:
+                self._collector = threading.Thread(
+                    target=self._collect, name="taskrun-dask-collector", daemon=True
+                )
+                self._collector.start()
+            self._has_done.notify()
 
-    def _outcome(self, job: _Job, dask_future: Any) -> Outcome:
+    def _collect(self) -> None:
+        """The collector thread: fetch the results of finished calls, resolve their futures.
+
+        Not in Dask's callback thread: it is one thread shared by every future in this
+        process, and fetching a result blocks (results live on the workers).
+        perf: one gather() per batch of calls that finished meanwhile, one round trip for
+        all of them, rather than one per call (on a LocalCluster the difference is lost in
+        the noise; it matters where a round trip to the workers is long).
+        """
+        while True:
+            with self._lock:
+                while not self._done and not self._closed:
+                    self._has_done.wait()
+                if not self._done:
+                    return
+                batch, self._done = self._done, []
+            values: dict[str, Any] = {}
+            finished = [(job, f) for job, f in batch if f.status == "finished"]
+            client = self._client
+            if len(finished) > 1 and client is not None:
+                try:
+                    results = client.gather([f for _, f in finished])
+                    values = {job.key: r for (job, _), r in zip(finished, results, strict=True)}
+                except Exception:  # noqa: BLE001, S110 - each is fetched on its own below
+                    pass
+            for job, dask_future in batch:
+                settle(job.future, self._outcome(job, dask_future, values.get(job.key)))
+                job.dask_future = job.scattered = None  # let Dask forget the result
+
+    def _outcome(self, job: _Job, dask_future: Any, value: Any = None) -> Outcome:
         call = job.call
         try:
-            kind, data = dask_future.result()
+            kind, data = value if value is not None else dask_future.result()
         except distributed.KilledWorker as exc:
             worker = getattr(exc.last_worker, "address", "") or job.worker
             return Outcome(
