@@ -351,7 +351,8 @@ class Cache:
                              f"not {size_limit!r}")
         if key is not None and not key:
             raise UsageError("the cache signing key is empty; unset it or give a real key")
-        self._directory = pathlib.Path(directory)
+        # absolute: the read-only SQLite connection opens it by file: URI
+        self._directory = pathlib.Path(directory).absolute()
         self._size_limit = size_limit
         self._key = key
         self._mode: CacheMode = mode

@@ -50,6 +50,9 @@ class SourceMemo:
         self.path = path
         self.items: dict[str, list[Any]] = {}
         self.dirty = False
+        # Files whose linecache entry was checked against the disk (once per memo: a memo
+        # lives for one run, and a long-lived process may have edited and reloaded a file).
+        self.checked: set[str] = set()
         if path is not None:
             try:
                 data = json.loads(path.read_bytes())
@@ -103,14 +106,15 @@ def code_parts(
     have no canonical form (such constants are not tracked).
     """
     target = inspect.unwrap(fn)
-    walker = _CodeWalker(
-        root, getattr(target, "__module__", "") or "", digest, memo or _PROCESS_MEMO
-    )
+    if memo is None:
+        memo = _PROCESS_MEMO
+        memo.checked.clear()  # no run to scope it to: look at the files again every time
+    walker = _CodeWalker(root, getattr(target, "__module__", "") or "", digest, memo)
     walker.function(target, target.__qualname__, top=True)
     return dict(walker.parts)
 
 
-def _source(code: types.CodeType) -> str:
+def _source(code: types.CodeType, checked: set[str]) -> str:
     """The source lines of a code object, cheaply: first line to the last one it spans.
 
     perf: ``inspect.getsource`` tokenizes the file from the function on, which costs more
@@ -121,6 +125,9 @@ def _source(code: types.CodeType) -> str:
     that does not parse falls back to ``inspect.getsource``.
     """
     positions = getattr(code, "co_positions", None)
+    if code.co_filename not in checked:
+        linecache.checkcache(code.co_filename)
+        checked.add(code.co_filename)
     lines = linecache.getlines(code.co_filename)
     if positions is None or not lines:
         raise OSError("no fast source")
@@ -371,7 +378,7 @@ class _CodeWalker:
         """(digest, names, attribute chains) of a function's normalized source, memoized."""
         texts = []
         with contextlib.suppress(OSError):
-            texts.append(_source(code))
+            texts.append(_source(code, self.memo.checked))
         for text in texts:
             key = xxhash.xxh3_128_hexdigest(f"{int(top)}:{text}".encode())
             hit = self.memo.get(key)

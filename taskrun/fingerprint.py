@@ -602,6 +602,8 @@ class FingerprintInputs:
     inputs: Mapping[str, str]  # relative posix path -> content digest
     env: Mapping[str, str | None]  # declared variable -> value, None when unset
     runtime: Mapping[str, str]
+    # The declared output globs: a new output must reach the cache even if no code changed.
+    outputs: tuple[str, ...] = ()
 
 
 def _option_digests(inputs: FingerprintInputs, hash_path: HashPath | None) -> dict[str, str]:
@@ -620,19 +622,20 @@ def task_fingerprint(inputs: FingerprintInputs, *, hash_path: HashPath | None = 
     """Return the task's fingerprint: xxh3-128 of the canonical encoding of its inputs."""
     # Options enter as their value digests (the same ones describe() shows), so the
     # fingerprint changes exactly when some part that diff() compares changes.
-    return value_digest(
-        (
-            "taskrun.task",
-            SCHEME_VERSION,
-            inputs.task,
-            inputs.code,
-            _option_digests(inputs, hash_path),
-            dict(inputs.upstream),
-            dict(inputs.inputs),
-            dict(inputs.env),
-            dict(inputs.runtime),
-        )
+    parts: tuple[Any, ...] = (
+        "taskrun.task",
+        SCHEME_VERSION,
+        inputs.task,
+        inputs.code,
+        _option_digests(inputs, hash_path),
+        dict(inputs.upstream),
+        dict(inputs.inputs),
+        dict(inputs.env),
+        dict(inputs.runtime),
     )
+    if inputs.outputs:  # appended only when declared: other tasks' fingerprints stay as they were
+        parts += (("outputs", inputs.outputs),)
+    return value_digest(parts)
 
 
 def describe(inputs: FingerprintInputs, *, hash_path: HashPath | None = None) -> dict[str, Any]:
@@ -647,8 +650,11 @@ def describe(inputs: FingerprintInputs, *, hash_path: HashPath | None = None) ->
         "task": inputs.task,
         "code": inputs.code,
         "code_parts": dict(inputs.code_parts),
+        # The task function's part name: cached components come back as JSON objects
+        # whose key order is not to be relied on.
+        "function": next(iter(inputs.code_parts), None),
         "options": {
-            name: {"repr": repr(value), "digest": digests[name]}
+            name: {"repr": _shown(value), "digest": digests[name]}
             for name, value in inputs.options.items()
         },
         "upstream": dict(inputs.upstream),
@@ -658,7 +664,17 @@ def describe(inputs: FingerprintInputs, *, hash_path: HashPath | None = None) ->
             for name, value in inputs.env.items()
         },
         "runtime": dict(inputs.runtime),
+        "outputs": list(inputs.outputs),
     }
+
+
+def _shown(value: Any) -> str:
+    """How an option value reads in a reason: ``'md'``, ``3``, ``Level.DEBUG``, ``'a.txt'``."""
+    if isinstance(value, enum.Enum):
+        return f"{type(value).__name__}.{value.name}"
+    if isinstance(value, pathlib.PurePath):
+        return repr(value.as_posix())
+    return repr(value)
 
 
 _CATEGORY_TEXT = {
@@ -701,7 +717,11 @@ class Change:
         if kind == "helper":
             return f"code of helper '{name}' changed"
         if kind == "option":
+            if self.old == self.new:  # same path, other content
+                return f"option '{name}' changed: the content of {self.new} changed"
             return f"option '{name}' changed: {self.old} -> {self.new}"
+        if kind == "outputs":
+            return f"declared outputs changed: {self.old} -> {self.new}"
         if kind == "runtime":
             return f"runtime '{name}' changed: {self.old!r} -> {self.new!r}"
         category, _, action = kind.partition("-")
@@ -755,15 +775,20 @@ def diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Change]:
         ("runtime", "runtime"),
     ):
         changes += _diff_mapping(kind, old.get(field, {}), new.get(field, {}), _same)
+    if old.get("outputs", []) != new.get("outputs", []):
+        changes.append(Change("outputs", "", old.get("outputs", []), new.get("outputs", [])))
     return changes
 
 
 def _diff_code(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Change]:
     old_code, new_code = str(old.get("code", "")), str(new.get("code", ""))
     old_parts, new_parts = old.get("code_parts") or {}, new.get("code_parts") or {}
-    # The task function is the first part (see CodeFingerprint); it may have been renamed.
-    functions = {next(iter(old_parts), None), next(iter(new_parts), None)} - {None}
-    function = next(iter(new_parts), None) or next(iter(old_parts), None) or new.get("task")
+    # The task function is named by describe() (it may have been renamed); components
+    # recorded before that field existed fall back to the first part.
+    old_fn = old.get("function", next(iter(old_parts), None))
+    new_fn = new.get("function", next(iter(new_parts), None))
+    functions = {old_fn, new_fn} - {None}
+    function = new_fn or old_fn or new.get("task")
     if (
         old_code.startswith("version:")
         or new_code.startswith("version:")

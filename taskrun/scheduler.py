@@ -227,6 +227,7 @@ class Scheduler:
             inputs=files,
             env={name: os.environ.get(name) for name in spec.env},
             runtime=dict(self.runtime),
+            outputs=spec.outputs,
         )
 
     def _fingerprint(self, node: _Node, upstream: Mapping[str, str]) -> None:

@@ -66,6 +66,17 @@ class TaskType:
         """Check a value against this type (``PositiveInt(3) == 3``)."""
         return self.check(value)
 
+    def __or__(self, other: Any) -> TaskType:
+        """``PositiveInt | None`` in an annotation, like ``int | None``."""
+        if other is None or other is type(None):
+            return OptionalType(self)
+        return NotImplemented
+
+    def __ror__(self, other: Any) -> TaskType:
+        if other is None or other is type(None):
+            return OptionalType(self)
+        return NotImplemented
+
     def __repr__(self) -> str:
         return f"<type {self.name}>"
 

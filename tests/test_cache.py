@@ -735,3 +735,14 @@ def test_concurrent_writers(cache_dir: pathlib.Path) -> None:
         assert {m.fingerprint for m in c.entries()} == {f"{n:032x}" for n in range(30)}
         assert c.info().blobs == 1
         assert c.last_run() is not None
+
+
+def test_a_relative_directory_opens_in_every_mode(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cache("rel/dir", mode="read") works like an absolute path."""
+    monkeypatch.chdir(tmp_path)
+    with Cache(pathlib.Path("rel")) as writer:
+        writer.store(meta_for(fp_of(1)), b"x")
+    with Cache(pathlib.Path("rel"), mode="read") as reader:
+        assert reader.lookup(fp_of(1)) is not None

@@ -1039,7 +1039,7 @@ def test_probe_cannot_shadow_a_builtin_fact() -> None:
         runtime_facts(probes={"python": f"{PY} --version"})
 
 
-def _load_source(tmp_path: Path, name: str, source: str) -> Any:
+def _load_source(tmp_path: pathlib.Path, name: str, source: str) -> Any:
     import importlib.util
     import linecache
 
@@ -1053,7 +1053,7 @@ def _load_source(tmp_path: Path, name: str, source: str) -> Any:
     return module
 
 
-def test_source_memo_persists_and_still_sees_changes(tmp_path: Path) -> None:
+def test_source_memo_persists_and_still_sees_changes(tmp_path: pathlib.Path) -> None:
     """A memo saved by one run gives the same digests; helper edits still change them."""
     from taskrun.codewalk import SourceMemo
 
@@ -1067,23 +1067,31 @@ def test_source_memo_persists_and_still_sees_changes(tmp_path: Path) -> None:
             return helper(n)  # a comment
     """
     first = SourceMemo(memo_path)
-    before = code_fingerprint(_load_source(tmp_path, "memo_a", source).task_fn, root=tmp_path, memo=first)
+    before = code_fingerprint(
+        _load_source(tmp_path, "memo_a", source).task_fn, root=tmp_path, memo=first
+    )
     first.flush()
     assert memo_path.exists()
     second = SourceMemo(memo_path)
     assert second.items, "the memo was read back"
-    again = code_fingerprint(_load_source(tmp_path, "memo_b", source).task_fn, root=tmp_path, memo=second)
+    again = code_fingerprint(
+        _load_source(tmp_path, "memo_b", source).task_fn, root=tmp_path, memo=second
+    )
     assert again.digest == before.digest
     recomment = source.replace("# a comment", "# another").replace("Doc.", "Docs.")
-    same = code_fingerprint(_load_source(tmp_path, "memo_c", recomment).task_fn, root=tmp_path, memo=second)
+    same = code_fingerprint(
+        _load_source(tmp_path, "memo_c", recomment).task_fn, root=tmp_path, memo=second
+    )
     assert same.digest == before.digest
     edited = source.replace("x + 1", "x + 2")
-    changed = code_fingerprint(_load_source(tmp_path, "memo_d", edited).task_fn, root=tmp_path, memo=second)
+    changed = code_fingerprint(
+        _load_source(tmp_path, "memo_d", edited).task_fn, root=tmp_path, memo=second
+    )
     assert changed.digest != before.digest
     assert changed.parts["helper"] != before.parts["helper"]
 
 
-def test_damaged_source_memo_is_ignored(tmp_path: Path) -> None:
+def test_damaged_source_memo_is_ignored(tmp_path: pathlib.Path) -> None:
     """A torn or foreign memo file is treated as empty, never trusted."""
     from taskrun.codewalk import SourceMemo
 
@@ -1094,7 +1102,7 @@ def test_damaged_source_memo_is_ignored(tmp_path: Path) -> None:
     assert SourceMemo(path).items == {}
 
 
-def test_probes_run_in_the_given_directory(tmp_path: Path) -> None:
+def test_probes_run_in_the_given_directory(tmp_path: pathlib.Path) -> None:
     """A probe reading a project file works wherever taskrun was started."""
     import sys as _sys
 
@@ -1104,3 +1112,29 @@ def test_probes_run_in_the_given_directory(tmp_path: Path) -> None:
     command = f"{_sys.executable} -c \"print(open('lock.txt').read().strip())\""
     facts = runtime_facts(python=False, platform=False, probes={"lock": command}, cwd=tmp_path)
     assert facts == {"lock": "pinned-1"}
+
+
+def test_a_reloaded_edit_is_seen_in_the_same_process(tmp_path: pathlib.Path) -> None:
+    """In one long-lived process, an edited and reloaded module is fingerprinted anew."""
+    import os
+    import time
+
+    from taskrun.codewalk import SourceMemo
+
+    source = """
+        def task_fn(n):
+            return n + 1
+    """
+    before = code_fingerprint(_load_source(tmp_path, "reload_a", source).task_fn, root=tmp_path)
+    path = tmp_path / "reload_a.py"
+    path.write_text(textwrap.dedent(source.replace("n + 1", "n + 2")))
+    later = time.time() + 5
+    os.utime(path, (later, later))  # a different mtime, as any real edit later has
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("reload_a", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    after = code_fingerprint(module.task_fn, root=tmp_path, memo=SourceMemo())
+    assert after.digest != before.digest

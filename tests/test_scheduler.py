@@ -356,4 +356,34 @@ def test_undeclared_product_file_is_never_overwritten(tmp_path: Path) -> None:
     result = go(reg, tmp_path, "inline", targets=["config"])
     assert (tmp_path / "config.toml").read_text() == "a = 2\n"
     assert result.state("config") == "ran"
-    assert result.tasks["config"].reasons == ("product file 'config.toml' differs from the cached one",)
+    assert result.tasks["config"].reasons == (
+        "product file 'config.toml' differs from the cached one",
+    )
+
+
+def test_declaring_a_new_output_reruns_the_task(tmp_path: Path) -> None:
+    """Adding a path to outputs= (code unchanged) reruns the task, so the file is cached."""
+
+    def build(outputs: list[str]) -> Registry:
+        reg = Registry()
+        with reg.activate():
+
+            @taskrun.task(outputs=outputs)
+            def write() -> int:
+                note("write")
+                File("a.txt").write_text("a")
+                File("b.txt").write_text("b")
+                return 1
+
+        return reg
+
+    go(build(["a.txt"]), tmp_path, "inline", targets=["write"])
+    result = go(build(["a.txt", "b.txt"]), tmp_path, "inline", targets=["write"])
+    assert result.state("write") == "ran"
+    assert result.tasks["write"].reasons == (
+        "declared outputs changed: ['a.txt'] -> ['a.txt', 'b.txt']",
+    )
+    (tmp_path / "b.txt").unlink()
+    again = go(build(["a.txt", "b.txt"]), tmp_path, "inline", targets=["write"])
+    assert again.state("write") == "cached"
+    assert (tmp_path / "b.txt").read_text() == "b"

@@ -14,7 +14,7 @@ from strategies import Color, Swapped, typed_values
 
 from taskrun.errors import TypeCheckError
 from taskrun.files import Dir, File
-from taskrun.registry import Registry
+from taskrun.registry import Registry, define_type, task
 from taskrun.types import (
     DefinedType,
     UnsupportedAnnotation,
@@ -288,3 +288,19 @@ def test_file_outside_the_root_is_a_type_error(tmp_path: pathlib.Path) -> None:
     """A File leading out of the root fails its type, naming the path."""
     with pytest.raises(TypeCheckError, match="outside the project root"):
         resolve_annotation(File).check("../x", root=tmp_path)
+
+
+def test_defined_type_or_none_is_optional(registry: Registry) -> None:
+    """`Duration | None` works in an annotation like `float | None`."""
+    duration = define_type("Duration", float, lambda v: v >= 0, doc="seconds, 0 or more")
+
+    @task
+    def wait(limit: duration | None = None) -> None:  # type: ignore[valid-type]
+        return None
+
+    option = registry.get("wait").options[0]
+    assert option.type.name == "Duration | None"
+    assert option.type.parse("none") is None
+    assert option.type.parse("2.5") == 2.5
+    with pytest.raises(TypeCheckError, match="seconds, 0 or more"):
+        option.type.parse("-1")

@@ -90,7 +90,8 @@ _REMOVAL_WAIT = 10.0  # seconds our scheduler gets to notice a killed worker
 _POLL = 0.005  # perf: how often it is checked; only while stopping calls on an owned cluster
 _MAX_CLAIMS = 20_000  # claims a scheduler remembers (re-runs and cancels come within seconds)
 _CLAIM_READ_WAIT = 2.0  # seconds for a worker that just claimed a call to write who it is
-_REVOKED = "revoked"  # a claim made by the driver: the call was cancelled before it started
+_REVOKED = "revoked"
+_MAX_RESENDS = 3  # a call whose worker keeps dying before it begins fails after this  # a claim made by the driver: the call was cancelled before it started
 _OWNED_CONFIG: dict[str, object] = {
     # A task that kills its worker fails at once (KilledWorker); Dask does not re-run it.
     "distributed.scheduler.allowed-failures": 0,
@@ -109,8 +110,10 @@ class _Job:
     key: str  # the Dask key
     token: str  # the key's unique part; names the worker's capture file
     future: concurrent.futures.Future[Outcome] = field(default_factory=concurrent.futures.Future)
+    argument: Any = None  # the encoded call, or its scattered future; dropped when resolved
     dask_future: Any = None  # distributed.Future, dropped once ours is resolved
     scattered: Any = None  # the payload's own future, when it went ahead with scatter()
+    resent: int = 0  # how many times it was sent again after its worker died before it began
     settled: bool = False  # our future is (being) resolved; guarded by the lock
     started: float | None = None  # time.perf_counter() when the worker started it (as known)
     worker: str = ""  # the address of the worker running it, once started
@@ -195,24 +198,35 @@ class DaskExecutor(Executor):
                 )
             )
         client = self._connected()
-        token = uuid.uuid4().hex
-        job = _Job(call, key=f"taskrun-{call.task}-{call.attempt}-{token}", token=token)
+        job = _new_job(call, concurrent.futures.Future())
+        try:
+            job.argument = payload
+            if len(payload) > _SCATTER_OVER:
+                job.argument = job.scattered = client.scatter(payload, hash=False)
+        except Exception as exc:  # noqa: BLE001 - a dead connection raises many kinds
+            return resolved(
+                _failed(call, f"cannot send the task to {self._where()}: {describe_exception(exc)}")
+            )
+        self._send(job)
+        return job.future
+
+    def _send(self, job: _Job) -> None:
+        """Submit ``job`` to Dask under its own key; its future resolves when it is done."""
+        client = self._client
         with self._lock:
             lost = self._lost
             if lost is None:
                 self._jobs[job.key] = job
-        if lost is not None:
-            return resolved(_failed(call, lost))
+        if lost is not None or client is None:
+            settle(job.future, _failed(job.call, lost or "the dask executor was shut down"))
+            return
         try:
-            argument: Any = payload
-            if len(payload) > _SCATTER_OVER:
-                argument = job.scattered = client.scatter(payload, hash=False)
             job.dask_future = client.submit(
                 _run_on_worker,
-                argument,
-                call.cwd,
+                job.argument,
+                job.call.cwd,
                 job.key,
-                token,
+                job.token,
                 self._claims,
                 self.address is not None,  # forget project modules: workers outlive the run
                 key=job.key,
@@ -223,12 +237,14 @@ class DaskExecutor(Executor):
             with self._lock:
                 self._jobs.pop(job.key, None)
                 job.settled = True
-            return resolved(
-                _failed(call, f"cannot send the task to {self._where()}: {describe_exception(exc)}")
+            where = self._where()
+            settle(
+                job.future,
+                _failed(job.call, f"cannot send the task to {where}: {describe_exception(exc)}"),
             )
+            return
         job.dask_future.add_done_callback(functools.partial(self._finished, job))
         job.future.add_done_callback(functools.partial(self._dropped, job))
-        return job.future
 
     def cancel(self) -> None:
         with self._lock:
@@ -445,15 +461,26 @@ class DaskExecutor(Executor):
                 except Exception:  # noqa: BLE001, S110 - each is fetched on its own below
                     pass
             for job, dask_future in batch:
-                settle(job.future, self._outcome(job, dask_future, values.get(job.key)))
-                job.dask_future = job.scattered = None  # let Dask forget the result
+                outcome = self._outcome(job, dask_future, values.get(job.key))
+                if outcome is None:
+                    again = _new_job(job.call, job.future, resent=job.resent + 1)
+                    again.argument, again.scattered = job.argument, job.scattered
+                    self._send(again)
+                else:
+                    settle(job.future, outcome)
+                job.dask_future = job.scattered = job.argument = None  # let Dask forget it
 
-    def _outcome(self, job: _Job, dask_future: Any, value: Any = None) -> Outcome:
+    def _outcome(self, job: _Job, dask_future: Any, value: Any = None) -> Outcome | None:
+        """How the call of ``job`` ended; None when it must be sent again (it never began)."""
         call = job.call
         try:
             kind, data = value if value is not None else dask_future.result()
         except distributed.KilledWorker as exc:
             worker = getattr(exc.last_worker, "address", "") or job.worker
+            if job.resent < _MAX_RESENDS and not self._claimed(job):
+                # Dask had sent it to a worker that died before it began (queued there behind
+                # the call that crashed or timed out): not a crash of this call, not a re-run.
+                return None
             return Outcome(
                 task=call.task,
                 ok=False,
@@ -484,6 +511,16 @@ class DaskExecutor(Executor):
         if kind == "cancelled":  # we claimed it first; resolved already, but to be safe
             return cancelled_outcome(call)
         return _failed(call, str(data))
+
+    def _claimed(self, job: _Job) -> bool:
+        """Whether a worker claimed (began) ``job``'s call; True when that cannot be known."""
+        if self._claims == "file":
+            return os.path.exists(_claim_path(job.token))
+        client = self._client
+        try:
+            return bool(client.run_on_scheduler(_claim_of, job.key)) if client else True
+        except Exception:  # noqa: BLE001 - unknown: say it began (never run twice)
+            return True
 
     def _lose(self) -> str:
         """The scheduler connection is gone: fail everything in flight, and every later call."""
@@ -657,6 +694,12 @@ class DaskExecutor(Executor):
 
 
 # -- the driver's helpers -------------------------------------------------------------------
+
+
+def _new_job(call: Call, future: concurrent.futures.Future[Outcome], *, resent: int = 0) -> _Job:
+    token = uuid.uuid4().hex
+    key = f"taskrun-{call.task}-{call.attempt}-{token}"
+    return _Job(call, key=key, token=token, future=future, resent=resent)
 
 
 def _failed(call: Call, error: str) -> Outcome:
@@ -920,6 +963,11 @@ def _claim_on_scheduler(key: str, me: str, dask_scheduler: Any = None) -> str:
     while len(claims) > _MAX_CLAIMS:
         claims.popitem(last=False)
     return ""
+
+
+def _claim_of(key: str, dask_scheduler: Any = None) -> str:
+    """On the scheduler: the claim made for ``key`` ("" when none)."""
+    return _scheduler_claims(dask_scheduler).get(key, "")
 
 
 def _revoke_on_scheduler(keys: list[str], dask_scheduler: Any = None) -> dict[str, str]:
