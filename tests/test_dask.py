@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -267,6 +268,37 @@ def test_worker_death_is_a_crash_not_a_rerun(
     if fn == "segfault":
         assert "Segmentation fault" in outcome.output and "in segfault" in outcome.output
     assert run(executor, tasks.add, project, a=1, b=2).value == 3
+
+
+def test_calls_queued_on_a_dying_worker_are_sent_again(
+    tasks: ModuleType, project: Path, tmp_path: Path
+) -> None:
+    """A worker dies: the calls Dask had queued on it (not begun) run again, not crashed."""
+    code = (
+        "import os, time\n"
+        "def die_when(path):\n"
+        "    open(path + '.started', 'w').close()\n"
+        "    while not os.path.exists(path):\n"
+        "        time.sleep(0.01)\n"
+        "    os._exit(3)\n"
+    )
+    namespace: dict[str, Any] = {}
+    exec(compile(code, str(tmp_path / "dying.py"), "exec"), namespace)
+    trigger = tmp_path / "trigger"
+    with DaskExecutor(1) as ex:  # one worker: Dask queues the marks on the one that dies
+        dying = ex.submit(make_call(namespace["die_when"], project, path=str(trigger)))
+        assert wait_until((tmp_path / "trigger.started").exists, 30)
+        marks = [
+            ex.submit(make_call(tasks.mark, project, path=str(tmp_path / f"m{i}")))
+            for i in range(3)
+        ]
+        (worker,) = ex._cluster.scheduler.workers.values()
+        assert wait_until(lambda: len(worker.processing) >= 2)  # marks wait on that worker
+        trigger.write_text("x")
+        assert dying.result(30).crashed
+        outcomes = [f.result(30) for f in marks]
+    assert all(o.ok for o in outcomes), [o.error for o in outcomes]
+    assert all((tmp_path / f"m{i}").exists() for i in range(3))
 
 
 def test_a_missing_project_directory_is_explained(

@@ -90,8 +90,8 @@ _REMOVAL_WAIT = 10.0  # seconds our scheduler gets to notice a killed worker
 _POLL = 0.005  # perf: how often it is checked; only while stopping calls on an owned cluster
 _MAX_CLAIMS = 20_000  # claims a scheduler remembers (re-runs and cancels come within seconds)
 _CLAIM_READ_WAIT = 2.0  # seconds for a worker that just claimed a call to write who it is
-_REVOKED = "revoked"
-_MAX_RESENDS = 3  # a call whose worker keeps dying before it begins fails after this  # a claim made by the driver: the call was cancelled before it started
+_REVOKED = "revoked"  # a claim made by the driver: the call was cancelled before it started
+_MAX_RESENDS = 3  # a call whose worker keeps dying before it begins fails after this
 _OWNED_CONFIG: dict[str, object] = {
     # A task that kills its worker fails at once (KilledWorker); Dask does not re-run it.
     "distributed.scheduler.allowed-failures": 0,
@@ -114,6 +114,7 @@ class _Job:
     dask_future: Any = None  # distributed.Future, dropped once ours is resolved
     scattered: Any = None  # the payload's own future, when it went ahead with scatter()
     resent: int = 0  # how many times it was sent again after its worker died before it began
+    generation: int = 0  # the executor's cancel() count when it was sent
     settled: bool = False  # our future is (being) resolved; guarded by the lock
     started: float | None = None  # time.perf_counter() when the worker started it (as known)
     worker: str = ""  # the address of the worker running it, once started
@@ -155,6 +156,7 @@ class DaskExecutor(Executor):
         self._has_done = threading.Condition(self._lock)
         self._collector: threading.Thread | None = None
         self._closed = False
+        self._generation = 0  # cancel() calls so far: a call finished before one is not resent
         self._lost: str | None = None  # the message, once the scheduler connection is lost
         self._quiet = False
 
@@ -215,6 +217,7 @@ class DaskExecutor(Executor):
         client = self._client
         with self._lock:
             lost = self._lost
+            job.generation = self._generation
             if lost is None:
                 self._jobs[job.key] = job
         if lost is not None or client is None:
@@ -248,6 +251,7 @@ class DaskExecutor(Executor):
 
     def cancel(self) -> None:
         with self._lock:
+            self._generation += 1
             jobs = self._take_unsettled_locked()
         self._stop(jobs, "cancel")
 
@@ -462,6 +466,10 @@ class DaskExecutor(Executor):
                     pass
             for job, dask_future in batch:
                 outcome = self._outcome(job, dask_future, values.get(job.key))
+                with self._lock:
+                    stale = job.generation != self._generation or self._closed
+                if outcome is None and stale:
+                    outcome = cancelled_outcome(job.call)  # cancelled while it was in here
                 if outcome is None:
                     again = _new_job(job.call, job.future, resent=job.resent + 1)
                     again.argument, again.scattered = job.argument, job.scattered
