@@ -310,6 +310,20 @@ def test_a_missing_project_directory_is_explained(
     assert "shared" in outcome.error
 
 
+def test_a_task_file_the_worker_sees_otherwise_is_refused(
+    executor: Executor, project: Path
+) -> None:
+    """A worker that sees another version of the task file (a stale copy) refuses the call."""
+    path = project / "tasks_here.py"
+    path.write_text("def answer():\n    return 42\n")
+    namespace: dict[str, Any] = {}
+    exec(compile(path.read_text(), str(path), "exec"), namespace)
+    assert run(executor, namespace["answer"], project).value == 42
+    path.write_text("def answer():\n    return 43  # edited since it was loaded\n")
+    outcome = run(executor, namespace["answer"], project)
+    assert not outcome.ok and "is not the one the driver loaded" in outcome.error
+
+
 def test_two_calls_run_at_once(
     executor: Executor, tasks: ModuleType, project: Path, tmp_path: Path
 ) -> None:

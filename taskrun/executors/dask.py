@@ -156,6 +156,7 @@ class DaskExecutor(Executor):
         self._has_done = threading.Condition(self._lock)
         self._collector: threading.Thread | None = None
         self._closed = False
+        self._stamps: dict[str, tuple[str, int, int] | None] = {}  # see _stamp()
         self._generation = 0  # cancel() calls so far: a call finished before one is not resent
         self._lost: str | None = None  # the message, once the scheduler connection is lost
         self._quiet = False
@@ -232,6 +233,7 @@ class DaskExecutor(Executor):
                 job.token,
                 self._claims,
                 self.address is not None,  # forget project modules: workers outlive the run
+                self._stamp(job.call),
                 key=job.key,
                 pure=False,
                 retries=0,  # the scheduler retries (retries=), with a fresh key per attempt
@@ -520,6 +522,25 @@ class DaskExecutor(Executor):
             return cancelled_outcome(call)
         return _failed(call, str(data))
 
+    def _stamp(self, call: Call) -> tuple[str, int, int] | None:
+        """(path, size, mtime) of the project file the task function comes from, if any.
+
+        The worker compares it with what it sees at that path: a project on a file system
+        the worker does not share, or a stale copy of it, would otherwise run the project's
+        helper modules and read its input files as they were, and cache the result as
+        current. The first stamp of a file stands for the run (the executor is made after
+        the task file is loaded), so a task file edited during the run is refused too.
+        """
+        code = getattr(call.fn, "__code__", None)
+        path = getattr(code, "co_filename", "")
+        # Only a file of the project: an installed package may live elsewhere on a worker.
+        if not path or not path.startswith(os.path.join(call.cwd, "")):
+            return None
+        with self._lock:
+            if path not in self._stamps:
+                self._stamps[path] = _source_stamp_here(path)
+            return self._stamps[path]
+
     def _claimed(self, job: _Job) -> bool:
         """Whether a worker claimed (began) ``job``'s call; True when that cannot be known."""
         if self._claims == "file":
@@ -704,6 +725,14 @@ class DaskExecutor(Executor):
 # -- the driver's helpers -------------------------------------------------------------------
 
 
+def _source_stamp_here(path: str) -> tuple[str, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (path, st.st_size, st.st_mtime_ns)
+
+
 def _new_job(call: Call, future: concurrent.futures.Future[Outcome], *, resent: int = 0) -> _Job:
     token = uuid.uuid4().hex
     key = f"taskrun-{call.task}-{call.attempt}-{token}"
@@ -822,7 +851,13 @@ def _claim_path(token: str) -> str:
 
 
 def _run_on_worker(
-    payload: bytes, cwd: str, key: str, token: str, claims: ClaimMode, forget: bool
+    payload: bytes,
+    cwd: str,
+    key: str,
+    token: str,
+    claims: ClaimMode,
+    forget: bool,
+    stamp: tuple[str, int, int] | None = None,
 ) -> tuple[str, Any]:
     """The Dask task: run an encoded call; return ``("done", result bytes)`` or why not.
 
@@ -837,6 +872,14 @@ def _run_on_worker(
             f"the project directory {cwd} does not exist on the Dask worker {worker.address};"
             " the dask executor needs the project at the same path on every worker (a shared"
             " file system, see docs/dask.md)",
+        )
+    if stamp is not None and _source_stamp_here(stamp[0]) != stamp:
+        return (
+            "failed",
+            f"the task file {stamp[0]} on the Dask worker {worker.address} is not the one the"
+            " driver loaded (missing, or another size or modification time): the workers must"
+            " see the project the driver sees, through a shared file system, not a copy (see"
+            " docs/dask.md); if you just edited it, the worker's view may lag: run again",
         )
     me = f"{os.getpid()} {worker.address} {time.time()!r}"
     if claims == "file":
