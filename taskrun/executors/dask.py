@@ -624,6 +624,9 @@ class DaskExecutor(Executor):
             for job in running:
                 _kill_worker(job.pid)
             self._await_removal({job.worker for job in running})
+            for job in running:  # what the killed workers could not remove themselves
+                _unlink(_capture_path(job.token))
+                _unlink(_claim_path(job.token))
         client = self._client
         futures = [f for job in jobs for f in (job.dask_future, job.scattered) if f is not None]
         if client is not None and futures:
