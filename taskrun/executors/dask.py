@@ -622,7 +622,8 @@ class DaskExecutor(Executor):
         outputs = self._outputs(running)
         if self._cluster is not None:
             for job in running:
-                _kill_worker(job.pid)
+                if job.pid:
+                    _kill_worker(job.pid)
             self._await_removal({job.worker for job in running})
             for job in running:  # what the killed workers could not remove themselves
                 _unlink(_capture_path(job.token))
@@ -892,9 +893,10 @@ def _run_on_worker(
     if refused == _REVOKED:
         return ("cancelled", "")
     if refused:
+        first = (refused.split(" ") + ["", ""])[1] or "unknown"
         return (
             "crashed",
-            f"the Dask worker that ran the task died ({refused.split(' ')[1]}), and Dask"
+            f"the Dask worker that ran the task died ({first}), and Dask"
             f" started it again on {worker.address}; taskrun stopped that second run (a task"
             " that crashes its worker fails, it is not run again)",
         )
