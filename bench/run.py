@@ -266,14 +266,15 @@ def noop_bench(shape: str, n: int, *, snakemake: bool) -> Bench:
         graph = wl.make_graph(shape, n)
         exes = _exes()
         tools: list[Tool] = []
-        for cls in (Taskrun, Doit) + ((Snakemake,) if snakemake else ()):
+        classes: list[type[Tool]] = [Taskrun, Doit] + ([Snakemake] if snakemake else [])
+        for cls in classes:
             exe = exes[cls.name]
             if exe is None:
                 results.problems.append(f"{name}: {cls.name} not installed; skipped")
                 continue
-            tool = cls(exe, tmp / name.replace("/", "_") / cls.name, graph)
-            tool.write()
-            tools.append(tool)
+            contestant = cls(exe, tmp / name.replace("/", "_") / cls.name, graph)
+            contestant.write()
+            tools.append(contestant)
         failed: set[str] = set()
         for tool in tools:
             try:
