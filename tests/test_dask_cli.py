@@ -69,7 +69,7 @@ TASKS = """
 
     @task
     def stuck() -> int:
-        Path("stuck.started").write_text("x")
+        Path("stuck.started").write_text(str(os.getpid()))
         while not Path("stuck.release").exists():
                         time.sleep(0.02)
         return 1
@@ -295,40 +295,45 @@ def test_cli_leaves_the_external_scheduler_running(cluster: Cluster, runs: Runs)
         assert client.submit(sum, [1, 2], pure=False).result(timeout=30) == 3
 
 
-def test_cli_interrupt_cancels_the_task_and_leaves_the_cluster(
-    cluster: Cluster, tmp_path: Path
-) -> None:
-    """Ctrl-C: exit 130, the call in flight is cancelled, the scheduler serves on."""
-    root = write_project(tmp_path / "p")
+def interrupt(root: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], int]:
+    """`taskrun run stuck ARGS`, Ctrl-C once the task started; (result, the task's pid)."""
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "taskrun",
-            "run",
-            "stuck",
-            "--executor",
-            "dask",
-            "--dask-address",
-            cluster.address,
-        ],
+        [sys.executable, "-m", "taskrun", "run", "stuck", "--executor", "dask", *args],
         cwd=root,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # not inherited ignored
     )
+    started = root / "stuck.started"
     try:
-        assert wait_until((root / "stuck.started").exists, 60)
+        assert wait_until(lambda: started.exists() and started.read_text() != "", 60)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
     finally:
         (root / "stuck.release").write_text("x")  # frees the worker's thread (Dask cannot kill it)
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 130, err
-    assert "interrupted" in err and "stuck" in out + err
+            proc.wait()
+    result = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    return result, int(started.read_text())
+
+
+def test_cli_interrupt_cancels_the_task_and_leaves_the_cluster(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Ctrl-C: exit 130, the call in flight is cancelled, the scheduler serves on."""
+    result, _ = interrupt(write_project(tmp_path / "p"), "--dask-address", cluster.address)
+    assert result.returncode == 130, result.stderr
+    assert "interrupted" in result.stderr and "stuck" in result.stdout + result.stderr
     assert cluster.scheduler.poll() is None
+
+
+def test_cli_interrupt_on_a_local_cluster_leaves_no_worker(tmp_path: Path) -> None:
+    """Ctrl-C with a local cluster: exit 130, and the worker that ran the task is gone."""
+    result, worker = interrupt(write_project(tmp_path / "p"), "-j", "1")
+    assert result.returncode == 130, result.stderr
+    assert worker != 0 and wait_until(lambda: suite.gone(worker))
 
 
 def test_cli_worker_without_taskrun_is_a_usage_error(tmp_path: Path) -> None:
