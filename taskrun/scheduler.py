@@ -524,6 +524,8 @@ class Scheduler:
             cwd=str(self.root),
             timeout=node.spec.timeout,
             attempt=node.attempt,
+            inputs=tuple(node.inputs.inputs) if node.inputs is not None else (),
+            outputs=node.spec.outputs,
         )
         self._calls[node.name] = call
         node.future = self.executor.submit(call)

@@ -54,6 +54,11 @@ class Call:
     cwd: str  # the project root: the task runs with it as its working directory
     timeout: float | None  # seconds; None = no limit
     attempt: int = 1
+    # What the task declares about files (relative posix paths / globs). Executors whose
+    # workers share the project directory ignore them; one that runs elsewhere ships the
+    # input files there and brings the outputs back.
+    inputs: tuple[str, ...] = ()  # the declared input files that exist, expanded
+    outputs: tuple[str, ...] = ()  # the declared output globs
 
 
 @dataclass(frozen=True, slots=True)
