@@ -38,7 +38,7 @@ import sqlite3
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Final, Literal
 
@@ -344,11 +344,14 @@ class Cache:
         on_warning: Callable[[str], None] | None = None,
     ) -> None:
         if mode not in CACHE_MODES:
-            raise UsageError(f"unknown cache mode {mode!r}; use rw, read or off"
-                             + did_you_mean(str(mode), CACHE_MODES))
+            raise UsageError(
+                f"unknown cache mode {mode!r}; use rw, read or off"
+                + did_you_mean(str(mode), CACHE_MODES)
+            )
         if not isinstance(size_limit, int) or size_limit <= 0:
-            raise UsageError("cache size limit must be a positive number of bytes, "
-                             f"not {size_limit!r}")
+            raise UsageError(
+                f"cache size limit must be a positive number of bytes, not {size_limit!r}"
+            )
         if key is not None and not key:
             raise UsageError("the cache signing key is empty; unset it or give a real key")
         # absolute: the read-only SQLite connection opens it by file: URI
@@ -361,20 +364,25 @@ class Cache:
         self._dc: diskcache.Cache | None = None
         self._reader: StoreReader | None = None
         self._locks: FingerprintLocks | None = None  # opened on the first lock
+        self._volume: int | None = None  # the store's size when last measured
+        self._written = 0  # bytes stored by this object since then
         if mode == "rw":
             problems = audit_store(self._directory)
             if problems:
                 raise CacheError(
                     f"the cache in {self._directory} was not written by taskrun, or was "
                     f"tampered with ({'; '.join(problems[:3])}); it was not opened. Remove "
-                    "that directory (or import results with `taskrun cache import`)")
+                    "that directory (or import results with `taskrun cache import`)"
+                )
             try:
                 # least-recently-stored: a read never writes (LRU would update on every hit).
                 # The sqlite_/disk_ settings are given explicitly so that values stored in
                 # a database restored from elsewhere never reach a PRAGMA.
                 self._dc = diskcache.Cache(
-                    str(self._directory), size_limit=size_limit,
-                    eviction_policy="least-recently-stored", tag_index=True,
+                    str(self._directory),
+                    size_limit=size_limit,
+                    eviction_policy="least-recently-stored",
+                    tag_index=True,
                     **_PINNED_SETTINGS,
                 )
             except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
@@ -389,13 +397,16 @@ class Cache:
         return value.encode("utf-8") if value else None
 
     @staticmethod
-    def mode_from_env(default: CacheMode = "rw",
-                      environ: Mapping[str, str] | None = None) -> CacheMode:
+    def mode_from_env(
+        default: CacheMode = "rw", environ: Mapping[str, str] | None = None
+    ) -> CacheMode:
         """The mode from ``TASKRUN_CACHE_MODE``, or ``default``; ConfigError when invalid."""
         value = (os.environ if environ is None else environ).get(MODE_ENV, "") or default
         if value not in CACHE_MODES:
-            raise ConfigError(f"{MODE_ENV}={value!r} is not a cache mode; use rw, read or off"
-                              + did_you_mean(value, CACHE_MODES))
+            raise ConfigError(
+                f"{MODE_ENV}={value!r} is not a cache mode; use rw, read or off"
+                + did_you_mean(value, CACHE_MODES)
+            )
         return value  # type: ignore[return-value]
 
     @property
@@ -443,8 +454,10 @@ class Cache:
 
     def _writable(self, action: str) -> diskcache.Cache:
         if self._dc is None:
-            raise UsageError(f"cannot {action}: the cache in {self._directory} is in "
-                             f"'{self._mode}' mode; use --cache-mode rw")
+            raise UsageError(
+                f"cannot {action}: the cache in {self._directory} is in "
+                f"'{self._mode}' mode; use --cache-mode rw"
+            )
         return self._dc
 
     # ---- reading and checking
@@ -495,15 +508,19 @@ class Cache:
         removed = self._dc is not None
         if self._dc is not None:
             self._dc.delete(name)
-        self._warn(f"cache {kind} {name} is unusable ({reason}); treated as a miss"
-                   + ("; removed" if removed else ""))
+        self._warn(
+            f"cache {kind} {name} is unusable ({reason}); treated as a miss"
+            + ("; removed" if removed else "")
+        )
 
     def _load(self, meta: EntryMeta, digest: str) -> object:
         fp = meta.fingerprint
         raw = self._reader.read(fp) if self._reader is not None else None
         if raw is None:
-            raise IntegrityError(f"cache entry {fp} of task '{meta.task}' vanished before "
-                                 "it was loaded (evicted or removed)")
+            raise IntegrityError(
+                f"cache entry {fp} of task '{meta.task}' vanished before "
+                "it was loaded (evicted or removed)"
+            )
         try:
             opened = open_envelope(io.BytesIO(raw), kind=KIND_ENTRY, name=fp, key=self._key)
         except IntegrityError as exc:
@@ -514,10 +531,11 @@ class Cache:
             raise IntegrityError(f"cache entry {fp} of task '{meta.task}' changed since lookup")
         try:
             # Only verified bytes reach here: digest (and signature when keyed) checked above.
-            return cloudpickle.loads(memoryview(raw)[opened.payload_offset:])
+            return cloudpickle.loads(memoryview(raw)[opened.payload_offset :])
         except Exception as exc:
-            raise CacheError(f"cannot unpickle the cached product of task '{meta.task}' "
-                             f"({fp}): {exc!r}") from exc
+            raise CacheError(
+                f"cannot unpickle the cached product of task '{meta.task}' ({fp}): {exc!r}"
+            ) from exc
 
     # ---- the run's interface
 
@@ -535,8 +553,9 @@ class Cache:
             return None  # a missing blob was evicted: a plain miss, store() will replace it
         return Entry(self, got[0], got[1].digest)
 
-    def store(self, meta: EntryMeta, payload: bytes,
-              blobs: Mapping[str, bytes] | None = None) -> StoreResult:
+    def store(
+        self, meta: EntryMeta, payload: bytes, blobs: Mapping[str, bytes] | None = None
+    ) -> StoreResult:
         """Store an entry: its blobs first, then the envelope, atomically.
 
         ``payload`` is the cloudpickled product; ``blobs`` maps digests to the bytes of
@@ -545,49 +564,80 @@ class Cache:
         the same. ``meta.size`` is set to ``len(payload)``. Records ``meta.task``'s newest
         fingerprint. I/O errors are reported through ``on_warning`` and give FAILED.
         """
-        blobs = blobs or {}
-        _check_name(meta.fingerprint, "fingerprint")
+        return self.store_many([(meta, payload, blobs or {})])[0]
+
+    def store_many(
+        self, items: Sequence[tuple[EntryMeta, bytes, Mapping[str, bytes]]]
+    ) -> list[StoreResult]:
+        """:meth:`store` for several entries in one transaction (one commit, one cull check).
+
+        perf: a commit and a size check per entry cost more than the rest of a cold run of
+        no-op tasks; the scheduler stores what finished together as one batch. A failure
+        fails the whole batch (nothing of it is stored), reported through ``on_warning``.
+        """
         if self._dc is None:
-            return StoreResult.NOT_WRITABLE
+            return [StoreResult.NOT_WRITABLE] * len(items)
         dc = self._dc
-        for digest, data in blobs.items():
-            if blob_digest(data) != digest:
-                raise UsageError(f"blob given as {digest} for task '{meta.task}' has digest "
-                                 f"{blob_digest(data)}")
-        for o in meta.outputs:
-            if _unsafe_path(o.path):
-                raise UsageError(f"task '{meta.task}' output {o.path!r} is not a relative path "
-                                 "inside the project")
-        fp = meta.fingerprint
-        meta = replace(meta, size=len(payload))
-        envelope = seal(KIND_ENTRY, fp, _meta_json(meta), payload, self._key)
-        self._outcomes[fp] = False
-        try:
+        sealed: list[tuple[EntryMeta, bytes, Mapping[str, bytes]]] = []
+        for meta, payload, blobs in items:
+            _check_name(meta.fingerprint, "fingerprint")
             for digest, data in blobs.items():
-                self._write_blob(digest, data=data)
-            missing = self._missing_blobs(meta)
-            if missing:
-                raise UsageError(f"task '{meta.task}' output blob {missing[0]} is neither given "
-                                 "nor in the cache")
+                if blob_digest(data) != digest:
+                    raise UsageError(
+                        f"blob given as {digest} for task '{meta.task}' has "
+                        f"digest {blob_digest(data)}"
+                    )
+            for o in meta.outputs:
+                if _unsafe_path(o.path):
+                    raise UsageError(
+                        f"task '{meta.task}' output {o.path!r} is not a relative "
+                        "path inside the project"
+                    )
+            meta = replace(meta, size=len(payload))
+            envelope = seal(KIND_ENTRY, meta.fingerprint, _meta_json(meta), payload, self._key)
+            sealed.append((meta, envelope, blobs))
+            self._outcomes[meta.fingerprint] = False
+        results: list[StoreResult] = []
+        try:
             # perf: the existing entry is read inside the write transaction; that serialises
             # writers for as long as it takes, but makes check-then-set atomic across processes.
+            # Blobs first and committed: the entries' check that their blobs are there reads
+            # through our own (read-only) connection, which sees committed data only.
+            if any(blobs for _, _, blobs in sealed):
+                with dc.transact():
+                    for _, _, blobs in sealed:
+                        for digest, data in blobs.items():
+                            self._write_blob(digest, data=data)
             with dc.transact():
-                result = StoreResult.STORED
-                try:
-                    existing = self._read_entry(fp)
-                except IntegrityError as exc:
-                    self._warn(f"cache entry {fp} was unusable ({exc}); replaced")
-                    existing = None
-                if existing is not None and not self._missing_blobs(existing[0]):
-                    same = existing[0].product_digest == meta.product_digest
-                    result = StoreResult.KEPT_SAME if same else StoreResult.KEPT_DIFFERENT
-                else:
-                    dc.set(fp, envelope, tag=_TAG_ENTRY)
-                dc.set(_pointer_key(meta.task), fp.encode("ascii"), tag=_TAG_TASK)
+                for meta, envelope, _ in sealed:
+                    results.append(self._store_one(dc, meta, envelope))
             self._cull()
         except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
-            self._warn(f"could not store the result of task '{meta.task}' ({fp}): {exc}")
-            return StoreResult.FAILED
+            tasks = ", ".join(sorted({m.task for m, _, _ in sealed}))
+            self._warn(f"could not store the results of {tasks}: {exc}")
+            return [StoreResult.FAILED] * len(items)
+        return results
+
+    def _store_one(self, dc: diskcache.Cache, meta: EntryMeta, envelope: bytes) -> StoreResult:
+        fp = meta.fingerprint
+        missing = self._missing_blobs(meta)
+        if missing:
+            raise UsageError(
+                f"task '{meta.task}' output blob {missing[0]} is neither given nor in the cache"
+            )
+        result = StoreResult.STORED
+        try:
+            existing = self._read_entry(fp)
+        except IntegrityError as exc:
+            self._warn(f"cache entry {fp} was unusable ({exc}); replaced")
+            existing = None
+        if existing is not None and not self._missing_blobs(existing[0]):
+            same = existing[0].product_digest == meta.product_digest
+            result = StoreResult.KEPT_SAME if same else StoreResult.KEPT_DIFFERENT
+        else:
+            dc.set(fp, envelope, tag=_TAG_ENTRY)
+            self._written += len(envelope)
+        dc.set(_pointer_key(meta.task), fp.encode("ascii"), tag=_TAG_TASK)
         return result
 
     def _write_blob(self, digest: str, *, data: bytes = b"", envelope: bytes = b"") -> None:
@@ -602,8 +652,14 @@ class Cache:
     def _cull(self) -> None:
         assert self._dc is not None and self._reader is not None
         # diskcache culls at most ten items per set(); one large store can leave it over.
-        if self._reader.volume() > self._size_limit:
-            self._dc.cull()
+        # perf: the volume is a SUM over the whole table; ask for it only when what this
+        # object wrote since it last looked could have taken the cache past its limit.
+        if self._volume is None or self._volume + self._written > self._size_limit:
+            self._volume = self._reader.volume()
+            self._written = 0
+            if self._volume > self._size_limit:
+                self._dc.cull()
+                self._volume = self._reader.volume()
 
     def put_blob(self, data: bytes) -> str:
         """Store ``data`` content-addressed (once) and return its digest."""
@@ -678,8 +734,9 @@ class Cache:
             self._locks = FingerprintLocks(self._directory / "locks")
         return self._locks.acquire(fingerprint, blocking=blocking)
 
-    def record_run(self, used: Iterable[str], *, hits: int | None = None,
-                   misses: int | None = None) -> None:
+    def record_run(
+        self, used: Iterable[str], *, hits: int | None = None, misses: int | None = None
+    ) -> None:
         """Record the fingerprints a run used (hits and stores) in ``last-run.json``.
 
         ``hits``/``misses`` default to what this object's lookups and stores saw for those
@@ -694,8 +751,7 @@ class Cache:
             hits = sum(1 for fp in names if self._outcomes.get(fp))
         if misses is None:
             misses = len(names) - hits
-        data = {"format": 1, "recorded": time.time(), "used": names,
-                "hits": hits, "misses": misses}
+        data = {"format": 1, "recorded": time.time(), "used": names, "hits": hits, "misses": misses}
         _atomic_write(self._directory / _LAST_RUN, json.dumps(data, indent=1).encode("utf-8"))
 
     def last_run(self) -> LastRun | None:
@@ -722,7 +778,9 @@ class Cache:
         except CacheError:
             last = None
         return CacheInfo(
-            directory=self._directory, mode=self._mode, signed=self.signed,
+            directory=self._directory,
+            mode=self._mode,
+            signed=self.signed,
             entries=reader.count(_TAG_ENTRY) if reader else 0,
             blobs=reader.count(_TAG_BLOB) if reader else 0,
             size_bytes=reader.volume() if reader else 0,
@@ -741,8 +799,13 @@ class Cache:
                 if got is not None:
                     yield got[0]
 
-    def gc(self, *, max_size: int | None = None, max_age: float | None = None,
-           keep_last_run: bool = False) -> GcReport:
+    def gc(
+        self,
+        *,
+        max_size: int | None = None,
+        max_age: float | None = None,
+        keep_last_run: bool = False,
+    ) -> GcReport:
         """Remove entries, then blobs no entry references, dangling pointers, free locks.
 
         An entry is removed if any given criterion says so: ``keep_last_run`` keeps only
@@ -758,8 +821,10 @@ class Cache:
         if keep_last_run:
             last = self.last_run()
             if last is None:
-                raise UsageError(f"no run is recorded in {self._directory}; "
-                                 "--keep-last-run would remove everything")
+                raise UsageError(
+                    f"no run is recorded in {self._directory}; "
+                    "--keep-last-run would remove everything"
+                )
             doomed |= metas.keys() - last.used
         if max_age is not None:
             cutoff = time.time() - max_age
@@ -779,8 +844,12 @@ class Cache:
                 removed_blobs += self._sweep_blobs(metas.values())
         self._sweep_pointers(metas)
         self._sweep_locks()
-        return GcReport(removed=tuple(sorted(doomed)), removed_blobs=removed_blobs,
-                        kept=len(metas), freed_bytes=max(0, before - self._reader.volume()))
+        return GcReport(
+            removed=tuple(sorted(doomed)),
+            removed_blobs=removed_blobs,
+            kept=len(metas),
+            freed_bytes=max(0, before - self._reader.volume()),
+        )
 
     def _sweep_blobs(self, keep: Iterable[EntryMeta]) -> int:
         assert self._dc is not None and self._reader is not None
@@ -854,15 +923,21 @@ class Cache:
             if got is None:
                 continue
             lost = self._missing_blobs(got[0]) + [
-                o.digest for o in got[0].outputs if o.digest in bad_blobs]
+                o.digest for o in got[0].outputs if o.digest in bad_blobs
+            ]
             if lost:
-                problems.append(VerifyProblem("entry", fp, f"output blob {lost[0]} is missing "
-                                              "or bad"))
+                problems.append(
+                    VerifyProblem("entry", fp, f"output blob {lost[0]} is missing or bad")
+                )
         if self._dc is not None:
             for p in problems:
                 self._dc.delete(p.name)
-        return VerifyReport(len(entry_keys), len(blob_keys), tuple(problems),
-                            removed=self._dc is not None and bool(problems))
+        return VerifyReport(
+            len(entry_keys),
+            len(blob_keys),
+            tuple(problems),
+            removed=self._dc is not None and bool(problems),
+        )
 
     # ---- raw envelopes, for archives
 
@@ -896,8 +971,7 @@ class Cache:
 
     def check_entry_envelope(self, fingerprint: str, raw: bytes) -> EntryMeta:
         """Verify raw entry bytes as this cache would; return the meta or raise IntegrityError."""
-        opened = open_envelope(io.BytesIO(raw), kind=KIND_ENTRY, name=fingerprint,
-                                key=self._key)
+        opened = open_envelope(io.BytesIO(raw), kind=KIND_ENTRY, name=fingerprint, key=self._key)
         return self._entry_meta(fingerprint, opened)
 
     def check_blob_envelope(self, digest: str, raw: bytes) -> None:
@@ -906,8 +980,9 @@ class Cache:
         if problem is not None:
             raise IntegrityError(problem)
 
-    def adopt(self, entries: Mapping[str, bytes],
-              blobs: Mapping[str, bytes]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    def adopt(
+        self, entries: Mapping[str, bytes], blobs: Mapping[str, bytes]
+    ) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """Write raw envelopes from elsewhere: all verified first, entries in one transaction.
 
         Returns (taken, present): entries written, and entries kept because a complete
@@ -922,8 +997,10 @@ class Cache:
         for meta in metas.values():
             for o in meta.outputs:
                 if o.digest not in blobs and not self._reader.contains(o.digest, _TAG_BLOB):
-                    raise IntegrityError(f"entry {meta.fingerprint} needs blob {o.digest}, "
-                                         "which is neither given nor in the cache")
+                    raise IntegrityError(
+                        f"entry {meta.fingerprint} needs blob {o.digest}, "
+                        "which is neither given nor in the cache"
+                    )
         for digest, raw in blobs.items():
             self._write_blob(digest, envelope=raw)
         taken: list[str] = []

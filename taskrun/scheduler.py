@@ -13,6 +13,7 @@ cutoff: an upstream that reruns and returns an equal value leaves its dependents
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import os
 import time
 import warnings
@@ -29,6 +30,7 @@ from taskrun.registry import TaskSpec
 __all__ = ["ExplainItem", "RunResult", "Scheduler", "TaskResult"]
 
 EventSink = Callable[[ev.Event], None]
+_BATCH = 256  # perf: entries written per transaction at most (see _flush)
 _POLL = 0.05  # perf: how often parked tasks (another process holds their lock) look again
 
 
@@ -172,6 +174,9 @@ class Scheduler:
     _running: dict[cf.Future[Any], _Node] = field(default_factory=dict, init=False)
     _calls: dict[str, Any] = field(default_factory=dict, init=False)
     _stopping: bool = field(default=False, init=False)
+    _unsaved: list[tuple[_Node, Any, bytes, dict[str, bytes]]] = field(
+        default_factory=list, init=False
+    )
 
     def __post_init__(self) -> None:
         inv = self.invocation
@@ -329,6 +334,7 @@ class Scheduler:
                     self._advance()
                 if not running and not parked:
                     break
+                self._flush()  # before waiting: store what is finished
                 done, _ = cf.wait(
                     list(running),
                     timeout=_POLL if parked else 0.5,
@@ -344,6 +350,8 @@ class Scheduler:
             self._skip_rest(self._stopping)
         except KeyboardInterrupt:
             self.executor.cancel()
+            with contextlib.suppress(Exception, KeyboardInterrupt):
+                self._flush()  # tasks that finished are good results; in-flight ones are not
             for node in self._nodes.values():
                 self._release_lock(node)
             in_flight = tuple(n.name for n in running.values())
@@ -588,8 +596,10 @@ class Scheduler:
         stored, unchanged = False, False
         captured = self._capture(node, value)
         if spec.cache and self.cache.mode == "rw":
+            # The lock is released when the batch holding the entry is written (_flush).
             stored, unchanged = self._store(node, value, digest, outcome.duration, captured)
-        self._release_lock(node)
+        if not stored:
+            self._release_lock(node)
         node.digest = digest
         node.value, node.has_value = value, True
         if node.consumers <= 0 and not node.target:
@@ -645,15 +655,37 @@ class Scheduler:
             outputs=tuple(OutputRecord(c.path, c.digest, c.mode, len(c.data)) for c in captured),
             size=len(payload),
         )
-        result = self.cache.store(meta, payload, {c.digest: c.data for c in captured})
-        if str(result).endswith("kept-existing-different") or result == "kept-existing-different":
-            self._warn(
-                f"'{node.name}' is not reproducible: rerun with the same fingerprint, it"
-                " returned a different product than the cached entry (kept the first entry);"
-                " its dependents' cached results may be stale",
-                node,
-            )
+        self._unsaved.append((node, meta, payload, {c.digest: c.data for c in captured}))
+        if len(self._unsaved) >= _BATCH:
+            self._flush()
         return True, unchanged
+
+    def _flush(self) -> None:
+        """Write the finished tasks' entries in one transaction, then release their locks.
+
+        perf: a commit per task cost more than the rest of a cold run of no-op tasks. The
+        batch is written before the driver waits for anything and at the end of the run,
+        so an entry is stored as soon as nothing else is ready to do; another process that
+        waits for one of these fingerprints gets the lock only once the entry is there.
+        """
+        batch, self._unsaved = self._unsaved, []
+        if not batch:
+            return
+        try:
+            results = self.cache.store_many(
+                [(meta, payload, blobs) for _, meta, payload, blobs in batch]
+            )
+        finally:
+            for node, *_ in batch:
+                self._release_lock(node)
+        for (node, *_), result in zip(batch, results, strict=True):
+            if str(result) == "kept-existing-different":
+                self._warn(
+                    f"'{node.name}' is not reproducible: rerun with the same fingerprint, it"
+                    " returned a different product than the cached entry (kept the first"
+                    " entry); its dependents' cached results may be stale",
+                    node,
+                )
 
     # -- endings -----------------------------------------------------------------------
     def _skip(self, node: _Node, reason: str) -> None:
@@ -673,14 +705,12 @@ class Scheduler:
                 self._skip(node, why)
 
     def _close(self) -> None:
+        self._flush()
         used = [n.fp for n in self._nodes.values() if n.state in ("cached", "ran") and n.spec.cache]
         hits = sum(1 for n in self._nodes.values() if n.state == "cached")
         misses = sum(1 for n in self._nodes.values() if n.state in ("ran", "failed"))
         if self.cache.mode == "rw":
-            try:
-                self.cache.record_run(used, hits=hits, misses=misses)
-            except TypeError:
-                self.cache.record_run(used)
+            self.cache.record_run(used, hits=hits, misses=misses)
         if self.stat_cache is not None:
             self.stat_cache.flush()
         if self.source_memo is not None:
