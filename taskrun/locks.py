@@ -94,9 +94,9 @@ class FingerprintLocks:
 
     def acquire(self, fingerprint: str, *, blocking: bool) -> HeldLock | None:
         """The fingerprint's lock, or None if it is taken and ``blocking`` is False."""
-        self.directory.mkdir(parents=True, exist_ok=True)
         if _OFD:
             if self._range_fd is None:
+                self.directory.mkdir(parents=True, exist_ok=True)
                 # 0o666: sharing a cache directory between users is left to the umask.
                 self._range_fd = os.open(
                     self.directory / _RANGE_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666
@@ -114,6 +114,7 @@ class FingerprintLocks:
         return self._flock(fingerprint, blocking)
 
     def _flock(self, fingerprint: str, blocking: bool) -> HeldLock | None:
+        self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / f"{fingerprint}.lock"
         while True:
             # Read-only is enough for flock, so another user's lock file in a shared
