@@ -139,8 +139,8 @@ def test_product_failing_its_type_is_not_cached(tmp_path: Path, executor: str) -
     assert ran(tmp_path) == ["liar", "liar"]
 
 
-def test_fail_fast_skips_the_rest(tmp_path: Path) -> None:
-    """By default a failure stops the run: nothing new starts, dependents are skipped."""
+def failing() -> Registry:
+    """boom fails; after needs it; unrelated does not."""
     reg = Registry()
     with reg.activate():
 
@@ -157,9 +157,12 @@ def test_fail_fast_skips_the_rest(tmp_path: Path) -> None:
             note("unrelated")
             return 1
 
-    result = taskrun.run(
-        ["after", "unrelated"], registry=reg, root=tmp_path, executor="inline", jobs=1
-    )
+    return reg
+
+
+def test_fail_fast_skips_the_rest(tmp_path: Path) -> None:
+    """By default a failure stops the run: nothing new starts, dependents are skipped."""
+    result = go(failing(), tmp_path, "inline", targets=["after", "unrelated"])
     assert not result.ok
     assert result.state("boom") == "failed"
     assert "ValueError: broken input" in result.tasks["boom"].error
@@ -170,30 +173,7 @@ def test_fail_fast_skips_the_rest(tmp_path: Path) -> None:
 
 def test_keep_going_runs_what_does_not_depend_on_the_failure(tmp_path: Path) -> None:
     """keep_going: independent tasks still run; dependents of the failure are skipped."""
-    reg = Registry()
-    with reg.activate():
-
-        @taskrun.task
-        def boom() -> int:
-            raise ValueError("broken")
-
-        @taskrun.task(deps=[boom])
-        def after(boom: int) -> int:
-            return boom
-
-        @taskrun.task
-        def unrelated() -> int:
-            note("unrelated")
-            return 1
-
-    result = taskrun.run(
-        ["after", "unrelated"],
-        registry=reg,
-        root=tmp_path,
-        executor="inline",
-        jobs=1,
-        keep_going=True,
-    )
+    result = go(failing(), tmp_path, "inline", targets=["after", "unrelated"], keep_going=True)
     assert result.state("unrelated") == "ran"
     assert result.state("after") == "skipped"
     assert "upstream 'boom'" in result.tasks["after"].error
