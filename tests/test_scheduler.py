@@ -367,3 +367,35 @@ def test_declaring_a_new_output_reruns_the_task(tmp_path: Path) -> None:
     again = go(build(["a.txt", "b.txt"]), tmp_path, "inline", targets=["write"])
     assert again.state("write") == "cached"
     assert (tmp_path / "b.txt").read_text() == "b"
+
+
+def test_an_upstream_product_that_cannot_be_loaded_is_recomputed(tmp_path: Path) -> None:
+    """A cached upstream whose product fails to load runs again, with a warning."""
+    from taskrun import cache as cache_module
+    from taskrun.errors import IntegrityError
+
+    reg = diamond(tmp_path)
+    go(reg, tmp_path, "inline")
+    (tmp_path / "runs.log").unlink()
+    original = cache_module.Entry.load
+
+    def broken(self):  # type: ignore[no-untyped-def]
+        if self.meta.task == "numbers":
+            raise IntegrityError("payload digest mismatch")
+        return original(self)
+
+    events: list[object] = []
+    cache_module.Entry.load = broken  # type: ignore[method-assign]
+    try:
+        result = go(
+            reg, tmp_path, "inline", options={"double": {"factor": 3}}, on_event=events.append
+        )
+    finally:
+        cache_module.Entry.load = original  # type: ignore[method-assign]
+    assert result.ok
+    assert result.products["total"] == 3 * 3 + 5
+    # square hit before the bad load was found; numbers reran with an equal product.
+    assert sorted(ran(tmp_path)) == ["double", "numbers", "total"]
+    assert result.state("square") == "cached"
+    warnings = [e for e in events if type(e).__name__ == "Warned"]
+    assert any("could not be loaded" in e.message for e in warnings)  # type: ignore[attr-defined]
