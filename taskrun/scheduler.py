@@ -17,6 +17,7 @@ import contextlib
 import os
 import time
 import warnings
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
@@ -169,7 +170,8 @@ class Scheduler:
     on_event: EventSink = lambda e: None
     _nodes: dict[str, _Node] = field(default_factory=dict, init=False)
     _code: dict[Any, Any] = field(default_factory=dict, init=False)
-    _pending: list[_Node] = field(default_factory=list, init=False)
+    _ready: deque[_Node] = field(default_factory=deque, init=False)
+    _waiting: dict[str, int] = field(default_factory=dict, init=False)  # deps not done yet
     _parked: list[_Node] = field(default_factory=list, init=False)
     _running: dict[cf.Future[Any], _Node] = field(default_factory=dict, init=False)
     _calls: dict[str, Any] = field(default_factory=dict, init=False)
@@ -327,7 +329,10 @@ class Scheduler:
             )
         )
         running, parked = self._running, self._parked
-        self._pending = list(self._nodes.values())
+        # perf: readiness is counted, not searched for: a finished task decrements its
+        # dependents' counters, so each step costs its own edges, never a scan of the graph.
+        self._waiting = {n.name: len(n.deps) for n in self._nodes.values()}
+        self._ready = deque(n for n in self._nodes.values() if not n.deps)
         try:
             while True:
                 if not self._stopping:
@@ -373,33 +378,32 @@ class Scheduler:
             if self._try_lock(node):
                 self._parked.remove(node)
                 self._decide_locked(node)
-        progress = True
-        while progress:
-            progress = False
-            pending, self._pending = self._pending, []
-            for node in pending:
-                if self._stopping:
-                    self._pending.append(node)
-                    continue
-                deps = [self._nodes[d] for d in node.deps]
-                if any(d.state in ("failed", "skipped") for d in deps):
-                    failed = next(d.name for d in deps if d.state in ("failed", "skipped"))
-                    self._skip(node, f"upstream '{failed}' did not complete")
-                    progress = True
-                    continue
-                if not all(d.state in ("cached", "ran") for d in deps):
-                    self._pending.append(node)
-                    continue
-                progress = True
-                self._fingerprint(node, {d.name: d.digest for d in deps})
-                if self._lookup(node):
-                    continue
-                if not self._try_lock(node):
-                    node.state = "parked"
-                    self._parked.append(node)
-                    self.on_event(ev.TaskWaiting(node.name))
-                    continue
-                self._decide_locked(node)
+        ready = self._ready
+        while ready and not self._stopping:
+            node = ready.popleft()
+            if node.state != "pending" or self._waiting[node.name]:
+                continue  # decided already, or an upstream went back to run (_rerun)
+            deps = [self._nodes[d] for d in node.deps]
+            failed = next((d.name for d in deps if d.state in ("failed", "skipped")), None)
+            if failed is not None:
+                self._skip(node, f"upstream '{failed}' did not complete")
+                continue
+            self._fingerprint(node, {d.name: d.digest for d in deps})
+            if self._lookup(node):
+                continue
+            if not self._try_lock(node):
+                node.state = "parked"
+                self._parked.append(node)
+                self.on_event(ev.TaskWaiting(node.name))
+                continue
+            self._decide_locked(node)
+
+    def _done(self, node: _Node) -> None:
+        """A task ended (cached, ran, failed, skipped): its dependents may be ready."""
+        for name in node.dependents:
+            self._waiting[name] -= 1
+            if not self._waiting[name]:
+                self._ready.append(self._nodes[name])
 
     def _lookup(self, node: _Node) -> bool:
         """A hit: restore outputs, mark cached, release upstream products. Else False."""
@@ -435,6 +439,7 @@ class Scheduler:
         node.entry = entry
         node.digest = entry.meta.product_digest
         node.state = "cached"
+        self._done(node)
         node.duration = entry.meta.compute_time
         for dep in node.spec.deps:
             if dep.passed:
@@ -477,7 +482,6 @@ class Scheduler:
         except _UpstreamReload as reload:
             self._release_lock(node)
             node.state = "pending"
-            self._pending.append(node)
             self._rerun(reload.node, reload.reason)
             return
         self._submit(node, kwargs)
@@ -517,7 +521,10 @@ class Scheduler:
         node.state = "pending"
         node.entry = None
         node.forced = True  # its entry is bad: don't hit it again
-        self._pending.append(node)
+        for name in node.dependents:  # those still to decide wait for it again
+            if self._nodes[name].state == "pending":
+                self._waiting[name] += 1
+        self._ready.append(node)
 
     def _submit(self, node: _Node, kwargs: Mapping[str, Any]) -> None:
         from taskrun.executors import Call
@@ -560,6 +567,7 @@ class Scheduler:
             return False
         self._release_lock(node)
         node.state = "failed"
+        self._done(node)
         node.error = outcome.error
         node.duration = outcome.duration
         self.on_event(
@@ -605,6 +613,7 @@ class Scheduler:
         if node.consumers <= 0 and not node.target:
             node.value, node.has_value = None, False
         node.state = "ran"
+        self._done(node)
         node.duration = outcome.duration
         self.on_event(
             ev.TaskRan(
@@ -690,6 +699,7 @@ class Scheduler:
     # -- endings -----------------------------------------------------------------------
     def _skip(self, node: _Node, reason: str) -> None:
         node.state = "skipped"
+        self._done(node)
         node.error = reason
         self.on_event(ev.Skipped(node.name, reason))
 
