@@ -14,12 +14,21 @@ Two ways to get a cluster:
 How a call travels: the driver cloudpickles ``(fn, kwargs)`` *by value*
 (``trampoline.encode_call``: a task file's functions cannot be pickled by reference, and
 registering the task module with ``cloudpickle.register_pickle_by_value`` hangs a
-LocalCluster), and the Dask task is the importable :func:`_run_on_worker` applied to those
-bytes. It runs them with ``trampoline.run_pickled`` and returns bytes the driver decodes. So
-taskrun must be importable on every worker, and on the scheduler (which keeps the claims
-below); both are checked when the executor connects. Each attempt gets a Dask key of its
-own, ``taskrun-<task>-<attempt>-<uuid>``: never the fingerprint, so a retry or a second
-driver on the same cluster never gets a result that is not its own.
+LocalCluster), and the Dask task is the importable :func:`dask_remote.run_on_worker`
+applied to those bytes; it returns bytes the driver decodes. So taskrun must be importable
+on every worker, and on the scheduler (which keeps the claims below); both are checked when
+the executor connects. Each attempt gets a Dask key of its own,
+``taskrun-<task>-<attempt>-<uuid>``: never the fingerprint, so a retry or a second driver on
+the same cluster never gets a result that is not its own.
+
+**Files.** Workers that share the project directory (same path, same task file) run calls
+in it. Workers that do not get the call's files *shipped* (``taskrun.executors.shipping``):
+declared inputs, File/Dir arguments and the project's Python modules go with the call
+(each big file scattered once per run), the call runs in a scratch directory, and its
+output files come back as bytes, written into the project by the driver before the future
+resolves. ``ship_files`` forces either way; by default the driver asks the workers whether
+they see the project before the first call of a project, and a worker that does not sends
+the call back (before it claims it) to be shipped.
 
 **Claims.** Before it runs user code, a worker *claims* the call, atomically, and the
 driver does the same for a call it cancels before it started; whoever claims first wins.
@@ -36,36 +45,31 @@ Threading: Dask resolves its futures in its own threads. The client's event loop
 start announcements (workers publish one on the ``taskrun-started`` topic when a call
 starts: timeouts count from there, not from submission, because calls can wait in Dask's
 queue); Dask's callback thread hands finished futures to a collector thread of ours,
-which fetches their results and resolves our futures; a watchdog thread (started with the
-first deadline) enforces timeouts. Shared state is guarded by one lock, and no call into
-the client is made while holding it.
+which fetches their results (writes shipped outputs) and resolves our futures; a watchdog
+thread (started with the first deadline) enforces timeouts. Shared state is guarded by one
+lock, and no call into the client is made while holding it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
-import faulthandler
 import functools
 import heapq
 import itertools
 import logging
 import os
-import sys
-import tempfile
 import threading
 import time
 import uuid
-from collections import OrderedDict
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Any, Literal, TextIO
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
 
 import dask
 import distributed
 
 from taskrun.errors import UsageError
+from taskrun.executors import dask_remote as remote
 from taskrun.executors.base import (
     Call,
     Executor,
@@ -76,21 +80,18 @@ from taskrun.executors.base import (
     settle,
     timed_out_outcome,
 )
-from taskrun.executors.trampoline import decode_result, encode_call, run_pickled
+from taskrun.executors.shipping import Parcels, ShipError, write_back
+from taskrun.executors.trampoline import decode_result, encode_call
 
 __all__ = ["DaskExecutor"]
 
-_TOPIC = "taskrun-started"  # workers announce the start of each call on it
 _INSTALL = "`pip install taskrun` (the driver's version) in the environment it runs in"
 _WHERE_ADDRESS = "--dask-address, DASK_SCHEDULER_ADDRESS or [tool.taskrun] dask-address"
 # perf: a payload this big goes to the workers with scatter() ahead of the task rather than
 # inside the task's own message (Dask warns about large graphs, and copies them around).
 _SCATTER_OVER = 1 << 20
 _REMOVAL_WAIT = 10.0  # seconds our scheduler gets to notice a killed worker
-_POLL = 0.005  # perf: how often it is checked; only while stopping calls on an owned cluster
-_MAX_CLAIMS = 20_000  # claims a scheduler remembers (re-runs and cancels come within seconds)
-_CLAIM_READ_WAIT = 2.0  # seconds for a worker that just claimed a call to write who it is
-_REVOKED = "revoked"  # a claim made by the driver: the call was cancelled before it started
+_POLL = remote.POLL  # perf: how often it is checked; only while stopping calls on our cluster
 _MAX_RESENDS = 3  # a call whose worker keeps dying before it begins fails after this
 _OWNED_CONFIG: dict[str, object] = {
     # A task that kills its worker fails at once (KilledWorker); Dask does not re-run it.
@@ -101,7 +102,6 @@ _OWNED_CONFIG: dict[str, object] = {
 }
 _CANCELLED = (asyncio.CancelledError, concurrent.futures.CancelledError)
 _Stop = Literal["timeout", "cancel", "dropped"]
-ClaimMode = Literal["file", "scheduler"]
 
 
 @dataclass(eq=False, slots=True)
@@ -110,10 +110,12 @@ class _Job:
     key: str  # the Dask key
     token: str  # the key's unique part; names the worker's capture file
     future: concurrent.futures.Future[Outcome] = field(default_factory=concurrent.futures.Future)
-    argument: Any = None  # the encoded call, or its scattered future; dropped when resolved
+    payload: bytes = b""  # the encoded call; dropped when resolved
+    argument: Any = None  # the payload, or its scattered future; dropped when resolved
+    parcel: dict[str, Any] | None = None  # the shipped files, when the call ships them
     dask_future: Any = None  # distributed.Future, dropped once ours is resolved
     scattered: Any = None  # the payload's own future, when it went ahead with scatter()
-    resent: int = 0  # how many times it was sent again after its worker died before it began
+    resent: int = 0  # how many times it was sent again without having begun
     generation: int = 0  # the executor's cancel() count when it was sent
     settled: bool = False  # our future is (being) resolved; guarded by the lock
     started: float | None = None  # time.perf_counter() when the worker started it (as known)
@@ -129,16 +131,28 @@ class DaskExecutor(Executor):
     :meth:`connect`), so a run whose tasks are all cached never touches the cluster.
     Arguments and products cross process boundaries, so they must be picklable (by
     cloudpickle), as with the process executor.
+
+    ``ship_files``: whether calls carry their files to the workers and bring their output
+    files back (see the module docstring). None (the default) decides per project: a local
+    cluster shares this machine's files; on an external one, files are shipped when a
+    worker does not see the project directory or sees another version of the task file.
+    True always ships; False never does (a worker without the project fails the call).
     """
 
     name = "dask"
 
     def __init__(
-        self, jobs: int, *, address: str | None = None, connect_timeout: float = 10.0
+        self,
+        jobs: int,
+        *,
+        address: str | None = None,
+        connect_timeout: float = 10.0,
+        ship_files: bool | None = None,
     ) -> None:
         super().__init__(jobs)
         self.address = address or None
         self.connect_timeout = connect_timeout
+        self.ship_files = ship_files
         self._lock = threading.Lock()
         self._timers = threading.Condition(self._lock)  # a deadline was added, or closing
         self._connect_lock = threading.Lock()  # held while connecting and while closing
@@ -146,7 +160,7 @@ class DaskExecutor(Executor):
         self._cluster: Any = None  # distributed.LocalCluster, when we own one
         self._connect_error: str | None = None  # a failed connection is not retried
         # Where calls are claimed (see the module docstring): files for our own cluster.
-        self._claims: ClaimMode = "file" if self.address is None else "scheduler"
+        self._claims: remote.ClaimMode = "file" if self.address is None else "scheduler"
         self._revoked_files: list[str] = []  # claim files the driver made, removed at shutdown
         self._jobs: dict[str, _Job] = {}  # by Dask key: submitted, not yet settled
         self._deadlines: list[tuple[float, int, _Job]] = []
@@ -156,7 +170,9 @@ class DaskExecutor(Executor):
         self._has_done = threading.Condition(self._lock)
         self._collector: threading.Thread | None = None
         self._closed = False
-        self._stamps: dict[str, tuple[str, int, int] | None] = {}  # see _stamp()
+        self._stamps: dict[str, remote.Stamp | None] = {}  # see _stamp()
+        self._shipping: dict[str, bool] = {}  # project root -> whether its calls ship files
+        self._parcels = Parcels(self._scatter, _alive)
         self._generation = 0  # cancel() calls so far: a call finished before one is not resent
         self._lost: str | None = None  # the message, once the scheduler connection is lost
         self._quiet = False
@@ -200,18 +216,29 @@ class DaskExecutor(Executor):
                     f" be pickled: {describe_exception(exc)}",
                 )
             )
-        client = self._connected()
+        self._connected()
         job = _new_job(call, concurrent.futures.Future())
-        try:
-            job.argument = payload
-            if len(payload) > _SCATTER_OVER:
-                job.argument = job.scattered = client.scatter(payload, hash=False)
-        except Exception as exc:  # noqa: BLE001 - a dead connection raises many kinds
-            return resolved(
-                _failed(call, f"cannot send the task to {self._where()}: {describe_exception(exc)}")
-            )
+        job.payload = payload
+        failure = self._prepare(job)
+        if failure:
+            return resolved(_failed(call, failure))
         self._send(job)
         return job.future
+
+    def _prepare(self, job: _Job) -> str:
+        """Make ``job``'s Dask arguments (scattering what is big); "" or why it cannot go."""
+        try:
+            job.argument = job.payload
+            if len(job.payload) > _SCATTER_OVER:
+                job.argument = job.scattered = self._scatter(job.payload)
+            job.parcel = self._parcels.build(job.call) if self._ships(job.call) else None
+        except ShipError as exc:
+            return f"cannot send the task to {self._where()}: {exc}"
+        except UsageError as exc:
+            return exc.message
+        except Exception as exc:  # noqa: BLE001 - a dead connection raises many kinds
+            return f"cannot send the task to {self._where()}: {describe_exception(exc)}"
+        return ""
 
     def _send(self, job: _Job) -> None:
         """Submit ``job`` to Dask under its own key; its future resolves when it is done."""
@@ -224,16 +251,25 @@ class DaskExecutor(Executor):
         if lost is not None or client is None:
             settle(job.future, _failed(job.call, lost or "the dask executor was shut down"))
             return
+        # A worker of an external cluster that does not see the project sends the call
+        # back to be shipped, unless told otherwise; our own cluster's workers see it.
+        files: remote.FilesMode = "shared"
+        if job.parcel is not None:
+            files = "ship"
+        elif self.ship_files is None and self._cluster is None:
+            files = "auto"
         try:
             job.dask_future = client.submit(
-                _run_on_worker,
+                remote.run_on_worker,
                 job.argument,
                 job.call.cwd,
                 job.key,
                 job.token,
                 self._claims,
                 self.address is not None,  # forget project modules: workers outlive the run
-                self._stamp(job.call),
+                None if job.parcel is not None else self._stamp(job.call),
+                files,
+                job.parcel,
                 key=job.key,
                 pure=False,
                 retries=0,  # the scheduler retries (retries=), with a fresh key per attempt
@@ -250,6 +286,37 @@ class DaskExecutor(Executor):
             return
         job.dask_future.add_done_callback(functools.partial(self._finished, job))
         job.future.add_done_callback(functools.partial(self._dropped, job))
+
+    def _scatter(self, data: bytes) -> Any:
+        """Put ``data`` on the cluster ahead of the calls that use it; its Dask future."""
+        client = self._client
+        if client is None:
+            raise UsageError("the dask executor was shut down")
+        return client.scatter(data, hash=False)
+
+    def _ships(self, call: Call) -> bool:
+        """Whether ``call`` ships its files: decided once per project root (see ship_files)."""
+        if self.ship_files is not None:
+            return self.ship_files
+        with self._lock:
+            known = self._shipping.get(call.cwd)
+        if known is not None:
+            return known
+        # Our own cluster runs on this machine; an external one is asked, in one round trip.
+        ships = self._cluster is None and not self._workers_see(call)
+        with self._lock:
+            return self._shipping.setdefault(call.cwd, ships)
+
+    def _workers_see(self, call: Call) -> bool:
+        """Whether every worker sees the project of ``call`` as this driver does."""
+        client = self._client
+        if client is None:
+            return True
+        try:
+            seen = client.run(remote.sees_project, call.cwd, self._stamp(call), on_error="return")
+        except Exception:  # noqa: BLE001 - no answer: try in place; a worker sends it back
+            return True
+        return all(answer is True for answer in seen.values())
 
     def cancel(self) -> None:
         with self._lock:
@@ -282,7 +349,7 @@ class DaskExecutor(Executor):
             finally:
                 self._client = self._cluster = None
                 for path in self._revoked_files:
-                    _unlink(path)
+                    remote.unlink(path)
                 self._revoked_files.clear()
                 if self._quiet:
                     _quiet_dask_logs(False)
@@ -317,7 +384,7 @@ class DaskExecutor(Executor):
                 else:
                     client = self._join()
                 self._check(client)
-                client.subscribe_topic(_TOPIC, self._on_started)
+                client.subscribe_topic(remote.TOPIC, self._on_started)
             except UsageError as exc:
                 self._connect_error = exc.message
                 for thing in (client, cluster):
@@ -379,8 +446,8 @@ class DaskExecutor(Executor):
                     f"{where} has no workers (waited {self.connect_timeout:g}s);"
                     f" start some with `dask worker {self.address}`"
                 ) from None
-        here = _python_version()
-        facts = client.run(_worker_facts, on_error="return")
+        here = remote.python_version()
+        facts = client.run(remote.worker_facts, on_error="return")
         for worker, fact in sorted(facts.items()):
             if isinstance(fact, BaseException) or not isinstance(fact, dict):
                 raise UsageError(
@@ -394,7 +461,7 @@ class DaskExecutor(Executor):
                     " same Python version on both sides"
                 )
         try:
-            client.run_on_scheduler(_scheduler_facts)
+            client.run_on_scheduler(remote.scheduler_facts)
         except Exception as exc:  # noqa: BLE001 - an import error, unpickled on the scheduler
             raise UsageError(
                 f"{where} cannot run taskrun's calls ({describe_exception(exc)});"
@@ -429,7 +496,7 @@ class DaskExecutor(Executor):
         """The Dask future is done (in Dask's callback thread): hand it to the collector."""
         with self._lock:
             if job.settled:  # timed out or cancelled meanwhile: resolved already
-                job.dask_future = job.scattered = None
+                _forget(job)
                 return
             job.settled = True
             self._jobs.pop(job.key, None)
@@ -473,18 +540,23 @@ class DaskExecutor(Executor):
                 if outcome is None and stale:
                     outcome = cancelled_outcome(job.call)  # cancelled while it was in here
                 if outcome is None:
+                    # Prepared afresh: what was scattered for it may have died with a worker.
                     again = _new_job(job.call, job.future, resent=job.resent + 1)
-                    again.argument, again.scattered = job.argument, job.scattered
-                    self._send(again)
+                    again.payload = job.payload
+                    failure = self._prepare(again)
+                    if failure:
+                        settle(job.future, _failed(job.call, failure))
+                    else:
+                        self._send(again)
                 else:
                     settle(job.future, outcome)
-                job.dask_future = job.scattered = job.argument = None  # let Dask forget it
+                _forget(job)  # let Dask forget what it held for it
 
     def _outcome(self, job: _Job, dask_future: Any, value: Any = None) -> Outcome | None:
         """How the call of ``job`` ended; None when it must be sent again (it never began)."""
         call = job.call
         try:
-            kind, data = value if value is not None else dask_future.result()
+            kind, data, files = value if value is not None else dask_future.result()
         except distributed.KilledWorker as exc:
             worker = getattr(exc.last_worker, "address", "") or job.worker
             if job.resent < _MAX_RESENDS and not self._claimed(job):
@@ -501,10 +573,16 @@ class DaskExecutor(Executor):
                 duration=_since(job.started),
                 crashed=True,
             )
-        except _CANCELLED:
+        except _CANCELLED as exc:
+            if (
+                getattr(exc, "reason", "") == "lost dependencies"
+                and self._running()
+                and job.resent < _MAX_RESENDS
+            ):
+                return None  # data scattered for it died with a worker: scatter it again
             return _failed(call, self._lose())  # we never cancel a future we have not settled
         except Exception as exc:  # noqa: BLE001 - whatever Dask raises, the call failed
-            if self._client is None or self._client.status not in ("running", "newly-created"):
+            if not self._running():
                 return _failed(call, self._lose())
             hint = ""
             if isinstance(exc, ImportError) and "taskrun" in str(exc):
@@ -512,15 +590,32 @@ class DaskExecutor(Executor):
             return _failed(call, f"{self._where()} could not run the task: {_describe(exc)}{hint}")
         if kind == "done":
             try:
-                return decode_result(call.task, data)
+                outcome = decode_result(call.task, data)
             except Exception as exc:  # noqa: BLE001 - a garbled result is a failure
                 return _failed(call, f"unreadable result from the Dask worker: {_describe(exc)}")
+            if outcome.ok and files:
+                try:
+                    write_back(files, call.cwd)
+                except ShipError as exc:
+                    return replace(outcome, ok=False, value=None, error=str(exc))
+            return outcome
+        if kind == "unshared":
+            # This worker does not see the project (it joined after the driver asked, or
+            # sees another version of it): from now on the project's calls ship their files.
+            with self._lock:
+                self._shipping[call.cwd] = True
+            return None if job.resent < _MAX_RESENDS else _failed(call, str(data))
         if kind == "crashed":
             output = self._read_capture(job)
             return Outcome(task=call.task, ok=False, error=data, output=output, crashed=True)
         if kind == "cancelled":  # we claimed it first; resolved already, but to be safe
             return cancelled_outcome(call)
         return _failed(call, str(data))
+
+    def _running(self) -> bool:
+        """Whether the client is still connected to the scheduler."""
+        client = self._client
+        return client is not None and client.status in ("running", "newly-created")
 
     def _stamp(self, call: Call) -> tuple[str, int, int] | None:
         """(path, size, mtime) of the project file the task function comes from, if any.
@@ -538,16 +633,16 @@ class DaskExecutor(Executor):
             return None
         with self._lock:
             if path not in self._stamps:
-                self._stamps[path] = _source_stamp_here(path)
+                self._stamps[path] = remote.source_stamp(path)
             return self._stamps[path]
 
     def _claimed(self, job: _Job) -> bool:
         """Whether a worker claimed (began) ``job``'s call; True when that cannot be known."""
         if self._claims == "file":
-            return os.path.exists(_claim_path(job.token))
+            return os.path.exists(remote.claim_path(job.token))
         client = self._client
         try:
-            return bool(client.run_on_scheduler(_claim_of, job.key)) if client else True
+            return bool(client.run_on_scheduler(remote.claim_of, job.key)) if client else True
         except Exception:  # noqa: BLE001 - unknown: say it began (never run twice)
             return True
 
@@ -626,8 +721,8 @@ class DaskExecutor(Executor):
                     _kill_worker(job.pid)
             self._await_removal({job.worker for job in running})
             for job in running:  # what the killed workers could not remove themselves
-                _unlink(_capture_path(job.token))
-                _unlink(_claim_path(job.token))
+                remote.unlink(remote.capture_path(job.token))
+                remote.unlink(remote.claim_path(job.token))
         client = self._client
         futures = [f for job in jobs for f in (job.dask_future, job.scattered) if f is not None]
         if client is not None and futures:
@@ -649,7 +744,7 @@ class DaskExecutor(Executor):
                         duration=duration,
                     ),
                 )
-            job.dask_future = job.scattered = None
+            _forget(job)
 
     def _revoke(self, jobs: list[_Job]) -> None:
         """Claim calls not known to have started, so that they never do.
@@ -660,23 +755,23 @@ class DaskExecutor(Executor):
             return
         if self._claims == "file":
             for job in jobs:
-                path = _claim_path(job.token)
+                path = remote.claim_path(job.token)
                 try:
                     fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
                 except FileExistsError:
-                    _started_from(job, _read_claim(path))
+                    _started_from(job, remote.read_claim(path))
                     continue
                 except OSError:
                     continue
                 with os.fdopen(fd, "w") as f:
-                    f.write(_REVOKED)
+                    f.write(remote.REVOKED)
                 self._revoked_files.append(path)
             return
         client = self._client
         if client is None:
             return
         try:
-            started = client.run_on_scheduler(_revoke_on_scheduler, [job.key for job in jobs])
+            started = client.run_on_scheduler(remote.revoke_on_scheduler, [job.key for job in jobs])
         except Exception:  # noqa: BLE001 - lost connection: nothing will start any more
             return
         for job in jobs:
@@ -696,19 +791,19 @@ class DaskExecutor(Executor):
     def _outputs(self, jobs: list[_Job]) -> dict[str, str]:
         """What each running call has printed so far, by token (read before it is stopped)."""
         outputs: dict[str, str] = {}
-        remote: dict[str, list[str]] = {}
+        elsewhere: dict[str, list[str]] = {}
         for job in jobs:
-            text = _read(_capture_path(job.token))
+            text = remote.read_text(remote.capture_path(job.token))
             if text is not None:  # a worker on this machine: read its file directly
                 outputs[job.token] = text
             elif job.worker:
-                remote.setdefault(job.worker, []).append(job.token)
+                elsewhere.setdefault(job.worker, []).append(job.token)
         client = self._client
-        if remote and client is not None:
-            tokens = [t for group in remote.values() for t in group]
+        if elsewhere and client is not None:
+            tokens = [t for group in elsewhere.values() for t in group]
             try:
                 found = client.run(
-                    _running_outputs, tokens, workers=list(remote), on_error="return"
+                    remote.running_outputs, tokens, workers=list(elsewhere), on_error="return"
                 )
             except Exception:  # noqa: BLE001 - a lost worker has nothing more to say
                 found = {}
@@ -719,28 +814,31 @@ class DaskExecutor(Executor):
 
     def _read_capture(self, job: _Job) -> str:
         """The output of a call whose worker died, when that worker ran on this machine."""
-        path = _capture_path(job.token)
-        text = _read(path)
-        _unlink(path)  # the dead worker could not remove it
-        _unlink(_claim_path(job.token))
+        path = remote.capture_path(job.token)
+        text = remote.read_text(path)
+        remote.unlink(path)  # the dead worker could not remove it
+        remote.unlink(remote.claim_path(job.token))
         return text or ""
 
 
 # -- the driver's helpers -------------------------------------------------------------------
 
 
-def _source_stamp_here(path: str) -> tuple[str, int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (path, st.st_size, st.st_mtime_ns)
-
-
 def _new_job(call: Call, future: concurrent.futures.Future[Outcome], *, resent: int = 0) -> _Job:
     token = uuid.uuid4().hex
     key = f"taskrun-{call.task}-{call.attempt}-{token}"
     return _Job(call, key=key, token=token, future=future, resent=resent)
+
+
+def _forget(job: _Job) -> None:
+    """Drop what ``job`` holds for Dask (futures, payload, parcel): its call is resolved."""
+    job.dask_future = job.scattered = job.argument = job.parcel = None
+    job.payload = b""
+
+
+def _alive(future: Any) -> bool:
+    """Whether a scattered future can still be used (its data did not die with a worker)."""
+    return bool(future.status == "finished")
 
 
 def _failed(call: Call, error: str) -> Outcome:
@@ -757,34 +855,9 @@ def _describe(thing: object) -> str:
     return repr(thing)
 
 
-def _read(path: str) -> str | None:
-    try:
-        with open(path, "rb") as f:
-            return f.read().decode("utf-8", errors="replace")
-    except OSError:
-        return None
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
-
-
-def _read_claim(path: str) -> str:
-    """A claim file's text, waiting briefly for the worker that just made it to fill it in."""
-    end = time.monotonic() + _CLAIM_READ_WAIT
-    while True:
-        text = _read(path) or ""
-        if text or time.monotonic() > end:
-            return text
-        time.sleep(_POLL)
-
-
 def _started_from(job: _Job, claim: Any) -> None:
     """Record on ``job`` that a worker claimed it (``claim``: "pid address time"), if it did."""
-    if not isinstance(claim, str) or not claim or claim == _REVOKED:
+    if not isinstance(claim, str) or not claim or claim == remote.REVOKED:
         return
     parts = claim.split(" ")
     if len(parts) != 3:
@@ -835,207 +908,3 @@ def _quiet_dask_logs(on: bool) -> None:
             for handler, level in _quiet_saved:
                 handler.setLevel(level)
             _quiet_saved.clear()
-
-
-# -- what runs on the workers and the scheduler (importable by reference) -------------------
-
-_RUNNING: dict[str, str] = {}  # on a worker: token -> capture file of the call running
-
-
-def _python_version() -> str:
-    return f"{sys.version_info[0]}.{sys.version_info[1]}"
-
-
-def _capture_path(token: str) -> str:
-    return os.path.join(tempfile.gettempdir(), f"taskrun-dask-{token}.out")
-
-
-def _claim_path(token: str) -> str:
-    return os.path.join(tempfile.gettempdir(), f"taskrun-dask-{token}.claim")
-
-
-def _run_on_worker(
-    payload: bytes,
-    cwd: str,
-    key: str,
-    token: str,
-    claims: ClaimMode,
-    forget: bool,
-    stamp: tuple[str, int, int] | None = None,
-) -> tuple[str, Any]:
-    """The Dask task: run an encoded call; return ``("done", result bytes)`` or why not.
-
-    ``("failed", message)`` when the call cannot run here, ``("crashed", message)`` when
-    its claim shows that it started once already (its worker died under it), and
-    ``("cancelled", "")`` when the driver claimed it first.
-    """
-    worker = distributed.get_worker()
-    if not os.path.isdir(cwd):
-        return (
-            "failed",
-            f"the project directory {cwd} does not exist on the Dask worker {worker.address};"
-            " the dask executor needs the project at the same path on every worker (a shared"
-            " file system, see docs/dask.md)",
-        )
-    if stamp is not None and _source_stamp_here(stamp[0]) != stamp:
-        return (
-            "failed",
-            f"the task file {stamp[0]} on the Dask worker {worker.address} is not the one the"
-            " driver loaded (missing, or another size or modification time): the workers must"
-            " see the project the driver sees, through a shared file system, not a copy (see"
-            " docs/dask.md); if you just edited it, the worker's view may lag: run again",
-        )
-    me = f"{os.getpid()} {worker.address} {time.time()!r}"
-    if claims == "file":
-        refused = _claim_file(token, me)
-    else:
-        refused = distributed.get_client().run_on_scheduler(_claim_on_scheduler, key, me)
-    if refused == _REVOKED:
-        return ("cancelled", "")
-    if refused:
-        first = (refused.split(" ") + ["", ""])[1] or "unknown"
-        return (
-            "crashed",
-            f"the Dask worker that ran the task died ({first}), and Dask"
-            f" started it again on {worker.address}; taskrun stopped that second run (a task"
-            " that crashes its worker fails, it is not run again)",
-        )
-    worker.log_event(_TOPIC, {"key": key, "worker": worker.address, "pid": os.getpid()})
-    # With one thread, the worker runs one call at a time: capture at the descriptor level
-    # (child processes, C code), into a file the driver can read if the call never returns.
-    path = _capture_path(token) if worker.state.nthreads == 1 else None
-    if path is not None:
-        if not faulthandler.is_enabled():
-            # Writes to fd 2, which points at the capture file while a call runs: a segfault
-            # leaves the traceback of where it happened in the task's output.
-            faulthandler.enable(file=sys.__stderr__ or sys.stderr, all_threads=False)
-        _RUNNING[token] = path
-    try:
-        with _worker_logs_aside() if path is not None else contextlib.nullcontext():
-            data = run_pickled(
-                payload,
-                cwd,
-                capture="fd" if path is not None else "sys",
-                capture_path=path,
-                forget_project_modules=forget,
-            )
-    finally:
-        if path is not None:
-            _RUNNING.pop(token, None)
-            _unlink(path)
-        if claims == "file":
-            _unlink(_claim_path(token))  # it ran to the end: it cannot start again
-    return ("done", data)
-
-
-_LOG_STREAMS: dict[int, TextIO] = {}  # on a worker: fd -> a stream on a duplicate of it
-
-
-@contextlib.contextmanager
-def _worker_logs_aside() -> Iterator[None]:
-    """Keep the worker's own log lines out of a call's descriptor-level capture.
-
-    Log handlers write to the streams on fds 1 and 2, which point at the capture file while
-    a call runs; for that time they write to duplicates of the real descriptors instead.
-    """
-    moved: list[tuple[logging.StreamHandler[Any], Any]] = []
-    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
-    for logger in loggers:
-        for handler in getattr(logger, "handlers", ()):
-            if not isinstance(handler, logging.StreamHandler):
-                continue
-            try:
-                fd = handler.stream.fileno()
-            except (AttributeError, OSError, ValueError):
-                continue
-            if fd not in (1, 2):
-                continue
-            stream = _LOG_STREAMS.get(fd)
-            if stream is None:
-                stream = os.fdopen(os.dup(fd), "w", buffering=1, errors="backslashreplace")
-                _LOG_STREAMS[fd] = stream
-            moved.append((handler, handler.setStream(stream)))
-    try:
-        yield
-    finally:
-        for handler, old in moved:
-            if old is not None:
-                handler.setStream(old)
-
-
-def _claim_file(token: str, me: str) -> str:
-    """Claim a call on this machine: "" when claimed, else the claim that was there first."""
-    path = _claim_path(token)
-    try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-    except FileExistsError:
-        return _read_claim(path) or _REVOKED
-    with os.fdopen(fd, "w") as f:
-        f.write(me)
-    return ""
-
-
-def _running_outputs(tokens: list[str]) -> dict[str, str]:
-    """On a worker: what the calls among ``tokens`` running here have printed so far."""
-    found: dict[str, str] = {}
-    for token in tokens:
-        path = _RUNNING.get(token)
-        text = _read(path) if path else None
-        if text is not None:
-            found[token] = text
-    return found
-
-
-def _worker_facts() -> dict[str, str]:
-    """On a worker, at connect: proves taskrun imports there, and says which Python runs it."""
-    from taskrun import __version__
-
-    return {"python": _python_version(), "taskrun": __version__}
-
-
-def _scheduler_facts(dask_scheduler: Any = None) -> dict[str, object]:
-    """On the scheduler, at connect: proves taskrun imports there."""
-    return {"allowed_failures": getattr(dask_scheduler, "allowed_failures", None)}
-
-
-def _scheduler_claims(dask_scheduler: Any) -> OrderedDict[str, str]:
-    claims: OrderedDict[str, str] | None = getattr(dask_scheduler, "_taskrun_claims", None)
-    if claims is None:
-        claims = OrderedDict()
-        dask_scheduler._taskrun_claims = claims
-    return claims
-
-
-def _claim_on_scheduler(key: str, me: str, dask_scheduler: Any = None) -> str:
-    """On the scheduler (in its event loop, so atomic): claim ``key`` for the worker ``me``.
-
-    Returns "" when claimed, else the claim that was there first.
-    """
-    claims = _scheduler_claims(dask_scheduler)
-    first = claims.get(key)
-    if first is not None:
-        return first
-    claims[key] = me
-    while len(claims) > _MAX_CLAIMS:
-        claims.popitem(last=False)
-    return ""
-
-
-def _claim_of(key: str, dask_scheduler: Any = None) -> str:
-    """On the scheduler: the claim made for ``key`` ("" when none)."""
-    return _scheduler_claims(dask_scheduler).get(key, "")
-
-
-def _revoke_on_scheduler(keys: list[str], dask_scheduler: Any = None) -> dict[str, str]:
-    """On the scheduler: claim ``keys`` for the driver; returns the claims workers made first."""
-    claims = _scheduler_claims(dask_scheduler)
-    started: dict[str, str] = {}
-    for key in keys:
-        first = claims.get(key)
-        if first is None:
-            claims[key] = _REVOKED
-        elif first != _REVOKED:
-            started[key] = first
-    while len(claims) > _MAX_CLAIMS:
-        claims.popitem(last=False)
-    return started

@@ -21,6 +21,7 @@ import sys
 import tempfile
 import types
 from collections import ChainMap
+from collections.abc import Callable
 from dataclasses import replace
 from types import TracebackType
 from typing import IO, Any, Literal, TextIO
@@ -30,7 +31,7 @@ import cloudpickle
 from taskrun.executors.base import Call, Outcome, call_function, describe_exception
 from taskrun.executors.local import STREAMS, routed_to
 
-__all__ = ["decode_result", "encode_call", "run_pickled"]
+__all__ = ["decode_result", "encode_call", "run_pickled", "run_pickled_then"]
 
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
 Capture = Literal["fd", "sys", "none"]
@@ -106,6 +107,33 @@ def run_pickled(
 
     Never raises for anything the task does.
     """
+    return run_pickled_then(
+        payload,
+        cwd,
+        None,
+        capture=capture,
+        capture_path=capture_path,
+        forget_project_modules=forget_project_modules,
+    )
+
+
+def run_pickled_then(
+    payload: bytes,
+    cwd: str,
+    then: Callable[[object], object] | None,
+    *,
+    capture: Capture = "fd",
+    capture_path: str | None = None,
+    forget_project_modules: bool = False,
+) -> bytes:
+    """:func:`run_pickled`, with ``then(product)`` run after the function returned.
+
+    ``then`` runs still in ``cwd``, after the output capture and before the product is
+    encoded (and before project modules are forgotten); what it returns is the product
+    sent back. An exception from it fails the call, with the exception's text as the
+    error: a worker that runs calls in a scratch copy of the project collects the output
+    files there, and gives up on a call whose outputs cannot be sent back.
+    """
     _enter_project(cwd)
     sink = _open_capture(capture, capture_path)
     with sink:
@@ -119,6 +147,11 @@ def run_pickled(
             )
         else:
             outcome = call_function("", fn, kwargs, interruptible=False)
+    if then is not None and outcome.ok:
+        try:
+            outcome = replace(outcome, value=then(outcome.value))
+        except Exception as exc:  # noqa: BLE001 - whatever stops it, the call failed
+            outcome = replace(outcome, ok=False, value=None, error=str(exc) or repr(exc))
     # Encode before forgetting: a product whose class lives in a project module must be
     # pickled by reference to that module, which needs it still in sys.modules.
     result = _encode_result(replace(outcome, output=sink.text))
