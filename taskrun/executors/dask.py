@@ -5,7 +5,7 @@ Two ways to get a cluster:
 - **No address**: a :class:`distributed.LocalCluster` of ``jobs`` worker processes with one
   thread each, listening on 127.0.0.1 only, with no dashboard, started with the first call
   and closed by :meth:`DaskExecutor.shutdown`. taskrun owns it, so it sets its scheduler up
-  for taskrun (``_OWNED_CONFIG``) and kills the worker of a call that times out or is
+  for taskrun (``dask_cluster.OWNED_CONFIG``) and kills the worker of a call that times out or is
   cancelled (the worker's nanny starts a fresh one).
 - **An address** (``tcp://host:8786``): a client of a scheduler someone else runs. taskrun
   never shuts it down nor changes its settings; :meth:`DaskExecutor.shutdown` closes only the
@@ -57,7 +57,6 @@ import concurrent.futures
 import functools
 import heapq
 import itertools
-import logging
 import os
 import threading
 import time
@@ -65,10 +64,10 @@ import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-import dask
 import distributed
 
 from taskrun.errors import UsageError
+from taskrun.executors import dask_cluster as cl
 from taskrun.executors import dask_remote as remote
 from taskrun.executors.base import (
     Call,
@@ -85,21 +84,10 @@ from taskrun.executors.trampoline import decode_result, encode_call
 
 __all__ = ["DaskExecutor"]
 
-_INSTALL = "`pip install taskrun` (the driver's version) in the environment it runs in"
-_WHERE_ADDRESS = "--dask-address, DASK_SCHEDULER_ADDRESS or [tool.taskrun] dask-address"
 # perf: a payload this big goes to the workers with scatter() ahead of the task rather than
 # inside the task's own message (Dask warns about large graphs, and copies them around).
 _SCATTER_OVER = 1 << 20
-_REMOVAL_WAIT = 10.0  # seconds our scheduler gets to notice a killed worker
-_POLL = remote.POLL  # perf: how often it is checked; only while stopping calls on our cluster
 _MAX_RESENDS = 3  # a call whose worker keeps dying before it begins fails after this
-_OWNED_CONFIG: dict[str, object] = {
-    # A task that kills its worker fails at once (KilledWorker); Dask does not re-run it.
-    "distributed.scheduler.allowed-failures": 0,
-    # One task per one-thread worker: when a worker dies (a crash, or taskrun killing a
-    # timed-out task), no innocent task queued behind it on that worker dies with it.
-    "distributed.scheduler.worker-saturation": 1.0,
-}
 _CANCELLED = (asyncio.CancelledError, concurrent.futures.CancelledError)
 _Stop = Literal["timeout", "cancel", "dropped"]
 
@@ -352,7 +340,7 @@ class DaskExecutor(Executor):
                     remote.unlink(path)
                 self._revoked_files.clear()
                 if self._quiet:
-                    _quiet_dask_logs(False)
+                    cl.quiet_dask_logs(False)
                     self._quiet = False
 
     # -- connecting -----------------------------------------------------------------------
@@ -375,15 +363,15 @@ class DaskExecutor(Executor):
             if not self._quiet:
                 # The executor reports crashes and lost connections itself, as task failures;
                 # distributed's own log lines about them would only repeat it, less clearly.
-                _quiet_dask_logs(True)
+                cl.quiet_dask_logs(True)
                 self._quiet = True
             client = cluster = None
             try:
                 if self.address is None:
-                    cluster, client = self._start_cluster()
+                    cluster, client = cl.start_local_cluster(self.jobs)
                 else:
-                    client = self._join()
-                self._check(client)
+                    client = cl.join(self.address, self.connect_timeout)
+                cl.check(client, self._where(), self.address, self.connect_timeout)
                 client.subscribe_topic(remote.TOPIC, self._on_started)
             except UsageError as exc:
                 self._connect_error = exc.message
@@ -396,77 +384,6 @@ class DaskExecutor(Executor):
                 raise
             self._client, self._cluster = client, cluster
             return client
-
-    def _start_cluster(self) -> tuple[Any, Any]:
-        try:
-            with dask.config.set(_OWNED_CONFIG):
-                cluster = distributed.LocalCluster(
-                    n_workers=self.jobs,
-                    threads_per_worker=1,
-                    processes=True,
-                    host="127.0.0.1",
-                    # No dashboard, and the scheduler's HTTP endpoint (health, metrics) on a
-                    # free loopback port: the default 8787 may be taken (by another run).
-                    dashboard_address="127.0.0.1:0",
-                    scheduler_kwargs={"dashboard": False},
-                    silence_logs=logging.CRITICAL,  # the workers too: we report for them
-                )
-        except Exception as exc:  # noqa: BLE001 - whatever stops it, the run cannot go on
-            raise UsageError(
-                f"cannot start a local Dask cluster: {describe_exception(exc)}"
-            ) from exc
-        try:
-            client = distributed.Client(cluster, set_as_default=False)
-        except Exception as exc:  # noqa: BLE001
-            cluster.close()
-            raise UsageError(
-                f"cannot connect to the local Dask cluster: {describe_exception(exc)}"
-            ) from exc
-        return cluster, client
-
-    def _join(self) -> Any:
-        address = self.address
-        try:
-            return distributed.Client(address, timeout=self.connect_timeout, set_as_default=False)
-        except Exception as exc:  # noqa: BLE001 - refused, timed out, a malformed address...
-            raise UsageError(
-                f"cannot connect to the Dask scheduler at {address}: {describe_exception(exc)};"
-                f" start one with `dask scheduler` (and workers with `dask worker {address}`),"
-                f" or correct the address ({_WHERE_ADDRESS})"
-            ) from None
-
-    def _check(self, client: Any) -> None:
-        """Refuse a cluster that cannot run taskrun's calls, naming the fix."""
-        where = self._where()
-        if self.address is not None:
-            try:
-                client.wait_for_workers(1, timeout=self.connect_timeout)
-            except (TimeoutError, asyncio.TimeoutError):
-                raise UsageError(
-                    f"{where} has no workers (waited {self.connect_timeout:g}s);"
-                    f" start some with `dask worker {self.address}`"
-                ) from None
-        here = remote.python_version()
-        facts = client.run(remote.worker_facts, on_error="return")
-        for worker, fact in sorted(facts.items()):
-            if isinstance(fact, BaseException) or not isinstance(fact, dict):
-                raise UsageError(
-                    f"the Dask worker {worker} cannot run taskrun's calls"
-                    f" ({_describe(fact)}); install taskrun there: {_INSTALL}"
-                )
-            if fact.get("python") != here:
-                raise UsageError(
-                    f"the Dask worker {worker} runs Python {fact.get('python')} and this"
-                    f" driver Python {here}; tasks travel as pickled code, which needs the"
-                    " same Python version on both sides"
-                )
-        try:
-            client.run_on_scheduler(remote.scheduler_facts)
-        except Exception as exc:  # noqa: BLE001 - an import error, unpickled on the scheduler
-            raise UsageError(
-                f"{where} cannot run taskrun's calls ({describe_exception(exc)});"
-                f" install taskrun on the scheduler: {_INSTALL}"
-            ) from None
 
     # -- resolving futures ----------------------------------------------------------------
 
@@ -586,13 +503,15 @@ class DaskExecutor(Executor):
                 return _failed(call, self._lose())
             hint = ""
             if isinstance(exc, ImportError) and "taskrun" in str(exc):
-                hint = f"; install taskrun on every worker: {_INSTALL}"
-            return _failed(call, f"{self._where()} could not run the task: {_describe(exc)}{hint}")
+                hint = f"; install taskrun on every worker: {cl.INSTALL}"
+            return _failed(
+                call, f"{self._where()} could not run the task: {cl.describe(exc)}{hint}"
+            )
         if kind == "done":
             try:
                 outcome = decode_result(call.task, data)
             except Exception as exc:  # noqa: BLE001 - a garbled result is a failure
-                return _failed(call, f"unreadable result from the Dask worker: {_describe(exc)}")
+                return _failed(call, f"unreadable result from the Dask worker: {cl.describe(exc)}")
             if outcome.ok and files:
                 try:
                     write_back(files, call.cwd)
@@ -718,8 +637,8 @@ class DaskExecutor(Executor):
         if self._cluster is not None:
             for job in running:
                 if job.pid:
-                    _kill_worker(job.pid)
-            self._await_removal({job.worker for job in running})
+                    cl.kill_worker(job.pid)
+            cl.await_removal(self._cluster, {job.worker for job in running})
             for job in running:  # what the killed workers could not remove themselves
                 remote.unlink(remote.capture_path(job.token))
                 remote.unlink(remote.claim_path(job.token))
@@ -776,17 +695,6 @@ class DaskExecutor(Executor):
             return
         for job in jobs:
             _started_from(job, started.get(job.key))
-
-    def _await_removal(self, addresses: set[str]) -> None:
-        """Wait (briefly) until our scheduler has noticed that killed workers are gone.
-
-        Until then it may hand them a queued task (the cancel frees their slot), which would
-        then die with them.
-        """
-        workers = self._cluster.scheduler.workers  # in this process: we own the cluster
-        end = time.monotonic() + _REMOVAL_WAIT
-        while any(a in workers for a in addresses) and time.monotonic() < end:
-            time.sleep(_POLL)
 
     def _outputs(self, jobs: list[_Job]) -> dict[str, str]:
         """What each running call has printed so far, by token (read before it is stopped)."""
@@ -849,12 +757,6 @@ def _since(started: float | None) -> float:
     return 0.0 if started is None else time.perf_counter() - started
 
 
-def _describe(thing: object) -> str:
-    if isinstance(thing, BaseException):
-        return describe_exception(thing)
-    return repr(thing)
-
-
 def _started_from(job: _Job, claim: Any) -> None:
     """Record on ``job`` that a worker claimed it (``claim``: "pid address time"), if it did."""
     if not isinstance(claim, str) or not claim or claim == remote.REVOKED:
@@ -869,42 +771,3 @@ def _started_from(job: _Job, claim: Any) -> None:
     if job.started is None:
         job.started = time.perf_counter() - max(0.0, time.time() - when)
         job.worker, job.pid = address, pid
-
-
-def _kill_worker(pid: int) -> None:
-    """SIGKILL a worker process of our own LocalCluster, and what its task started."""
-    import psutil  # a dependency of distributed
-
-    try:
-        worker = psutil.Process(pid)
-        if worker.ppid() != os.getpid():
-            return  # not one of ours (the pid was reused): leave it alone
-        family = [worker, *worker.children(recursive=True)]
-    except psutil.Error:
-        return
-    for proc in family:
-        try:
-            proc.kill()
-        except psutil.Error:
-            pass
-
-
-_quiet_lock = threading.Lock()
-_quiet_users = 0
-_quiet_saved: list[tuple[logging.Handler, int]] = []
-
-
-def _quiet_dask_logs(on: bool) -> None:
-    """Raise distributed's console log handlers to CRITICAL while any executor is alive."""
-    global _quiet_users
-    with _quiet_lock:
-        _quiet_users += 1 if on else -1
-        if on and _quiet_users == 1:
-            for handler in logging.getLogger("distributed").handlers:
-                if isinstance(handler, logging.StreamHandler):
-                    _quiet_saved.append((handler, handler.level))
-                    handler.setLevel(logging.CRITICAL)
-        elif not on and _quiet_users == 0:
-            for handler, level in _quiet_saved:
-                handler.setLevel(level)
-            _quiet_saved.clear()
