@@ -383,7 +383,13 @@ def _too_much(what: str, total: int, limit: int, sizes: Sequence[tuple[str, int]
 
 
 def _mib(size: int) -> str:
-    return f"{size / (1 << 20):.1f} MiB"
+    if size < 1 << 10:
+        return f"{size} bytes"
+    if size < 1 << 20:
+        return f"{size / (1 << 10):.1f} KiB"
+    if size < 1 << 30:
+        return f"{size / (1 << 20):.1f} MiB"
+    return f"{size / (1 << 30):.1f} GiB"
 
 
 def _paths_in(value: object) -> Iterator[Path]:
