@@ -9,6 +9,7 @@ Concurrency is shown with file handshakes (bounded waits), never with timings.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pickle
 import sys
@@ -17,7 +18,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -29,7 +30,10 @@ import test_executors as suite  # noqa: E402 - its task module, helpers and fixt
 
 from taskrun.errors import UsageError  # noqa: E402
 from taskrun.executors import Executor, make_executor  # noqa: E402
+from taskrun.executors import shipping as shipping_module  # noqa: E402
+from taskrun.executors.base import Call  # noqa: E402
 from taskrun.executors.dask import DaskExecutor  # noqa: E402
+from taskrun.files import File  # noqa: E402
 
 gone, make_call, run, wait_until = suite.gone, suite.make_call, suite.run, suite.wait_until
 project, release, tasks = suite.project, suite.release, suite.tasks  # the same fixtures
@@ -435,3 +439,182 @@ def test_an_unreachable_scheduler_is_a_usage_error(tasks: ModuleType, project: P
         for _ in range(2):  # the second attempt fails at once, with the same message
             with pytest.raises(UsageError, match=rf"127.0.0.1:{port}.*`dask scheduler`"):
                 ex.submit(make_call(tasks.add, project, a=1, b=2))
+
+
+# -- workers without the project directory: files shipped -----------------------------------
+
+JOBS = """
+import os
+from pathlib import Path
+
+import helpers
+from taskrun.files import File
+
+
+def build(weights: File, n: int = 3) -> dict:
+    values = [int(v) for v in Path("data/in.txt").read_text().split()][:n]
+    Path("build").mkdir(exist_ok=True)
+    Path("build/out.txt").write_text(helpers.lines(v * int(weights.read_text()) for v in values))
+    return {"file": File("build/out.txt"), "cwd": os.getcwd(), "pid": os.getpid()}
+
+
+def size(path: str) -> int:
+    return len(Path(path).read_bytes())
+"""
+
+
+@pytest.fixture
+def jobs(project: Path) -> ModuleType:
+    """A task module inside the project (with a helper module and data), loaded by path."""
+    (project / "helpers.py").write_text(
+        "def lines(vs):\n    return ''.join(f'{v}\\n' for v in vs)\n"
+    )
+    (project / "data").mkdir()
+    (project / "data" / "in.txt").write_text("1 2 3 4")
+    (project / "weights.txt").write_text("10")
+    (project / "jobs.py").write_text(JOBS)
+    name = f"taskrun_test_jobs_{uuid.uuid4().hex}"
+    spec = importlib.util.spec_from_file_location(name, project / "jobs.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(project))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(project))
+        sys.modules.pop("helpers", None)
+    return module
+
+
+@pytest.fixture
+def shipping(cluster: DaskExecutor) -> Iterator[DaskExecutor]:
+    """An executor on the module's cluster that always ships files (as if it could not share)."""
+    ex = DaskExecutor(2, address=cluster.scheduler_address, ship_files=True)
+    yield ex
+    ex.shutdown()
+
+
+def build_call(jobs: ModuleType, project: Path, **kwargs: Any) -> Call:
+    return Call(
+        task="build",
+        fn=jobs.build,
+        kwargs={"weights": File("weights.txt"), **kwargs},
+        cwd=str(project),
+        timeout=None,
+        inputs=("data/in.txt",),
+        outputs=("build/out.txt",),
+    )
+
+
+def test_shipped_call_runs_on_a_copy_and_its_outputs_come_back(
+    shipping: DaskExecutor, jobs: ModuleType, project: Path
+) -> None:
+    """Inputs, a File option and a helper module reach the worker; the output file comes back."""
+    outcome = shipping.submit(build_call(jobs, project)).result(30)
+    assert outcome.ok, outcome.error + outcome.traceback
+    value: Any = outcome.value
+    assert value["file"] == File("build/out.txt")
+    assert value["cwd"] != str(project) and value["pid"] != os.getpid()
+    assert (project / "build" / "out.txt").read_text() == "10\n20\n30\n"
+
+
+def test_a_big_input_is_sent_to_the_cluster_once(
+    shipping: DaskExecutor, jobs: ModuleType, project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Calls that ship the same big file share one scattered copy of it."""
+    (project / "data" / "big.bin").write_bytes(os.urandom(1 << 20))
+    shipping.connect()
+    scattered: list[int] = []
+    scatter = shipping._client.scatter
+
+    def counted(data: bytes, **kwargs: Any) -> Any:
+        scattered.append(len(data))
+        return scatter(data, **kwargs)
+
+    monkeypatch.setattr(shipping._client, "scatter", counted)
+    calls = [
+        Call(
+            "size",
+            jobs.size,
+            {"path": "data/big.bin"},
+            str(project),
+            None,
+            inputs=("data/big.bin",),
+        )
+        for _ in range(3)
+    ]
+    outcomes = [f.result(30) for f in [shipping.submit(c) for c in calls]]
+    assert [o.value for o in outcomes] == [1 << 20] * 3, [o.error for o in outcomes]
+    assert scattered == [1 << 20]
+
+
+def test_shipping_more_than_the_limit_fails_the_call(
+    shipping: DaskExecutor, jobs: ModuleType, project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Files past the limit: the call fails before it reaches a worker, naming the biggest."""
+    monkeypatch.setattr(shipping_module, "SHIP_LIMIT", 1000)
+    (project / "data" / "in.txt").write_text("1 " * 1000)
+    future = shipping.submit(build_call(jobs, project))
+    assert future.done()
+    outcome = future.result()
+    assert not outcome.ok and "more than the 1000 bytes" in outcome.error
+    assert "data/in.txt" in outcome.error
+
+
+def test_by_default_files_are_shipped_to_workers_that_see_another_project(
+    client_of: DaskExecutor, jobs: ModuleType, project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Asked before the first call, workers that see another task file get the files shipped."""
+    monkeypatch.setattr(client_of, "_stamp", lambda call: (jobs.__file__, 1, 1))
+    outcome = client_of.submit(build_call(jobs, project)).result(30)
+    assert outcome.ok, outcome.error
+    assert cast(dict, outcome.value)["cwd"] != str(project)
+    assert (project / "build" / "out.txt").read_text() == "10\n20\n30\n"
+
+
+def test_a_worker_without_the_project_sends_the_call_back_to_be_shipped(
+    client_of: DaskExecutor, jobs: ModuleType, project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker that does not see the project (though the driver thought so) gets it shipped."""
+    monkeypatch.setattr(client_of, "_workers_see", lambda call: True)
+    monkeypatch.setattr(client_of, "_stamp", lambda call: (jobs.__file__, 1, 1))
+    first = client_of.submit(build_call(jobs, project)).result(30)
+    second = client_of.submit(build_call(jobs, project, n=2)).result(30)
+    assert first.ok and second.ok, (first.error, second.error)
+    assert {cast(dict, o.value)["cwd"] for o in (first, second)}.isdisjoint({str(project)})
+    assert (project / "build" / "out.txt").read_text() == "10\n20\n"
+
+
+def test_never_shipping_fails_a_call_the_worker_cannot_run_in_place(
+    cluster: DaskExecutor, jobs: ModuleType, project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ship_files=False: a worker that sees another task file refuses the call, as before."""
+    with DaskExecutor(1, address=cluster.scheduler_address, ship_files=False) as ex:
+        monkeypatch.setattr(ex, "_stamp", lambda call: (jobs.__file__, 1, 1))
+        outcome = ex.submit(build_call(jobs, project)).result(30)
+    assert not outcome.ok and "is not the one the driver loaded" in outcome.error
+    assert not (project / "build").exists()
+
+
+def test_files_lost_with_a_dead_worker_are_sent_again(
+    tasks: ModuleType, jobs: ModuleType, project: Path
+) -> None:
+    """The one worker holding a scattered input dies: the next call sends the input again."""
+    (project / "data" / "big.bin").write_bytes(os.urandom(1 << 20))
+    call = Call("size", jobs.size, {"path": "data/big.bin"}, str(project), None,
+                inputs=("data/big.bin",))  # fmt: skip
+    with DaskExecutor(1, ship_files=True) as ex:
+        assert ex.submit(call).result(30).value == 1 << 20
+        assert run(ex, tasks.die, project, code=3).crashed
+        # The driver may not have heard of the loss yet when it sends the next call: say the
+        # lost copy is alive once, so that Dask refuses the call ("lost dependencies").
+        alive, asked = ex._parcels._alive, []
+
+        def lying_once(handle: Any) -> bool:
+            asked.append(handle)
+            return len(asked) == 1 or alive(handle)
+
+        ex._parcels._alive = lying_once  # type: ignore[method-assign]
+        outcome = ex.submit(call).result(30)
+    assert outcome.ok and outcome.value == 1 << 20, outcome.error
+    assert len(asked) == 2  # the call was sent again, with the input scattered afresh

@@ -491,12 +491,14 @@ class DaskExecutor(Executor):
                 crashed=True,
             )
         except _CANCELLED as exc:
-            if (
-                getattr(exc, "reason", "") == "lost dependencies"
-                and self._running()
-                and job.resent < _MAX_RESENDS
-            ):
-                return None  # data scattered for it died with a worker: scatter it again
+            if getattr(exc, "reason", "") == "lost dependencies" and self._running():
+                if job.resent < _MAX_RESENDS:
+                    return None  # data scattered for it died with a worker: scatter it again
+                return _failed(
+                    call,
+                    f"what was sent ahead for the task (files, large arguments) was lost with"
+                    f" a worker of {self._where()} {job.resent + 1} times; run again",
+                )
             return _failed(call, self._lose())  # we never cancel a future we have not settled
         except Exception as exc:  # noqa: BLE001 - whatever Dask raises, the call failed
             if not self._running():
