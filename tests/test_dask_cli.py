@@ -41,23 +41,28 @@ pytestmark = pytest.mark.slow  # real clusters take seconds to start
 
 TASKS = """
     import os
+    import time
     from pathlib import Path
 
     import helpers
     from taskrun import File, task
 
 
-    @task
+    @task(inputs=["data/*.txt"])
     def numbers(n: int = 6) -> list[int]:
+        side = os.environ.get("TASKRUN_TEST_SIDE", "driver")
+        print("on", side)
         with open("where.log", "a") as log:
-            log.write(os.environ.get("TASKRUN_TEST_SIDE", "driver") + "\\n")
-        return list(range(n))
+            log.write(side + "\\n")
+        offset = int(Path("data/offset.txt").read_text())
+        return [offset + x for x in range(n)]
 
 
     @task(deps=[numbers], outputs=["build/squares.txt"])
-    def squares(numbers: list[int]) -> File:
+    def squares(numbers: list[int], weights: File = File("weights.txt")) -> File:
+        weight = int(weights.read_text())
         Path("build").mkdir(exist_ok=True)
-        Path("build/squares.txt").write_text(helpers.lines(x * x for x in numbers))
+        Path("build/squares.txt").write_text(helpers.lines(weight * x * x for x in numbers))
         return File("build/squares.txt")
 
 
@@ -71,7 +76,7 @@ TASKS = """
     def stuck() -> int:
         Path("stuck.started").write_text(str(os.getpid()))
         while not Path("stuck.release").exists():
-                        time.sleep(0.02)
+            time.sleep(0.02)
         return 1
 """
 HELPERS = "def lines(values):\n    return ''.join(f'{v}\\n' for v in values)\n"
@@ -108,8 +113,15 @@ def free_port() -> int:
         return port
 
 
-def start_cluster(folder: Path, *, worker_code: str | None = None) -> Cluster:
-    """A scheduler and one one-thread worker on 127.0.0.1, ready when this returns."""
+def start_cluster(
+    folder: Path, *, worker_code: str | None = None, hide: Path | None = None
+) -> Cluster:
+    """A scheduler and one one-thread worker on 127.0.0.1, ready when this returns.
+
+    With ``hide``, the worker runs in a mount namespace of its own where that directory is
+    an empty file system: it does not see what the driver keeps there (a worker without
+    the project directory, as on another machine).
+    """
     folder.mkdir(parents=True, exist_ok=True)
     address = f"tcp://127.0.0.1:{free_port()}"
     http = ["--no-dashboard", "--dashboard-address", "127.0.0.1:0"]
@@ -147,6 +159,7 @@ def start_cluster(folder: Path, *, worker_code: str | None = None) -> Cluster:
         cluster.workers.append(
             spawn(
                 [
+                    *(hiding(hide) if hide is not None else []),
                     sys.executable,
                     *boot,
                     address,
@@ -169,6 +182,26 @@ def start_cluster(folder: Path, *, worker_code: str | None = None) -> Cluster:
         cluster.stop()
         raise
     return cluster
+
+
+def hiding(directory: Path) -> list[str]:
+    """The command prefix that runs a command with ``directory`` hidden under an empty tmpfs."""
+    mount = 'mount -t tmpfs taskrun-hidden "$0" && exec "$@"'
+    return ["unshare", "--mount", "--map-root-user", "sh", "-c", mount, str(directory)]
+
+
+def can_hide(folder: Path) -> str:
+    """Why a directory cannot be hidden from a process on this machine ("" when it can)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "marker").write_text("x")
+    argv = [*hiding(folder), "sh", "-c", f"test ! -e {folder / 'marker'}"]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    except OSError as exc:
+        return f"cannot run unshare: {exc}"
+    if done.returncode != 0:
+        return f"unshare --mount --map-root-user cannot hide a directory here: {done.stderr!r}"
+    return ""
 
 
 @pytest.fixture(scope="module")
@@ -199,10 +232,19 @@ def events(stdout: str) -> list[dict[str, Any]]:
 
 
 def write_project(root: Path) -> Path:
+    """The project: a task file, a helper module it imports, an input file, an option file."""
     root.mkdir(parents=True)
     (root / "tasks.py").write_text(textwrap.dedent(TASKS))
     (root / "helpers.py").write_text(HELPERS)
+    (root / "data").mkdir()
+    (root / "data" / "offset.txt").write_text("1\n")
+    (root / "weights.txt").write_text("2\n")
     return root
+
+
+NUMBERS = [1, 2, 3, 4, 5, 6]  # what the project computes: offset 1, 6 numbers, weight 2
+SQUARES = "".join(f"{2 * x * x}\n" for x in NUMBERS)
+TOTAL = sum(NUMBERS) + sum(2 * x * x for x in NUMBERS)
 
 
 def cache_entries(root: Path) -> dict[str, Any]:
@@ -270,13 +312,13 @@ def test_cli_on_dask_stores_the_same_entries_as_a_local_run(runs: Runs) -> None:
     local, remote = cache_entries(runs.local), cache_entries(runs.remote)
     assert set(remote) == {"numbers", "squares", "total"}
     assert remote == local
-    assert remote["total"][3] == sum(range(6)) + sum(x * x for x in range(6))
+    assert remote["total"][3] == TOTAL
 
 
 def test_cli_on_dask_writes_the_same_output_files(runs: Runs) -> None:
     """The declared output file is in the project directory, as after a local run."""
     squares = (runs.remote / "build" / "squares.txt").read_text()
-    assert squares == (runs.local / "build" / "squares.txt").read_text() == "0\n1\n4\n9\n16\n25\n"
+    assert squares == (runs.local / "build" / "squares.txt").read_text() == SQUARES
 
 
 def test_cli_second_run_is_all_cached_locally(runs: Runs) -> None:
@@ -293,6 +335,69 @@ def test_cli_leaves_the_external_scheduler_running(cluster: Cluster, runs: Runs)
     assert cluster.scheduler.poll() is None and cluster.workers[0].poll() is None
     with distributed.Client(cluster.address, timeout=30, set_as_default=False) as client:
         assert client.submit(sum, [1, 2], pure=False).result(timeout=30) == 3
+
+
+# -- a worker that does not see the project directory: files shipped ----------------------
+
+
+@pytest.fixture(scope="module")
+def hidden(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster, Path]]:
+    """A cluster whose worker cannot see the directory the driver keeps its projects in."""
+    projects = tmp_path_factory.mktemp("hidden-projects")
+    reason = can_hide(tmp_path_factory.mktemp("hide-probe"))
+    if reason:
+        pytest.skip(f"{reason}; the ship_files=True tests in test_dask.py cover shipping")
+    found = start_cluster(tmp_path_factory.mktemp("hiding-cluster"), hide=projects)
+    yield found, projects
+    found.stop()
+
+
+@pytest.fixture(scope="module")
+def shipped(hidden: tuple[Cluster, Path]) -> Runs:
+    """`taskrun run total` locally, then twice on the cluster whose worker cannot see it."""
+    cluster, projects = hidden
+    local, remote = write_project(projects / "local"), write_project(projects / "remote")
+    address = ["--executor", "dask", "--dask-address", cluster.address]
+    local_run = taskrun(local, "run", "total", "--json", "--executor", "process")
+    first = taskrun(remote, "run", "total", "--json", *address)
+    second = taskrun(remote, "run", "total", "--json", *address)
+    return Runs(local, remote, local_run, first, second)
+
+
+def test_cli_ships_files_to_a_worker_without_the_project(
+    hidden: tuple[Cluster, Path], shipped: Runs
+) -> None:
+    """The worker cannot see the project; every task runs there anyway, on shipped files."""
+    cluster, _ = hidden
+    with distributed.Client(cluster.address, timeout=30, set_as_default=False) as client:
+        (sees,) = client.run(os.path.isdir, str(shipped.remote)).values()
+    assert sees is False
+    assert shipped.first.returncode == 0, shipped.first.stderr
+    ran = {e["task"]: e for e in events(shipped.first.stdout) if e["event"] == "ran"}
+    assert sorted(ran) == ["numbers", "squares", "total"]
+    assert ran["numbers"]["output"] == "on worker\n"
+    assert not (shipped.remote / "where.log").exists()  # written in the worker's scratch copy
+
+
+def test_cli_with_shipped_files_stores_the_same_entries_as_a_local_run(shipped: Runs) -> None:
+    """Same fingerprints, product digests, products and output records as a local run."""
+    assert shipped.local_run.returncode == 0, shipped.local_run.stderr
+    local, remote = cache_entries(shipped.local), cache_entries(shipped.remote)
+    assert set(remote) == {"numbers", "squares", "total"}
+    assert remote == local and remote["total"][3] == TOTAL
+
+
+def test_cli_with_shipped_files_writes_the_same_output_files(shipped: Runs) -> None:
+    """The output file came back from the worker into the project, as after a local run."""
+    squares = (shipped.remote / "build" / "squares.txt").read_text()
+    assert squares == (shipped.local / "build" / "squares.txt").read_text() == SQUARES
+
+
+def test_cli_with_shipped_files_second_run_is_all_cached_locally(shipped: Runs) -> None:
+    """Run again: every task is a hit in the driver's cache."""
+    assert shipped.second.returncode == 0, shipped.second.stderr
+    summary = events(shipped.second.stdout)[-1]
+    assert summary["event"] == "summary" and summary["cached"] == 3 and summary["ran"] == 0
 
 
 def interrupt(root: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], int]:
