@@ -106,8 +106,9 @@ class ProjectFiles:
         self._lock = threading.Lock()
         # directory -> (its signature, sub-directories, Python files); see _modules()
         self._dirs: dict[str, tuple[tuple[int, int], tuple[str, ...], tuple[str, ...]]] = {}
-        # file -> (its signature, digest)
-        self._digests: dict[str, tuple[tuple[int, int, int, int], str]] = {}
+        self._prefix = os.path.join(self.root, "")
+        # file -> (its stat signature, the file as shipped)
+        self._files: dict[str, tuple[tuple[int, ...], ShippedFile]] = {}
         self._data: OrderedDict[str, bytes] = OrderedDict()  # digest -> bytes, small files
         self._kept = 0
 
@@ -130,13 +131,13 @@ class ProjectFiles:
         with self._lock:
             wanted: dict[str, bool] = {}  # relative path -> is a module
             for rel in self._modules():
-                if not any(p.matches(rel) for p in patterns):
+                if not patterns or not any(p.matches(rel) for p in patterns):
                     wanted[rel] = True
             for rel in [*inputs, *self._argument_files(kwargs)]:
                 wanted[rel] = False
             found: list[tuple[str, bool, str, os.stat_result]] = []
             for rel, module in sorted(wanted.items()):
-                source = os.path.join(self.root, rel)
+                source = self._prefix + rel
                 try:
                     st = os.stat(source)
                 except OSError:
@@ -147,12 +148,19 @@ class ProjectFiles:
             if total > limit:
                 sizes = [(rel, st.st_size) for rel, _, _, st in found]
                 raise ShipError(_too_much("the files the task needs", total, limit, sizes))
-            return [
-                ShippedFile(
-                    rel, st.st_mode & 0o777, st.st_size, self._digest(source, st), module, source
-                )
-                for rel, module, source, st in found
-            ]
+            return [self._shipped(rel, module, source, st) for rel, module, source, st in found]
+
+    def _shipped(self, rel: str, module: bool, source: str, st: os.stat_result) -> ShippedFile:
+        """The file at ``source`` as shipped; perf: the same object while its stat holds."""
+        sig = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, st.st_mode)
+        known = self._files.get(source)
+        if known is not None and known[0] == sig and known[1].module == module:
+            return known[1]
+        digest, trusted = self._digest(source, st)
+        file = ShippedFile(rel, st.st_mode & 0o777, st.st_size, digest, module, source)
+        if trusted:
+            self._files[source] = (sig, file)
+        return file
 
     def read(self, file: ShippedFile) -> bytes:
         """The bytes of ``file``, as collected; :class:`ShipError` if it changed since."""
@@ -168,22 +176,17 @@ class ProjectFiles:
             )
         return data
 
-    def _digest(self, source: str, st: os.stat_result) -> str:
-        sig = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
-        known = self._digests.get(source)
-        if known is not None and known[0] == sig:
-            return known[1]
+    def _digest(self, source: str, st: os.stat_result) -> tuple[str, bool]:
+        """The digest of the file at ``source``, and whether it may be remembered (see _settled)."""
         read_at = time.time_ns()
         data = _read(source, os.path.relpath(source, self.root))
         digest = xxhash.xxh3_128_hexdigest(data)
-        if _settled(st, read_at):  # a file written again within its time stamp's tick
-            self._digests[source] = (sig, digest)
         if len(data) <= _KEEP_DATA and digest not in self._data:
             self._data[digest] = data
             self._kept += len(data)
             while self._kept > _KEPT_TOTAL:
                 self._kept -= len(self._data.popitem(last=False)[1])
-        return digest
+        return digest, _settled(st, read_at)
 
     def _modules(self) -> Iterator[str]:
         """Relative posix paths of the project's own Python files.
