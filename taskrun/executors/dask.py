@@ -5,8 +5,8 @@ Two ways to get a cluster:
 - **No address**: a :class:`distributed.LocalCluster` of ``jobs`` worker processes with one
   thread each, listening on 127.0.0.1 only, with no dashboard, started with the first call
   and closed by :meth:`DaskExecutor.shutdown`. taskrun owns it, so it sets its scheduler up
-  for taskrun (``dask_cluster.OWNED_CONFIG``) and kills the worker of a call that times out or is
-  cancelled (the worker's nanny starts a fresh one).
+  for taskrun (``dask_cluster.OWNED_CONFIG``) and kills the worker of a call that times out
+  or is cancelled (the worker's nanny starts a fresh one).
 - **An address** (``tcp://host:8786``): a client of a scheduler someone else runs. taskrun
   never shuts it down nor changes its settings; :meth:`DaskExecutor.shutdown` closes only the
   client. The cluster's size sets the parallelism (``jobs`` is not used).
@@ -26,9 +26,10 @@ in it. Workers that do not get the call's files *shipped* (``taskrun.executors.s
 declared inputs, File/Dir arguments and the project's Python modules go with the call
 (each big file scattered once per run), the call runs in a scratch directory, and its
 output files come back as bytes, written into the project by the driver before the future
-resolves. ``ship_files`` forces either way; by default the driver asks the workers whether
-they see the project before the first call of a project, and a worker that does not sends
-the call back (before it claims it) to be shipped.
+resolves. ``ship_files`` forces either way. By default a local cluster shares this
+machine's files, and the workers of an external one are asked whether they see the project
+before its first call; a worker that does not (one that joined later, say) sends the call
+back, before claiming it, to be shipped.
 
 **Claims.** Before it runs user code, a worker *claims* the call, atomically, and the
 driver does the same for a call it cancels before it started; whoever claims first wins.
