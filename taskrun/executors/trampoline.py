@@ -5,7 +5,9 @@ worker could not import it), so the driver cloudpickles ``(fn, kwargs)`` *by val
 bytes with :func:`encode_call`, the worker calls the importable :func:`run_pickled` with
 those bytes, and the driver turns the bytes it returns into an :class:`Outcome` with
 :func:`decode_result`. Any pool that can call an importable function with bytes can run
-tasks this way: the process executor here, and Dask workers.
+tasks this way: the process executor here, and Dask workers. :func:`run_pickled_then` also
+hands the product to a function of the caller's before it is encoded (a Dask worker running
+a call in a scratch copy of the project collects the output files there).
 
 Result bytes are a plain pickle of the outcome's text fields plus the product as its own
 cloudpickle bytes, so a product that cannot be pickled (in the worker) or loaded (in the
