@@ -56,8 +56,20 @@ def big(size):
 
 
 def raises():
+    import helpers
+
     Path("out.bin").write_text("partial")
-    raise ValueError("no")
+    helpers.fail("no")
+"""
+
+
+HELPERS = """
+def lines(values):
+    return ''.join(f'{v}\\n' for v in values)
+
+
+def fail(message):
+    raise ValueError(message)
 """
 
 
@@ -79,7 +91,7 @@ def project(tmp_path: Path) -> Path:
         tmp_path / "project",
         {
             "tasks.py": TASKS,
-            "helpers.py": "def lines(values):\n    return ''.join(f'{v}\\n' for v in values)\n",
+            "helpers.py": HELPERS,
             "pkg/__init__.py": "",
             "pkg/mod.py": "X = 1\n",
             "data/in.txt": "1 2 3",
@@ -339,6 +351,18 @@ def test_a_failed_call_sends_nothing_back(project: Path, tasks: Any) -> None:
     outcome, back = run_here(Call("raises", tasks.raises, {}, str(project), None), project,
                              ("out.bin",))  # fmt: skip
     assert not outcome.ok and outcome.error == "ValueError: no" and back == []
+
+
+def test_tracebacks_show_the_projects_files_and_lines(project: Path, tasks: Any) -> None:
+    """Frames name the project's files, with their source lines, even where it is not."""
+    files = wires(project, ProjectFiles(str(project)).collect([], {}, []))
+    moved = project.rename(project.with_name("elsewhere"))  # a worker that cannot see it
+    call = Call("raises", tasks.raises, {}, str(project), None)
+    data, _ = run_shipped(encode_call(call), str(project), files, (), capture="none")
+    shown = decode_result("raises", data).traceback
+    assert f'File "{project / "tasks.py"}"' in shown and 'helpers.fail("no")' in shown
+    assert f'File "{project / "helpers.py"}"' in shown and "raise ValueError(message)" in shown
+    assert "taskrun-call-" not in shown and str(moved) not in shown
 
 
 @pytest.mark.parametrize("rel", ["../escape.txt", "/abs.txt", "a/../../b.txt", ""])

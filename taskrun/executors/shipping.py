@@ -25,6 +25,7 @@ This module knows nothing of Dask: the backend chooses how the bytes travel.
 from __future__ import annotations
 
 import functools
+import linecache
 import os
 import pickle
 import shutil
@@ -35,14 +36,14 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import xxhash
 
 from taskrun.errors import TaskrunError
-from taskrun.executors.base import Call
+from taskrun.executors.base import Call, Outcome
 from taskrun.executors.trampoline import Capture, run_pickled_then
 
 __all__ = [
@@ -434,6 +435,7 @@ def run_shipped(
     Raises :class:`ShipError` only when the files cannot be written; what the task does
     is in the result bytes.
     """
+    files = list(files)
     scratch = materialise(files, scratch_in)
     try:
         previous: str | None = os.getcwd()
@@ -441,10 +443,24 @@ def run_shipped(
         previous = None
     collected: list[Wire] = []
 
-    def then(value: object) -> object:
-        collected.extend(collect_outputs(scratch, outputs, value, limit=limit))
-        return _rehome(value, scratch, root)
+    def then(outcome: Outcome) -> Outcome:
+        # Frames of the scratch copy's modules are shown as the project's files.
+        shown = outcome.traceback.replace(os.path.join(scratch, ""), os.path.join(root, ""))
+        outcome = replace(outcome, traceback=shown)
+        if not outcome.ok:
+            return outcome  # a failed task sends nothing back, as locally nothing is stored
+        collected.extend(collect_outputs(scratch, outputs, outcome.value, limit=limit))
+        return replace(outcome, value=_rehome(outcome.value, scratch, root))
 
+    # Code pickled by value keeps the project's file names (the task file): tracebacks read
+    # their source lines from the shipped copies, under those names.
+    sources = {
+        os.path.join(root, *rel.split("/")): data for rel, _, data in files if rel.endswith(".py")
+    }
+    saved = {name: linecache.cache[name] for name in sources if name in linecache.cache}
+    for name, data in sources.items():
+        lines = data.decode("utf-8", errors="replace").splitlines(keepends=True)
+        linecache.cache[name] = (len(data), None, lines, name)  # mtime None: kept as it is
     try:
         result = run_pickled_then(
             payload,
@@ -458,7 +474,11 @@ def run_shipped(
         os.chdir(previous if previous is not None else tempfile.gettempdir())
         while scratch in sys.path:
             sys.path.remove(scratch)
-        sys.path_importer_cache.pop(scratch, None)
+        for key in [k for k in sys.path_importer_cache if str(k).startswith(scratch)]:
+            del sys.path_importer_cache[key]
+        for name in sources:
+            linecache.cache.pop(name, None)
+        linecache.cache.update(saved)
         shutil.rmtree(scratch, ignore_errors=True)
     return result, collected
 

@@ -6,7 +6,7 @@ bytes with :func:`encode_call`, the worker calls the importable :func:`run_pickl
 those bytes, and the driver turns the bytes it returns into an :class:`Outcome` with
 :func:`decode_result`. Any pool that can call an importable function with bytes can run
 tasks this way: the process executor here, and Dask workers. :func:`run_pickled_then` also
-hands the product to a function of the caller's before it is encoded (a Dask worker running
+hands the outcome to a function of the caller's before it is encoded (a Dask worker running
 a call in a scratch copy of the project collects the output files there).
 
 Result bytes are a plain pickle of the outcome's text fields plus the product as its own
@@ -122,16 +122,16 @@ def run_pickled(
 def run_pickled_then(
     payload: bytes,
     cwd: str,
-    then: Callable[[object], object] | None,
+    then: Callable[[Outcome], Outcome] | None,
     *,
     capture: Capture = "fd",
     capture_path: str | None = None,
     forget_project_modules: bool = False,
 ) -> bytes:
-    """:func:`run_pickled`, with ``then(product)`` run after the function returned.
+    """:func:`run_pickled`, with ``then(outcome)`` run on how the call ended.
 
-    ``then`` runs still in ``cwd``, after the output capture and before the product is
-    encoded (and before project modules are forgotten); what it returns is the product
+    ``then`` runs still in ``cwd``, after the output capture and before the outcome is
+    encoded (and before project modules are forgotten); the outcome it returns is the one
     sent back. An exception from it fails the call, with the exception's text as the
     error: a worker that runs calls in a scratch copy of the project collects the output
     files there, and gives up on a call whose outputs cannot be sent back.
@@ -149,9 +149,9 @@ def run_pickled_then(
             )
         else:
             outcome = call_function("", fn, kwargs, interruptible=False)
-    if then is not None and outcome.ok:
+    if then is not None:
         try:
-            outcome = replace(outcome, value=then(outcome.value))
+            outcome = then(outcome)
         except Exception as exc:  # noqa: BLE001 - whatever stops it, the call failed
             outcome = replace(outcome, ok=False, value=None, error=str(exc) or repr(exc))
     # Encode before forgetting: a product whose class lives in a project module must be
