@@ -22,6 +22,7 @@ import shutil
 import sys
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TextIO
@@ -92,7 +93,7 @@ _TONES: Mapping[str, Mapping[str, Any]] = {
 }
 
 
-class Reporter:
+class Reporter(ABC):
     """Base: collects failures to show at the end, counts planned tasks, writes safely."""
 
     def __init__(self, stream: TextIO | None = None, *, quiet: int = 0, verbose: int = 0) -> None:
@@ -111,8 +112,9 @@ class Reporter:
             self.planned.append(event)
         self.handle(event)
 
+    @abstractmethod
     def handle(self, event: ev.Event) -> None:
-        raise NotImplementedError  # abstractmethod-like: every reporter renders
+        """Render one event (every reporter has its own way)."""
 
     def warning(self, message: str) -> None:
         self(ev.Warned(message))
