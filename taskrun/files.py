@@ -59,6 +59,7 @@ __all__ = [
     "content_digest",
     "expand_globs",
     "file_digest",
+    "paths_in",
     "project_relative",
     "restore_outputs",
     "tree_digest",
@@ -95,6 +96,21 @@ class Dir(_ConcretePath):  # type: ignore[valid-type,misc]
     def rglob(self, pattern: str, *args: Any, **kwargs: Any) -> Iterator[File | Dir]:  # type: ignore[override]
         """Entries matching PATTERN at any depth, typed as File or Dir."""
         return map(_typed, super().rglob(pattern, *args, **kwargs))
+
+
+def paths_in(value: object) -> Iterator[File | Dir]:
+    """The File and Dir values in ``value``: itself, or inside lists, tuples, sets, dict values.
+
+    A product's File/Dir values are stored (and shipped) like declared outputs.
+    """
+    if isinstance(value, (File, Dir)):
+        yield value
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        for v in value:
+            yield from paths_in(v)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from paths_in(v)
 
 
 def _typed(path: pathlib.Path) -> File | Dir:

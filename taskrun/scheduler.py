@@ -627,10 +627,11 @@ class Scheduler:
         )
 
     def _capture(self, node: _Node, value: Any) -> list[Any]:
-        extra = list(_paths_in(value))
+        from taskrun.files import capture_outputs, paths_in
+
+        extra = list(paths_in(value))
         if not node.spec.outputs and not extra:
             return []
-        from taskrun.files import capture_outputs
 
         try:
             return capture_outputs(node.spec.outputs, self.root, extra=extra)
@@ -774,15 +775,3 @@ class _Failure:
     timed_out: bool = False
 
 
-def _paths_in(value: Any) -> Iterator[Path]:
-    """File and Dir values inside a product (they are stored as outputs)."""
-    from taskrun.files import Dir, File
-
-    if isinstance(value, (File, Dir)):
-        yield value
-    elif isinstance(value, (list, tuple, set, frozenset)):
-        for v in value:
-            yield from _paths_in(v)
-    elif isinstance(value, dict):
-        for v in value.values():
-            yield from _paths_in(v)

@@ -45,6 +45,7 @@ import xxhash
 from taskrun.errors import TaskrunError
 from taskrun.executors.base import Call, Outcome
 from taskrun.executors.trampoline import Capture, run_pickled_then
+from taskrun.files import paths_in
 
 __all__ = [
     "SHIP_LIMIT",
@@ -225,7 +226,7 @@ class ProjectFiles:
         from taskrun.files import project_relative
         from taskrun.globs import walk_files
 
-        for path in _paths_in(list(kwargs.values())):
+        for path in paths_in(list(kwargs.values())):
             try:
                 rel = project_relative(path, Path(self.root)).as_posix()
             except UsageError:
@@ -396,18 +397,6 @@ def _mib(size: int) -> str:
     return f"{size / (1 << 30):.1f} GiB"
 
 
-def _paths_in(value: object) -> Iterator[Path]:
-    """File and Dir values inside ``value``: itself, or in lists, tuples, sets, dict values."""
-    from taskrun.files import Dir, File
-
-    if isinstance(value, (File, Dir)):
-        yield value
-    elif isinstance(value, (list, tuple, set, frozenset)):
-        for v in value:
-            yield from _paths_in(v)
-    elif isinstance(value, dict):
-        for v in value.values():
-            yield from _paths_in(v)
 
 
 # -- the worker: run in a scratch copy ------------------------------------------------------
@@ -524,7 +513,7 @@ def collect_outputs(
     found: set[str] = set()
     for text in outputs:
         found.update(expand(compile_pattern(text, "output"), scratch)[0])
-    for path in _paths_in(product):
+    for path in paths_in(product):
         try:
             rel = project_relative(path, Path(scratch)).as_posix()
             found.update(expand(compile_pattern(rel, "product"), scratch)[0])
