@@ -117,7 +117,6 @@ class _Node:
         "lock",
         "attempt",
         "reasons",
-        "started",
         "duration",
         "error",
         "forced",
@@ -144,7 +143,6 @@ class _Node:
         self.lock: Any = None
         self.attempt = 1
         self.reasons: tuple[str, ...] = ()
-        self.started = 0.0
         self.duration = 0.0
         self.error = ""
         self.forced = False
@@ -530,7 +528,6 @@ class Scheduler:
         from taskrun.executors import Call
 
         node.state = "running"
-        node.started = time.perf_counter()
         self.on_event(ev.TaskStarted(node.name, node.reasons, node.attempt))
         call = Call(
             task=node.name,
