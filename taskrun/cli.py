@@ -207,6 +207,9 @@ def _complete_assignments(
               default=None, help="Where tasks run (default: thread).")
 @click.option("--dask-address", default=None, metavar="ADDR",
               help="An existing Dask scheduler (tcp://HOST:PORT).")
+@click.option("--dask-ship-files", type=click.Choice(["auto", "always", "never"]),
+              default="auto", show_default=True,
+              help="Send tasks' files to Dask workers that do not share the project directory.")
 @click.option("--force", "force", multiple=True, metavar="TASK", shell_complete=_complete_tasks,
               help="Rerun TASK regardless of the cache (repeatable).")
 @click.option("--force-all", is_flag=True, help="Rerun every task regardless of the cache.")

@@ -196,6 +196,7 @@ def run_from_cli(
     jobs: int | None,
     executor: str | None,
     dask_address: str | None,
+    dask_ship_files: str = "auto",
     force: Sequence[str],
     force_all: bool,
     keep_going: bool,
@@ -222,7 +223,11 @@ def run_from_cli(
     runtime = runtime_of(settings.runtime, project.root)
     executor = executor or settings.executor or "thread"
     address = dask_address or settings.dask_address or os.environ.get("DASK_SCHEDULER_ADDRESS")
-    options = {"address": address} if executor == "dask" and address else {}
+    options: dict[str, Any] = {}
+    if executor == "dask":
+        options["ship_files"] = {"auto": None, "always": True, "never": False}[dask_ship_files]
+        if address:
+            options["address"] = address
     try:
         if dry_run:
             from taskrun.scheduler import Scheduler

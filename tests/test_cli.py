@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import Result
@@ -677,3 +678,33 @@ def test_ci_forces_plain_output_on_a_terminal(tmp_path: Path, write_project: Wri
     code, drawn = run_in_terminal(root, "run", env={"CI": "true", "TERM": "xterm"})
     assert code == 0
     assert "\x1b" not in drawn and "ran      wait" in drawn
+
+
+@pytest.mark.parametrize(("flag", "expected"), [("auto", None), ("always", True), ("never", False)])
+def test_dask_ship_files_reaches_the_executor(
+    run_cli: RunCli, write_project: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    flag: str, expected: bool | None,
+) -> None:
+    """--dask-ship-files and --dask-address become the Dask executor's options."""
+    import taskrun.executors as executors
+
+    seen: dict[str, Any] = {}
+
+    def fake(name: str, jobs: int, **options: Any) -> executors.Executor:
+        seen.update(name=name, **options)
+        return executors.MockExecutor(jobs)
+
+    monkeypatch.setattr(executors, "make_executor", fake)
+    proj = write_project(tmp_path, """
+        from taskrun import task
+
+        @task
+        def one() -> int:
+            return 1
+    """)
+    result = run_cli(
+        proj, "run", "--executor", "dask", "--dask-address", "tcp://127.0.0.1:1",
+        "--dask-ship-files", flag,
+    )
+    assert result.exit_code == 0, result.output
+    assert seen == {"name": "dask", "address": "tcp://127.0.0.1:1", "ship_files": expected}
