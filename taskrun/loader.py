@@ -14,7 +14,8 @@ import traceback
 from pathlib import Path
 
 from taskrun.errors import DefinitionError, TaskrunError
-from taskrun.registry import Registry
+from taskrun.registry import DefinitionErrors, Registry
+from taskrun.types import register_module_alias
 
 __all__ = ["load_task_file"]
 
@@ -37,11 +38,16 @@ def load_task_file(path: Path) -> Registry:
         sys.path.insert(0, root)
     # Dataclasses and typing look the module up while it executes.
     sys.modules[name] = module
+    # Messages name the task file's classes as the user wrote them (tasks.Point).
+    register_module_alias(name, path.stem)
+    errors: list[str] = []
     try:
-        with registry.activate():
+        with registry.activate(), registry.collecting_errors() as errors:
             spec.loader.exec_module(module)
-    except TaskrunError:
-        raise
+    except DefinitionErrors as exc:
+        errors = [*errors, *exc.errors]
+    except TaskrunError as exc:
+        errors = [*errors, exc.message]
     except SyntaxError as exc:
         where = f"{exc.filename or path}:{exc.lineno}"
         line = (exc.text or "").rstrip()
@@ -53,11 +59,15 @@ def load_task_file(path: Path) -> Registry:
         ] or traceback.extract_tb(exc.__traceback__)[-1:]
         last = frames[-1] if frames else None
         where = f"{last.filename}:{last.lineno}" if last else str(path)
-        raise DefinitionError(
+        errors = [
+            *errors,
             f"{where}: importing the task file raised {type(exc).__name__}: {exc};"
-            " fix the task file"
-        ) from None
+            " fix the task file",
+        ]
     finally:
         sys.modules.pop(name, None)
+    if errors:
+        # Every definition error of the file at once (each names its task and line).
+        raise DefinitionErrors(errors, source=str(path))
     registry.module = module
     return registry

@@ -36,6 +36,7 @@ from taskrun.types import (
 
 __all__ = [
     "MISSING",
+    "DefinitionErrors",
     "DepSpec",
     "OptionSpec",
     "Registry",
@@ -49,6 +50,26 @@ __all__ = [
 F = TypeVar("F", bound=Callable[..., Any])
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
 _TASK_ATTR = "__taskrun_task__"
+
+
+class DefinitionErrors(DefinitionError):
+    """Every definition error of a task file, reported together (one per line)."""
+
+    def __init__(self, errors: Sequence[str], *, source: str = "") -> None:
+        self.errors = tuple(errors)
+        if len(self.errors) == 1:
+            message = self.errors[0]
+        else:
+            where = f" in {source}" if source else ""
+            message = "\n".join(
+                [f"{len(self.errors)} definition errors{where}; fix each of them:"]
+                + [f"  - {e}" for e in self.errors]
+            )
+        super().__init__(message)
+
+
+def _messages(exc: DefinitionError) -> list[str]:
+    return list(exc.errors) if isinstance(exc, DefinitionErrors) else [exc.message]
 
 
 class _Missing:
@@ -203,6 +224,10 @@ class Registry:
         self._tasks: dict[str, TaskSpec] = {}
         self._types: dict[str, DefinedType] = {}
         self._by_fn: dict[Callable[..., Any], str] = {}
+        # While the loader collects errors: every definition error so far, and the
+        # functions whose @task failed (a task depending on one is not reported twice).
+        self._errors: list[str] | None = None
+        self._broken: dict[Callable[..., Any], str] = {}
         #: The task file's module when the loader filled this registry (its root is
         #: where the file lives), else None.
         self.module: ModuleType | None = None
@@ -230,18 +255,51 @@ class Registry:
         """Register a task, bare (``@task``) or with arguments (``@task(deps=[...])``)."""
         if fn is not None:
             if kwargs or not callable(fn):
-                raise DefinitionError(
-                    f"@task takes keyword arguments only (got {fn!r}) at {_caller_where()};"
-                    " write @task(deps=[...]) or a bare @task"
+                self._report(
+                    DefinitionError(
+                        f"@task takes keyword arguments only (got {fn!r}) at"
+                        f" {_caller_where()}; write @task(deps=[...]) or a bare @task"
+                    )
                 )
-            self._register(fn, {})
+                return fn
+            self._register_or_collect(fn, {})
             return fn
 
         def decorate(f: F) -> F:
-            self._register(f, kwargs)
+            self._register_or_collect(f, kwargs)
             return f
 
         return decorate
+
+    # -- collecting every error -------------------------------------------------------
+    @contextlib.contextmanager
+    def collecting_errors(self) -> Iterator[list[str]]:
+        """Record definition errors instead of raising the first (the loader's mode).
+
+        Inside, a failing ``@task`` leaves its function unregistered and a failing
+        ``define_type`` returns a stand-in, so the rest of the file is still checked.
+        The caller raises :class:`DefinitionErrors` for what the yielded list holds.
+        """
+        previous, self._errors = self._errors, []
+        try:
+            yield self._errors
+        finally:
+            self._errors = previous
+
+    def _report(self, exc: DefinitionError) -> None:
+        if self._errors is None:
+            raise exc
+        self._errors.extend(_messages(exc))
+
+    def _register_or_collect(self, fn: Callable[..., Any], kwargs: dict[str, Any]) -> None:
+        try:
+            self._register(fn, kwargs)
+        except DefinitionError as exc:
+            self._report(exc)
+            name = kwargs.get("name") or getattr(fn, "__name__", None)
+            if isinstance(name, str):
+                with contextlib.suppress(TypeError):
+                    self._broken[fn] = name
 
     def define_type(
         self,
@@ -252,8 +310,30 @@ class Registry:
         doc: str = "",
         parse: Callable[[str], Any] | None = None,
     ) -> DefinedType:
-        """Define a named type: ``parent``'s check, then ``predicate``."""
+        """Define a named type: ``parent``'s check, then ``predicate``.
+
+        ``parent`` is a built-in type, another defined type, or any Python class (an
+        ``isinstance`` check). An option of the type needs a text form: the parent's,
+        or ``parse=``.
+        """
         where = _caller_where()
+        try:
+            return self._define_type(name, parent, predicate, doc, parse, where)
+        except DefinitionError as exc:
+            self._report(exc)
+            # A stand-in, so annotations that use it still evaluate and the rest of the
+            # file is checked too; the loader raises for the error above.
+            return DefinedType(str(name), ANY, None, doc=doc, defined_at=where)
+
+    def _define_type(
+        self,
+        name: str,
+        parent: Any,
+        predicate: Callable[[Any], bool] | None,
+        doc: str,
+        parse: Callable[[str], Any] | None,
+        where: str,
+    ) -> DefinedType:
         if not isinstance(name, str) or not _NAME_RE.match(name):
             raise DefinitionError(
                 f"type name {name!r} at {where} is not a valid name; use letters, digits, _"
@@ -269,7 +349,7 @@ class Registry:
                 f"type '{name}' at {where} has the name of a built-in type; choose another name"
             )
         try:
-            parent_type = resolve_annotation(parent)
+            parent_type = resolve_annotation(parent, product=True)
         except UnsupportedAnnotation as exc:
             raise DefinitionError(f"type '{name}' at {where}: parent {exc}") from None
         if predicate is not None and not callable(predicate):
@@ -333,55 +413,56 @@ class Registry:
                 f"{label}: name {name!r} is not valid; use letters, digits, _ and -,"
                 " starting with a letter or _"
             )
-        deps = self._read_deps(kwargs.get("deps", ()), label)
+        # Every problem of this task is gathered, so one edit/rerun cycle fixes them all.
+        problems: list[str] = []
+        deps_ok = True
+        try:
+            deps = self._read_deps(kwargs.get("deps", ()), label)
+        except DefinitionError as exc:
+            problems.append(exc.message)
+            deps, deps_ok = [], False
         sig = _signature(fn)
         hints = self._hints(fn, label)
         dep_params = {param for param, _ in deps}
         options: list[OptionSpec] = []
         for p in sig.parameters.values():
             if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
-                raise DefinitionError(
+                problems.append(
                     f"{label}: parameter '{p.name}' is *args/**kwargs; taskrun passes products"
                     " and options by name, so list each one as a named parameter"
                 )
+                continue
             if p.kind is p.POSITIONAL_ONLY:
-                raise DefinitionError(
+                problems.append(
                     f"{label}: parameter '{p.name}' is positional-only; remove the '/'"
                 )
+                continue
             if p.name in dep_params:
                 continue
             if p.name not in hints:
-                raise DefinitionError(self._unannotated(p, label, deps))
+                if deps_ok:  # else it may well be the dependency that failed above
+                    problems.append(self._unannotated(p, label, deps))
+                continue
             try:
-                otype = resolve_annotation(hints[p.name])
-            except UnsupportedAnnotation as exc:
-                raise DefinitionError(f"{label}: option '{p.name}': {exc}") from None
-            default = MISSING if p.default is p.empty else p.default
-            if default is not MISSING:
-                if callable(default) and not isinstance(default, (type, TaskType)):
-                    raise DefinitionError(
-                        f"{label}: option '{p.name}' has a callable default; defaults are"
-                        " values, set the value itself"
-                    )
-                try:
-                    default = otype.check(default)
-                except TypeCheckError as exc:
-                    raise DefinitionError(
-                        f"{label}: the default of option '{p.name}' fails its type"
-                        f" {otype.name}: {exc.message}; change the default or the type"
-                    ) from None
-            options.append(OptionSpec(p.name, otype, default))
+                options.append(self._option(p, hints[p.name], label))
+            except DefinitionError as exc:
+                problems.append(exc.message)
         params = set(sig.parameters)
         dep_specs = tuple(DepSpec(param, dep, param in params) for param, dep in deps)
         # `-> Any` says what no annotation says: the product is not checked. Options have
         # no such escape, since a value from the command line must parse into something.
+        product: TaskType = ANY
         if "return" in hints and hints["return"] is not Any:
             try:
-                product = resolve_annotation(hints["return"])
+                product = resolve_annotation(hints["return"], product=True)
             except UnsupportedAnnotation as exc:
-                raise DefinitionError(f"{label}: return annotation: {exc}") from None
-        else:
-            product = ANY
+                problems.append(f"{label}: return annotation: {exc}")
+        try:
+            settings = self._read_settings(kwargs, label)
+        except DefinitionError as exc:
+            problems.append(exc.message)
+        if problems:
+            raise DefinitionErrors(problems)
         return TaskSpec(
             name=name,
             fn=fn,
@@ -391,8 +472,30 @@ class Registry:
             product=product,
             file=file,
             line=line,
-            **self._read_settings(kwargs, label),
+            **settings,
         )
+
+    def _option(self, p: Any, annotation: Any, label: str) -> OptionSpec:
+        """The spec of one option; DefinitionError when its type or default is wrong."""
+        try:
+            otype = resolve_annotation(annotation)
+        except UnsupportedAnnotation as exc:
+            raise DefinitionError(f"{label}: option '{p.name}': {exc}") from None
+        default = MISSING if p.default is p.empty else p.default
+        if default is not MISSING:
+            if callable(default) and not isinstance(default, (type, TaskType)):
+                raise DefinitionError(
+                    f"{label}: option '{p.name}' has a callable default; defaults are"
+                    " values, set the value itself"
+                )
+            try:
+                default = otype.check(default)
+            except TypeCheckError as exc:
+                raise DefinitionError(
+                    f"{label}: the default of option '{p.name}' fails its type"
+                    f" {otype.name}: {exc.message}; change the default or the type"
+                ) from None
+        return OptionSpec(p.name, otype, default)
 
     def _unannotated(
         self, p: inspect.Parameter, label: str, deps: Sequence[tuple[str, str]]
@@ -439,7 +542,7 @@ class Registry:
                     " (defined above this task)"
                 )
             try:
-                dep_name = self._by_fn.get(dep)
+                dep_name = self._by_fn.get(dep) or self._broken.get(dep)
             except TypeError:  # unhashable: a list inside the list, a dict, ...
                 dep_name = None
             if dep_name is None:

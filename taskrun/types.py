@@ -29,8 +29,12 @@ from taskrun.files import Dir, File
 
 __all__ = [
     "BUILTIN_TYPES",
+    "ClassType",
     "DefinedType",
     "TaskType",
+    "class_name",
+    "module_name",
+    "register_module_alias",
     "resolve_annotation",
 ]
 
@@ -49,6 +53,10 @@ class TaskType:
 
     name: str = "value"
     doc: str = ""
+    #: False for types whose values cannot be written on the command line (products only).
+    text_form: bool = True
+    #: What to write instead, when an option is given a type without a text form.
+    hint: str = ""
 
     def check(self, value: Any, *, root: pathlib.Path | None = None) -> Any:
         """Return ``value`` converted to this type, or raise :class:`TypeCheckError`."""
@@ -438,6 +446,7 @@ class AnyType(TaskType):
     """No annotation on a product: anything goes, nothing is checked."""
 
     name = "any"
+    text_form = False
 
 
 class NoneType_(TaskType):
@@ -465,53 +474,298 @@ ANY = AnyType()
 NONE = NoneType_()
 
 
-def resolve_annotation(annotation: Any) -> TaskType:
-    """Map a Python annotation (or a TaskType) to a TaskType."""
+_MODULE_ALIASES: dict[str, str] = {}
+
+
+def register_module_alias(private: str, shown: str) -> None:
+    """Show the module ``private`` (the loader's internal name) as ``shown`` (``tasks``)."""
+    _MODULE_ALIASES[private] = shown
+
+
+def module_name(module: str) -> str:
+    """A module name as the user wrote it: ``tasks``, not the loader's private name."""
+    return _MODULE_ALIASES.get(module, module)
+
+
+def class_name(cls: Any) -> str:
+    """``tasks.Point``, ``pandas.DataFrame``-style name of a class, ``int`` for builtins."""
+    qualname = getattr(cls, "__qualname__", None) or getattr(cls, "__name__", None)
+    if qualname is None:
+        return repr(cls)
+    module = getattr(cls, "__module__", None) or ""
+    if module == "builtins":
+        return str(qualname)
+    # Libraries define their classes in private submodules (pandas.core.frame); users
+    # write the top-level name, which the class is re-exported under.
+    top = module.partition(".")[0]
+    if top in ("pandas", "numpy") and _exported(top, qualname, cls):
+        module = top
+    return f"{module_name(module)}.{qualname}"
+
+
+def _exported(top: str, qualname: str, cls: Any) -> bool:
+    import sys
+
+    return getattr(sys.modules.get(top), qualname, None) is cls
+
+
+class ClassType(TaskType):
+    """A product annotated with a class: an ``isinstance`` check, no conversion."""
+
+    text_form = False
+
+    def __init__(self, cls: type, name: str | None = None, hint: str = "") -> None:
+        self.cls = cls
+        self.name = name or class_name(cls)
+        self.doc = f"an instance of {self.name}"
+        self.hint = hint
+
+    def _convert(self, value: Any, root: pathlib.Path | None) -> Any:
+        if isinstance(value, self.cls):
+            return value
+        self.fail(value, f"a {self.name} (got {class_name(type(value))})")
+
+
+class SetType(TaskType):
+    """``set[T]`` / ``frozenset[T]`` products: the container, then every item."""
+
+    text_form = False
+
+    def __init__(self, item: TaskType, container: type) -> None:
+        self.item = item
+        self.container = container
+        self.name = f"{container.__name__}[{item.name}]"
+        self.hint = f"use list[{item.name}] for an option"
+
+    def _convert(self, value: Any, root: pathlib.Path | None) -> Any:
+        if not isinstance(value, (set, frozenset)):
+            self.fail(value, f"a {self.name} (got {class_name(type(value))})")
+        if self.item is ANY:
+            return value
+        try:
+            items = [self.item.check(v, root=root) for v in value]
+        except TypeCheckError as exc:
+            raise TypeCheckError(f"an item: {exc.message}", type_name=self.name) from None
+        return value if all(a is b for a, b in zip(items, value, strict=True)) else type(
+            value
+        )(items)
+
+
+class FixedTupleType(TaskType):
+    """``tuple[A, B]`` products: a tuple of that length, each item its own type."""
+
+    text_form = False
+
+    def __init__(self, items: tuple[TaskType, ...]) -> None:
+        self.items = items
+        self.name = f"tuple[{', '.join(t.name for t in items)}]" if items else "tuple[()]"
+        self.hint = "use tuple[T, ...] (one item type) for an option"
+
+    def _convert(self, value: Any, root: pathlib.Path | None) -> Any:
+        if not isinstance(value, tuple):
+            self.fail(value, f"a {self.name} (got {class_name(type(value))})")
+        if len(value) != len(self.items):
+            self.fail(value, f"a {self.name} (got {len(value)} items, not {len(self.items)})")
+        out = []
+        for i, (t, v) in enumerate(zip(self.items, value, strict=True)):
+            try:
+                out.append(t.check(v, root=root))
+            except TypeCheckError as exc:
+                raise TypeCheckError(f"item {i}: {exc.message}", type_name=self.name) from None
+        if all(a is b for a, b in zip(out, value, strict=True)):
+            return value  # keep the user's tuple (a NamedTuple stays one)
+        return tuple(out)
+
+
+class MappingType(TaskType):
+    """``dict[K, V]`` products with keys other than str: the mapping, keys and values."""
+
+    text_form = False
+
+    def __init__(self, key: TaskType, value: TaskType) -> None:
+        self.key = key
+        self.value = value
+        self.name = f"dict[{key.name}, {value.name}]"
+        self.hint = "dict keys must be str for an option (dict[str, T])"
+
+    def _convert(self, value: Any, root: pathlib.Path | None) -> Any:
+        if not isinstance(value, Mapping):
+            self.fail(value, f"a {self.name} (got {class_name(type(value))})")
+        out = {}
+        for k, v in value.items():
+            try:
+                out[self.key.check(k, root=root)] = self.value.check(v, root=root)
+            except TypeCheckError as exc:
+                raise TypeCheckError(f"key {k!r}: {exc.message}", type_name=self.name) from None
+        return out
+
+
+class UnionType(TaskType):
+    """``X | Y`` products: the first member type that accepts the value."""
+
+    text_form = False
+
+    def __init__(self, members: tuple[TaskType, ...]) -> None:
+        self.members = members
+        self.name = " | ".join(m.name for m in members)
+        self.hint = "only 'T | None' is an option type (define_type with parse= for more)"
+
+    def _convert(self, value: Any, root: pathlib.Path | None) -> Any:
+        problems = []
+        for member in self.members:
+            try:
+                return member.check(value, root=root)
+            except TypeCheckError as exc:
+                problems.append(exc.message)
+        self.fail(value, f"any of {self.name} ({'; '.join(problems)})")
+
+
+def resolve_annotation(annotation: Any, *, product: bool = False) -> TaskType:
+    """Map a Python annotation (or a TaskType) to a TaskType.
+
+    For an option (the default) the type must have a text form, since its value may come
+    from the command line; UnsupportedAnnotation says what to write instead. A product
+    (``product=True``) may be of any kind: a class is an ``isinstance`` check.
+    """
+    resolved = _resolve(annotation, product=True)
+    if product or _text_form(resolved):
+        return resolved
+    # The option-side messages: what is missing, and what to write.
+    _resolve(annotation, product=False)  # raises the specific message where there is one
+    shown = resolved.name
+    hint = getattr(_no_text_part(resolved), "hint", "")
+    raise UnsupportedAnnotation(
+        f"{shown!r} has no text form, so it cannot be an option (it is not a taskrun type"
+        " that parses from the command line)"
+        + (f"; {hint}" if hint else "")
+        + f"; give it one with define_type('Name', {shown}, parse=<str -> value>),"
+        " or make it a dependency's product"
+    )
+
+
+def _text_form(t: TaskType) -> bool:
+    return _no_text_part(t) is None
+
+
+def _no_text_part(t: TaskType) -> TaskType | None:
+    """The part of ``t`` without a text form, or None when ``t`` has one."""
+    if isinstance(t, DefinedType):
+        return None if t.custom_parse is not None else _no_text_part(t.parent)
+    if isinstance(t, (ListType, OptionalType)):
+        inner = t.item if isinstance(t, ListType) else t.inner
+        return _no_text_part(inner)
+    if isinstance(t, DictType):
+        return _no_text_part(t.value_type)
+    return None if getattr(t, "text_form", True) else t
+
+
+_BARE_CONTAINERS = (list, tuple, dict, set, frozenset)
+
+
+def _resolve(annotation: Any, *, product: bool) -> TaskType:
     if isinstance(annotation, TaskType):
         return annotation
     if annotation is None or annotation is type(None):
         return NONE
     if annotation in BUILTIN_TYPES:
         return BUILTIN_TYPES[annotation]
+    if product and (annotation is Any or isinstance(annotation, typing.TypeVar)):
+        return ANY
     if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
         return EnumType(annotation)
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return _resolve(args[0], product=product)
+    if product and isinstance(getattr(annotation, "__supertype__", None), type):
+        return _resolve(annotation.__supertype__, product=product)  # typing.NewType
     if origin is typing.Literal:
         return LiteralType(args)
     if origin is list and len(args) == 1:
-        return ListType(resolve_annotation(args[0]), list)
+        return ListType(_resolve(args[0], product=product), list)
     if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
-        return ListType(resolve_annotation(args[0]), tuple)
+        return ListType(_resolve(args[0], product=product), tuple)
     if origin is dict and len(args) == 2:
         if args[0] is not str:
+            if product:
+                return MappingType(
+                    _resolve(args[0], product=True), _resolve(args[1], product=True)
+                )
             raise UnsupportedAnnotation(f"dict keys must be str (got {args[0]!r})")
-        return DictType(resolve_annotation(args[1]))
+        return DictType(_resolve(args[1], product=product))
     if origin in (typing.Union, pytypes.UnionType):
         rest = [a for a in args if a is not type(None)]
         if len(rest) == 1 and len(args) == 2:
-            return OptionalType(resolve_annotation(rest[0]))
+            return OptionalType(_resolve(rest[0], product=product))
+        if product:
+            return UnionType(tuple(_resolve(a, product=True) for a in args))
         raise UnsupportedAnnotation(
             f"the union {annotation!r} is not supported; only 'T | None' is"
             " (define a type with define_type for anything else)"
         )
+    if product:
+        if origin in (set, frozenset) and len(args) == 1:
+            return SetType(_resolve(args[0], product=True), origin)
+        if origin is tuple:
+            if args == ((),):  # tuple[()]
+                args = ()
+            return FixedTupleType(tuple(_resolve(a, product=True) for a in args))
+        if annotation in _BARE_CONTAINERS:
+            return ClassType(annotation, hint=_container_hint(annotation.__name__))
+        if typing.is_typeddict(annotation) or _is_typeddict_like(annotation):
+            return ClassType(dict, name=class_name(annotation))  # checked as the dict it is
+        if isinstance(origin, type):  # Sequence[int], type[X], Callable[...]: the container
+            return ClassType(origin, name=_alias_name(annotation))
+        if isinstance(annotation, type):
+            return ClassType(annotation)
     if origin is tuple:
         raise UnsupportedAnnotation(f"{annotation!r}: use tuple[T, ...] (one item type)")
     if annotation in (list, tuple, dict) or origin in (list, dict):
         shown = getattr(annotation, "__name__", None) or repr(annotation)
-        example = {"list": "list[str]", "tuple": "tuple[int, ...]", "dict": "dict[str, int]"}
         raise UnsupportedAnnotation(
-            f"{shown!r} needs its item type; write e.g."
-            f" {example.get(shown, 'list[str]')}"
+            f"{shown!r} needs its item type; write e.g. {_container_hint(shown)}"
         )
     if isinstance(annotation, str):
         raise UnsupportedAnnotation(f"the annotation {annotation!r} could not be evaluated")
+    if product:
+        raise UnsupportedAnnotation(
+            f"{annotation!r} is not a type a product can be checked against; annotate the"
+            " product with a class, a container of classes, a union, Any, or leave it out"
+        )
+    shown = class_name(annotation) if isinstance(annotation, type) else repr(annotation)
     raise UnsupportedAnnotation(
-        f"{annotation!r} is not a taskrun type; use int, float, str, bool, bytes, Path, File,"
-        " Dir, Literal, an Enum, list/tuple/dict of them, T | None, or define_type(...)"
+        f"{shown!r} is not a taskrun type that parses from the command line; use int, float,"
+        " str, bool, bytes, Path, File, Dir, Literal, an Enum, list/tuple/dict of them,"
+        " T | None, or define_type(..., parse=...)"
+    )
+
+
+def _container_hint(shown: str) -> str:
+    examples = {
+        "list": "list[str]",
+        "tuple": "tuple[int, ...]",
+        "dict": "dict[str, int]",
+        "set": "list[str]",
+        "frozenset": "list[str]",
+    }
+    return examples.get(shown, "list[str]")
+
+
+def _alias_name(annotation: Any) -> str:
+    text = repr(annotation)
+    return text.replace("typing.", "").replace("collections.abc.", "")
+
+
+def _is_typeddict_like(annotation: Any) -> bool:
+    # typing_extensions.TypedDict on 3.10 is not seen by typing.is_typeddict.
+    return (
+        isinstance(annotation, type)
+        and issubclass(annotation, dict)
+        and hasattr(annotation, "__total__")
+        and hasattr(annotation, "__annotations__")
     )
 
 
 def parent_type(parent: Any) -> TaskType:
-    """The TaskType for a ``define_type`` parent (a Python type or a TaskType)."""
-    return resolve_annotation(parent)
+    """The TaskType for a ``define_type`` parent: any annotation, any class."""
+    return resolve_annotation(parent, product=True)
