@@ -271,6 +271,11 @@ class Cache:
         return self._size_limit
 
     @property
+    def key(self) -> bytes | None:
+        """The signing key, or None (the remote cache signs what it writes with it)."""
+        return self._key
+
+    @property
     def signed(self) -> bool:
         """True when a signing key is set (entries are signed and signatures required)."""
         return self._key is not None
@@ -537,6 +542,15 @@ class Cache:
         """True when a blob with this digest is stored (not verified)."""
         _check_name(digest, "blob digest")
         return self._reader is not None and self._reader.contains(digest, _TAG_BLOB)
+
+    def has_entry(self, fingerprint: str) -> bool:
+        """True when an entry is stored under ``fingerprint`` (not verified; for the remote)."""
+        _check_name(fingerprint, "fingerprint")
+        return self._reader is not None and self._reader.contains(fingerprint, _TAG_ENTRY)
+
+    def blob_names(self) -> list[str]:
+        """The digests of every stored blob (not verified)."""
+        return [d for d in self._reader.keys(_TAG_BLOB) if is_digest(d)] if self._reader else []
 
     def latest(self, task: str) -> EntryMeta | None:
         """The verified entry last stored for ``task`` (for ``explain``), or None.

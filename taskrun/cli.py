@@ -222,6 +222,12 @@ def _complete_assignments(
               help="Cache directory (default: [tool.taskrun] cache-dir, else .taskrun/cache).")
 @click.option("--cache-mode", type=click.Choice(["rw", "read", "off"]), default=None,
               envvar="TASKRUN_CACHE_MODE", help="rw (default), read (never write), off.")
+@click.option("--remote-cache", default=None, metavar="URL", envvar="TASKRUN_REMOTE_CACHE",
+              help="A shared cache behind the local one: any fsspec URL (s3://bucket/prefix,"
+                   " gs://..., file:///...). Needs TASKRUN_CACHE_KEY.")
+@click.option("--remote-mode", type=click.Choice(["rw", "read", "off"]), default=None,
+              envvar="TASKRUN_REMOTE_MODE",
+              help="rw (default: fetch and upload), read (fetch only, e.g. pull requests), off.")
 @click.option("-q", "--quiet", count=True, help="Less output (-qq: failures and errors only).")
 @click.option("-v", "--verbose", count=True, help="More output (cached tasks, starts).")
 @click.pass_context

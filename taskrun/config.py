@@ -12,6 +12,8 @@ Command-line values win over these; these win over taskrun's defaults.
     cache-size = "2GiB"           # or a number of bytes
     cache-mode = "rw"             # rw | read | off
     dask-address = "tcp://127.0.0.1:8786"
+    remote-cache = "s3://bucket/taskrun"  # a shared store behind the local cache
+    remote-mode = "rw"            # rw | read | off
 
     [tool.taskrun.options]        # option values: unqualified ...
     top = 5
@@ -90,13 +92,15 @@ class Settings:
     cache_size: int | None = None
     cache_mode: str | None = None
     dask_address: str | None = None
+    remote_cache: str | None = None
+    remote_mode: str | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
 
 
 _KEYS = {
     "default", "jobs", "executor", "cache-dir", "cache-size", "cache-mode", "dask-address",
-    "options", "runtime",
+    "options", "runtime", "remote-cache", "remote-mode",
 }
 
 
@@ -158,7 +162,9 @@ def load_settings(task_file: Path) -> Settings:
     if not isinstance(default, list) or not all(isinstance(t, str) for t in default):
         raise ConfigError(f"{where}: 'default' must be a list of task names")
     jobs = typed("jobs", int, "a whole number of jobs")
-    for key, allowed in (("executor", EXECUTORS), ("cache-mode", CACHE_MODES)):
+    for key, allowed in (
+        ("executor", EXECUTORS), ("cache-mode", CACHE_MODES), ("remote-mode", CACHE_MODES)
+    ):
         value = typed(key, str, " or ".join(allowed))
         if value is not None and value not in allowed:
             raise ConfigError(
@@ -182,6 +188,8 @@ def load_settings(task_file: Path) -> Settings:
         cache_size=parse_size(size, where=f"{where}: 'cache-size'") if size is not None else None,
         cache_mode=typed("cache-mode", str, "rw, read or off"),
         dask_address=typed("dask-address", str, "an address such as tcp://host:8786"),
+        remote_cache=typed("remote-cache", str, "an fsspec URL such as s3://bucket/prefix"),
+        remote_mode=typed("remote-mode", str, "rw, read or off"),
         options=options or {},
         runtime=runtime,
     )

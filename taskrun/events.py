@@ -15,6 +15,8 @@ __all__ = [
     "Interrupted",
     "PlanFinished",
     "Planned",
+    "RemoteSummary",
+    "RemoteUploading",
     "RunFinished",
     "RunStarted",
     "Skipped",
@@ -142,6 +144,51 @@ class Warned(Event):
     kind: ClassVar[str] = "warning"
     message: str
     task: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteUploading(Event):
+    """The run is done; it waits for this many entries to reach the remote cache."""
+
+    kind: ClassVar[str] = "remote-uploading"
+    url: str
+    pending: int
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteSummary(Event):
+    """What the remote cache did for this run."""
+
+    kind: ClassVar[str] = "remote"
+    url: str
+    hits: int
+    uploaded: int
+    refused: int
+    bytes_down: int
+    bytes_up: int
+    requests: int
+    failed: bool  # the remote was turned off mid-run (a warning said why)
+
+    def line(self) -> str:
+        """``remote s3://b/p: 12 hits, 3 uploaded, 1.2 MB down, 40.0 kB up, 31 requests``."""
+        off = " (turned off mid-run)" if self.failed else ""
+        refused = f", {self.refused} refused" if self.refused else ""
+        return (
+            f"remote {self.url}: {self.hits} hit(s), {self.uploaded} uploaded{refused},"
+            f" {_size(self.bytes_down)} down, {_size(self.bytes_up)} up,"
+            f" {self.requests} request(s){off}"
+        )
+
+
+def _size(n: int) -> str:
+    if n < 1000:
+        return f"{n} B"
+    value = float(n)
+    for unit in ("kB", "MB", "GB"):
+        value /= 1000
+        if value < 1000 or unit == "GB":
+            break
+    return f"{value:.1f} {unit}"
 
 
 @dataclass(frozen=True, slots=True)

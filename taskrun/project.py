@@ -111,8 +111,14 @@ def execute(
     keep_going: bool = False,
     on_event: Callable[[Any], None] | None = None,
     executor_options: Mapping[str, Any] | None = None,
+    remote_cache: str | None = None,
+    remote_mode: str | None = None,
 ) -> Any:
-    """Run a validated invocation; returns a :class:`~taskrun.scheduler.RunResult`."""
+    """Run a validated invocation; returns a :class:`~taskrun.scheduler.RunResult`.
+
+    ``remote_cache``/``remote_mode`` (else ``TASKRUN_REMOTE_CACHE``/``_MODE``) add a
+    shared store behind ``cache`` (see :mod:`taskrun.remote`).
+    """
     from taskrun.codewalk import SourceMemo
     from taskrun.executors import make_executor
     from taskrun.files import StatCache
@@ -126,6 +132,15 @@ def execute(
         raise UsageError(f"--force {unknown[0]}: there is no such task{hint}")
     jobs = jobs or os.cpu_count() or 1
     root = invocation.root
+    sink = on_event or (lambda e: None)
+    remote = None
+    if remote_cache or remote_mode or os.environ.get("TASKRUN_REMOTE_CACHE"):
+        from taskrun.events import Warned
+        from taskrun.remote import open_remote
+
+        remote = open_remote(
+            remote_cache, remote_mode, cache=cache, on_warning=lambda m: sink(Warned(m))
+        )
     stat_path = root / STAT_CACHE if cache.mode != "off" else None
     if stat_path is not None and cache.mode == "read":
         stat_path = None  # read mode writes nothing, not even local state
@@ -136,11 +151,12 @@ def execute(
             executor=ex,
             runtime=runtime,
             stat_cache=StatCache(stat_path),
+            remote=remote,
             source_memo=SourceMemo(root / SOURCE_MEMO if stat_path is not None else None),
             force=frozenset(force),
             force_all=force_all,
             keep_going=keep_going,
-            on_event=on_event or (lambda e: None),
+            on_event=sink,
         )
         return scheduler.run()
 
@@ -161,6 +177,8 @@ def run(
     keep_going: bool = False,
     runtime: RuntimeSettings | None = None,
     on_event: Callable[[Any], None] | None = None,
+    remote_cache: str | None = None,
+    remote_mode: str | None = None,
 ) -> Any:
     """Run ``targets`` (task names or task functions) and what they need.
 
@@ -182,7 +200,8 @@ def run(
         return execute(
             invocation, jobs=jobs, executor=executor, cache=cache,
             runtime=runtime_of(runtime, root), force=force, force_all=force_all,
-            keep_going=keep_going, on_event=on_event,
+            keep_going=keep_going, on_event=on_event, remote_cache=remote_cache,
+            remote_mode=remote_mode,
         )
     finally:
         cache.close()
@@ -204,6 +223,8 @@ def run_from_cli(
     as_json: bool,
     cache_dir: Path | None,
     cache_mode: str | None,
+    remote_cache: str | None = None,
+    remote_mode: str | None = None,
     quiet: int,
     verbose: int,
 ) -> int:
@@ -243,6 +264,8 @@ def run_from_cli(
             invocation, jobs=jobs or settings.jobs, executor=executor, cache=cache,
             runtime=runtime, force=force, force_all=force_all, keep_going=keep_going,
             on_event=reporter, executor_options=options,
+            remote_cache=remote_cache or settings.remote_cache,
+            remote_mode=remote_mode or settings.remote_mode,
         )
     finally:
         # Also on errors and Ctrl-C: the live view must be erased before the message.

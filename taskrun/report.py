@@ -201,6 +201,13 @@ class PlainReporter(Reporter):
                 out.append(Line(f"run      {event.task}: {_reasons(event.reasons)}"))
         elif isinstance(event, ev.PlanFinished):
             out.append(Line(event.line(), "bold"))
+        elif isinstance(event, ev.RemoteUploading):
+            if q < 1:
+                text = f"remote   uploading {event.pending} entries to {event.url}"
+                out.append(Line(text, "dim"))
+        elif isinstance(event, ev.RemoteSummary):
+            if q < 1:
+                out.append(Line(f"remote   {event.line().removeprefix('remote ')}", "dim"))
         elif isinstance(event, ev.Interrupted):
             running = ", ".join(event.running) or "nothing"
             out.append(Line(f"interrupted (in flight, not recorded: {running})", "bad"))

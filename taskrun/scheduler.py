@@ -161,6 +161,7 @@ class Scheduler:
     executor: Any = None  # taskrun.executors.Executor; None for plan/explain
     runtime: Mapping[str, str] = field(default_factory=dict)
     stat_cache: Any = None  # taskrun.files.StatCache
+    remote: Any = None  # taskrun.remote.RemoteCache: the second level, or None
     source_memo: Any = None  # taskrun.codewalk.SourceMemo
     force: frozenset[str] = frozenset()
     force_all: bool = False
@@ -353,6 +354,8 @@ class Scheduler:
             self._skip_rest(self._stopping)
         except KeyboardInterrupt:
             self.executor.cancel()
+            if self.remote is not None:
+                self.remote.close()  # queued uploads are dropped, never half-written
             with contextlib.suppress(Exception, KeyboardInterrupt):
                 self._flush()  # tasks that finished are good results; in-flight ones are not
             for node in self._nodes.values():
@@ -377,8 +380,13 @@ class Scheduler:
                 self._parked.remove(node)
                 self._decide_locked(node)
         ready = self._ready
+        fresh: set[str] = set()  # fingerprinted by _prefetch for this very decision
         while ready and not self._stopping:
+            if self.remote is not None and ready[0].name not in fresh:
+                self._prefetch(fresh)  # the wave that is ready now, in one batch
             node = ready.popleft()
+            prefetched = node.name in fresh
+            fresh.discard(node.name)
             if node.state != "pending" or self._waiting[node.name]:
                 continue  # decided already, or an upstream went back to run (_rerun)
             deps = [self._nodes[d] for d in node.deps]
@@ -386,7 +394,8 @@ class Scheduler:
             if failed is not None:
                 self._skip(node, f"upstream '{failed}' did not complete")
                 continue
-            self._fingerprint(node, {d.name: d.digest for d in deps})
+            if not prefetched:
+                self._fingerprint(node, {d.name: d.digest for d in deps})
             if self._lookup(node):
                 continue
             if not self._try_lock(node):
@@ -395,6 +404,25 @@ class Scheduler:
                 self.on_event(ev.TaskWaiting(node.name))
                 continue
             self._decide_locked(node)
+
+    def _prefetch(self, fresh: set[str]) -> None:
+        """Fingerprint the ready wave; fetch its local misses from the remote in one batch.
+
+        Adds the tasks fingerprinted here to ``fresh`` (_advance does not redo them).
+        """
+        wanted: list[str] = []
+        for node in self._ready:
+            if node.state != "pending" or self._waiting[node.name] or node.name in fresh:
+                continue
+            deps = [self._nodes[d] for d in node.deps]
+            if any(d.state in ("failed", "skipped") for d in deps):
+                continue
+            self._fingerprint(node, {d.name: d.digest for d in deps})
+            fresh.add(node.name)
+            if node.spec.cache and not node.forced and not self.cache.has_entry(node.fp):
+                wanted.append(node.fp)
+        if wanted:
+            self.remote.fetch(self.cache, wanted)  # adopted locally: _lookup then hits
 
     def _done(self, node: _Node) -> None:
         """A task ended (cached, ran, failed, skipped): its dependents may be ready."""
@@ -685,6 +713,10 @@ class Scheduler:
         finally:
             for node, *_ in batch:
                 self._release_lock(node)
+        if self.remote is not None:
+            pairs = zip(batch, results, strict=True)
+            stored = [m.fingerprint for (_, m, _, _), r in pairs if r == "stored"]
+            self.remote.upload(self.cache, stored)  # queued; background threads send them
         for (node, *_), result in zip(batch, results, strict=True):
             if str(result) == "kept-existing-different":
                 self._warn(
@@ -714,6 +746,8 @@ class Scheduler:
 
     def _close(self) -> None:
         self._flush()
+        if self.remote is not None:
+            self._finish_remote()
         used = [n.fp for n in self._nodes.values() if n.state in ("cached", "ran") and n.spec.cache]
         hits = sum(1 for n in self._nodes.values() if n.state == "cached")
         misses = sum(1 for n in self._nodes.values() if n.state in ("ran", "failed"))
@@ -723,6 +757,26 @@ class Scheduler:
             self.stat_cache.flush()
         if self.source_memo is not None:
             self.source_memo.flush()
+
+    def _finish_remote(self) -> None:
+        """Wait for the uploads (none after Ctrl-C), record the remote's numbers."""
+        from taskrun.remote import write_stats
+
+        remote = self.remote
+        stats = remote.finish(lambda left: self.on_event(ev.RemoteUploading(remote.url, left)))
+        write_stats(self.cache.directory, stats)
+        self.on_event(
+            ev.RemoteSummary(
+                url=stats.url,
+                hits=stats.hits,
+                uploaded=stats.uploaded,
+                refused=stats.refused,
+                bytes_down=stats.bytes_down,
+                bytes_up=stats.bytes_up,
+                requests=stats.requests,
+                failed=bool(stats.failure),
+            )
+        )
 
     def _result(self, elapsed: float) -> RunResult:
         nodes = self._nodes.values()
