@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -65,6 +66,8 @@ class _Located:
     task_file: Path | None
     size_limit: int | None
     mode: str  # the configured mode: TASKRUN_CACHE_MODE, else cache-mode, else rw
+    remote_cache: str | None = None  # remote-cache of [tool.taskrun]
+    remote_mode: str | None = None
 
 
 def _where(ctx: click.Context) -> tuple[Path, Path | None]:
@@ -96,7 +99,10 @@ def _locate(ctx: click.Context, cache_dir: Path | None) -> _Located:
     chosen = cache_dir or settings.cache_dir or Path(".taskrun") / "cache"
     directory = chosen if chosen.is_absolute() else root / chosen
     mode = Cache.mode_from_env(settings.cache_mode or "rw")  # type: ignore[arg-type]
-    return _Located(directory, root, path, settings.cache_size, mode)
+    return _Located(
+        directory, root, path, settings.cache_size, mode,
+        settings.remote_cache, settings.remote_mode,
+    )
 
 
 def _warn(message: str) -> None:
@@ -173,6 +179,8 @@ def info_cmd(ctx: click.Context, cache_dir: Path | None, as_json: bool) -> None:
     """Location, entries, size and limit, and the hit rate of the last run."""
     where = _locate(ctx, cache_dir)
     # Read mode: looking never writes, not even the database's bookkeeping.
+    from taskrun.remote import read_stats
+
     with _open(where, "read") as cache:
         info = cache.info()
         try:
@@ -180,6 +188,7 @@ def info_cmd(ctx: click.Context, cache_dir: Path | None, as_json: bool) -> None:
         except CacheError as exc:
             _warn(str(exc))
             last = None
+    remote = read_stats(where.directory)
     doc = {
         "directory": str(info.directory),
         "mode": where.mode,
@@ -197,6 +206,7 @@ def info_cmd(ctx: click.Context, cache_dir: Path | None, as_json: bool) -> None:
             "hit_rate": info.hit_rate,
             "recorded": last.recorded,
         },
+        "remote_last_run": None if remote is None else remote.to_dict(),
     }
 
     def lines() -> list[str]:
@@ -219,6 +229,19 @@ def info_cmd(ctx: click.Context, cache_dir: Path | None, as_json: bool) -> None:
                 f"last run   {when}: {last.hits} cached, {last.misses} ran, "
                 f"hit rate {rate}; used {_n(len(last.used), 'entry')}"
             )
+        if remote is not None:
+            off = f"; turned off mid-run: {remote.failure}" if remote.failure else ""
+            refused = f", {remote.refused} refused" if remote.refused else ""
+            out += [
+                f"remote     {remote.url} (mode {remote.mode}), last run:",
+                f"           {remote.hits} hits of {remote.looked_up} local misses{refused}; "
+                f"{remote.uploaded} uploaded ({remote.already_there} already there)",
+                f"           {_human(remote.bytes_down)} down, {_human(remote.bytes_up)} up, "
+                f"{_n(remote.requests, 'request')}",
+                f"           {remote.fetch_seconds:.2f}s waiting for lookups, "
+                f"{remote.upload_seconds:.2f}s uploading in the background, "
+                f"{remote.finish_seconds:.2f}s waiting for uploads at the end{off}",
+            ]
         return out
 
     _emit(as_json, doc, lines)
@@ -245,6 +268,18 @@ def info_cmd(ctx: click.Context, cache_dir: Path | None, as_json: bool) -> None:
     is_flag=True,
     help="Keep only the entries the last run used (what the next CI job needs).",
 )
+@click.option(
+    "--remote",
+    is_flag=True,
+    help="Clean the remote cache instead (with --max-age; needs TASKRUN_CACHE_KEY).",
+)
+@click.option(
+    "--remote-cache",
+    metavar="URL",
+    default=None,
+    envvar="TASKRUN_REMOTE_CACHE",
+    help="The remote cache for --remote (default: [tool.taskrun] remote-cache).",
+)
 @_cache_dir_option
 @_json_option
 @click.pass_context
@@ -253,11 +288,17 @@ def gc_cmd(
     max_size: str | None,
     max_age: str | None,
     keep_last_run: bool,
+    remote: bool,
+    remote_cache: str | None,
     cache_dir: Path | None,
     as_json: bool,
 ) -> None:
     """Remove old or unused entries, orphaned output blobs and stale lock files."""
     from taskrun.config import parse_size
+
+    if remote:
+        _remote_gc(ctx, max_size, max_age, keep_last_run, remote_cache, cache_dir, as_json)
+        return
 
     try:
         size = parse_size(max_size, where="--max-size") if max_size is not None else None
@@ -286,6 +327,68 @@ def gc_cmd(
             f"{_n(report.removed_blobs, 'output blob')}; "
             f"kept {_n(report.kept, 'entry')} ({_human(info.size_bytes)}); "
             f"freed {_human(report.freed_bytes)}"
+        ],
+    )
+
+
+def _remote_gc(
+    ctx: click.Context,
+    max_size: str | None,
+    max_age: str | None,
+    keep_last_run: bool,
+    url: str | None,
+    cache_dir: Path | None,
+    as_json: bool,
+) -> None:
+    """``cache gc --remote --max-age AGE``: entries older than AGE leave the shared store."""
+    from taskrun.cache import Cache
+    from taskrun.remote import FsspecStore, RemoteCache
+
+    if max_size is not None or keep_last_run:
+        raise UsageError(
+            "cache gc --remote takes --max-age only (the shared store has no size of its "
+            "own and no last run); e.g. taskrun cache gc --remote --max-age 30d"
+        )
+    if max_age is None:
+        raise UsageError("cache gc --remote needs --max-age, e.g. --max-age 30d")
+    age = parse_age(max_age)
+    where = _locate(ctx, cache_dir)
+    url = url or where.remote_cache
+    if not url:
+        raise UsageError(
+            "cache gc --remote: no remote cache is configured; give --remote-cache URL, "
+            "set TASKRUN_REMOTE_CACHE, or remote-cache in [tool.taskrun]"
+        )
+    mode = os.environ.get("TASKRUN_REMOTE_MODE") or where.remote_mode or "rw"
+    if mode != "rw":
+        raise UsageError(f"cannot clean {url}: the remote mode is '{mode}'; nothing was changed")
+    key = Cache.key_from_env()
+    if key is None:
+        raise ConfigError(
+            f"cache gc --remote: {url} holds signed entries and gc reads their signed dates, "
+            "but TASKRUN_CACHE_KEY is not set; set it to the store's key"
+        )
+    store = FsspecStore(url)
+    report = RemoteCache(store, mode="rw", key=key, on_warning=_warn).gc(max_age=age)
+    doc = {
+        "remote": url,
+        "removed": list(report.removed),
+        "removed_blobs": report.removed_blobs,
+        "kept": report.kept,
+        "unverified": report.refused,
+    }
+    unverified = (
+        f"; left {_n(report.refused, 'index object')} that failed verification"
+        if report.refused
+        else ""
+    )
+    _emit(
+        as_json,
+        doc,
+        lambda: [
+            f"removed {_n(len(report.removed), 'entry')} and "
+            f"{_n(report.removed_blobs, 'output blob')} from {url}; "
+            f"kept {_n(report.kept, 'entry')}{unverified}"
         ],
     )
 

@@ -141,7 +141,7 @@ class Store(abc.ABC):
 
 
 class _Counters:
-    """Requests and bytes a store moved; thread-safe."""
+    """Requests (attempted) and bytes (moved) of a store; thread-safe."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -149,9 +149,12 @@ class _Counters:
         self.bytes_down = 0
         self.bytes_up = 0
 
-    def add(self, *, down: int = 0, up: int = 0) -> None:
+    def request(self) -> None:
         with self._lock:
             self.requests += 1
+
+    def moved(self, *, down: int = 0, up: int = 0) -> None:
+        with self._lock:
             self.bytes_down += down
             self.bytes_up += up
 
@@ -160,6 +163,7 @@ def _s3_defaults(timeout: float) -> dict[str, Any]:
     # Bounded waits: a remote that does not answer must not hold the run (or its exit:
     # the fetch threads are joined when the interpreter ends).
     return {
+        "skip_instance_cache": True,  # one client per remote: a run's settings, not a process's
         "use_listings_cache": False,
         "config_kwargs": {
             "connect_timeout": timeout,
@@ -228,24 +232,25 @@ class FsspecStore(Store):
         return f"{self.root}/{key}"
 
     def get(self, key: str) -> bytes | None:
+        self.counters.request()
         try:
             data = self.fs.cat_file(self._path(key))
         except FileNotFoundError:
-            self.counters.add()
             return None
-        self.counters.add(down=len(data))
+        self.counters.moved(down=len(data))
         return bytes(data)
 
     def has(self, key: str) -> bool:
-        self.counters.add()
+        self.counters.request()
         return bool(self.fs.exists(self._path(key)))
 
     def put(self, key: str, data: bytes) -> bool:
         path = self._path(key)
-        if self._local:
-            return self._put_local(path, data)
+        self.counters.request()
         try:
-            if self.protocol in ("s3", "s3a"):
+            if self._local:
+                self._put_local(path, data)
+            elif self.protocol in ("s3", "s3a"):
                 # S3's conditional PUT: atomic, and the object appears whole or not at all.
                 self.fs.pipe_file(path, data, mode="create")
             else:
@@ -254,16 +259,14 @@ class FsspecStore(Store):
                         raise FileExistsError(path)
                     self.fs.pipe_file(path, data)
         except FileExistsError:
-            self.counters.add()
             return False
-        self.counters.add(up=len(data))
+        self.counters.moved(up=len(data))
         return True
 
-    def _put_local(self, path: str, data: bytes) -> bool:
+    def _put_local(self, path: str, data: bytes) -> None:
         final = pathlib.Path(path)
         if final.exists():
-            self.counters.add()
-            return False
+            raise FileExistsError(path)
         tmp_dir = pathlib.Path(self.root) / "tmp"
         tmp_dir.mkdir(parents=True, exist_ok=True)
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -275,18 +278,13 @@ class FsspecStore(Store):
                 os.fsync(f.fileno())
             # A hard link publishes the whole file under its name, or fails if one is there.
             os.link(tmp, final)
-        except FileExistsError:
-            self.counters.add()
-            return False
         finally:
             with contextlib.suppress(OSError):
                 tmp.unlink()
-        self.counters.add(up=len(data))
-        return True
 
     def list(self, prefix: str) -> Iterator[StoredObject]:
         base = self._path(prefix).rstrip("/")
-        self.counters.add()
+        self.counters.request()
         try:
             found = self.fs.find(base, detail=True)
         except FileNotFoundError:
@@ -298,7 +296,7 @@ class FsspecStore(Store):
                 yield StoredObject(full[len(head) :], int(info.get("size") or 0), _epoch(info))
 
     def delete(self, key: str) -> None:
-        self.counters.add()
+        self.counters.request()
         with contextlib.suppress(FileNotFoundError):
             self.fs.rm_file(self._path(key))
 
