@@ -340,7 +340,9 @@ class LocalStore(Store):
     def list(self, prefix: str) -> Iterator[StoredObject]:
         if prefix == ENTRIES:
             for meta in self.cache.entries():
-                yield StoredObject(entry_key(meta.fingerprint), meta.size, meta.created)
+                got = self.cache.read_entry_envelope(meta.fingerprint)
+                if got is not None:
+                    yield StoredObject(entry_key(meta.fingerprint), len(got[1]), meta.created)
         elif prefix == BLOBS:
             for digest in self.cache.blob_names():
                 raw = self.cache.read_blob_envelope(digest)
