@@ -5,8 +5,9 @@ Only the public API lives here; see the docs for the rest.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from taskrun.api import run
 from taskrun.errors import (
     DefinitionError,
     InvocationError,
@@ -16,6 +17,11 @@ from taskrun.errors import (
 from taskrun.files import Dir, File
 from taskrun.registry import Registry, default_registry, define_type, task
 
+if TYPE_CHECKING:
+    from taskrun.scheduler import RunResult, TaskResult
+    from taskrun.shell import sh
+
+# The one place the version is written: pyproject.toml reads it from here.
 __version__ = "0.1.0"
 
 __all__ = [
@@ -24,7 +30,9 @@ __all__ = [
     "File",
     "InvocationError",
     "Registry",
+    "RunResult",
     "TaskFailed",
+    "TaskResult",
     "TaskrunError",
     "__version__",
     "default_registry",
@@ -35,18 +43,15 @@ __all__ = [
 ]
 
 
-def run(*args: Any, **kwargs: Any) -> Any:
-    """Run targets and what they need; see :func:`taskrun.project.run`."""
-    from taskrun.project import run as _run
-
-    return _run(*args, **kwargs)
-
-
 def __getattr__(name: str) -> Any:
-    # perf: `sh` lives with the file helpers; importing it lazily keeps `import taskrun`
+    # perf: `sh` lives with the shell helpers; importing it lazily keeps `import taskrun`
     # (and so `taskrun list`) free of subprocess machinery it does not need.
     if name == "sh":
         from taskrun.shell import sh
 
         return sh
+    if name in ("RunResult", "TaskResult"):  # perf: they live with the scheduler
+        from taskrun import scheduler
+
+        return getattr(scheduler, name)
     raise AttributeError(f"module 'taskrun' has no attribute {name!r}")

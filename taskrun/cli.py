@@ -67,6 +67,9 @@ def main(ctx: click.Context, task_file: Path | None, directory: Path | None) -> 
     Shell completion (bash; zsh and fish alike):
       eval "$(_TASKRUN_COMPLETE=bash_source taskrun)"
     """
+    from taskrun.config import require_posix
+
+    require_posix()
     base = Path.cwd()
     if directory is not None:
         if not directory.is_dir():
@@ -280,7 +283,8 @@ def explain_cmd(ctx: click.Context, targets: tuple[str, ...], assignments: tuple
     try:
         runtime = runtime_of(settings.runtime, project.root)
         scheduler = Scheduler(invocation, cache=cache, runtime=runtime)
-        items = scheduler.explain()
+        with project.context():
+            items = scheduler.explain()
     finally:
         cache.close()
     if as_json:

@@ -546,7 +546,8 @@ def _plan(
     scheduler = Scheduler(
         invocation, cache=cache, runtime=runtime_of(project.settings.runtime, project.root)
     )
-    return scheduler.plan()
+    with project.context():
+        return scheduler.plan()
 
 
 @cache_group.command("import")

@@ -44,28 +44,82 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-__all__ = ["RuntimeSettings", "Settings", "find_task_file", "load_settings", "parse_size"]
+__all__ = [
+    "RuntimeSettings",
+    "Settings",
+    "available_cpus",
+    "find_task_file",
+    "load_settings",
+    "parse_size",
+    "require_posix",
+]
 
 TASK_FILE = "tasks.py"
 EXECUTORS = ("inline", "thread", "process", "dask")
 CACHE_MODES = ("rw", "read", "off")
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT](?:i?B)?|B)?\s*$", re.IGNORECASE)
 _UNITS = {
     "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
     "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+    # A bare letter, as in `du -h`, `docker --memory` or `sort -S`: powers of 1024.
+    "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40,
 }
 
 
 def parse_size(value: str | int, *, where: str = "size") -> int:
-    """``"5GiB"``, ``"500MB"``, ``"1024"`` or an int -> bytes."""
+    """``"5GiB"``, ``"500MB"``, ``"500M"`` (MiB, as ``du -h``), ``"1024"`` or an int -> bytes."""
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
     match = _SIZE_RE.match(str(value))
     if not match:
         raise ConfigError(
-            f"{where}: {value!r} is not a size; write a number of bytes or e.g. '500MB', '5GiB'"
+            f"{where}: {value!r} is not a size; write a number of bytes or e.g. '500M',"
+            " '500MB', '1.5GiB'"
         )
     return int(float(match.group(1)) * _UNITS[(match.group(2) or "b").lower()])
+
+
+def require_posix(platform: str | None = None) -> None:
+    """Refuse to run on Windows with a message that says why, not a crash at ``import fcntl``.
+
+    Task files can still be imported there (definitions, ``taskrun.Registry``); running
+    needs POSIX file locks, process groups and signals.
+    """
+    if (platform or sys.platform).startswith(("win32", "cygwin")):
+        raise UsageError(
+            "taskrun runs tasks on POSIX systems only (Linux, macOS, BSD): its cache locks,"
+            " process groups and signals have no Windows equivalent here; on Windows, run"
+            " taskrun inside WSL (Windows Subsystem for Linux)"
+        )
+
+
+def available_cpus() -> int:
+    """The CPUs this process may use: its affinity mask, capped by a cgroup v2 CPU quota."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        count = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota()
+    if quota is not None:
+        count = min(count, quota)
+    return max(1, count)
+
+
+def _cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """``cpu.max`` of this process's cgroup (v2) as whole CPUs, rounded up; None if unlimited."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+        group = next(line[3:] for line in lines if line.startswith("0::"))
+        text = (root / group.lstrip("/") / "cpu.max").read_text().split()
+    except (OSError, StopIteration):
+        return None
+    if len(text) != 2 or text[0] == "max":
+        return None
+    try:
+        quota, period = int(text[0]), int(text[1])
+    except ValueError:
+        return None
+    return max(1, -(-quota // period)) if period > 0 else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,8 @@ nothing runs.
 Within one place, a qualified value beats an unqualified one, and on the command line a
 later value beats an earlier one of the same kind (``-o top=1 -o top=2`` sets 2).
 Command-line values are text and are parsed; values from ``options=`` are Python values
-and are only checked; a TOML *string* from the config file is parsed like text (TOML has
+and are checked (a string that fails the check is parsed as text, so ``"0.3"`` serves a
+float option); a TOML *string* from the config file is parsed like text (TOML has
 no bytes, enum or null), any other TOML value is checked.
 """
 
@@ -63,14 +64,15 @@ def invoke(
     *,
     root: Path,
     assignments: Sequence[str] = (),
-    options: Mapping[str, Mapping[str, Any]] | None = None,
+    options: Mapping[Any, Any] | None = None,
     config: Mapping[str, Any] | None = None,
     default_targets: Sequence[str] = (),
 ) -> Invocation:
     """Validate targets and option values; raise InvocationError listing every problem.
 
     ``assignments`` are command-line strings (parsed from text); ``options`` are Python
-    values from the API, ``{task: {option: value}}``; ``config`` is the raw
+    values from the API in the command line's forms (``{task: {option: value}}``,
+    ``{"task.option": value}``, ``{"option": value}``); ``config`` is the raw
     ``[tool.taskrun.options]`` table. Precedence: assignments, options, config, default.
     """
     problems: list[Problem] = []
@@ -79,7 +81,7 @@ def invoke(
     order = registry.graph.subgraph(names) if names else []
     planned = {n: registry.tasks[n] for n in order}
 
-    layers: list[tuple[str, dict[tuple[str, str], tuple[Any, bool]]]] = [
+    layers: list[tuple[str, dict[tuple[str, str], tuple[Any, bool | None]]]] = [
         (SOURCE_CLI, _from_cli(assignments, registry, planned, problems, targets_ok)),
         (SOURCE_API, _from_api(options or {}, registry, planned, problems)),
         (SOURCE_CONFIG, _from_config(config or {}, registry, planned, problems)),
@@ -106,9 +108,7 @@ def invoke(
                 # be, and hands each run its own copy of a mutable default.
                 raw, is_text, source = opt.default, False, SOURCE_DEFAULT
             try:
-                value = (
-                    opt.type.parse(raw, root=root) if is_text else opt.type.check(raw, root=root)
-                )
+                value = _convert(opt.type, raw, is_text, root)
             except TypeCheckError as exc:
                 # Most messages name the type already ("is not an int"); say it otherwise.
                 kind = "" if opt.type.name in exc.message else f", type {opt.type.name}"
@@ -132,6 +132,18 @@ def invoke(
             {n: pytypes.MappingProxyType(v) for n, v in sources.items()}
         ),
     )
+
+
+def _convert(kind: Any, raw: Any, is_text: bool | None, root: Path) -> Any:
+    """Text is parsed, a value checked; ``is_text=None``: checked, else parsed if a string."""
+    if is_text:
+        return kind.parse(raw, root=root)
+    if is_text is None and isinstance(raw, str):
+        try:
+            return kind.check(raw, root=root)
+        except TypeCheckError:
+            return kind.parse(raw, root=root)
+    return kind.check(raw, root=root)
 
 
 def _targets(
@@ -181,12 +193,12 @@ def _spread(
     task: str | None,
     option: str,
     value: Any,
-    is_text: bool,
+    is_text: bool | None,
     source: str,
     registry: Registry,
     planned: Mapping[str, TaskSpec],
     problems: list[Problem],
-    out: dict[tuple[str, str], tuple[Any, bool]],
+    out: dict[tuple[str, str], tuple[Any, bool | None]],
     *,
     strict_task: bool,
     targets_ok: bool = True,
@@ -234,7 +246,7 @@ def _from_cli(
     planned: Mapping[str, TaskSpec],
     problems: list[Problem],
     targets_ok: bool = True,
-) -> dict[tuple[str, str], tuple[Any, bool]]:
+) -> dict[tuple[str, str], tuple[Any, bool | None]]:
     # Qualified values beat unqualified ones whatever their order on the command line.
     parsed: list[tuple[str | None, str, str]] = []
     for text in assignments:
@@ -242,7 +254,7 @@ def _from_cli(
             parsed.append(parse_assignment(text))
         except ValueError as exc:
             problems.append(Problem("-o", f"{exc}; write -o TASK.OPTION=VALUE"))
-    out: dict[tuple[str, str], tuple[Any, bool]] = {}
+    out: dict[tuple[str, str], tuple[Any, bool | None]] = {}
     # _spread keeps the first value it sees for an option: walk qualified values first,
     # and each kind from the last to the first, so the last one written wins.
     for task, option, value in sorted(reversed(parsed), key=lambda p: p[0] is None):
@@ -252,22 +264,45 @@ def _from_cli(
 
 
 def _from_api(
-    options: Mapping[str, Mapping[str, Any]],
+    options: Mapping[Any, Any],
     registry: Registry,
     planned: Mapping[str, TaskSpec],
     problems: list[Problem],
-) -> dict[tuple[str, str], tuple[Any, bool]]:
-    out: dict[tuple[str, str], tuple[Any, bool]] = {}
-    for task, table in options.items():
-        task_name = task if isinstance(task, str) else registry._by_fn.get(task, str(task))
-        if not isinstance(table, Mapping):
-            problems.append(Problem(f"options['{task_name}']", "must be a dict of option -> value"))
-            continue
-        for option, value in table.items():
-            _spread(
-                task_name, option, value, False, "options=", registry, planned, problems, out,
-                strict_task=True,
+) -> dict[tuple[str, str], tuple[Any, bool | None]]:
+    # The command line's forms: {task: {opt: v}} (task by name or function),
+    # {"task.opt": v} and {"opt": v}; qualified values beat unqualified ones. A key that
+    # names a task and holds a dict is that task's table. Values are checked as Python
+    # values; a string that is not a valid value is parsed as on the command line.
+    qualified: list[tuple[str, str, Any]] = []
+    plain: list[tuple[str, Any]] = []
+    for key, value in options.items():
+        name = key if isinstance(key, str) else registry._by_fn.get(key)
+        if name is None:
+            problems.append(Problem(
+                f"options[{key!r}]",
+                "is neither a task nor an option name; write {'task.option': value},"
+                " {'option': value} or {task: {'option': value}}",
+            ))
+        elif name in registry.tasks and isinstance(value, Mapping):
+            qualified += [(name, str(o), v) for o, v in value.items()]
+        elif name in registry.tasks and not any(
+            s.option(name) is not None for s in registry.tasks.values()
+        ):
+            problems.append(
+                Problem(f"options['{name}']", "must be a dict of option -> value")
             )
+        elif "." in name:
+            task, _, option = name.partition(".")
+            qualified.append((task, option, value))
+        else:
+            plain.append((name, value))
+    out: dict[tuple[str, str], tuple[Any, bool | None]] = {}
+    for task, option, value in qualified:
+        _spread(task, option, value, None, SOURCE_API, registry, planned, problems, out,
+                strict_task=True)
+    for option, value in plain:
+        _spread(None, option, value, None, SOURCE_API, registry, planned, problems, out,
+                strict_task=True)
     return out
 
 
@@ -276,10 +311,10 @@ def _from_config(
     registry: Registry,
     planned: Mapping[str, TaskSpec],
     problems: list[Problem],
-) -> dict[tuple[str, str], tuple[Any, bool]]:
+) -> dict[tuple[str, str], tuple[Any, bool | None]]:
     # The file serves every run, so a value for a task outside this run is not an error;
     # a value no task could ever take is.
-    out: dict[tuple[str, str], tuple[Any, bool]] = {}
+    out: dict[tuple[str, str], tuple[Any, bool | None]] = {}
     source = "[tool.taskrun.options]"
     qualified = [(k, v) for k, v in config.items() if k in registry.tasks and isinstance(v, dict)]
     plain = [(k, v) for k, v in config.items() if not (k in registry.tasks and isinstance(v, dict))]

@@ -3,21 +3,32 @@
 The module is executed under a private name and then removed from ``sys.modules``. That is
 deliberate: cloudpickle pickles functions of modules it cannot import *by value*, which is
 what the process and Dask executors need (a worker cannot import ``tasks.py`` by name).
+
+Loading and running leave the process as they found it: the project's own modules (a
+``helpers.py`` next to ``tasks.py``) are imported with the root first on ``sys.path``, then
+taken out of ``sys.modules`` and kept by the registry; :func:`project_context` puts them
+back (with the root on ``sys.path`` and as working directory) only while the project's
+tasks are fingerprinted or run. So two projects with a same-named helper module load and
+run correctly in one process, and ``sys.path`` does not grow with every project.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
+import os
 import sys
 import traceback
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from types import ModuleType
 
 from taskrun.errors import DefinitionError, TaskrunError
 from taskrun.registry import DefinitionErrors, Registry
 from taskrun.types import register_module_alias
 
-__all__ = ["load_task_file"]
+__all__ = ["load_task_file", "project_context"]
 
 
 def load_task_file(path: Path) -> Registry:
@@ -31,11 +42,11 @@ def load_task_file(path: Path) -> Registry:
     module = importlib.util.module_from_spec(spec)
     registry = Registry()
     root = str(path.parent)
-    # The project's own modules (helpers next to tasks.py) must be importable, while the
-    # file is executed and later, when a task imports one inside its body; so the root
-    # stays on sys.path.
-    if root not in sys.path:
-        sys.path.insert(0, root)
+    # The project's own modules (helpers next to tasks.py) must be importable while the
+    # file is executed; project_context makes them importable again while tasks run.
+    saved_path = list(sys.path)
+    before = set(sys.modules)
+    sys.path.insert(0, root)
     # Dataclasses and typing look the module up while it executes.
     sys.modules[name] = module
     # Messages name the task file's classes as the user wrote them (tasks.Point).
@@ -66,8 +77,73 @@ def load_task_file(path: Path) -> Registry:
         ]
     finally:
         sys.modules.pop(name, None)
+        sys.path[:] = saved_path
+        registry.project_modules = {
+            n: sys.modules.pop(n) for n in _modules_under(path.parent, set(sys.modules) - before)
+        }
     if errors:
         # Every definition error of the file at once (each names its task and line).
         raise DefinitionErrors(errors, source=str(path))
     registry.module = module
     return registry
+
+
+_TASKRUN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _modules_under(root: Path | str, names: set[str]) -> list[str]:
+    """Those of ``names`` (in ``sys.modules``) that are the project's own Python files."""
+    prefix = os.path.join(os.path.abspath(root), "")
+    # A virtualenv inside the project, or taskrun's own checkout as the project, is not
+    # "the project's modules": forgetting installed packages (C extensions) breaks them.
+    keep = tuple(
+        os.path.join(os.path.abspath(p), "")
+        for p in {sys.prefix, sys.exec_prefix, sys.base_prefix, _TASKRUN_DIR}
+    )
+    found = []
+    for n in names:
+        file = getattr(sys.modules.get(n), "__file__", None)
+        if not file:
+            continue
+        file = os.path.abspath(file)
+        if not file.startswith(prefix) or file.startswith(keep):
+            continue
+        if f"{os.sep}site-packages{os.sep}" in file or f"{os.sep}dist-packages{os.sep}" in file:
+            continue
+        found.append(n)
+    return found
+
+
+@contextlib.contextmanager
+def project_context(
+    root: Path, modules: Mapping[str, ModuleType] | None = None
+) -> Iterator[None]:
+    """Run with ROOT as working directory, first on ``sys.path``, its MODULES imported.
+
+    Everything is put back afterwards: the working directory, ``sys.path``, and
+    ``sys.modules`` (the project's modules, and any other module under ROOT a task
+    imported, are taken out again; a same-named module they displaced comes back).
+    """
+    modules = dict(modules or {})
+    try:
+        cwd: str | None = os.getcwd()
+    except FileNotFoundError:  # the old working directory was deleted
+        cwd = None
+    saved_path = list(sys.path)
+    before = set(sys.modules)
+    displaced = {n: sys.modules[n] for n in modules if n in sys.modules}
+    os.chdir(root)
+    sys.path.insert(0, str(root))
+    sys.modules.update(modules)
+    try:
+        yield
+    finally:
+        if cwd is not None:
+            with contextlib.suppress(OSError):  # gone meanwhile: nowhere to go back to
+                os.chdir(cwd)
+        sys.path[:] = saved_path
+        for n in _modules_under(root, set(sys.modules) - before):
+            del sys.modules[n]
+        for n in modules:
+            sys.modules.pop(n, None)
+        sys.modules.update(displaced)

@@ -1,25 +1,34 @@
 """A project (task file, settings, registry) and the ``run`` entry points.
 
-:func:`run` is the Python API; :func:`run_from_cli` is what ``taskrun run`` calls. Both
-build the same pieces: an invocation, a cache, an executor and a scheduler.
+:func:`taskrun.api.run` is the Python API (re-exported here as ``run``);
+:func:`run_from_cli` is what ``taskrun run`` calls. Both build the same pieces through
+:func:`execute`: an invocation, a cache, an executor and a scheduler.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from taskrun.config import RuntimeSettings, Settings, find_task_file, load_settings
+from taskrun.api import run
+from taskrun.config import (
+    RuntimeSettings,
+    Settings,
+    available_cpus,
+    find_task_file,
+    load_settings,
+)
 from taskrun.errors import UsageError
 from taskrun.invocation import Invocation, invoke
-from taskrun.registry import Registry, default_registry
+from taskrun.registry import Registry
 
-__all__ = ["Project", "open_cache", "run", "run_from_cli", "runtime_of"]
+__all__ = ["Project", "mark_state_dir", "open_cache", "run", "run_from_cli", "runtime_of"]
 
+STATE_DIR = Path(".taskrun")
 CACHE_DIR = Path(".taskrun") / "cache"
 STAT_CACHE = Path(".taskrun") / "stat-cache"
 SOURCE_MEMO = Path(".taskrun") / "source-memo.json"
@@ -51,6 +60,38 @@ class Project:
             config=self.settings.options, default_targets=self.settings.default,
         )
 
+    def context(self) -> contextlib.AbstractContextManager[None]:
+        """Working directory, ``sys.path`` and modules of this project, restored after."""
+        from taskrun.loader import project_context
+
+        return project_context(self.root, self.registry.project_modules)
+
+
+_CACHEDIR_TAG = (
+    "Signature: 8a477f597d28d172789f06886806bc55\n"
+    "# This file is a cache directory tag created by taskrun.\n"
+    "# For information about cache directory tags, see https://bford.info/cachedir/\n"
+)
+
+
+def mark_state_dir(root: Path) -> None:
+    """Create ``ROOT/.taskrun`` with a ``.gitignore`` (``*``) and a ``CACHEDIR.TAG``.
+
+    So ``git status`` does not list taskrun's local state and backup tools that honour
+    cache directory tags skip it. Existing files are left as they are.
+    """
+    state = root / STATE_DIR
+    if (state / "CACHEDIR.TAG").is_file():  # perf: one stat on every run after the first
+        return
+    state.mkdir(parents=True, exist_ok=True)
+    for name, text in (
+        (".gitignore", "# taskrun's local state and cache; never commit it\n*\n"),
+        ("CACHEDIR.TAG", _CACHEDIR_TAG),
+    ):
+        with contextlib.suppress(FileExistsError):
+            with open(state / name, "x", encoding="utf-8") as fh:
+                fh.write(text)
+
 
 def runtime_of(settings: RuntimeSettings | None, root: Path | None = None) -> dict[str, str]:
     """The runtime facts that enter every fingerprint (probes run in the project root)."""
@@ -78,6 +119,8 @@ def open_cache(
     directory = Path(cache_dir) if cache_dir is not None else root / CACHE_DIR
     if not directory.is_absolute():
         directory = root / directory
+    if mode == "rw" and directory.is_relative_to(root / STATE_DIR):
+        mark_state_dir(root)
     return Cache(
         directory,
         size_limit=size_limit or DEFAULT_SIZE_LIMIT,
@@ -85,18 +128,6 @@ def open_cache(
         mode=mode,  # type: ignore[arg-type]
         on_warning=on_warning,
     )
-
-
-@contextlib.contextmanager
-def _working_directory(path: Path) -> Iterator[None]:
-    # Tasks run with the project root as their working directory, wherever taskrun was
-    # started; File("build/x") then means the same file in every task and executor.
-    before = os.getcwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(before)
 
 
 def execute(
@@ -130,7 +161,9 @@ def execute(
 
         hint = did_you_mean(unknown[0], invocation.registry.tasks)
         raise UsageError(f"--force {unknown[0]}: there is no such task{hint}")
-    jobs = jobs or os.cpu_count() or 1
+    from taskrun.loader import project_context
+
+    jobs = jobs or available_cpus()
     root = invocation.root
     sink = on_event or (lambda e: None)
     remote = None
@@ -144,7 +177,12 @@ def execute(
     stat_path = root / STAT_CACHE if cache.mode != "off" else None
     if stat_path is not None and cache.mode == "read":
         stat_path = None  # read mode writes nothing, not even local state
-    with _working_directory(root), make_executor(executor, jobs, **(executor_options or {})) as ex:
+    if stat_path is not None:
+        mark_state_dir(root)
+    # Tasks run with the project root as their working directory, wherever taskrun was
+    # started; File("build/x") then means the same file in every task and executor.
+    context = project_context(root, invocation.registry.project_modules)
+    with context, make_executor(executor, jobs, **(executor_options or {})) as ex:
         scheduler = Scheduler(
             invocation,
             cache=cache,
@@ -159,52 +197,6 @@ def execute(
             on_event=sink,
         )
         return scheduler.run()
-
-
-def run(
-    targets: Sequence[str | Callable[..., Any]] | str | Callable[..., Any] = (),
-    *,
-    options: Mapping[str, Mapping[str, Any]] | None = None,
-    registry: Registry | None = None,
-    root: Path | str | None = None,
-    jobs: int | None = None,
-    executor: str = "thread",
-    cache_dir: Path | str | None = None,
-    cache_size: int | None = None,
-    cache_mode: str = "rw",
-    force: Sequence[str] = (),
-    force_all: bool = False,
-    keep_going: bool = False,
-    runtime: RuntimeSettings | None = None,
-    on_event: Callable[[Any], None] | None = None,
-    remote_cache: str | None = None,
-    remote_mode: str | None = None,
-) -> Any:
-    """Run ``targets`` (task names or task functions) and what they need.
-
-    Returns a :class:`~taskrun.scheduler.RunResult`: ``result.tasks[name].state`` is
-    ran/cached/failed/skipped, ``result.products[name]`` a target's product.
-    Definition and invocation errors raise before anything runs; task failures do not
-    raise, they are in the result (``result.ok``).
-    """
-    registry = registry if registry is not None else default_registry
-    if isinstance(targets, str) or callable(targets):
-        targets = [targets]
-    if root is None:
-        module = getattr(registry, "module", None)
-        root = Path(module.__file__).parent if module is not None else Path.cwd()
-    root = Path(root).resolve()
-    invocation = invoke(registry, list(targets), root=root, options=options)
-    cache = open_cache(root, cache_dir, size_limit=cache_size, mode=cache_mode)
-    try:
-        return execute(
-            invocation, jobs=jobs, executor=executor, cache=cache,
-            runtime=runtime_of(runtime, root), force=force, force_all=force_all,
-            keep_going=keep_going, on_event=on_event, remote_cache=remote_cache,
-            remote_mode=remote_mode,
-        )
-    finally:
-        cache.close()
 
 
 def run_from_cli(
@@ -257,8 +249,9 @@ def run_from_cli(
                 invocation, cache=cache, runtime=runtime, force=frozenset(force),
                 force_all=force_all,
             )
-            for item in scheduler.plan():
-                reporter(item)
+            with project.context():
+                for item in scheduler.plan():
+                    reporter(item)
             return 0
         result = execute(
             invocation, jobs=jobs or settings.jobs, executor=executor, cache=cache,

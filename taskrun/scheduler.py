@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
-from typing import Any
+from typing import Any, TypeVar, overload
 
 from taskrun import events as ev
 from taskrun.errors import Interrupted, TaskrunError, TypeCheckError
@@ -33,6 +33,7 @@ __all__ = ["ExplainItem", "RunResult", "Scheduler", "TaskResult"]
 EventSink = Callable[[ev.Event], None]
 _BATCH = 256  # perf: entries written per transaction at most (see _flush)
 _POLL = 0.05  # perf: how often parked tasks (another process holds their lock) look again
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +46,7 @@ class TaskResult:
     reasons: tuple[str, ...] = ()
     fingerprint: str = ""
     error: str = ""
+    fn: Callable[..., Any] | None = field(default=None, repr=False, compare=False)
 
 
 class _LazyProducts(Mapping[str, Any]):
@@ -74,9 +76,47 @@ class RunResult:
     products: Mapping[str, Any]
     summary: ev.RunFinished
 
+    #: How to get the product of every task of the run that has one (see :meth:`product`).
+    loaders: Mapping[str, Callable[[], Any]] = field(default_factory=dict, repr=False)
+
     @property
     def ok(self) -> bool:
         return self.summary.failed == 0 and self.summary.skipped == 0
+
+    @overload
+    def product(self, task: Callable[..., T]) -> T: ...
+    @overload
+    def product(self, task: str) -> Any: ...
+    def product(self, task: str | Callable[..., Any]) -> Any:
+        """The product of any task of the run (by name or function), loaded when asked for.
+
+        A target's product is kept in memory; another task's comes from its cache entry,
+        so it needs one: a task with ``cache=False`` or a run with ``cache_mode`` other
+        than ``"rw"`` only keeps its targets' products.
+        """
+        from taskrun.errors import UsageError, did_you_mean
+
+        name = task if isinstance(task, str) else getattr(task, "__name__", repr(task))
+        if not isinstance(task, str):
+            found = [n for n, r in self.tasks.items() if r.fn is task]
+            name = found[0] if found else name
+        if name in self.products:
+            return self.products[name]
+        if name not in self.tasks:
+            raise UsageError(
+                f"task '{name}' is not part of this run{did_you_mean(name, self.tasks)};"
+                f" its tasks are: {', '.join(self.tasks)}"
+            )
+        state = self.tasks[name].state
+        if state not in ("ran", "cached"):
+            raise UsageError(f"task '{name}' has no product: it {state} in this run")
+        loader = self.loaders.get(name)
+        if loader is None:
+            raise UsageError(
+                f"the product of task '{name}' was not kept (it is not stored in the"
+                " cache: cache=False or a cache mode other than rw); pass it as a target"
+            )
+        return loader()
 
     def state(self, task: str) -> str:
         return self.tasks[task].state
@@ -795,16 +835,30 @@ class Scheduler:
         )
         self.on_event(summary)
         tasks = {
-            n.name: TaskResult(n.name, n.state, n.duration, n.reasons, n.fp, n.error) for n in nodes
+            n.name: TaskResult(
+                n.name, n.state, n.duration, n.reasons, n.fp, n.error, fn=n.spec.fn
+            )
+            for n in nodes
         }
         loaders: dict[str, Callable[[], Any]] = {}
-        for name in self.invocation.targets:
-            node = self._nodes[name]
+        for node in nodes:
             if node.has_value:
-                loaders[name] = (lambda v: lambda: v)(node.value)
+                loaders[node.name] = (lambda v: lambda: v)(node.value)
             elif node.state == "cached":
-                loaders[name] = node.entry.load
-        return RunResult(tasks=tasks, products=_LazyProducts(loaders), summary=summary)
+                loaders[node.name] = node.entry.load
+            elif node.state == "ran" and node.spec.cache and self.cache.mode == "rw":
+                # perf: the product was dropped after its last consumer; it is in its entry.
+                loaders[node.name] = (lambda fp: lambda: self._stored(fp))(node.fp)
+        products = _LazyProducts({t: loaders[t] for t in self.invocation.targets if t in loaders})
+        return RunResult(tasks=tasks, products=products, summary=summary, loaders=loaders)
+
+    def _stored(self, fingerprint: str) -> Any:
+        from taskrun.errors import CacheError
+
+        entry = self.cache.lookup(fingerprint)
+        if entry is None:
+            raise CacheError(f"cache entry {fingerprint} is gone (evicted or removed)")
+        return entry.load()
 
     def _warn(self, message: str, node: _Node | None = None) -> None:
         self.on_event(ev.Warned(message, node.name if node else ""))

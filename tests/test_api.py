@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
 
 import taskrun
 
@@ -32,3 +38,121 @@ def test_sh_is_the_shell_helper() -> None:
     from taskrun.shell import sh
 
     assert taskrun.sh is sh
+
+
+# -- taskrun.run: signature, results, options --------------------------------------------
+PIPELINE = """
+    from taskrun import task
+
+    @task
+    def numbers(n: int = 3) -> list[int]:
+        return list(range(n))
+
+    @task(deps=[numbers])
+    def total(numbers: list[int], scale: float = 1.0) -> float:
+        return sum(numbers) * scale
+"""
+
+
+def test_run_has_a_real_signature() -> None:
+    """Editors see taskrun.run's parameters and its return type, not *args/**kwargs."""
+    import inspect
+
+    sig = inspect.signature(taskrun.run)
+    assert list(sig.parameters)[:4] == ["targets", "options", "registry", "root"]
+    assert {"jobs", "executor", "cache_dir", "force", "keep_going"} <= set(sig.parameters)
+    assert all(
+        p.kind is inspect.Parameter.KEYWORD_ONLY for n, p in sig.parameters.items()
+        if n != "targets"
+    )
+    assert sig.return_annotation == "RunResult"
+    assert taskrun.RunResult.__name__ == "RunResult"
+    assert taskrun.TaskResult.__name__ == "TaskResult"
+
+
+def test_product_of_any_task_of_the_run(write_project: Any, tmp_path: Path) -> None:
+    """result.product() gives an upstream's product too, by name or by function."""
+    from taskrun.loader import load_task_file
+
+    root = write_project(tmp_path / "p", PIPELINE)
+    reg = load_task_file(root / "tasks.py")
+    result = taskrun.run("total", registry=reg, options={"n": "4", "scale": "0.5"})
+    assert result.ok
+    assert result.product("total") == 3.0
+    assert result.product("numbers") == [0, 1, 2, 3]
+    assert result.product(reg.get("numbers").fn) == [0, 1, 2, 3]
+    again = taskrun.run("total", registry=reg, options={"n": "4", "scale": "0.5"})
+    assert again.names("cached") == ["numbers", "total"]
+    assert again.product("numbers") == [0, 1, 2, 3]  # lazily loaded from its entry
+    with pytest.raises(taskrun.TaskrunError, match="did you mean 'total'"):
+        again.product("totl")
+
+
+def test_options_accept_the_command_line_forms(write_project: Any, tmp_path: Path) -> None:
+    """{"task.opt": v}, {"opt": v}, {task: {opt: v}}, and "0.3" for a float."""
+    from taskrun.loader import load_task_file
+
+    root = write_project(tmp_path / "p", PIPELINE)
+    reg = load_task_file(root / "tasks.py")
+    total = reg.get("total").fn
+    assert taskrun.run(total, registry=reg, options={"total.scale": "0.5"}).product(total) == 1.5
+    assert taskrun.run(total, registry=reg, options={"scale": 2}).product(total) == 6.0
+    assert taskrun.run(total, registry=reg, options={total: {"scale": 3.0}}).product(total) == 9.0
+    with pytest.raises(taskrun.InvocationError, match="scale"):
+        taskrun.run(total, registry=reg, options={"scale": "lots"})
+
+
+HELPER_TASKS = """
+    import helpers
+    from taskrun import task
+
+    @task
+    def answer() -> str:
+        import helpers as again  # imported inside the task body too
+        assert again is helpers
+        return helpers.WHO
+"""
+
+
+@pytest.mark.parametrize("executor", ["inline", "thread", "process"])
+def test_two_projects_with_a_same_named_helper(
+    write_project: Any, tmp_path: Path, executor: str
+) -> None:
+    """Each project gets its own helpers.py; cwd, sys.path and sys.modules are restored."""
+    from taskrun.loader import load_task_file
+
+    roots = [
+        write_project(tmp_path / name, HELPER_TASKS, files={"helpers.py": f"WHO = {name!r}\n"})
+        for name in ("one", "two")
+    ]
+    cwd, path, modules = os.getcwd(), list(sys.path), set(sys.modules)
+    registries = [load_task_file(r / "tasks.py") for r in roots]
+    answers = [
+        taskrun.run("answer", registry=reg, executor=executor, cache_mode="off").product("answer")
+        for reg in registries
+    ]
+    assert answers == ["one", "two"]
+    assert os.getcwd() == cwd
+    assert sys.path == path
+    assert "helpers" not in sys.modules
+    left = [
+        n for n in set(sys.modules) - modules
+        if str(getattr(sys.modules[n], "__file__", None) or "").startswith(str(tmp_path))
+    ]
+    assert left == []
+
+
+def test_process_workers_get_sys_path_in_a_file(
+    write_project: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sys.path beyond Linux's 128 KiB single-argument limit does not stop workers."""
+    root = write_project(tmp_path / "p", PIPELINE)
+    from taskrun.loader import load_task_file
+
+    reg = load_task_file(root / "tasks.py")
+    long = [str(tmp_path / f"missing-{i:04d}" / ("x" * 100)) for i in range(1500)]
+    monkeypatch.setattr(sys, "path", [*sys.path, *long])
+    assert len(json.dumps(sys.path)) > 128 * 1024
+    result = taskrun.run("total", registry=reg, executor="process", jobs=1, cache_mode="off")
+    assert result.ok, result.tasks
+    assert result.product("total") == 3.0

@@ -155,10 +155,34 @@ def test_api_options_sit_between_command_line_and_config(
     assert dict(inv.options["report"]) == {"top": 6, "style": "plain"}
 
 
-def test_api_values_are_checked_not_parsed(tasks: Registry, tmp_path: Path) -> None:
-    """options= takes Python values: the string '5' is not an int."""
-    problems = problems_of(tasks, tmp_path, ["report"], options={"report": {"top": "5"}})
-    assert len(problems) == 1 and "'5' is not an int" in problems[0]
+def test_api_strings_are_parsed_like_the_command_line(tasks: Registry, tmp_path: Path) -> None:
+    """options= takes Python values, and a string that is not one is parsed as text."""
+    inv = run_invoke(tasks, tmp_path, ["report"], options={"report": {"top": "5"}})
+    assert inv.options["report"]["top"] == 5
+
+
+def test_api_values_are_checked(tasks: Registry, tmp_path: Path) -> None:
+    """A value of the wrong type (and a string that does not parse) is a problem."""
+    problems = problems_of(tasks, tmp_path, ["report"], options={"report": {"top": 2.5}})
+    assert len(problems) == 1 and "2.5" in problems[0] and "top" in problems[0]
+    problems = problems_of(tasks, tmp_path, ["report"], options={"top": "five"})
+    assert len(problems) == 1 and "'five'" in problems[0]
+
+
+def test_api_accepts_the_command_line_forms(tasks: Registry, tmp_path: Path) -> None:
+    """{"task.opt": v}, {"opt": v} and {task: {opt: v}}; qualified beats unqualified."""
+    inv = run_invoke(tasks, tmp_path, ["report"], options={"report.style": "md", "top": 3})
+    assert dict(inv.options["report"]) == {"top": 3, "style": "md"}
+    inv = run_invoke(tasks, tmp_path, ["report"],
+                     options={"top": 3, "report.top": 7, tasks.get("report").fn: {"style": "md"}})
+    assert dict(inv.options["report"]) == {"top": 7, "style": "md"}
+
+
+def test_api_unknown_names_say_what_is_meant(tasks: Registry, tmp_path: Path) -> None:
+    """A misspelled option or task in options= is named, with a suggestion."""
+    problems = problems_of(tasks, tmp_path, ["report"], options={"tpo": 3, "reprot.top": 1})
+    assert any("'tpo'" in p and "did you mean 'top'" in p for p in problems)
+    assert any("'reprot'" in p and "did you mean 'report'" in p for p in problems)
 
 
 def test_config_strings_are_parsed_like_text(registry: Registry, tmp_path: Path) -> None:

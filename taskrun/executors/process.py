@@ -10,10 +10,11 @@ Processes and threads:
   reused across calls), so nothing is forked from the driver, which has threads. They are
   not ``multiprocessing`` children: spawn/forkserver re-import the driver's ``__main__``
   in every worker, which re-runs a user's script that calls ``taskrun.run()`` without an
-  ``if __name__ == "__main__"`` guard. Each worker gets the driver's ``sys.path`` and one
-  end of a socket pair (a ``multiprocessing.connection.Connection``), and runs in its own
-  session, so Ctrl-C in the terminal reaches only the driver (which then cancels) and
-  killing the worker's process group also kills whatever the task started (``sh(...)``).
+  ``if __name__ == "__main__"`` guard. Each worker gets the driver's ``sys.path`` (in a
+  file) and one end of a socket pair (a ``multiprocessing.connection.Connection``), and
+  runs in its own session, so Ctrl-C in the terminal reaches only the driver (which then
+  cancels) and killing the worker's process group also kills whatever the task started
+  (``sh(...)``).
   A worker exits when the driver closes the connection, and kills its group if the driver
   dies without doing so (it polls its parent id).
 - **One dispatcher thread** in the driver, started with the first call, owns the workers:
@@ -66,7 +67,7 @@ __all__ = ["ProcessExecutor", "worker_main"]
 
 _HELLO = b"H"  # a worker's first message: booted, ready for calls
 _BOOT = (
-    "import sys, json; sys.path[:] = json.loads(sys.argv[3]); "
+    "import sys, json; sys.path[:] = json.load(open(sys.argv[3])); "
     "from taskrun.executors.process import worker_main; "
     "worker_main(int(sys.argv[1]), sys.argv[2])"
 )
@@ -272,13 +273,19 @@ class ProcessExecutor(Executor):
     def _spawn(self) -> _Worker:
         if self._tmpdir is None:
             self._tmpdir = tempfile.mkdtemp(prefix="taskrun-workers-")
-        capture_path = os.path.join(self._tmpdir, f"worker-{next(self._serial)}.out")
+        serial = next(self._serial)
+        capture_path = os.path.join(self._tmpdir, f"worker-{serial}.out")
+        # The driver's sys.path goes in a file: as one argument it could pass Linux's
+        # 128 KiB limit for a single argument (MAX_ARG_STRLEN).
+        path_file = os.path.join(self._tmpdir, f"worker-{serial}.path")
+        with open(path_file, "w", encoding="utf-8") as fh:
+            json.dump(sys.path, fh)
         ours, theirs = socket.socketpair()
         try:
             with open(capture_path, "wb") as log:
                 fd = theirs.fileno()
                 proc = subprocess.Popen(
-                    [sys.executable, "-c", _BOOT, str(fd), capture_path, json.dumps(sys.path)],
+                    [sys.executable, "-c", _BOOT, str(fd), capture_path, path_file],
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=log,
