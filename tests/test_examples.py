@@ -12,9 +12,12 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import Result
+
+import taskrun
 
 # The fixtures' types (see conftest.py); not imported, so the tests need no package.
 RunCli = Callable[..., Result]
@@ -228,3 +231,66 @@ def test_options_parent_chain_names_the_broken_rule(run_cli: RunCli, tmp_path: P
     result = run_cli(root, "run", "-o", "settings.port=99999")
     assert result.exit_code == 2
     assert "99999 is not a TCP port (1-65535) (Port)" in result.output
+
+
+# -- the examples through the pytest plugin (taskrun.testing), as their users would test --
+def test_pipeline_through_the_plugin(taskrun_project: Any, run_tasks: Any) -> None:
+    """Cold, then cached; an option reruns only what it reaches; products of any task."""
+    from taskrun.testing import assert_tasks
+
+    taskrun_project.copy(EXAMPLES / "pipeline")
+    every = ["download", "clean", "aggregate", "report"]
+    assert_tasks(run_tasks("report"), ran=every, cached=[])
+    assert_tasks(run_tasks("report"), cached=every, ran=[])
+    by_month = run_tasks("report", options={"by": "month", "report.top": "2"})
+    assert_tasks(by_month, cached=["download", "clean"], ran=["aggregate", "report"])
+    assert len(by_month.product("clean")) == 13
+    assert "| 2024-03 |" in taskrun_project.path("build/report.md").read_text()
+    assert not (EXAMPLES / "pipeline" / "build").exists()  # outputs stay in the copy
+
+
+def test_pipeline_with_a_fake_download(
+    taskrun_project: Any, run_tasks: Any, override: Any
+) -> None:
+    """A fake download (same option names and types, another default) feeds the pipeline."""
+    from taskrun.testing import assert_tasks
+
+    taskrun_project.copy(EXAMPLES / "pipeline")
+
+    def fake_download(url: str | None = "unused") -> str:
+        return "date,region,product,units,unit_price\n2024-01-01,north,widget,2,1.50\n"
+
+    with override("download", fake_download):
+        result = run_tasks("report")
+    assert_tasks(result, ran=["download", "clean", "aggregate", "report"])
+    assert "| north | 3.00 |" in taskrun_project.path("build/report.md").read_text()
+
+
+def test_site_through_the_plugin(taskrun_project: Any, run_tasks: Any) -> None:
+    """A deleted build comes back from the cache without running a task."""
+    from taskrun.testing import assert_tasks
+
+    taskrun_project.copy(EXAMPLES / "site")
+    first = run_tasks()
+    assert first.ok and first.names("ran")
+    shutil.rmtree(taskrun_project.path("build"))
+    second = run_tasks()
+    assert_tasks(second, ran=[], cached=first.names("ran"))
+    for name in SITE_FILES:
+        assert taskrun_project.path("build/site").joinpath(name).is_file(), name
+
+
+def test_options_through_the_plugin(taskrun_project: Any, run_tasks: Any) -> None:
+    """options= takes the command line's text forms: enum names, durations, lists, dicts."""
+    from taskrun.testing import assert_tasks
+
+    taskrun_project.copy(EXAMPLES / "options")
+    result = run_tasks("config", options={
+        "tags": "web,admin", "limits": {"cpu": 20.0}, "level": "DEBUG", "grace": "1.5m",
+        "fmt": "env",
+    })
+    assert_tasks(result, ran=["settings", "config"])
+    env = taskrun_project.path("build/service.env").read_text()
+    assert 'SERVICE_LEVEL="DEBUG"' in env and 'SERVICE_GRACE="90s"' in env
+    with pytest.raises(taskrun.InvocationError, match="0 is not an integer above 0"):
+        run_tasks("config", options={"tags": ["web"], "limits": {}, "replicas": "0"})
