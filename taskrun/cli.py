@@ -205,7 +205,7 @@ def _complete_assignments(
               shell_complete=_complete_assignments,
               help="Set an option (unqualified: every planned task that has it).")
 @click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
-              help="Parallel jobs (default: CPU count).")
+              help="Parallel jobs (default: the CPUs this process may use).")
 @click.option("--executor", type=click.Choice(["inline", "thread", "process", "dask"]),
               default=None, help="Where tasks run (default: thread).")
 @click.option("--dask-address", default=None, metavar="ADDR",
@@ -352,4 +352,22 @@ def _add_commands() -> None:
     main.add_command(cache_group)
 
 
+def _environment_variables(*commands: click.Command) -> None:
+    """Give every option of COMMANDS a ``TASKRUN_<LONG_NAME>`` variable, shown in --help.
+
+    Named after the long option (``--keep-going`` -> ``TASKRUN_KEEP_GOING``), not click's
+    ``auto_envvar_prefix`` form (``TASKRUN_RUN_KEEP_GOING``), so one variable serves every
+    command that has the option; an option that names its own variable keeps it.
+    """
+    for command in commands:
+        for param in command.params:
+            if not isinstance(param, click.Option) or param.name == "help":
+                continue
+            if not param.envvar:
+                long = max(param.opts, key=len).lstrip("-")
+                param.envvar = "TASKRUN_" + long.upper().replace("-", "_")
+            param.show_envvar = True
+
+
 _add_commands()
+_environment_variables(run_cmd, explain_cmd)

@@ -406,6 +406,8 @@ def clear_cmd(ctx: click.Context, task: str | None, cache_dir: Path | None, as_j
         return
     with _open(where, "rw") as cache:
         known = sorted({m.task for m in cache.entries()}) if task is not None else []
+        if task is not None and task not in known:
+            _check_task_name(ctx, task, known)
         removed = cache.clear(task)
     doc = {"task": task, "removed": removed}
 
@@ -417,6 +419,25 @@ def clear_cmd(ctx: click.Context, task: str | None, cache_dir: Path | None, as_j
         return [f"no entries of task '{task}' in the cache{did_you_mean(task, known)}"]
 
     _emit(as_json, doc, lines)
+
+
+def _check_task_name(ctx: click.Context, task: str, cached: Sequence[str]) -> None:
+    """A name with no entries must at least be a task of the project: else exit 2."""
+    # Only now is the task file imported: a name with entries needs no project code.
+    from taskrun.project import Project
+
+    base, task_file = _where(ctx)
+    try:
+        tasks: Sequence[str] = list(Project.load(base, task_file).registry.tasks)
+    except Exception:  # no task file, or one that does not import: the cache's names only
+        tasks = []
+    if task in tasks:
+        return
+    known = sorted({*tasks, *cached})
+    listed = ", ".join(known) if known else "none"
+    raise UsageError(
+        f"there is no task '{task}'{did_you_mean(task, known)}; the tasks are: {listed}"
+    )
 
 
 # --------------------------------------------------------------------------- verify

@@ -207,10 +207,22 @@ def test_clear_one_task(project: Path, run_cli) -> None:
 
 
 def test_clear_unknown_task_suggests_a_name(project: Path, run_cli) -> None:
-    """A misspelt task removes nothing and suggests the cached task it resembles."""
+    """A misspelt task is an error (exit 2) that removes nothing and suggests a name."""
     result = run_cli(project, "cache", "clear", "reprot")
-    assert "did you mean 'report'?" in result.stdout
+    assert result.exit_code == 2
+    assert "there is no task 'reprot'" in result.output
+    assert "did you mean 'report'?" in result.output
     assert len(cached(cache_of(project))) == 3
+
+
+def test_clear_a_task_without_entries(project: Path, run_cli) -> None:
+    """A real task with nothing cached is not an error: nothing to remove."""
+    (project / "tasks.py").write_text(
+        (project / "tasks.py").read_text() + "\n\n@task\ndef extra() -> int:\n    return 1\n"
+    )
+    result = run_cli(project, "cache", "clear", "extra")
+    assert result.exit_code == 0, result.output
+    assert "no entries of task 'extra'" in result.output
 
 
 # --------------------------------------------------------------------------- verify
