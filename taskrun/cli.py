@@ -87,15 +87,33 @@ def _project(ctx: click.Context) -> Any:
     return Project.load(where.directory, where.task_file)
 
 
+def _settings_of(spec: Any) -> dict[str, Any]:
+    """What `taskrun list` says of a task's settings besides options: only non-defaults."""
+    shown: dict[str, Any] = {}
+    if not spec.cache:
+        shown["cache"] = False
+    if spec.version is not None:
+        shown["version"] = spec.version
+    if spec.env:
+        shown["env"] = list(spec.env)
+    if spec.retries:
+        shown["retries"] = spec.retries
+    if spec.timeout is not None:
+        shown["timeout"] = spec.timeout
+    return shown
+
+
 @main.command("list")
+@click.argument("tasks", nargs=-1, shell_complete=lambda c, p, i: _complete_tasks(c, p, i))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
-def list_cmd(ctx: click.Context, as_json: bool) -> None:
-    """List tasks: their options (type, default, doc) and dependencies."""
+def list_cmd(ctx: click.Context, tasks: tuple[str, ...], as_json: bool) -> None:
+    """List TASKS (default: every task): options (type, default, doc), dependencies, settings."""
     from taskrun.registry import MISSING
 
     project = _project(ctx)
     registry = project.registry
+    specs = [registry.get(t) for t in tasks] if tasks else list(registry.tasks.values())
     if as_json:
         doc = [
             {
@@ -115,16 +133,21 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
                 "product": spec.product.name,
                 "inputs": list(spec.inputs),
                 "outputs": list(spec.outputs),
+                "cache": spec.cache,
+                "version": spec.version,
+                "env": list(spec.env),
+                "retries": spec.retries,
+                "timeout": spec.timeout,
                 "defined_at": spec.where,
             }
-            for spec in registry.tasks.values()
+            for spec in specs
         ]
         click.echo(json.dumps(doc, indent=2))
         return
     if not registry.tasks:
         click.echo(f"no tasks in {project.task_file}")
         return
-    for spec in registry.tasks.values():
+    for spec in specs:
         head = click.style(spec.name, bold=True)
         summary = f"  {spec.summary}" if spec.summary else ""
         click.echo(f"{head}{summary}")
@@ -140,6 +163,13 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
             click.echo(f"    outputs: {', '.join(spec.outputs)}")
         if spec.product.name != "any":
             click.echo(f"    returns: {spec.product.name}")
+        settings = _settings_of(spec)
+        if settings:
+            shown = ", ".join(
+                f"{k}={'false' if v is False else ','.join(v) if isinstance(v, list) else v}"
+                for k, v in settings.items()
+            )
+            click.echo(f"    settings: {shown}")
 
 
 def _split_targets(args: Sequence[str]) -> tuple[list[str], list[str]]:

@@ -678,7 +678,8 @@ def clean_outputs(
     """Remove the files matching each task's output globs; return them (sorted).
 
     With DRY_RUN nothing is removed. A pattern naming a directory also removes the
-    directories left empty beneath it (and the directory itself), like ``rm -r``.
+    directories left empty beneath it (and the directory itself), like ``rm -r``; and
+    every directory a removed file leaves empty goes too, up to (not including) ROOT.
     Symlinks are removed, never followed.
     """
     root_abs = os.path.abspath(root)
@@ -692,11 +693,20 @@ def clean_outputs(
             if pattern.literal and os.path.isdir(full) and not os.path.islink(full):
                 dirs.append(full)
     if not dry_run:
+        emptied: set[str] = set()
         for rel in sorted(found):
             try:
                 os.unlink(os.path.join(root_abs, rel))
             except FileNotFoundError:
                 pass
+            emptied.update(str(p) for p in PurePosixPath(rel).parents if str(p) != ".")
+        # Deepest first, so a parent is tried after its children; only directories that
+        # held a removed file, so an empty directory of the user's own is left alone.
+        for rel in sorted(emptied, key=lambda d: (-d.count("/"), d)):
+            try:
+                os.rmdir(os.path.join(root_abs, rel))
+            except OSError:
+                pass  # not empty: something not declared lives there
         for top in dirs:
             for directory, _, _ in sorted(os.walk(top), key=lambda w: -len(w[0])):
                 try:

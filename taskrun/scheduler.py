@@ -775,13 +775,24 @@ class Scheduler:
 
     def _skip_rest(self, stopping: bool) -> None:
         failed = [n.name for n in self._nodes.values() if n.state == "failed"]
+        # The failed task each node depends on, if any (nodes are in topological order):
+        # --keep-going would not run those, so it is only suggested for the others.
+        blocked: dict[str, str] = {}
+        for node in self._nodes.values():
+            if node.state == "failed":
+                blocked[node.name] = node.name
+            else:
+                hit = next((blocked[d] for d in node.deps if d in blocked), None)
+                if hit is not None:
+                    blocked[node.name] = hit
         for node in self._nodes.values():
             if node.state in ("pending", "parked"):
-                why = (
-                    f"stopped after '{failed[0]}' failed (use --keep-going to go on)"
-                    if (stopping and failed)
-                    else "upstream did not complete"
-                )
+                if node.name in blocked:
+                    why = f"upstream '{blocked[node.name]}' failed"
+                elif stopping and failed:
+                    why = f"stopped after '{failed[0]}' failed (use --keep-going to go on)"
+                else:
+                    why = "upstream did not complete"
                 self._skip(node, why)
 
     def _close(self) -> None:
