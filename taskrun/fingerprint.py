@@ -654,7 +654,7 @@ def describe(inputs: FingerprintInputs, *, hash_path: HashPath | None = None) ->
         # whose key order is not to be relied on.
         "function": next(iter(inputs.code_parts), None),
         "options": {
-            name: {"repr": _shown(value), "digest": digests[name]}
+            name: _option_record(value, digests[name], hash_path)
             for name, value in inputs.options.items()
         },
         "upstream": dict(inputs.upstream),
@@ -666,6 +666,45 @@ def describe(inputs: FingerprintInputs, *, hash_path: HashPath | None = None) ->
         "runtime": dict(inputs.runtime),
         "outputs": list(inputs.outputs),
     }
+
+
+_LISTED_FILES = 2000  # perf: a Dir option's files are listed in describe() up to this many
+
+
+def _option_record(value: Any, digest: str, hash_path: HashPath | None) -> dict[str, Any]:
+    """An option in describe(): its text and digest; for a ``Dir``, each file's digest too,
+    so a change of content can name the file that changed."""
+    record: dict[str, Any] = {"repr": _shown(value), "digest": digest}
+    if isinstance(value, Dir) and not value.is_absolute() and os.path.isdir(value):
+        files: dict[str, str] = {}
+        # Relative to the working directory, which is the project root while tasks are
+        # fingerprinted (loader.project_context).
+        for directory, subdirs, names in os.walk(value):
+            subdirs.sort()
+            for n in sorted(names):
+                path = pathlib.Path(directory, n)
+                if len(files) >= _LISTED_FILES or not os.path.isfile(path):
+                    continue
+                try:
+                    files[path.as_posix()] = (hash_path or _default_hash_path)(path)
+                except (OSError, FingerprintError):
+                    continue
+        if len(files) < _LISTED_FILES:
+            record["files"] = files
+    return record
+
+
+def _files_changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
+    """``src/b.txt changed, src/c.txt added`` between two describe() option records."""
+    before, after = old.get("files"), new.get("files")
+    if not isinstance(before, dict) or not isinstance(after, dict):
+        return ""
+    words = [f"{p} changed" for p in after if p in before and before[p] != after[p]]
+    words += [f"{p} added" for p in after if p not in before]
+    words += [f"{p} removed" for p in before if p not in after]
+    if len(words) > 3:
+        words = [*words[:3], f"and {len(words) - 3} more"]
+    return ", ".join(words)
 
 
 def _shown(value: Any) -> str:
@@ -700,6 +739,7 @@ class Change:
     name: str
     old: Any
     new: Any
+    detail: str = ""  # for a Dir option whose content changed: which files
 
     def __str__(self) -> str:
         kind, name = self.kind, self.name
@@ -718,7 +758,8 @@ class Change:
             return f"code of helper '{name}' changed"
         if kind == "option":
             if self.old == self.new:  # same path, other content
-                return f"option '{name}' changed: the content of {self.new} changed"
+                which = f" ({self.detail})" if self.detail else ""
+                return f"option '{name}' changed: the content of {self.new} changed{which}"
             return f"option '{name}' changed: {self.old} -> {self.new}"
         if kind == "outputs":
             return f"declared outputs changed: {self.old} -> {self.new}"
@@ -764,8 +805,10 @@ def diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Change]:
     old_opts, new_opts = old.get("options", {}), new.get("options", {})
     for change in _diff_mapping("option", old_opts, new_opts, lambda o: o["digest"]):
         if change.kind == "option":  # show the values, not their digests
+            before, after = old_opts[change.name], new_opts[change.name]
             change = Change(
-                "option", change.name, old_opts[change.name]["repr"], new_opts[change.name]["repr"]
+                "option", change.name, before["repr"], after["repr"],
+                _files_changed(before, after) if before["repr"] == after["repr"] else "",
             )
         changes.append(change)
     for kind, field in (

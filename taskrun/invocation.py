@@ -100,7 +100,7 @@ def invoke(
                 if opt.required:
                     problems.append(Problem(where, (
                         f"is required and has no value; pass -o {name}.{opt.name}=VALUE"
-                        f" ({opt.type.name})"
+                        f" ({opt.type.name})" + _task_hint(registry, name, opt.name)
                     )))
                     continue
                 # The default passed its type at definition, but without a root: checking
@@ -131,6 +131,16 @@ def invoke(
         sources=pytypes.MappingProxyType(
             {n: pytypes.MappingProxyType(v) for n, v in sources.items()}
         ),
+    )
+
+
+def _task_hint(registry: Registry, task: str, option: str) -> str:
+    """A required option named like a task was most likely meant as a dependency."""
+    if option not in registry.tasks or option == task:
+        return ""
+    return (
+        f"; or, if it should receive the product of task '{option}', add"
+        f" deps=[{option}] to @task(...) of '{task}'"
     )
 
 

@@ -316,7 +316,16 @@ class ListType(_Container):
         return self.check(parsed, root=root)
 
     def format(self, value: Any) -> str:
-        return json.dumps([self.item.format(v) for v in value])
+        return json.dumps([_json_item(self.item, v) for v in value])
+
+
+def _json_item(kind: TaskType, value: Any) -> Any:
+    """An item of a container's JSON text form: numbers and booleans stay JSON numbers and
+    booleans (``[1, 2, 3]``, not ``["1", "2", "3"]``); parse takes both forms."""
+    if isinstance(value, (bool, int, float)) and not isinstance(value, enum.Enum):
+        if not isinstance(value, float) or value == value and abs(value) != float("inf"):
+            return value
+    return kind.format(value)
 
 
 class DictType(_Container):
@@ -360,7 +369,7 @@ class DictType(_Container):
         return self.check(parsed, root=root)
 
     def format(self, value: Any) -> str:
-        return json.dumps({k: self.value_type.format(v) for k, v in value.items()})
+        return json.dumps({k: _json_item(self.value_type, v) for k, v in value.items()})
 
 
 class OptionalType(TaskType):
