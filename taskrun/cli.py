@@ -363,7 +363,13 @@ def clean_cmd(ctx: click.Context, tasks: tuple[str, ...], dry_run: bool) -> None
     project = _project(ctx)
     registry = project.registry
     names = [registry.name_of(t) for t in tasks] if tasks else list(registry.tasks)
-    patterns = {n: registry.tasks[n].outputs for n in names if registry.tasks[n].outputs}
+    from taskrun.globs import as_wildcard
+
+    patterns = {
+        n: tuple(map(as_wildcard, registry.tasks[n].outputs))
+        for n in names
+        if registry.tasks[n].outputs
+    }
     removed = clean_outputs(patterns, project.root, dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
     for path in removed:

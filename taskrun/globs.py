@@ -20,11 +20,14 @@ from taskrun.errors import DefinitionError
 
 __all__ = [
     "Pattern",
+    "as_wildcard",
     "check_disjoint_outputs",
     "compile_pattern",
     "expand",
     "expand_globs",
+    "fill_template",
     "split_relative",
+    "template_fields",
     "walk_files",
 ]
 
@@ -46,6 +49,41 @@ def split_relative(text: str) -> tuple[tuple[str, ...], str]:
 
 
 _SKIP_DIRS = frozenset({".git", ".hg", ".svn", ".taskrun"})
+
+# -- option-templated outputs: outputs=["results/p_{p}.json"] -----------------------------
+_FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_GLOB_CHARS = re.compile(r"([*?\[])")
+
+
+def template_fields(pattern: str) -> list[str]:
+    """The option names an output pattern is templated by: ``p_{p}.json`` -> ``["p"]``."""
+    return _FIELD.findall(pattern)
+
+
+def as_wildcard(pattern: str) -> str:
+    """PATTERN with each ``{option}`` as ``*``: every file it can name, whatever the values."""
+    return _FIELD.sub("*", pattern)
+
+
+def fill_template(pattern: str, values: Mapping[str, str]) -> str:
+    """PATTERN with each ``{option}`` replaced by the text of its value, taken literally."""
+    # A value is a name, not a glob: `*`, `?` and `[` in it match only themselves.
+    return _FIELD.sub(lambda m: _GLOB_CHARS.sub(r"[\1]", values[m[1]]), pattern)
+
+
+def template_regex(pattern: str) -> re.Pattern[str] | None:
+    """A regex that reads the option values back from a path, if PATTERN has no other glob."""
+    literal = _FIELD.split(pattern)[::2]
+    if not template_fields(pattern) or any(_GLOB_CHARS.search(t) for t in literal):
+        return None
+    out, names = [], _FIELD.findall(pattern)
+    for i, text in enumerate(literal):
+        out.append(re.escape(text))
+        if i < len(names):
+            # A field used twice must read the same both times.
+            seen = names[i] in names[:i]
+            out.append(f"(?P={names[i]})" if seen else f"(?P<{names[i]}>[^/]+)")
+    return re.compile("".join(out))
 _DSTAR = "**"
 
 

@@ -16,13 +16,20 @@ no bytes, enum or null), any other TOML value is checked.
 
 from __future__ import annotations
 
+import os
 import types as pytypes
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from taskrun.errors import InvocationError, Problem, TypeCheckError, did_you_mean
+from taskrun.errors import (
+    DefinitionError,
+    InvocationError,
+    Problem,
+    TypeCheckError,
+    did_you_mean,
+)
 from taskrun.registry import Registry, TaskSpec
 
 __all__ = ["Invocation", "invoke", "parse_assignment"]
@@ -76,8 +83,10 @@ def invoke(
     ``[tool.taskrun.options]`` table. Precedence: assignments, options, config, default.
     """
     problems: list[Problem] = []
-    names = _targets(registry, targets, default_targets, problems)
+    derived: list[str] = []  # option values read from file targets (results/p_{p}.json)
+    names = _targets(registry, targets, default_targets, problems, root=root, derived=derived)
     targets_ok = not problems
+    assignments = [*derived, *assignments]  # a value written on the command line wins
     order = registry.graph.subgraph(names) if names else []
     planned = {n: registry.tasks[n] for n in order}
 
@@ -118,6 +127,8 @@ def invoke(
                 problems.append(Problem(where, f"{exc} (from {source})"))
                 continue
             values[name][opt.name], sources[name][opt.name] = value, source
+        if any("{" in p for p in spec.outputs) and len(values[name]) == len(spec.options):
+            _check_outputs(spec, values[name], problems)
     if problems:
         raise InvocationError(problems)
     return Invocation(
@@ -156,11 +167,38 @@ def _convert(kind: Any, raw: Any, is_text: bool | None, root: Path) -> Any:
     return kind.check(raw, root=root)
 
 
+def _check_outputs(spec: TaskSpec, values: Mapping[str, Any], problems: list[Problem]) -> None:
+    """Templated outputs filled with these values must still be paths inside the project."""
+    from taskrun.globs import compile_pattern, template_fields
+
+    for pattern, filled in zip(spec.outputs, spec.outputs_for(values), strict=True):
+        texts = {
+            o.name: o.type.format(values[o.name])
+            for o in spec.options
+            if o.name in template_fields(pattern)
+        }
+        bad = {f: t for f, t in texts.items() if "/" in t or t in ("", ".", "..")}
+        try:
+            if bad:
+                raise DefinitionError("a value with '/' or an empty value cannot name a file")
+            compile_pattern(filled)
+        except DefinitionError:
+            shown = ", ".join(f"{f}={t!r}" for f, t in (bad or texts).items())
+            problems.append(Problem(
+                f"output pattern '{pattern}' of task '{spec.name}' ({spec.where})",
+                f"with {shown} it is '{filled}', not a path inside the project; use values"
+                " without '/' (or another output pattern)",
+            ))
+
+
 def _targets(
     registry: Registry,
     targets: Sequence[str | Callable[..., Any]],
     default_targets: Sequence[str],
     problems: list[Problem],
+    *,
+    root: Path | None = None,
+    derived: list[str] | None = None,
 ) -> list[str]:
     wanted: list[Any] = list(targets) or list(default_targets)
     if not wanted:
@@ -168,17 +206,72 @@ def _targets(
     names = []
     for t in wanted:
         name = t if isinstance(t, str) else registry._by_fn.get(t)
+        if isinstance(t, str) and name not in registry.tasks and root is not None:
+            name = _file_target(registry, t, root, problems, derived)
+            if name == "":
+                continue  # a file target with a problem of its own
         if name is None or name not in registry.tasks:
             shown = t if isinstance(t, str) else getattr(t, "__name__", repr(t))
             source = "" if targets else " (from [tool.taskrun] default)"
+            looks_like_a_file = "/" in str(shown) or "." in str(shown)
             problems.append(Problem(
                 f"target '{shown}'{source}",
-                f"is not a task{did_you_mean(str(shown), registry.tasks)};"
+                "is neither a task nor a file a task declares in outputs=;"
+                " `taskrun list` shows the tasks and their outputs"
+                if looks_like_a_file
+                else f"is not a task{did_you_mean(str(shown), registry.tasks)};"
                 " `taskrun list` shows the tasks",
             ))
         elif name not in names:
             names.append(name)
     return names
+
+
+def _file_target(
+    registry: Registry, text: str, root: Path, problems: list[Problem], derived: list[str] | None
+) -> str | None:
+    """The task whose ``outputs=`` declare the file TEXT (as make does); None if none does.
+
+    A templated pattern (``results/p_{p}.json``) also gives the option values the file
+    name spells (``results/p_0.3.json``: ``p=0.3``). Returns "" after reporting a problem.
+    """
+    from taskrun.globs import as_wildcard, compile_pattern, template_regex
+
+    if not any(s.outputs for s in registry.tasks.values()):
+        return None
+    path = Path(os.path.normpath(text))
+    if path.is_absolute() or path.parts[:1] == ("..",):
+        # Outside the root as written: relative to where taskrun was started, then.
+        full = path if path.is_absolute() else Path.cwd() / path
+        try:
+            path = Path(os.path.normpath(full)).relative_to(root)
+        except ValueError:
+            return None
+    rel = path.as_posix()
+    found: list[tuple[str, str]] = []
+    for spec in registry.tasks.values():
+        for pattern in spec.outputs:
+            try:
+                if compile_pattern(as_wildcard(pattern)).matches(rel):
+                    found.append((spec.name, pattern))
+                    break
+            except DefinitionError:
+                continue
+    if not found:
+        return None
+    if len(found) > 1:  # templated patterns may overlap in what they can name
+        problems.append(Problem(
+            f"target '{text}'",
+            "is declared by the outputs of several tasks ("
+            + ", ".join(f"'{n}': '{p}'" for n, p in found) + "); name the task instead",
+        ))
+        return ""
+    name, pattern = found[0]
+    regex = template_regex(pattern)
+    match = regex.fullmatch(rel) if regex is not None else None
+    if match is not None and derived is not None:
+        derived += [f"{name}.{k}={v}" for k, v in match.groupdict().items()]
+    return name
 
 
 def _unknown_option(

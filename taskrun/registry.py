@@ -139,6 +139,15 @@ class TaskSpec:
     def summary(self) -> str:
         return self.doc.strip().splitlines()[0] if self.doc.strip() else ""
 
+    def outputs_for(self, values: Mapping[str, Any]) -> tuple[str, ...]:
+        """The output patterns with ``{option}`` fields filled from the option VALUES."""
+        if not any("{" in p for p in self.outputs):
+            return self.outputs
+        from taskrun.globs import fill_template
+
+        texts = {o.name: o.type.format(values[o.name]) for o in self.options if o.name in values}
+        return tuple(fill_template(p, texts) for p in self.outputs)
+
 
 def _where(fn: Callable[..., Any]) -> tuple[str, int]:
     code = getattr(fn, "__code__", None)
@@ -378,12 +387,30 @@ class Registry:
             )
         if spec.outputs:
             from taskrun.files import check_disjoint_outputs
+            from taskrun.globs import as_wildcard, template_fields
 
+            names = [o.name for o in spec.options]
+            for pattern in spec.outputs:
+                for field_name in template_fields(pattern):
+                    if field_name not in names:
+                        raise DefinitionError(
+                            f"task '{spec.name}' ({spec.where}): output pattern '{pattern}'"
+                            f" uses {{{field_name}}}, which is not an option of the task"
+                            f"{did_you_mean(field_name, names)}; its options are:"
+                            f" {', '.join(names) or 'none'}"
+                        )
             # perf: one call over every task with outputs uses the checker's prefix index,
-            # instead of comparing the new task with each earlier one in turn.
-            producers = {t.name: t.outputs for t in self._tasks.values() if t.outputs}
+            # instead of comparing the new task with each earlier one in turn. A templated
+            # pattern counts as every file it can name.
+            producers = {
+                t.name: tuple(map(as_wildcard, t.outputs))
+                for t in self._tasks.values()
+                if t.outputs
+            }
             try:
-                check_disjoint_outputs({**producers, spec.name: spec.outputs})
+                check_disjoint_outputs(
+                    {**producers, spec.name: tuple(map(as_wildcard, spec.outputs))}
+                )
             except DefinitionError as exc:
                 raise DefinitionError(
                     f"task '{spec.name}' ({spec.where}): {exc.message}"

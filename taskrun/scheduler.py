@@ -273,7 +273,7 @@ class Scheduler:
             inputs=files,
             env={name: os.environ.get(name) for name in spec.env},
             runtime=dict(self.runtime),
-            outputs=spec.outputs,
+            outputs=spec.outputs_for(self.invocation.options[spec.name]),
         )
 
     def _fingerprint(self, node: _Node, upstream: Mapping[str, str]) -> None:
@@ -517,7 +517,7 @@ class Scheduler:
         from taskrun.files import file_digest
         from taskrun.globs import compile_pattern
 
-        patterns = [compile_pattern(p) for p in node.spec.outputs]
+        patterns = [compile_pattern(p) for p in self._outputs(node)]
         for record in records:
             if any(p.matches(record.path) for p in patterns):
                 continue
@@ -605,7 +605,7 @@ class Scheduler:
             timeout=node.spec.timeout,
             attempt=node.attempt,
             inputs=tuple(node.inputs.inputs) if node.inputs is not None else (),
-            outputs=node.spec.outputs,
+            outputs=self._outputs(node),
         )
         self._calls[node.name] = call
         node.future = self.executor.submit(call)
@@ -691,6 +691,10 @@ class Scheduler:
             )
         )
 
+    def _outputs(self, node: _Node) -> tuple[str, ...]:
+        """The task's output patterns, ``{option}`` fields filled with this run's values."""
+        return node.spec.outputs_for(self.invocation.options[node.spec.name])
+
     def _capture(self, node: _Node, value: Any) -> list[Any]:
         from taskrun.files import capture_outputs, paths_in
 
@@ -699,7 +703,7 @@ class Scheduler:
             return []
 
         try:
-            return capture_outputs(node.spec.outputs, self.root, extra=extra)
+            return capture_outputs(self._outputs(node), self.root, extra=extra)
         except TaskrunError as exc:
             from taskrun.errors import TaskFailed
 
