@@ -47,6 +47,7 @@ def run(
     on_event: Callable[[Event], None] | None = None,
     remote_cache: str | None = None,
     remote_mode: Literal["rw", "read", "off"] | None = None,
+    external: Mapping[str, Path | str] | None = None,
 ) -> RunResult:
     """Run ``targets`` (task names or task functions) and what they need.
 
@@ -57,7 +58,9 @@ def run(
     directory, where tasks run and outputs go) to the task file's directory, else the
     current directory. ``jobs`` defaults to the CPUs this process may use; ``cache_dir``
     to ``ROOT/.taskrun/cache``; ``cache_size`` takes bytes or ``"2GiB"``; ``remote_cache``
-    (an fsspec URL) and ``remote_mode`` add a shared store behind the local cache.
+    (an fsspec URL) and ``remote_mode`` add a shared store behind the local cache;
+    ``external`` declares folders outside the project by name, as ``[tool.taskrun]
+    external`` does (``{"data": "/data/shared"}``).
 
     Returns a :class:`~taskrun.scheduler.RunResult`: ``result.tasks[name].state`` is
     ran/cached/failed/skipped, ``result.products[name]`` a target's product and
@@ -66,6 +69,7 @@ def run(
     (``result.ok``).
     """
     from taskrun.config import parse_size, require_posix
+    from taskrun.files import external_roots
     from taskrun.invocation import invoke
     from taskrun.project import execute, open_cache, runtime_of
     from taskrun.registry import default_registry
@@ -78,7 +82,8 @@ def run(
         module = registry.module
         root = Path(module.__file__).parent if module and module.__file__ else Path.cwd()
     root = Path(root).resolve()
-    invocation = invoke(registry, list(targets), root=root, options=options)
+    with external_roots(external or {}):
+        invocation = invoke(registry, list(targets), root=root, options=options)
     size = parse_size(cache_size, where="cache_size=") if cache_size is not None else None
     cache = open_cache(root, cache_dir, size_limit=size, mode=cache_mode)
     names = [t if isinstance(t, str) else registry.name_of(t) for t in force]

@@ -150,11 +150,12 @@ class Settings:
     remote_mode: str | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
+    external: Mapping[str, Path] = field(default_factory=dict)
 
 
 _KEYS = {
     "default", "jobs", "executor", "cache-dir", "cache-size", "cache-mode", "dask-address",
-    "options", "runtime", "remote-cache", "remote-mode",
+    "options", "runtime", "remote-cache", "remote-mode", "external",
 }
 
 
@@ -246,7 +247,39 @@ def load_settings(task_file: Path) -> Settings:
         remote_mode=typed("remote-mode", str, "rw, read or off"),
         options=options or {},
         runtime=runtime,
+        external=_external(table.get("external"), root, f"{where}: 'external'"),
     )
+
+
+def _external(value: Any, root: Path, where: str) -> dict[str, Path]:
+    """``external = {data = "/data/shared"}`` or ``["/data/shared"]`` -> name -> directory.
+
+    A list names each folder by its last component. The name, not the directory, is what
+    enters fingerprints, so each machine may mount the data where it likes.
+    """
+    if value is None:
+        return {}
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        value = {Path(os.path.expanduser(v)).name: v for v in value}
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise ConfigError(
+            f'{where} must map names to folders, e.g. external = {{ data = "/data/shared" }},'
+            ' or list folders'
+        )
+    out: dict[str, Path] = {}
+    for name, folder in value.items():
+        path = Path(os.path.expanduser(folder))
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*", name):
+            raise ConfigError(f"{where}: '{name}' is not a name (letters, digits, _ . -)")
+        if not path.is_absolute():
+            raise ConfigError(f"{where}: '{name}' = '{folder}' must be an absolute path")
+        if path.resolve().is_relative_to(root.resolve()):
+            raise ConfigError(
+                f"{where}: '{name}' = '{folder}' is inside the project; only folders outside"
+                " it need declaring"
+            )
+        out[name] = path
+    return out
 
 
 def _runtime(table: Mapping[str, Any], where: str) -> RuntimeSettings:

@@ -15,6 +15,8 @@ syntax and the overlap check live in :mod:`taskrun.globs` (re-exported here).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import os
 import pathlib
@@ -22,6 +24,7 @@ import re
 import stat
 import threading
 import time
+import types
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -58,6 +61,9 @@ __all__ = [
     "clean_outputs",
     "content_digest",
     "expand_globs",
+    "current_external_roots",
+    "external_key",
+    "external_roots",
     "file_digest",
     "paths_in",
     "project_relative",
@@ -104,7 +110,9 @@ def paths_in(value: object) -> Iterator[File | Dir]:
     A product's File/Dir values are stored (and shipped) like declared outputs.
     """
     if isinstance(value, (File, Dir)):
-        yield value
+        # Files under an external root are read, never stored, restored or shipped.
+        if not (value.is_absolute() and external_key(value) is not None):
+            yield value
     elif isinstance(value, (list, tuple, set, frozenset)):
         for v in value:
             yield from paths_in(v)
@@ -151,6 +159,59 @@ def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
+# --------------------------------------------------------------------------- external roots
+# Folders outside the project that `[tool.taskrun] external` declares, by name. Set while a
+# project is invoked and run (external_roots); files under them are tracked by content and
+# keyed by NAME + relative path, never by where this machine mounts them.
+_NO_ROOTS: Mapping[str, str] = types.MappingProxyType({})
+_EXTERNAL: contextvars.ContextVar[Mapping[str, str]] = contextvars.ContextVar(
+    "taskrun_external_roots", default=_NO_ROOTS
+)
+EXTERNAL_PREFIX = "@"  # inputs=["@data/raw/*.csv"]: the external root named `data`
+
+
+@contextlib.contextmanager
+def external_roots(roots: Mapping[str, str | os.PathLike[str]]) -> Iterator[None]:
+    """Declare the external roots (name -> absolute directory) for the ``with`` block."""
+    token = _EXTERNAL.set({n: os.path.normpath(os.fspath(p)) for n, p in roots.items()})
+    try:
+        yield
+    finally:
+        _EXTERNAL.reset(token)
+
+
+def current_external_roots() -> dict[str, str]:
+    """The external roots declared now (name -> folder)."""
+    return dict(_EXTERNAL.get())
+
+
+def external_key(path: os.PathLike[str] | str) -> str | None:
+    """``@NAME/relative/path`` for an absolute PATH under a declared external root, else None."""
+    text = os.path.normpath(os.fspath(path))
+    for name, base in _EXTERNAL.get().items():
+        if text == base or text.startswith(base.rstrip(os.sep) + os.sep):
+            rel = os.path.relpath(text, base)
+            return f"{EXTERNAL_PREFIX}{name}" + ("" if rel == "." else "/" + PurePosixPath(
+                pathlib.PurePath(rel).as_posix()).as_posix())
+    return None
+
+
+def external_base(key: str) -> tuple[str, str] | None:
+    """``@NAME/rest`` -> (the declared directory of NAME, ``rest``); None if NAME is unknown."""
+    name, _, rest = key[len(EXTERNAL_PREFIX):].partition("/")
+    base = _EXTERNAL.get().get(name)
+    return None if base is None else (base, rest)
+
+
+def _declare_hint(path: str) -> str:
+    folder = os.path.dirname(path) if not os.path.isdir(path) else path
+    name = re.sub(r"\W", "_", os.path.basename(folder.rstrip(os.sep)) or "data")
+    return (
+        f"; to use files outside the project, declare their folder in pyproject.toml:"
+        f' [tool.taskrun] external = {{ {name} = "{folder}" }}'
+    )
+
+
 def project_relative(
     path: os.PathLike[str] | str, root: Path, *, external_ok: bool = False
 ) -> PurePosixPath:
@@ -158,8 +219,9 @@ def project_relative(
 
     A relative path stays relative (``a/./b`` -> ``a/b``); an absolute path inside ROOT is
     made relative. A path outside ROOT (absolute, or escaping it with ``..``) is a
-    :class:`UsageError`, unless EXTERNAL_OK, in which case its normalized absolute path is
-    returned.
+    :class:`UsageError` that says how to declare it external, unless EXTERNAL_OK or it lies
+    under a declared external root (:func:`external_roots`): then its normalized absolute
+    path is returned.
     """
     raw = os.fspath(path)
     root_abs = os.path.abspath(root)
@@ -173,11 +235,11 @@ def project_relative(
             rel = real_rel
     if rel.split(os.sep, 1)[0] != "..":
         return PurePosixPath(pathlib.PurePath(rel).as_posix())
-    if external_ok:
+    if external_ok or external_key(joined) is not None:
         return PurePosixPath(pathlib.PurePath(joined).as_posix())
     raise UsageError(
         f"path '{raw}' is outside the project root '{root_abs}'; use a path inside the "
-        "project (relative to its root), or declare the path external"
+        "project (relative to its root)" + _declare_hint(joined)
     )
 
 

@@ -379,16 +379,22 @@ class _Encoder:
             )
 
     def content_path(self, v: File | Dir) -> None:
+        from taskrun.files import external_key
+
         kind = type(v).__name__
-        if v.is_absolute():
+        # Under a declared external root, a path is encoded by the root's name and the
+        # path below it, so machines that mount the data elsewhere share entries.
+        shown = external_key(v) if v.is_absolute() else v.as_posix()
+        if shown is None:
             raise _Failure(
                 f"the absolute {kind} '{v}'; a {kind} is relative to the project root "
-                f"(write {kind}('data/in.csv'), not an absolute path)",
+                f"(write {kind}('data/in.csv'), not an absolute path), or under a folder"
+                " declared in [tool.taskrun] external",
                 fallback=False,
             )
         digest = (self.hash_path or _default_hash_path)(v)
         self.out += _FILE if isinstance(v, File) else _DIR
-        self.text(v.as_posix())
+        self.text(shown)
         self.text(digest)
 
     def numpy(self, v: Any, t: type) -> None:
@@ -712,7 +718,9 @@ def _shown(value: Any) -> str:
     if isinstance(value, enum.Enum):
         return f"{type(value).__name__}.{value.name}"
     if isinstance(value, pathlib.PurePath):
-        return repr(value.as_posix())
+        from taskrun.files import external_key
+
+        return repr((value.is_absolute() and external_key(value)) or value.as_posix())
     return repr(value)
 
 

@@ -16,6 +16,7 @@ no bytes, enum or null), any other TOML value is checked.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import types as pytypes
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -30,6 +31,7 @@ from taskrun.errors import (
     TypeCheckError,
     did_you_mean,
 )
+from taskrun.files import current_external_roots
 from taskrun.registry import Registry, TaskSpec
 
 __all__ = ["Invocation", "invoke", "parse_assignment"]
@@ -50,6 +52,8 @@ class Invocation:
     order: tuple[str, ...]
     options: Mapping[str, Mapping[str, Any]]
     sources: Mapping[str, Mapping[str, str]]
+    #: ``[tool.taskrun] external`` roots the values were checked with (name -> folder).
+    external: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def spec(self, name: str) -> TaskSpec:
         return self.registry.tasks[name]
@@ -129,6 +133,7 @@ def invoke(
             values[name][opt.name], sources[name][opt.name] = value, source
         if any("{" in p for p in spec.outputs) and len(values[name]) == len(spec.options):
             _check_outputs(spec, values[name], problems)
+        _check_external_inputs(spec, problems)
     if problems:
         raise InvocationError(problems)
     return Invocation(
@@ -142,6 +147,7 @@ def invoke(
         sources=pytypes.MappingProxyType(
             {n: pytypes.MappingProxyType(v) for n, v in sources.items()}
         ),
+        external=current_external_roots(),
     )
 
 
@@ -165,6 +171,24 @@ def _convert(kind: Any, raw: Any, is_text: bool | None, root: Path) -> Any:
         except TypeCheckError:
             return kind.parse(raw, root=root)
     return kind.check(raw, root=root)
+
+
+def _check_external_inputs(spec: TaskSpec, problems: list[Problem]) -> None:
+    """``inputs=`` outside the project must be under a root ``[tool.taskrun] external`` names."""
+    from taskrun.files import external_base, external_key
+
+    for pattern in spec.inputs:
+        if not pattern.startswith(("/", "@")):
+            continue
+        key = external_key(pattern) if pattern.startswith("/") else pattern
+        if key is None or external_base(key) is None:
+            name = key.partition("/")[0][1:] if key else "data"
+            problems.append(Problem(
+                f"inputs pattern '{pattern}' of task '{spec.name}' ({spec.where})",
+                "is outside the project and under no folder declared in pyproject.toml;"
+                f' declare it: [tool.taskrun] external = {{ {name} = "/path/to/folder" }}'
+                + ("" if pattern.startswith("@") else f" and write '@{name}/...'"),
+            ))
 
 
 def _check_outputs(spec: TaskSpec, values: Mapping[str, Any], problems: list[Problem]) -> None:

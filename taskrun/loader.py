@@ -25,6 +25,7 @@ from pathlib import Path
 from types import ModuleType
 
 from taskrun.errors import DefinitionError, TaskrunError
+from taskrun.files import external_roots
 from taskrun.registry import DefinitionErrors, Registry
 from taskrun.types import register_module_alias
 
@@ -116,9 +117,12 @@ def _modules_under(root: Path | str, names: set[str]) -> list[str]:
 
 @contextlib.contextmanager
 def project_context(
-    root: Path, modules: Mapping[str, ModuleType] | None = None
+    root: Path,
+    modules: Mapping[str, ModuleType] | None = None,
+    external: Mapping[str, Path | str] | None = None,
 ) -> Iterator[None]:
-    """Run with ROOT as working directory, first on ``sys.path``, its MODULES imported.
+    """Run with ROOT as working directory, first on ``sys.path``, its MODULES imported
+    and its EXTERNAL roots (``[tool.taskrun] external``) declared.
 
     Everything is put back afterwards: the working directory, ``sys.path``, and
     ``sys.modules`` (the project's modules, and any other module under ROOT a task
@@ -136,7 +140,8 @@ def project_context(
     sys.path.insert(0, str(root))
     sys.modules.update(modules)
     try:
-        yield
+        with external_roots(external or {}):
+            yield
     finally:
         if cwd is not None:
             with contextlib.suppress(OSError):  # gone meanwhile: nowhere to go back to

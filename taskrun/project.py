@@ -55,16 +55,19 @@ class Project:
     def invoke(
         self, targets: Sequence[str], assignments: Sequence[str] = ()
     ) -> Invocation:
-        return invoke(
-            self.registry, targets, root=self.root, assignments=assignments,
-            config=self.settings.options, default_targets=self.settings.default,
-        )
+        from taskrun.files import external_roots
+
+        with external_roots(self.settings.external):
+            return invoke(
+                self.registry, targets, root=self.root, assignments=assignments,
+                config=self.settings.options, default_targets=self.settings.default,
+            )
 
     def context(self) -> contextlib.AbstractContextManager[None]:
         """Working directory, ``sys.path`` and modules of this project, restored after."""
         from taskrun.loader import project_context
 
-        return project_context(self.root, self.registry.project_modules)
+        return project_context(self.root, self.registry.project_modules, self.settings.external)
 
 
 _CACHEDIR_TAG = (
@@ -181,7 +184,7 @@ def execute(
         mark_state_dir(root)
     # Tasks run with the project root as their working directory, wherever taskrun was
     # started; File("build/x") then means the same file in every task and executor.
-    context = project_context(root, invocation.registry.project_modules)
+    context = project_context(root, invocation.registry.project_modules, invocation.external)
     with context, make_executor(executor, jobs, **(executor_options or {})) as ex:
         scheduler = Scheduler(
             invocation,

@@ -648,6 +648,8 @@ class Registry:
         out: dict[str, Any] = {k: strings(k) for k in ("inputs", "outputs", "env")}
         for key in ("inputs", "outputs"):
             for pattern in out[key]:
+                if key == "inputs" and pattern.startswith(("/", "@")):
+                    continue  # outside the project: checked against [tool.taskrun] external
                 if pattern.startswith("/") or ".." in pattern.split("/"):
                     raise DefinitionError(
                         f"{label}: {key} pattern {pattern!r} leaves the project; use a path"

@@ -262,8 +262,12 @@ class Scheduler:
         code, parts = self._code_of(spec)
         files = {}
         if spec.inputs:
-            for rel in expand_globs(spec.inputs, self.root):
+            inside = [p for p in spec.inputs if not p.startswith(("/", "@"))]
+            for rel in expand_globs(inside, self.root):
                 files[rel.as_posix()] = file_digest(self.root / rel, stat_cache=self.stat_cache)
+            for pattern in spec.inputs:
+                if pattern not in inside:
+                    files.update(self._external_inputs(spec, pattern))
         return FingerprintInputs(
             task=spec.name,
             code=code,
@@ -275,6 +279,31 @@ class Scheduler:
             runtime=dict(self.runtime),
             outputs=spec.outputs_for(self.invocation.options[spec.name]),
         )
+
+    def _external_inputs(self, spec: TaskSpec, pattern: str) -> dict[str, str]:
+        """Digests of the files an ``inputs=`` pattern outside the project names, by
+        ``@NAME/path`` (the declared external root's name, not where it is mounted)."""
+        from taskrun.files import expand_globs, external_base, external_key, file_digest
+
+        key = external_key(pattern) if pattern.startswith("/") else pattern
+        found = external_base(key) if key is not None else None
+        if key is None or found is None:
+            from taskrun.errors import UsageError
+
+            raise UsageError(
+                f"task '{spec.name}' ({spec.where}): inputs pattern '{pattern}' is outside"
+                " the project and under no folder declared in pyproject.toml; declare it,"
+                ' e.g. [tool.taskrun] external = { data = "/data/shared" }, and write'
+                " '@data/...'"
+            )
+        base, rest = found
+        name = key.partition("/")[0]
+        return {
+            f"{name}/{rel.as_posix()}": file_digest(
+                Path(base) / rel, stat_cache=self.stat_cache
+            )
+            for rel in expand_globs([rest], Path(base))
+        }
 
     def _fingerprint(self, node: _Node, upstream: Mapping[str, str]) -> None:
         from taskrun.fingerprint import task_fingerprint
