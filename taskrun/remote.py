@@ -434,6 +434,10 @@ def open_remote(
     if cache.mode != "rw":
         # A hit must be adopted into the local cache before it is restored; a read-only
         # or disabled local cache cannot take it, so the remote is not consulted.
+        on_warning(
+            f"the remote cache {url} is not used with cache mode '{cache.mode}' (its hits "
+            "are copied into the local cache first); use --cache-mode rw, or --remote-mode off"
+        )
         return None
     if not cache.signed:
         raise ConfigError(
