@@ -14,6 +14,7 @@ from taskrun.errors import (
     TaskrunError,
 )
 from taskrun.files import Dir, File
+from taskrun.outcome import Outcome, cancelled, skip
 from taskrun.registry import Registry, default_registry, define_type, task
 
 __version__ = "0.1.0"
@@ -23,14 +24,18 @@ __all__ = [
     "Dir",
     "File",
     "InvocationError",
+    "Outcome",
     "Registry",
     "TaskFailed",
     "TaskrunError",
     "__version__",
+    "cancelled",
     "default_registry",
     "define_type",
     "run",
     "sh",
+    "skip",
+    "start",
     "task",
 ]
 
@@ -40,6 +45,14 @@ def run(*args: Any, **kwargs: Any) -> Any:
     from taskrun.project import run as _run
 
     return _run(*args, **kwargs)
+
+
+def start(*args: Any, **kwargs: Any) -> Any:
+    """Start a run in the background; see :func:`taskrun.api.start` (a handle with
+    ``status()``, ``cancel()`` and ``result(timeout=)``)."""
+    from taskrun.api import start as _start
+
+    return _start(*args, **kwargs)
 
 
 def __getattr__(name: str) -> Any:

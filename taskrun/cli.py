@@ -112,6 +112,9 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
                 "product": spec.product.name,
                 "inputs": list(spec.inputs),
                 "outputs": list(spec.outputs),
+                "run_if": spec.run_if,  # not "succeeded": deps arrive as Outcome objects
+                "when": spec.when is not None,
+                "executor": spec.executor,
                 "defined_at": spec.where,
             }
             for spec in registry.tasks.values()
@@ -126,7 +129,14 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
         summary = f"  {spec.summary}" if spec.summary else ""
         click.echo(f"{head}{summary}")
         if spec.deps:
-            click.echo(f"    needs: {', '.join(d.task for d in spec.deps)}")
+            as_outcome = " (as Outcome)" if spec.run_if != "succeeded" else ""
+            click.echo(f"    needs: {', '.join(d.task for d in spec.deps)}{as_outcome}")
+        if spec.run_if != "succeeded":
+            click.echo(f"    runs if: {spec.run_if}")
+        if spec.when is not None:
+            click.echo("    when: a condition on its options (when=)")
+        if spec.executor is not None:
+            click.echo(f"    executor: {spec.executor}")
         for o in spec.options:
             default = "required" if o.required else f"default {o.type.format(o.default)}"
             about = f"  {o.type.doc}" if o.type.doc else ""

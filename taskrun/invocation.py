@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import types as pytypes
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,8 @@ class Invocation:
     order: tuple[str, ...]
     options: Mapping[str, Mapping[str, Any]]
     sources: Mapping[str, Mapping[str, str]]
+    # Tasks whose when= is false, with the reason: skipped before anything runs.
+    skipped: Mapping[str, str] = field(default_factory=dict)
 
     def spec(self, name: str) -> TaskSpec:
         return self.registry.tasks[name]
@@ -118,6 +120,7 @@ def invoke(
                 problems.append(Problem(where, f"{exc} (from {source})"))
                 continue
             values[name][opt.name], sources[name][opt.name] = value, source
+    skipped = _conditions(planned, values, problems)
     if problems:
         raise InvocationError(problems)
     return Invocation(
@@ -131,7 +134,33 @@ def invoke(
         sources=pytypes.MappingProxyType(
             {n: pytypes.MappingProxyType(v) for n, v in sources.items()}
         ),
+        skipped=pytypes.MappingProxyType(skipped),
     )
+
+
+def _conditions(
+    planned: Mapping[str, TaskSpec],
+    values: Mapping[str, Mapping[str, Any]],
+    problems: list[Problem],
+) -> dict[str, str]:
+    """Evaluate each planned task's ``when=`` over its own typed options."""
+    from taskrun.rules import evaluate_when
+
+    skipped: dict[str, str] = {}
+    for name, spec in planned.items():
+        if spec.when is None or len(values.get(name, {})) < len(spec.options):
+            continue  # no condition, or an option already has a problem
+        try:
+            go, reason = evaluate_when(spec.when, values[name])
+        except Exception as exc:
+            problems.append(Problem(
+                f"when= of task '{name}' ({spec.where})",
+                f"raised {type(exc).__name__}: {exc}; fix the condition",
+            ))
+            continue
+        if not go:
+            skipped[name] = reason
+    return skipped
 
 
 def _targets(

@@ -113,11 +113,14 @@ def execute(
     executor_options: Mapping[str, Any] | None = None,
     remote_cache: str | None = None,
     remote_mode: str | None = None,
+    on_scheduler: Callable[[Any], None] | None = None,
+    dask_options: Mapping[str, Any] | None = None,
 ) -> Any:
     """Run a validated invocation; returns a :class:`~taskrun.scheduler.RunResult`.
 
     ``remote_cache``/``remote_mode`` (else ``TASKRUN_REMOTE_CACHE``/``_MODE``) add a
-    shared store behind ``cache`` (see :mod:`taskrun.remote`).
+    shared store behind ``cache`` (see :mod:`taskrun.remote`). ``on_scheduler`` receives
+    the scheduler before it starts (``taskrun.start`` keeps it to read states and cancel).
     """
     from taskrun.codewalk import SourceMemo
     from taskrun.executors import make_executor
@@ -144,7 +147,16 @@ def execute(
     stat_path = root / STAT_CACHE if cache.mode != "off" else None
     if stat_path is not None and cache.mode == "read":
         stat_path = None  # read mode writes nothing, not even local state
-    with _working_directory(root), make_executor(executor, jobs, **(executor_options or {})) as ex:
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_working_directory(root))
+        ex = stack.enter_context(make_executor(executor, jobs, **(executor_options or {})))
+
+        def executor_for(name: str) -> Any:
+            # A task's executor= names another backend: one more executor for this run,
+            # made on first use (only the Dask one takes the run's Dask options).
+            extra = dask_options if name == "dask" else None
+            return stack.enter_context(make_executor(name, jobs, **(extra or {})))
+
         scheduler = Scheduler(
             invocation,
             cache=cache,
@@ -157,7 +169,10 @@ def execute(
             force_all=force_all,
             keep_going=keep_going,
             on_event=sink,
+            executor_for=executor_for,
         )
+        if on_scheduler is not None:
+            on_scheduler(scheduler)
         return scheduler.run()
 
 
@@ -183,10 +198,39 @@ def run(
     """Run ``targets`` (task names or task functions) and what they need.
 
     Returns a :class:`~taskrun.scheduler.RunResult`: ``result.tasks[name].state`` is
-    ran/cached/failed/skipped, ``result.products[name]`` a target's product.
+    ran/cached/failed/skipped/cancelled, ``result.products[name]`` a target's product.
     Definition and invocation errors raise before anything runs; task failures do not
     raise, they are in the result (``result.ok``).
     """
+    return prepare_run(
+        targets, options=options, registry=registry, root=root, jobs=jobs,
+        executor=executor, cache_dir=cache_dir, cache_size=cache_size,
+        cache_mode=cache_mode, force=force, force_all=force_all, keep_going=keep_going,
+        runtime=runtime, on_event=on_event, remote_cache=remote_cache, remote_mode=remote_mode,
+    )()
+
+
+def prepare_run(
+    targets: Sequence[str | Callable[..., Any]] | str | Callable[..., Any] = (),
+    *,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+    registry: Registry | None = None,
+    root: Path | str | None = None,
+    jobs: int | None = None,
+    executor: str = "thread",
+    cache_dir: Path | str | None = None,
+    cache_size: int | None = None,
+    cache_mode: str = "rw",
+    force: Sequence[str] = (),
+    force_all: bool = False,
+    keep_going: bool = False,
+    runtime: RuntimeSettings | None = None,
+    on_event: Callable[[Any], None] | None = None,
+    remote_cache: str | None = None,
+    remote_mode: str | None = None,
+    on_scheduler: Callable[[Any], None] | None = None,
+) -> Callable[[], Any]:
+    """Validate a run now (errors raise here); return the function that runs it."""
     registry = registry if registry is not None else default_registry
     if isinstance(targets, str) or callable(targets):
         targets = [targets]
@@ -196,15 +240,19 @@ def run(
     root = Path(root).resolve()
     invocation = invoke(registry, list(targets), root=root, options=options)
     cache = open_cache(root, cache_dir, size_limit=cache_size, mode=cache_mode)
-    try:
-        return execute(
-            invocation, jobs=jobs, executor=executor, cache=cache,
-            runtime=runtime_of(runtime, root), force=force, force_all=force_all,
-            keep_going=keep_going, on_event=on_event, remote_cache=remote_cache,
-            remote_mode=remote_mode,
-        )
-    finally:
-        cache.close()
+    facts = runtime_of(runtime, root)
+
+    def go() -> Any:
+        try:
+            return execute(
+                invocation, jobs=jobs, executor=executor, cache=cache, runtime=facts,
+                force=force, force_all=force_all, keep_going=keep_going, on_event=on_event,
+                remote_cache=remote_cache, remote_mode=remote_mode, on_scheduler=on_scheduler,
+            )
+        finally:
+            cache.close()
+
+    return go
 
 
 def run_from_cli(
@@ -244,11 +292,12 @@ def run_from_cli(
     runtime = runtime_of(settings.runtime, project.root)
     executor = executor or settings.executor or "thread"
     address = dask_address or settings.dask_address or os.environ.get("DASK_SCHEDULER_ADDRESS")
-    options: dict[str, Any] = {}
-    if executor == "dask":
-        options["ship_files"] = {"auto": None, "always": True, "never": False}[dask_ship_files]
-        if address:
-            options["address"] = address
+    dask_options: dict[str, Any] = {
+        "ship_files": {"auto": None, "always": True, "never": False}[dask_ship_files]
+    }
+    if address:
+        dask_options["address"] = address
+    options = dask_options if executor == "dask" else {}
     try:
         if dry_run:
             from taskrun.scheduler import Scheduler
@@ -263,7 +312,7 @@ def run_from_cli(
         result = execute(
             invocation, jobs=jobs or settings.jobs, executor=executor, cache=cache,
             runtime=runtime, force=force, force_all=force_all, keep_going=keep_going,
-            on_event=reporter, executor_options=options,
+            on_event=reporter, executor_options=options, dask_options=dask_options,
             remote_cache=remote_cache or settings.remote_cache,
             remote_mode=remote_mode or settings.remote_mode,
         )

@@ -126,8 +126,10 @@ class Reporter(ABC):
         self._closed = True
         if self.planned:
             cached = sum(1 for p in self.planned if p.action == "cached")
+            skip = sum(1 for p in self.planned if p.action == "skip")
             self.handle(ev.PlanFinished(
-                total=len(self.planned), cached=cached, run=len(self.planned) - cached,
+                total=len(self.planned), cached=cached, run=len(self.planned) - cached - skip,
+                skip=skip,
             ))
 
     def write(self, text: str = "") -> None:
@@ -182,11 +184,15 @@ class PlainReporter(Reporter):
             kind = "timed out" if event.timed_out else "failed"
             out.append(Line(f"{kind:<8} {event.task}: {event.error}", "bad"))
         elif isinstance(event, ev.TaskRetrying):
-            attempt = f"(attempt {event.attempt})"
+            wait = f" in {event.delay:.2f}s" if event.delay else ""
+            attempt = f"(attempt {event.attempt}{wait})"
             out.append(Line(f"retry    {event.task} {attempt}: {event.error}", "warn"))
         elif isinstance(event, ev.Skipped):
             if q < 2:
-                out.append(Line(f"skipped  {event.task}: {event.reason}", "warn"))
+                cached = " (cached)" if event.cached else ""
+                out.append(Line(f"skipped  {event.task}: {event.reason}{cached}", "warn"))
+        elif isinstance(event, ev.TaskCancelled):
+            out.append(Line(f"cancelled {event.task}: {event.reason}", "bad"))
         elif isinstance(event, ev.TaskWaiting):
             if q < 1:
                 out.append(Line(f"waiting  {event.task}: another taskrun is computing it", "dim"))
@@ -197,6 +203,8 @@ class PlainReporter(Reporter):
             if event.action == "cached":
                 if q < 1:
                     out.append(Line(f"cached   {event.task}", "dim"))
+            elif event.action == "skip":
+                out.append(Line(f"skip     {event.task}: {_reasons(event.reasons)}", "warn"))
             else:
                 out.append(Line(f"run      {event.task}: {_reasons(event.reasons)}"))
         elif isinstance(event, ev.PlanFinished):
@@ -312,7 +320,9 @@ class ConsoleReporter(PlainReporter):
         elif isinstance(event, ev.TaskWaiting):
             self._waiting[event.task] = now
             return True
-        elif isinstance(event, (ev.TaskCached, ev.TaskRan, ev.TaskFailedEvent, ev.Skipped)):
+        elif isinstance(
+            event, (ev.TaskCached, ev.TaskRan, ev.TaskFailedEvent, ev.Skipped, ev.TaskCancelled)
+        ):
             self._done += 1
             gone = self._running.pop(event.task, None), self._waiting.pop(event.task, None)
             return gone != (None, None)
@@ -494,6 +504,10 @@ def explain_lines(items: Any) -> list[str]:
             else:
                 out.append(f"{item.task}: cached")
             continue
+        if item.action == "skip":
+            out.append(f"{item.task}: would be skipped")
+            out += [f"  - {r}" for r in item.reasons]
+            continue
         out.append(f"{item.task}: would run")
         if item.latest is None:
             out += [f"  - {r}" for r in item.reasons]
@@ -504,9 +518,12 @@ def explain_lines(items: Any) -> list[str]:
         extra = [r for r in item.reasons if r in ("forced",) or r.startswith("not cached")]
         out += [f"  - {c}" for c in extra + shown]
     cached = sum(1 for i in items if i.action == "cached")
+    skip = sum(1 for i in items if i.action == "skip")
     total = len(items)
+    skips = f", {skip} would be skipped" if skip else ""
     out.append(
-        f"{total} task{'s' if total != 1 else ''}: {cached} cached, {total - cached} would run"
+        f"{total} task{'s' if total != 1 else ''}: {cached} cached,"
+        f" {total - cached - skip} would run{skips}"
         " (compared with the newest entry recorded for each task)"
     )
     return [printable(line) for line in out]
@@ -529,7 +546,8 @@ def explain_json(items: Any) -> dict[str, Any]:
         for item in items
     ]
     cached = sum(1 for t in tasks if t["action"] == "cached")
-    return {"tasks": tasks, "cached": cached, "run": len(tasks) - cached}
+    skip = sum(1 for t in tasks if t["action"] == "skip")
+    return {"tasks": tasks, "cached": cached, "run": len(tasks) - cached - skip, "skip": skip}
 
 
 def is_live_terminal(stream: TextIO, environ: Mapping[str, str] | None = None) -> bool:
