@@ -421,3 +421,84 @@ def test_unknown_rule_suggests_the_right_one(registry: Registry) -> None:
 
         @taskrun.task(run_if="allways")  # type: ignore[arg-type]
         def job() -> None: ...
+
+
+# -- cancellation ----------------------------------------------------------------------------
+
+
+def racing() -> Registry:
+    """``slow`` runs until cancelled; ``boom`` fails once ``slow`` has started."""
+    reg = Registry()
+    with reg.activate():
+
+        @taskrun.task
+        def slow() -> int:
+            note("slow")
+            Path("slow.started").touch()
+            end = time.monotonic() + 60
+            while not taskrun.cancelled() and time.monotonic() < end:
+                time.sleep(0.01)
+            if not taskrun.cancelled():
+                note("slow-finished")
+            return 1
+
+        @taskrun.task
+        def boom() -> None:
+            _wait_for("slow.started")
+            raise RuntimeError("boom")
+
+        @taskrun.task(deps=[slow])
+        def after(slow: int) -> int:
+            note("after")
+            return slow
+
+        @taskrun.task(deps=[slow, boom], run_if="always", cache=False)
+        def cleanup(slow: Outcome[int], boom: Outcome[None]) -> str:
+            return f"{slow.state} {boom.state}"
+
+    return reg
+
+
+@pytest.mark.parametrize("executor", ["thread", "process"])
+def test_fail_fast_cancels_running_tasks(tmp_path: Path, executor: str) -> None:
+    """The first failure cancels what runs: events say cancelled, never ran; cleanup runs."""
+    events: list[Any] = []
+    result = taskrun.run(
+        ["after", "cleanup"], registry=racing(), root=tmp_path, executor=executor, jobs=2,
+        on_event=events.append,
+    )
+    by_task = [(e.kind, getattr(e, "task", "")) for e in events]
+    assert ("cancelled", "slow") in by_task
+    assert ("ran", "slow") not in by_task and ("ran", "after") not in by_task
+    cancelled = next(e for e in events if e.kind == "cancelled")
+    assert cancelled.running and cancelled.reason.startswith("stopped after 'boom' failed")
+    assert result.state("slow") == "cancelled" and result.state("after") == "skipped"
+    assert result.products["cleanup"] == "cancelled failed"
+    assert result.summary.cancelled == 1 and not result.ok
+    assert "1 cancelled" in result.summary.line()
+    assert "slow-finished" not in called(tmp_path) and "after" not in called(tmp_path)
+
+
+def test_start_returns_a_handle_that_cancels(tmp_path: Path) -> None:
+    """taskrun.start runs in the background; status() shows it, cancel() stops it."""
+    handle = taskrun.start(
+        ["after", "cleanup"], registry=racing(), root=tmp_path, executor="thread", jobs=1
+    )
+    _wait_for(str(tmp_path / "slow.started"))
+    status = handle.status()
+    assert status.states["slow"] == "running" and not status.finished
+    with pytest.raises(TimeoutError):
+        handle.result(timeout=0.01)  # slow only ends when cancelled
+    handle.cancel()
+    result = handle.result(timeout=60)
+    assert result.state("slow") == "cancelled"
+    assert result.tasks["slow"].error == "cancelled by handle.cancel()"
+    assert result.state("cleanup") == "ran"  # always tasks still run
+    assert handle.status().finished and handle.status().states["slow"] == "cancelled"
+
+
+def test_start_raises_invocation_errors_at_once(tmp_path: Path) -> None:
+    """A bad option raises from start() itself; nothing runs."""
+    with pytest.raises(InvocationError):
+        taskrun.start(["slow"], registry=racing(), root=tmp_path, options={"slow": {"x": 1}})
+    assert called(tmp_path) == []
