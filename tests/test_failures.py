@@ -22,9 +22,13 @@ EXPECTED = {  # rule -> the upstream states under which the dependent runs
 }
 
 
-def note(name: str, text: str = "") -> None:
-    """Called inside tasks (cwd is the project root): record a real call."""
-    with open("calls.log", "a") as fh:
+def note(name: str, text: str = "", where: Path | None = None) -> None:
+    """Called inside tasks (cwd is the project root): record a real call.
+
+    A thread that outlives its run (a cancelled task) passes ``where``, the project root it
+    saw when it started: the working directory is restored when the run ends.
+    """
+    with open((where or Path.cwd()) / "calls.log", "a") as fh:
         fh.write(json.dumps([name, text]) + "\n")
 
 
@@ -53,15 +57,16 @@ def matrix(upstream: str, rule: str) -> Registry:
 
             @taskrun.task
             def up() -> int:
+                here = Path.cwd()
                 note("up")
                 Path("up.started").touch()
                 end = time.monotonic() + 60
                 while not taskrun.cancelled() and time.monotonic() < end:
                     time.sleep(0.01)  # killed on the process executor; cooperative on threads
                 if taskrun.cancelled():
-                    note("up-saw-cancel")
+                    note("up-saw-cancel", where=here)
                     return 0
-                note("up-finished")
+                note("up-finished", where=here)
                 return 1
 
             @taskrun.task
@@ -433,13 +438,14 @@ def racing() -> Registry:
 
         @taskrun.task
         def slow() -> int:
+            here = Path.cwd()
             note("slow")
             Path("slow.started").touch()
             end = time.monotonic() + 60
             while not taskrun.cancelled() and time.monotonic() < end:
                 time.sleep(0.01)
             if not taskrun.cancelled():
-                note("slow-finished")
+                note("slow-finished", where=here)
             return 1
 
         @taskrun.task
