@@ -32,6 +32,7 @@ __all__ = [
     "cancelled",
     "default_registry",
     "define_type",
+    "register_digest",
     "run",
     "sh",
     "skip",
@@ -62,4 +63,10 @@ def __getattr__(name: str) -> Any:
         from taskrun.shell import sh
 
         return sh
+    if name == "register_digest":
+        # perf: canonical forms pull in decimal, fractions and uuid; only a task file
+        # that registers one (or a run that digests a product) needs them.
+        from taskrun.digests import register_digest
+
+        return register_digest
     raise AttributeError(f"module 'taskrun' has no attribute {name!r}")

@@ -185,6 +185,8 @@ class Scheduler:
     rng: random.Random = field(default_factory=random.Random)  # retry jitter
     _nodes: dict[str, _Node] = field(default_factory=dict, init=False)
     _code: dict[Any, Any] = field(default_factory=dict, init=False)
+    # Types whose products fell back to pickle digests: warned about once per run.
+    _digest_warned: set[str] = field(default_factory=set, init=False)
     _ready: deque[_Node] = field(default_factory=deque, init=False)
     _waiting: dict[str, int] = field(default_factory=dict, init=False)  # deps not done yet
     _parked: list[_Node] = field(default_factory=list, init=False)
@@ -694,7 +696,9 @@ class Scheduler:
             ) from None
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            digest = product_digest(value, hash_path=self._hash_path)
+            digest = product_digest(
+                value, hash_path=self._hash_path, root=self.root, warned=self._digest_warned
+            )
         for w in caught:
             self._warn(str(w.message), node)
         stored, unchanged = False, False
