@@ -1,7 +1,7 @@
 """Canonical fingerprints: the typed encoding, code fingerprints and product digests.
 
 Everything taskrun hashes goes through one **canonical, typed, tagged, length-prefixed**
-encoding, hashed with xxh3-128 (32 hex characters). Scheme version 1:
+encoding, hashed with xxh3-128 (32 hex characters). Scheme version 2:
 
 ====================  =====================================================================
 value                 encoding (``Q`` = unsigned 64-bit little-endian length or count)
@@ -22,9 +22,20 @@ dataclass instance    ``D`` Q str(class qualname) (str(field name) value)... dec
 namedtuple            ``n`` Q str(class qualname) (str(field name) value)...
 ``PurePath``          ``p`` str(posix text); absolute paths are refused
 ``File`` / ``Dir``    ``x`` / ``y`` str(posix text) str(content digest); absolute refused
-NumPy array           ``A`` dtype shape bytes(C-order data); object dtype refused
+NumPy array           ``A`` dtype shape bytes(C-order data, little-endian); object refused
 NumPy scalar          ``g`` dtype bytes(data)
+date, time, Decimal,  ``E`` str(kind) form: a canonical form from :mod:`taskrun.digests`
+UUID, Fraction,       (datetime, date, time, timedelta, decimal, uuid, fraction, and
+pandas objects        pandas DataFrame/Series/Index/Timestamp/Timedelta/NA/NaT)
+registered class      ``R`` str(class qualname) value: ``fn(v)`` from ``register_digest``
+path text under root  ``r`` str(posix text relative to the root, ``.`` for the root)
+``Path`` under root   ``o`` str(posix text relative to the root)
 ====================  =====================================================================
+
+The ``r``/``o`` forms exist only where a project root is given: code constants (``__file__``,
+``Path(__file__).parent / "data"``) and products. A copy of the project at another path
+then has the same fingerprints. Other absolute paths are refused (not tracked as code
+constants); other absolute strings are just text.
 
 Every encoding is self-delimiting, so a concatenation decodes one way only: the encoding
 is injective on the supported values, and ``1``, ``True``, ``1.0`` and ``"1"`` differ.
@@ -128,8 +139,8 @@ _FLUSH = 1 << 20
 
 _SUPPORTED = (
     "None, bool, int, float, complex, str, bytes, bytearray, list, tuple, dict, set, "
-    "frozenset, Enum members, dataclass instances, namedtuples, relative paths, File, Dir "
-    "and NumPy arrays"
+    "frozenset, Enum members, dataclass instances, namedtuples, relative paths, File, Dir, "
+    "dates and times, Decimal, UUID, Fraction, NumPy arrays and pandas objects"
 )
 
 
