@@ -99,6 +99,7 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
                 "name": spec.name,
                 "doc": spec.doc,
                 "deps": [d.task for d in spec.deps],
+                **({"map": {"param": spec.map, "over": _mapped_over(spec)}} if spec.map else {}),
                 "options": [
                     {
                         "name": o.name,
@@ -131,6 +132,8 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
         if spec.deps:
             as_outcome = " (as Outcome)" if spec.run_if != "succeeded" else ""
             click.echo(f"    needs: {', '.join(d.task for d in spec.deps)}{as_outcome}")
+        if spec.map:
+            click.echo(f"    mapped: one call per item of {_mapped_over(spec)} (as {spec.map})")
         if spec.run_if != "succeeded":
             click.echo(f"    runs if: {spec.run_if}")
         if spec.when is not None:
@@ -147,6 +150,10 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
             click.echo(f"    outputs: {', '.join(spec.outputs)}")
         if spec.product.name != "any":
             click.echo(f"    returns: {spec.product.name}")
+
+
+def _mapped_over(spec: Any) -> str:
+    return str(next(d.task for d in spec.deps if d.param == spec.map))
 
 
 def _split_targets(args: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -339,7 +346,9 @@ def clean_cmd(ctx: click.Context, tasks: tuple[str, ...], dry_run: bool) -> None
     project = _project(ctx)
     registry = project.registry
     names = [registry.name_of(t) for t in tasks] if tasks else list(registry.tasks)
-    patterns = {n: registry.tasks[n].outputs for n in names if registry.tasks[n].outputs}
+    from taskrun.mapping import output_globs
+
+    patterns = {n: output_globs(registry.tasks[n]) for n in names if registry.tasks[n].outputs}
     removed = clean_outputs(patterns, project.root, dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
     for path in removed:

@@ -13,6 +13,8 @@ from typing import Any, ClassVar
 __all__ = [
     "Event",
     "Interrupted",
+    "MapExpanded",
+    "MapFinished",
     "PlanFinished",
     "Planned",
     "RemoteSummary",
@@ -215,6 +217,30 @@ def _size(n: int) -> str:
         if value < 1000 or unit == "GB":
             break
     return f"{value:.1f} {unit}"
+
+
+@dataclass(frozen=True, slots=True)
+class MapExpanded(Event):
+    """A mapped task got item calls (all at once, or in batches while a generator streams)."""
+
+    kind: ClassVar[str] = "mapped"
+    task: str
+    items: tuple[str, ...]  # the item calls' names: "compile[src/a.c]"
+    keys: tuple[str, ...]  # what is between their brackets: "src/a.c", or an index
+
+
+@dataclass(frozen=True, slots=True)
+class MapFinished(Event):
+    """Every item call of a mapped task has ended; ``state`` is the task's as a whole."""
+
+    kind: ClassVar[str] = "map-finished"
+    task: str
+    state: str  # "ran" (some item ran) | "cached" (none did) | "failed"
+    items: int
+    ran: int
+    cached: int
+    failed: int
+    error: str = ""
 
 
 @dataclass(frozen=True, slots=True)

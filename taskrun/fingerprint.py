@@ -911,6 +911,8 @@ class Change:
             return f"declared outputs changed: {self.old} -> {self.new}"
         if kind == "runtime":
             return f"runtime '{name}' changed: {self.old!r} -> {self.new!r}"
+        if kind == "upstream" and name.endswith("[item]"):  # an item call (mapping.py)
+            return f"the item (of '{name[:-6]}') changed"
         category, _, action = kind.partition("-")
         if action:
             return f"{_CATEGORY_TEXT.get(category, category)} '{name}' {action}"

@@ -135,6 +135,11 @@ class TaskSpec:
     retry_on: tuple[type[BaseException], ...] = ()
     executor: str | None = None
     override: str = ""  # "module:qualname" of the replacement, when overridden
+    #: ``map=``: the parameter that receives one item of an upstream product per call (the
+    #: dependency passed to it is the mapped-over one); None for a task called once.
+    map: str | None = None
+    #: A generator function: its product is the list of what it yields (see mapping.py).
+    generator: bool = False
 
     @property
     def where(self) -> str:
@@ -268,6 +273,7 @@ class Registry:
         run_if: Literal["succeeded", "failed", "always"] = "succeeded",
         when: Callable[..., Any] | None = None,
         executor: Literal["inline", "thread", "process", "dask"] | None = None,
+        map: Sequence[Callable[..., Any]] | Mapping[str, Callable[..., Any]] | None = None,
     ) -> Callable[[F], F]: ...
 
     def task(self, fn: Any = None, /, **kwargs: Any) -> Any:
@@ -394,12 +400,13 @@ class Registry:
             )
         if spec.outputs:
             from taskrun.files import check_disjoint_outputs
+            from taskrun.mapping import output_globs
 
             # perf: one call over every task with outputs uses the checker's prefix index,
             # instead of comparing the new task with each earlier one in turn.
-            producers = {t.name: t.outputs for t in self._tasks.values() if t.outputs}
+            producers = {t.name: output_globs(t) for t in self._tasks.values() if t.outputs}
             try:
-                check_disjoint_outputs({**producers, spec.name: spec.outputs})
+                check_disjoint_outputs({**producers, spec.name: output_globs(spec)})
             except DefinitionError as exc:
                 raise DefinitionError(
                     f"task '{spec.name}' ({spec.where}): {exc.message}"
@@ -415,6 +422,7 @@ class Registry:
         allowed = {
             "name", "deps", "inputs", "outputs", "env", "version", "cache", "retries", "timeout",
             *_FAILURE_SETTINGS,
+            "map",
         }
         unknown = sorted(set(kwargs) - allowed)
         if unknown:
@@ -446,6 +454,16 @@ class Registry:
             failure_settings = read_failure_settings(kwargs, label)
         except DefinitionError as exc:
             problems.append(exc.message)
+        mapped = None
+        if kwargs.get("map") is not None:
+            from taskrun.mapping import read_map
+
+            try:
+                mapped = read_map(self._read_deps(kwargs["map"], label), deps, label)
+                deps.append(mapped)
+            except DefinitionError as exc:
+                problems.append(exc.message)
+                deps_ok = False
         sig = _signature(fn)
         hints = self._hints(fn, label)
         dep_params = {param for param, _ in deps}
@@ -478,10 +496,24 @@ class Registry:
                 problems.append(exc.message)
         params = set(sig.parameters)
         dep_specs = tuple(DepSpec(param, dep, param in params) for param, dep in deps)
+        generator = inspect.isgeneratorfunction(fn)
+        if mapped is not None and mapped[0] not in params:
+            problems.append(
+                f"{label}: map= passes each item of '{mapped[1]}' to parameter"
+                f" '{mapped[0]}', which {fn.__name__}() does not have; add the parameter or"
+                f" name it with map={{'param': {mapped[1].replace('-', '_')}}}"
+            )
         # `-> Any` says what no annotation says: the product is not checked. Options have
         # no such escape, since a value from the command line must parse into something.
         product: TaskType = ANY
-        if "return" in hints and hints["return"] is not Any:
+        if generator:
+            from taskrun.mapping import generator_product
+
+            try:
+                product = generator_product(hints.get("return", Any), label)
+            except DefinitionError as exc:
+                problems.append(exc.message)
+        elif "return" in hints and hints["return"] is not Any:
             try:
                 product = resolve_annotation(hints["return"], product=True)
             except UnsupportedAnnotation as exc:
@@ -497,7 +529,7 @@ class Registry:
                 problems.append(exc.message)
         if problems:
             raise DefinitionErrors(problems)
-        return TaskSpec(
+        spec = TaskSpec(
             name=name,
             fn=fn,
             doc=inspect.getdoc(fn) or "",
@@ -506,9 +538,16 @@ class Registry:
             product=product,
             file=file,
             line=line,
+            map=mapped[0] if mapped is not None else None,
+            generator=generator,
             **settings,
             **failure_settings,
         )
+        if spec.map is not None:
+            from taskrun.mapping import check_output_templates
+
+            check_output_templates(spec, label)
+        return spec
 
     @staticmethod
     def _check_dep_annotation(
@@ -756,7 +795,12 @@ class Registry:
     def graph(self) -> Graph:
         from taskrun.graph import Graph
 
-        return Graph({n: tuple(d.task for d in s.deps) for n, s in self._tasks.items()})
+        mapped = {
+            n: next(d.task for d in s.deps if d.param == s.map)
+            for n, s in self._tasks.items()
+            if s.map is not None
+        }
+        return Graph({n: tuple(d.task for d in s.deps) for n, s in self._tasks.items()}, mapped)
 
     def topological_order(self) -> list[str]:
         return self.graph.topological_order()
@@ -831,6 +875,11 @@ class Registry:
                 if d.param in params and d.task in self._tasks
             }
         kwargs: dict[str, Any] = {"name": original.name, "deps": deps, "run_if": original.run_if}
+        if original.map is not None:  # the mapped-over upstream stays mapped
+            upstream = next(d.task for d in original.deps if d.param == original.map)
+            if isinstance(deps, Mapping):
+                kwargs["deps"] = {k: v for k, v in deps.items() if k != original.map}
+            kwargs["map"] = {original.map: self._tasks[upstream].fn}
         try:
             new = probe._build_spec(replacement, kwargs)
         except DefinitionError as exc:
@@ -859,6 +908,8 @@ class Registry:
             doc=new.doc or original.doc,
             deps=new.deps,
             override=f"{module}:{shown}",
+            map=new.map,
+            generator=new.generator,
         )
 
     # -- activation ------------------------------------------------------------------
@@ -925,6 +976,7 @@ def task(
     run_if: Literal["succeeded", "failed", "always"] = "succeeded",
     when: Callable[..., Any] | None = None,
     executor: Literal["inline", "thread", "process", "dask"] | None = None,
+    map: Sequence[Callable[..., Any]] | Mapping[str, Callable[..., Any]] | None = None,
 ) -> Callable[[F], F]: ...
 
 

@@ -133,6 +133,7 @@ class _Node:
         "latest",
         "nocache",
         "calls",
+        "item",
     )
 
     def __init__(self, spec: TaskSpec, target: bool) -> None:
@@ -161,6 +162,7 @@ class _Node:
         self.latest: Any = None  # the task's newest cache entry, when a miss looked it up
         self.nocache = ""  # why its result must not be stored (a failure fed it), if so
         self.calls = 0  # attempts submitted to an executor
+        self.item: Any = None  # mapping.ItemInfo for one item call of a mapped task
 
 
 @dataclass
@@ -203,6 +205,7 @@ class Scheduler:
     _halt_rules: tuple[str, ...] = field(default=(), init=False)  # the rules that may
     _cancel_requested: str = field(default="", init=False)
     _wake: cf.Future[Any] = field(default_factory=cf.Future, init=False)
+    _mapper: Any = field(default=None, init=False)  # mapping.Mapper: mapped/streaming tasks
 
     def __post_init__(self) -> None:
         inv = self.invocation
@@ -215,6 +218,9 @@ class Scheduler:
                 if dep.passed:
                     self._nodes[dep.task].consumers += 1
             node.forced = self.force_all or node.name in self.force
+        from taskrun.mapping import Mapper
+
+        self._mapper = Mapper(self)
 
     @property
     def root(self) -> Path:
@@ -258,7 +264,9 @@ class Scheduler:
             code=code,
             code_parts=parts,
             options=dict(self.invocation.options[spec.name]),
-            upstream=dict(upstream),
+            upstream=dict(upstream) if node.item is None else {
+                **upstream, node.item.slot: node.item.digest
+            },
             inputs=files,
             env={name: os.environ.get(name) for name in spec.env},
             runtime=dict(self.runtime),
@@ -315,6 +323,8 @@ class Scheduler:
                 out.append(ExplainItem(node.name, "skip", "", item.reasons, (), None))
                 continue
             latest = self.cache.latest(node.name) if self.cache.mode != "off" else None
+            if node.inputs is None:  # a mapped task's summary: its items say what changed
+                latest = None
             changes = tuple(diff(latest.components, self._described(node))) if latest else ()
             out.append(
                 ExplainItem(
@@ -332,7 +342,7 @@ class Scheduler:
         # A dry run assumes every task that runs succeeds; skips (when=, and what follows
         # from them by the trigger rules) are known before anything runs.
         assumed: dict[str, str] = {}
-        for node in self._nodes.values():
+        for node in list(self._nodes.values()):
             deps = [self._nodes[d] for d in node.deps]
             skip = self.invocation.skipped.get(node.name)
             if skip is None:
@@ -342,6 +352,10 @@ class Scheduler:
                 assumed[node.name] = "skipped"
                 node.digest = _skip_digest(skip)
                 yield ev.Planned(node.name, "skip", (skip,)), node
+                continue
+            if node.spec.map is not None:
+                yield from self._mapper.walk(node, unknown)  # its items, then a summary
+                assumed[node.name] = "cached" if node.digest else "ran"
                 continue
             waiting = [d.name for d in deps if not d.digest]
             if waiting and unknown is None:
@@ -355,7 +369,7 @@ class Scheduler:
                 entry = self.cache.lookup(node.fp)
             if entry is not None:
                 assumed[node.name] = "cached"
-                node.digest = entry.meta.product_digest
+                node.digest, node.entry = entry.meta.product_digest, entry
                 yield ev.Planned(node.name, "cached", (), node.fp), node
             elif waiting:
                 assumed[node.name] = "ran"
@@ -417,13 +431,16 @@ class Scheduler:
                     return False
                 timeout = min(timeout, left)
             done, _ = cf.wait(
-                [*running, self._wake], timeout=timeout, return_when=cf.FIRST_COMPLETED
+                [*running, self._wake, *self._mapper.wakers()],
+                timeout=timeout,
+                return_when=cf.FIRST_COMPLETED,
             )
             for future in done:
                 if future is self._wake:
                     self._wake = cf.Future()  # seen; a later cancel() resolves the new one
-                else:
+                elif future in running:
                     self._collect(future)
+            self._mapper.drain()  # items yielded by generators still running
 
     def _collect(self, future: cf.Future[Any]) -> None:
         node = self._running.pop(future)
@@ -455,6 +472,9 @@ class Scheduler:
             if not verdict.run:
                 self._skip(node, verdict.reason)
                 continue
+            if node.spec.map is not None:
+                self._mapper.advance(node)  # expand into item nodes, or gather their products
+                continue
             if not prefetched:
                 self._fingerprint(node, self._upstream_digests(node, deps))
             if self._lookup(node):
@@ -475,6 +495,8 @@ class Scheduler:
         for node in self._ready:
             if node.state != "pending" or self._waiting[node.name] or node.name in fresh:
                 continue
+            if node.spec.map is not None:
+                continue  # a mapped task has no entry of its own: its items do
             deps = [self._nodes[d] for d in node.deps]
             if self._halt and node.spec.run_if not in self._halt_rules:
                 continue
@@ -579,7 +601,9 @@ class Scheduler:
         self._submit(node, kwargs)
 
     def _arguments(self, node: _Node) -> dict[str, Any]:
-        kwargs = dict(self.invocation.options[node.name])
+        kwargs = dict(self.invocation.options[node.spec.name])
+        if node.item is not None:
+            kwargs[node.item.param] = node.item.value
         for dep in node.spec.deps:
             up = self._nodes[dep.task]
             if dep.passed and node.spec.run_if != "succeeded":
@@ -628,7 +652,7 @@ class Scheduler:
         self.on_event(ev.TaskStarted(node.name, node.reasons, node.attempt))
         call = Call(
             task=node.name,
-            fn=node.spec.fn,
+            fn=self._mapper.function(node),
             kwargs=kwargs,
             cwd=str(self.root),
             timeout=node.spec.timeout,
@@ -818,12 +842,14 @@ class Scheduler:
                 self._cancelled(node, self._halt or "the run ended", None)
 
     def _close(self) -> None:
+        self._mapper.close()
         self._flush()
         if self.remote is not None:
             self._finish_remote()
-        used = [n.fp for n in self._nodes.values() if n.state in ("cached", "ran") and n.spec.cache]
-        hits = sum(1 for n in self._nodes.values() if n.state == "cached")
-        misses = sum(1 for n in self._nodes.values() if n.state in ("ran", "failed"))
+        nodes = [n for n in self._nodes.values() if self._mapper.counted(n)]
+        used = [n.fp for n in nodes if n.state in ("cached", "ran") and n.spec.cache and n.fp]
+        hits = sum(1 for n in nodes if n.state == "cached")
+        misses = sum(1 for n in nodes if n.state in ("ran", "failed"))
         if self.cache.mode == "rw":
             self.cache.record_run(used, hits=hits, misses=misses)
         if self.stat_cache is not None:
@@ -852,13 +878,14 @@ class Scheduler:
         )
 
     def _result(self, elapsed: float) -> RunResult:
-        nodes = self._nodes.values()
+        # An expanded mapped task is counted as its item calls, not as a task of its own.
+        nodes = [n for n in self._nodes.values() if self._mapper.counted(n)]
         count = {
             s: sum(1 for n in nodes if n.state == s)
             for s in ("cached", "ran", "failed", "skipped", "cancelled")
         }
         summary = ev.RunFinished(
-            total=len(self._nodes),
+            total=len(nodes),
             cached=count["cached"],
             ran=count["ran"],
             failed=count["failed"],
@@ -871,7 +898,7 @@ class Scheduler:
         self.on_event(summary)
         tasks = {
             n.name: TaskResult(n.name, n.state, n.duration, n.reasons, n.fp, n.error, n.calls)
-            for n in nodes
+            for n in self._nodes.values()
         }
         loaders: dict[str, Callable[[], Any]] = {}
         for name in self.invocation.targets:
