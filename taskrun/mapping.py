@@ -412,6 +412,7 @@ class _Expansion:
 
 
 _DONE = ("cached", "ran")
+_UNKNOWN = object()  # dry runs: an upstream's product that cannot be known
 
 
 class Mapper:
@@ -677,42 +678,55 @@ class Mapper:
 
     # -- dry runs ----------------------------------------------------------------------------
     def walk(self, node: _Node, unknown: str | None) -> Iterator[tuple[ev.Planned, _Node]]:
-        """:meth:`Scheduler._walk` for a mapped node: its items that would run, then a summary."""
+        """:meth:`Scheduler._walk` for a mapped node: its items that would run, then a summary.
+
+        When the upstream itself would run, its items are not known; if it has a cached
+        product from an earlier run, the items are estimated from that one (their digests
+        taken now: an edited file shows), and the summary says so.
+        """
         s = self.s
         deps = [s._nodes[d] for d in node.deps]
-        waiting = [d.name for d in deps if not d.digest]
         upstream = self._upstream(node.spec)
-        if waiting:
-            reasons = tuple(
-                f"upstream '{u}' will run"
-                + (": its items are not known yet" if u == upstream else "")
-                for u in waiting
-            )
+        others = [d.name for d in deps if not d.digest and d.name != upstream]
+        if others:
+            reasons = tuple(f"upstream '{u}' will run" for u in others)
             yield ev.Planned(node.name, "run", reasons), node
             return
+        estimated = not s._nodes[upstream].digest
         try:
-            items = items_of(self._plan_value(s._nodes[upstream]), node.name, upstream)
+            value = self._plan_value(s._nodes[upstream], estimated)
+            if value is _UNKNOWN:
+                reason = f"upstream '{upstream}' will run: its items are not known yet"
+                yield ev.Planned(node.name, "run", (reason,)), node
+                return
+            items = items_of(value, node.name, upstream)
         except TaskFailed as exc:
             yield ev.Planned(node.name, "run", (exc.message,)), node
             return
         from taskrun.scheduler import _Node
 
-        exp = _Expansion(upstream, str(node.spec.map))
+        note = f" (item from the last product of '{upstream}', which will run)"
         entries: list[Any] = []
         run = 0
         seen: dict[str, Any] = {}
         for i, item in enumerate(items):
-            digest = self._digest(item, node)
+            try:
+                digest = self._digest(item, node)
+                spec = self._item_spec(node.spec, str(node.spec.map), item)
+            except Exception as exc:  # noqa: BLE001 - a file gone since, a bad template
+                entries.append(None)
+                run += 1
+                yield ev.Planned(f"{node.name}[{i}]", "run", (str(exc),)), node
+                continue
             if digest in seen:
                 entries.append(seen[digest])
                 continue
-            spec = self._item_spec(node.spec, exp.param, item)
             child = _Node(spec, False)
             key = item_key(item)
             child.name = f"{node.name}[{key if key is not None else i}]"
             child.forced = node.forced
             child.item = ItemInfo(
-                node.name, exp.param, f"{upstream}[item]", key or str(i), item, digest
+                node.name, str(node.spec.map), f"{upstream}[item]", key or str(i), item, digest
             )
             s._fingerprint(child, {d.name: d.digest for d in deps if d.name != upstream})
             entry = None
@@ -722,8 +736,19 @@ class Mapper:
             entries.append(entry)
             if entry is None:
                 run += 1
-                yield ev.Planned(child.name, "run", s._why(child), child.fp), child
+                reasons = s._why(child)
+                if estimated:
+                    reasons = (*reasons[:-1], reasons[-1] + note)
+                yield ev.Planned(child.name, "run", reasons, child.fp), child
         cached = len(seen) - run
+        if estimated:
+            summary: tuple[str, ...] = (
+                f"upstream '{upstream}' will run; with the items of its last product:"
+                f" {run} of {len(items)} would run, {cached} cached"
+                " (items it yields that are new will run too)",
+            )
+            yield ev.Planned(node.name, "mapped", summary), node
+            return
         if run:
             summary = (f"{run} of {len(seen)} items would run", f"{cached} cached")
             yield ev.Planned(node.name, "mapped", summary), node
@@ -732,7 +757,20 @@ class Mapper:
         self._planned[node.name] = entries
         yield ev.Planned(node.name, "cached", (f"{cached} items cached",), ""), node
 
-    def _plan_value(self, node: _Node) -> Any:
-        if node.name in self._planned:
-            return [e.load() for e in self._planned[node.name]]
-        return node.entry.load()
+    def _plan_value(self, node: _Node, estimated: bool) -> Any:
+        """The product of a cached upstream; else (``estimated``) its last one, if any."""
+        s = self.s
+        if not estimated:
+            if node.name in self._planned:
+                return [e.load() for e in self._planned[node.name]]
+            return node.entry.load()
+        if node.spec.map is not None or s.cache.mode == "off":
+            return _UNKNOWN
+        latest = s.cache.latest(node.name)
+        entry = s.cache.lookup(latest.fingerprint) if latest is not None else None
+        if entry is None:
+            return _UNKNOWN
+        try:
+            return entry.load()
+        except Exception:  # noqa: BLE001 - an estimate only
+            return _UNKNOWN

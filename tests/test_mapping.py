@@ -512,15 +512,16 @@ def clear_marks(root: Path) -> None:
 
 @pytest.mark.parametrize("executor", STREAMING)
 def test_item_calls_start_while_the_generator_runs(stream_project: Path, executor: str) -> None:
-    """The first item's call ends before the generator does (the generator waits for it)."""
+    """The first item's call runs before the generator ends (the generator waits for it)."""
     events: list[ev.Event] = []
     result, ran = run(stream_project, ["report"], executor, on_event=events.append)
     assert result.ok, result.tasks
     assert result.products["report"] == "ITEM0,ITEM1,ITEM2,ITEM3"
     order = [(type(e).__name__, getattr(e, "task", "")) for e in events]
-    first_item_done = order.index(("TaskRan", "process[item0]"))
-    generator_done = order.index(("TaskRan", "discover"))
-    assert first_item_done < generator_done
+    # The generator cannot end before process[item0] has run (it waits for its file);
+    # the driver started that call before it had the generator's outcome.
+    assert order.index(("TaskStarted", "process[item0]")) < order.index(("TaskRan", "discover"))
+    assert ("MapExpanded", "process") in order[: order.index(("TaskRan", "discover"))]
     assert sorted(ran) == ["process item0", "process item1", "process item2", "process item3"]
 
 
@@ -539,9 +540,13 @@ def test_a_warm_streaming_run_recomputes_nothing(stream_project: Path, executor:
 def test_a_generator_failing_mid_stream_keeps_finished_items(
     stream_project: Path, executor: str
 ) -> None:
-    """The generator fails after its items ran: it fails, their entries stay."""
+    """The generator fails after its items ran: it fails, their entries stay.
+
+    keep_going, so that no item call still being recorded is cancelled by fail-fast.
+    """
     result, ran = run(
-        stream_project, ["report"], executor, options={"discover": {"fail": True}}
+        stream_project, ["report"], executor, options={"discover": {"fail": True}},
+        keep_going=True,
     )
     assert result.state("discover") == "failed"
     assert "RuntimeError: discovery broke" in result.tasks["discover"].error
@@ -614,3 +619,72 @@ def test_exactly_the_new_or_changed_items_run(
             assert result.ok
         assert sorted(calls) == sorted(set(encode(after)) - set(encode(before)))
         assert result.products["work"] == [x.upper() for x in encode(after)]
+
+
+# -- Ctrl-C ----------------------------------------------------------------------------------
+
+BLOCKING = '''
+    import os, time
+    from taskrun import task
+
+    @task
+    def numbers() -> list[int]:
+        return [1, 2, 3]
+
+    @task(map={"x": numbers})
+    def work(x: int) -> int:
+        if x > 1:
+            open(f"started-{x}", "w").close()
+            while not os.path.exists("release"):
+                time.sleep(0.05)
+        return x
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("executor", ["thread", "process"])
+def test_ctrl_c_records_no_item_call_in_flight(tmp_path: Path, executor: str) -> None:
+    """SIGINT while two item calls run: exit 130; the finished item is cached, they are not."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    (tmp_path / "tasks.py").write_text(textwrap.dedent(BLOCKING))
+    cmd = [sys.executable, "-m", "taskrun", "run", "--json", "-j", "3", "--executor", executor]
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # until the driver has recorded work[1]
+            event = json.loads(line)
+            if event["event"] == "ran" and event["task"] == "work[1]":
+                break
+        else:
+            raise AssertionError(proc.stderr.read() if proc.stderr else "no output")
+        while not ((tmp_path / "started-2").exists() and (tmp_path / "started-3").exists()):
+            assert proc.poll() is None
+            os.sched_yield()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    (tmp_path / "release").touch()
+    plan = subprocess.run(
+        [sys.executable, "-m", "taskrun", "run", "--dry-run", "--json"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )
+    planned = {
+        e["task"]: e["action"]
+        for e in map(json.loads, plan.stdout.splitlines())
+        if e["event"] == "planned"
+    }
+    assert planned == {
+        "numbers": "cached", "work[2]": "run", "work[3]": "run", "work": "mapped",
+    }
