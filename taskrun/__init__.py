@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from taskrun.api import run
+from taskrun.api import run, start
 from taskrun.errors import (
     DefinitionError,
     InvocationError,
@@ -15,9 +15,11 @@ from taskrun.errors import (
     TaskrunError,
 )
 from taskrun.files import Dir, File
+from taskrun.outcome import Outcome, cancelled, skip
 from taskrun.registry import Registry, default_registry, define_type, task
 
 if TYPE_CHECKING:
+    from taskrun.digests import register_digest
     from taskrun.scheduler import RunResult, TaskResult
     from taskrun.shell import sh
 
@@ -29,16 +31,21 @@ __all__ = [
     "Dir",
     "File",
     "InvocationError",
+    "Outcome",
     "Registry",
     "RunResult",
     "TaskFailed",
     "TaskResult",
     "TaskrunError",
     "__version__",
+    "cancelled",
     "default_registry",
     "define_type",
+    "register_digest",
     "run",
     "sh",
+    "skip",
+    "start",
     "task",
 ]
 
@@ -54,4 +61,10 @@ def __getattr__(name: str) -> Any:
         from taskrun import scheduler
 
         return getattr(scheduler, name)
+    if name == "register_digest":
+        # perf: canonical forms pull in decimal, fractions and uuid; only a task file
+        # that registers one (or a run that digests a product) needs them.
+        from taskrun.digests import register_digest
+
+        return register_digest
     raise AttributeError(f"module 'taskrun' has no attribute {name!r}")

@@ -1,14 +1,23 @@
-"""The Python API: :func:`run` and its results.
+"""The Python API: :func:`run`, :func:`start` and their results.
 
 ``taskrun.run`` builds the same pieces as ``taskrun run`` (an invocation, a cache, an
 executor, a scheduler) and returns a :class:`~taskrun.scheduler.RunResult` instead of
 printing. It leaves the process as it found it: the working directory, ``sys.path`` and
 ``sys.modules`` are restored when it returns (see :func:`taskrun.loader.project_context`).
+
+``taskrun.start`` validates the same way, right away (a definition or invocation error
+raises from ``start`` itself), then runs on a background thread, which becomes the run's
+driver. The handle reads the driver's state without locks: each task's state is one
+string, replaced whole. The run changes the process's working directory to the project
+root while it goes (as ``run`` does); code in other threads that uses relative paths sees
+that.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -18,7 +27,7 @@ if TYPE_CHECKING:  # perf: `import taskrun` must not import the scheduler
     from taskrun.registry import Registry
     from taskrun.scheduler import RunResult
 
-__all__ = ["ExecutorName", "OptionValues", "Target", "run"]
+__all__ = ["ExecutorName", "OptionValues", "RunHandle", "RunStatus", "Target", "run", "start"]
 
 #: A target: a task's name or the task function itself.
 Target = str | Callable[..., Any]
@@ -63,37 +72,108 @@ def run(
     external`` does (``{"data": "/data/shared"}``).
 
     Returns a :class:`~taskrun.scheduler.RunResult`: ``result.tasks[name].state`` is
-    ran/cached/failed/skipped, ``result.products[name]`` a target's product and
+    ran/cached/failed/skipped/cancelled, ``result.products[name]`` a target's product and
     ``result.product(name_or_task)`` any task's. Definition and invocation errors raise
     before anything runs; task failures do not raise, they are in the result
     (``result.ok``).
     """
-    from taskrun.config import parse_size, require_posix
-    from taskrun.files import external_roots
-    from taskrun.invocation import invoke
-    from taskrun.project import execute, open_cache, runtime_of
-    from taskrun.registry import default_registry
+    from taskrun.project import prepare_run
 
-    require_posix()
-    registry = registry if registry is not None else default_registry
-    if isinstance(targets, str) or callable(targets):
-        targets = [targets]
-    if root is None:
-        module = registry.module
-        root = Path(module.__file__).parent if module and module.__file__ else Path.cwd()
-    root = Path(root).resolve()
-    with external_roots(external or {}):
-        invocation = invoke(registry, list(targets), root=root, options=options)
-    size = parse_size(cache_size, where="cache_size=") if cache_size is not None else None
-    cache = open_cache(root, cache_dir, size_limit=size, mode=cache_mode)
-    names = [t if isinstance(t, str) else registry.name_of(t) for t in force]
-    try:
-        result: RunResult = execute(
-            invocation, jobs=jobs, executor=executor, cache=cache,
-            runtime=runtime_of(runtime, root), force=names, force_all=force_all,
-            keep_going=keep_going, on_event=on_event, remote_cache=remote_cache,
-            remote_mode=remote_mode,
-        )
-        return result
-    finally:
-        cache.close()
+    result: RunResult = prepare_run(
+        targets, options=options, registry=registry, root=root, jobs=jobs,
+        executor=executor, cache_dir=cache_dir, cache_size=cache_size, cache_mode=cache_mode,
+        force=force, force_all=force_all, keep_going=keep_going, runtime=runtime,
+        on_event=on_event, remote_cache=remote_cache, remote_mode=remote_mode,
+        external=external,
+    )()
+    return result
+
+
+@dataclass(frozen=True, slots=True)
+class RunStatus:
+    """A snapshot of a background run: each task's state and how far it got."""
+
+    states: Mapping[str, str]  # pending, parked, running, retrying, or how the task ended
+    done: int  # tasks that have ended
+    total: int
+    finished: bool  # the run is over (handle.result() returns at once)
+
+    def names(self, state: str) -> list[str]:
+        return [n for n, s in self.states.items() if s == state]
+
+
+_ENDED = frozenset({"ran", "cached", "failed", "skipped", "cancelled"})
+
+
+class RunHandle:
+    """A run started by :func:`start`: ``status()``, ``cancel()``, ``result(timeout=)``."""
+
+    def __init__(self) -> None:
+        self._scheduler_slot: list[Any] = []
+        self._done = threading.Event()
+        self._outcome: Any = None
+        self._error: BaseException | None = None
+        self._cancel_reason = ""
+        self._lock = threading.Lock()
+
+    def _launch(self, go: Callable[[], Any]) -> None:
+        thread = threading.Thread(target=self._main, args=(go,), name="taskrun-start", daemon=True)
+        thread.start()
+
+    def _main(self, go: Callable[[], Any]) -> None:
+        try:
+            self._outcome = go()
+        except BaseException as exc:  # noqa: BLE001 - handed to result()
+            self._error = exc
+        finally:
+            self._done.set()
+
+    def _attach(self, scheduler: Any) -> None:
+        with self._lock:
+            self._scheduler_slot.append(scheduler)
+            if self._cancel_reason:
+                scheduler.request_cancel(self._cancel_reason)
+
+    def status(self) -> RunStatus:
+        """Each task's state now (all pending before the run has started)."""
+        scheduler = self._scheduler_slot[0] if self._scheduler_slot else None
+        states = scheduler.states() if scheduler is not None else {}
+        done = sum(1 for s in states.values() if s in _ENDED)
+        return RunStatus(states, done, len(states), self._done.is_set())
+
+    def cancel(self) -> None:
+        """Stop the run: queued tasks never start, running ones are cancelled where the
+        executor can stop them, ``run_if="always"`` tasks still run. Returns at once;
+        ``result()`` waits for the end."""
+        with self._lock:
+            self._cancel_reason = "cancelled by handle.cancel()"
+            for scheduler in self._scheduler_slot:
+                scheduler.request_cancel(self._cancel_reason)
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The :class:`~taskrun.scheduler.RunResult`; waits up to ``timeout`` seconds.
+
+        Raises :class:`TimeoutError` if the run is still going at the timeout, and
+        whatever the run raised (a cache error, say) if it did.
+        """
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"the run is still going after {timeout:g}s")
+        if self._error is not None:
+            raise self._error
+        return self._outcome
+
+
+def start(targets: Any = (), **kwargs: Any) -> RunHandle:
+    """Start ``taskrun.run(targets, **kwargs)`` in the background; return its handle.
+
+    Definition and invocation errors raise here, before anything runs.
+    """
+    from taskrun.project import prepare_run
+
+    handle = RunHandle()
+    go = prepare_run(targets, on_scheduler=handle._attach, **kwargs)
+    handle._launch(go)
+    return handle

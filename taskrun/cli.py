@@ -120,6 +120,7 @@ def list_cmd(ctx: click.Context, tasks: tuple[str, ...], as_json: bool) -> None:
                 "name": spec.name,
                 "doc": spec.doc,
                 "deps": [d.task for d in spec.deps],
+                **({"map": {"param": spec.map, "over": _mapped_over(spec)}} if spec.map else {}),
                 "options": [
                     {
                         "name": o.name,
@@ -138,6 +139,9 @@ def list_cmd(ctx: click.Context, tasks: tuple[str, ...], as_json: bool) -> None:
                 "env": list(spec.env),
                 "retries": spec.retries,
                 "timeout": spec.timeout,
+                "run_if": spec.run_if,  # not "succeeded": deps arrive as Outcome objects
+                "when": spec.when is not None,
+                "executor": spec.executor,
                 "defined_at": spec.where,
             }
             for spec in specs
@@ -152,7 +156,16 @@ def list_cmd(ctx: click.Context, tasks: tuple[str, ...], as_json: bool) -> None:
         summary = f"  {spec.summary}" if spec.summary else ""
         click.echo(f"{head}{summary}")
         if spec.deps:
-            click.echo(f"    needs: {', '.join(d.task for d in spec.deps)}")
+            as_outcome = " (as Outcome)" if spec.run_if != "succeeded" else ""
+            click.echo(f"    needs: {', '.join(d.task for d in spec.deps)}{as_outcome}")
+        if spec.map:
+            click.echo(f"    mapped: one call per item of {_mapped_over(spec)} (as {spec.map})")
+        if spec.run_if != "succeeded":
+            click.echo(f"    runs if: {spec.run_if}")
+        if spec.when is not None:
+            click.echo("    when: a condition on its options (when=)")
+        if spec.executor is not None:
+            click.echo(f"    executor: {spec.executor}")
         for o in spec.options:
             default = "required" if o.required else f"default {o.type.format(o.default)}"
             about = f"  {o.type.doc}" if o.type.doc else ""
@@ -170,6 +183,10 @@ def list_cmd(ctx: click.Context, tasks: tuple[str, ...], as_json: bool) -> None:
                 for k, v in settings.items()
             )
             click.echo(f"    settings: {shown}")
+
+
+def _mapped_over(spec: Any) -> str:
+    return str(next(d.task for d in spec.deps if d.param == spec.map))
 
 
 def _split_targets(args: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -363,13 +380,9 @@ def clean_cmd(ctx: click.Context, tasks: tuple[str, ...], dry_run: bool) -> None
     project = _project(ctx)
     registry = project.registry
     names = [registry.name_of(t) for t in tasks] if tasks else list(registry.tasks)
-    from taskrun.globs import as_wildcard
+    from taskrun.mapping import output_globs
 
-    patterns = {
-        n: tuple(map(as_wildcard, registry.tasks[n].outputs))
-        for n in names
-        if registry.tasks[n].outputs
-    }
+    patterns = {n: output_globs(registry.tasks[n]) for n in names if registry.tasks[n].outputs}
     removed = clean_outputs(patterns, project.root, dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
     for path in removed:

@@ -13,6 +13,8 @@ from typing import Any, ClassVar
 __all__ = [
     "Event",
     "Interrupted",
+    "MapExpanded",
+    "MapFinished",
     "PlanFinished",
     "Planned",
     "RemoteSummary",
@@ -21,6 +23,7 @@ __all__ = [
     "RunStarted",
     "Skipped",
     "TaskCached",
+    "TaskCancelled",
     "TaskFailedEvent",
     "TaskRan",
     "TaskRetrying",
@@ -55,7 +58,7 @@ class Planned(Event):
 
     kind: ClassVar[str] = "planned"
     task: str
-    action: str  # "cached" | "run"
+    action: str  # "cached" | "run" | "skip"
     reasons: tuple[str, ...] = ()
     fingerprint: str = ""
 
@@ -68,13 +71,21 @@ class PlanFinished(Event):
     total: int
     cached: int
     run: int
+    skip: int = 0  # skipped by when= (and their dependents), decided before anything runs
+
+    def to_json(self) -> dict[str, Any]:
+        data = Event.to_json(self)
+        if not self.skip:
+            del data["skip"]  # the shape dry runs without conditions always had
+        return data
 
     def line(self) -> str:
         """``dry run: 8 tasks: 6 cached, 2 would run (nothing was run)``."""
         s = "s" if self.total != 1 else ""
+        skips = f", {self.skip} would be skipped" if self.skip else ""
         return (
             f"dry run: {self.total} task{s}: {self.cached} cached, {self.run} would run"
-            " (nothing was run)"
+            f"{skips} (nothing was run)"
         )
 
 
@@ -117,8 +128,12 @@ class TaskRan(Event):
 class TaskRetrying(Event):
     kind: ClassVar[str] = "retrying"
     task: str
-    attempt: int
-    error: str
+    attempt: int  # the attempt that will start after the delay
+    error: str  # why the previous attempt failed
+    delay: float = 0.0  # seconds until it starts (retry_delay, backoff and jitter applied)
+    output: str = ""  # what the failed attempt printed
+    duration: float = 0.0  # how long the failed attempt took
+    timed_out: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +152,19 @@ class Skipped(Event):
     kind: ClassVar[str] = "skipped"
     task: str
     reason: str
+    cached: bool = False  # the task called taskrun.skip() in an earlier run (a cached result)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskCancelled(Event):
+    """A task stopped before it finished (fail-fast, Ctrl-C, a handle's cancel())."""
+
+    kind: ClassVar[str] = "cancelled"
+    task: str
+    reason: str
+    output: str = ""
+    duration: float = 0.0
+    running: bool = False  # it had started (and was stopped), rather than still waiting
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +220,30 @@ def _size(n: int) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class MapExpanded(Event):
+    """A mapped task got item calls (all at once, or in batches while a generator streams)."""
+
+    kind: ClassVar[str] = "mapped"
+    task: str
+    items: tuple[str, ...]  # the item calls' names: "compile[src/a.c]"
+    keys: tuple[str, ...]  # what is between their brackets: "src/a.c", or an index
+
+
+@dataclass(frozen=True, slots=True)
+class MapFinished(Event):
+    """Every item call of a mapped task has ended; ``state`` is the task's as a whole."""
+
+    kind: ClassVar[str] = "map-finished"
+    task: str
+    state: str  # "ran" (some item ran) | "cached" (none did) | "failed"
+    items: int
+    ran: int
+    cached: int
+    failed: int
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Interrupted(Event):
     kind: ClassVar[str] = "interrupted"
     running: tuple[str, ...] = ()
@@ -208,10 +260,13 @@ class RunFinished(Event):
     elapsed: float
     saved: float
     failures: tuple[str, ...] = field(default=())
+    cancelled: int = 0
 
     @property
     def ok(self) -> bool:
-        return self.failed == 0 and self.skipped == 0
+        # A skip is a decision (when=, taskrun.skip(), a rule), not a failure; a skip
+        # caused by a failure comes with that failure.
+        return self.failed == 0 and self.cancelled == 0
 
     def line(self) -> str:
         """``8 tasks: 6 cached, 2 ran, 0 failed in 3.1s (saved 41.0s)``."""
@@ -221,4 +276,6 @@ class RunFinished(Event):
         )
         if self.skipped:
             text += f", {self.skipped} skipped"
+        if self.cancelled:
+            text += f", {self.cancelled} cancelled"
         return text + f" in {self.elapsed:.1f}s (saved {self.saved:.1f}s)"

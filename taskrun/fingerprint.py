@@ -1,7 +1,7 @@
 """Canonical fingerprints: the typed encoding, code fingerprints and product digests.
 
 Everything taskrun hashes goes through one **canonical, typed, tagged, length-prefixed**
-encoding, hashed with xxh3-128 (32 hex characters). Scheme version 1:
+encoding, hashed with xxh3-128 (32 hex characters). Scheme version 2:
 
 ====================  =====================================================================
 value                 encoding (``Q`` = unsigned 64-bit little-endian length or count)
@@ -22,9 +22,20 @@ dataclass instance    ``D`` Q str(class qualname) (str(field name) value)... dec
 namedtuple            ``n`` Q str(class qualname) (str(field name) value)...
 ``PurePath``          ``p`` str(posix text); absolute paths are refused
 ``File`` / ``Dir``    ``x`` / ``y`` str(posix text) str(content digest); absolute refused
-NumPy array           ``A`` dtype shape bytes(C-order data); object dtype refused
+NumPy array           ``A`` dtype shape bytes(C-order data, little-endian); object refused
 NumPy scalar          ``g`` dtype bytes(data)
+date, time, Decimal,  ``E`` str(kind) form: a canonical form from :mod:`taskrun.digests`
+UUID, Fraction,       (datetime, date, time, timedelta, decimal, uuid, fraction, and
+pandas objects        pandas DataFrame/Series/Index/Timestamp/Timedelta/NA/NaT)
+registered class      ``R`` str(class qualname) value: ``fn(v)`` from ``register_digest``
+path text under root  ``r`` str(posix text relative to the root, ``.`` for the root)
+``Path`` under root   ``o`` str(posix text relative to the root)
 ====================  =====================================================================
+
+The ``r``/``o`` forms exist only where a project root is given: code constants (``__file__``,
+``Path(__file__).parent / "data"``) and products. A copy of the project at another path
+then has the same fingerprints. Other absolute paths are refused (not tracked as code
+constants); other absolute strings are just text.
 
 Every encoding is self-delimiting, so a concatenation decodes one way only: the encoding
 is injective on the supported values, and ``1``, ``True``, ``1.0`` and ``"1"`` differ.
@@ -52,9 +63,11 @@ from typing import Any, Protocol
 import xxhash
 
 from taskrun.codewalk import SourceMemo, _resolved, code_parts
+from taskrun.digests import canonical_form, digester_of
 from taskrun.errors import FingerprintError
 from taskrun.files import Dir, File
 from taskrun.runtime import runtime_facts
+from taskrun.types import class_name
 
 __all__ = [
     "SCHEME_VERSION",
@@ -62,6 +75,7 @@ __all__ = [
     "CodeFingerprint",
     "FingerprintInputs",
     "NonCanonicalProductWarning",
+    "PathProductWarning",
     "Sink",
     "code_fingerprint",
     "describe",
@@ -74,7 +88,7 @@ __all__ = [
     "value_digest",
 ]
 
-SCHEME_VERSION: int = 1
+SCHEME_VERSION: int = 2
 """Version of the fingerprint scheme; bump it on any change to the encoding."""
 
 HashPath = Callable[[pathlib.Path], str]
@@ -88,6 +102,10 @@ class Sink(Protocol):
 
 class NonCanonicalProductWarning(UserWarning):
     """A product has no canonical encoding; its digest falls back to cloudpickle bytes."""
+
+
+class PathProductWarning(UserWarning):
+    """A product is a plain Path to a file in the project: hashed by its text, not content."""
 
 
 # --------------------------------------------------------------------------- encoding
@@ -108,6 +126,10 @@ _T_DATACLASS, _T_NAMEDTUPLE = b"Dn"
 _NONE, _TRUE, _FALSE = b"N", b"T", b"F"
 _ENUM, _COMPLEX, _PATH, _FILE, _DIR, _NDARRAY, _NPSCALAR = b"e", b"c", b"p", b"x", b"y", b"A", b"g"
 _PICKLED = b"P"  # domain tag for the cloudpickle fallback; no canonical encoding starts so
+# Absolute text / path under the project root, encoded relative to it (scheme 2).
+_ANCHORED_STR, _ANCHORED_PATH = b"r", b"o"
+# A canonical form from taskrun.digests (dates, Decimal, pandas...) / from register_digest.
+_EXTENDED, _REGISTERED_FORM = b"E", b"R"
 
 # perf: bytes at least this long skip the buffer and go straight into the hasher, so a
 # 512 MiB product is hashed in place, never copied or concatenated.
@@ -117,18 +139,22 @@ _FLUSH = 1 << 20
 
 _SUPPORTED = (
     "None, bool, int, float, complex, str, bytes, bytearray, list, tuple, dict, set, "
-    "frozenset, Enum members, dataclass instances, namedtuples, relative paths, File, Dir "
-    "and NumPy arrays"
+    "frozenset, Enum members, dataclass instances, namedtuples, relative paths, File, Dir, "
+    "dates and times, Decimal, UUID, Fraction, NumPy arrays and pandas objects"
 )
 
 
 class _Failure(Exception):
     """Why a value cannot be encoded, and where inside it (innermost first)."""
 
-    def __init__(self, reason: str, *, fallback: bool = True, hint: str = "") -> None:
+    def __init__(
+        self, reason: str, *, fallback: bool = True, hint: str = "", type_name: str = ""
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.hint = hint
+        # The type with no canonical form, for the once-per-type fallback warning.
+        self.type_name = type_name
         # False when pickle bytes would be unsafe too (a File's content would be ignored).
         self.fallback = fallback
         self.where: list[str] = []
@@ -144,7 +170,7 @@ class _Failure(Exception):
 
 
 def _type_name(t: type) -> str:
-    return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
+    return class_name(t)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -163,12 +189,24 @@ def _index_of(container: Any, item: Any) -> int:
 class _Encoder:
     """Appends canonical encodings to ``out``; big blobs go straight into ``sink``."""
 
-    __slots__ = ("active", "hash_path", "keys", "out", "sink")
+    __slots__ = ("active", "anchors", "hash_path", "keys", "out", "paths", "sink")
 
-    def __init__(self, out: bytearray, sink: Sink | None, hash_path: HashPath | None) -> None:
+    def __init__(
+        self,
+        out: bytearray,
+        sink: Sink | None,
+        hash_path: HashPath | None,
+        anchors: tuple[str, ...] = (),
+    ) -> None:
         self.out = out
         self.sink = sink
         self.hash_path = hash_path
+        # The project root as text (as given, and resolved): strings and paths under it
+        # are encoded relative to it, so a copy of the project elsewhere has the same
+        # digests. Empty: no anchoring (plain value digests).
+        self.anchors = anchors
+        # Plain (not File/Dir) relative paths met, for the "use File" warning.
+        self.paths: list[pathlib.PurePath] = []
         # ids of the mutable containers being encoded right now: a repeat is a cycle.
         self.active: set[int] = set()
         self.keys: dict[str, bytes] = {}
@@ -178,6 +216,8 @@ class _Encoder:
         out = self.out
         t = type(v)
         if t is str:
+            if self.anchors and v[:1] == "/" and self.anchored(v):
+                return
             b = v.encode("utf-8", "surrogatepass")
             out += _HDR(0x73, len(b))
             out += b
@@ -288,11 +328,12 @@ class _Encoder:
             out += _HDR(_T_DICT, len(items))
             if plain or len({kb for kb, _ in items}) == len(items):
                 enc = self.enc
+                inline_str = not self.anchors
                 for kb, val in items:
                     out += kb
                     # perf: inline the commonest scalars (saves a call per record field).
                     t = type(val)
-                    if t is str:
+                    if t is str and inline_str:
                         b = val.encode("utf-8", "surrogatepass")
                         out += _HDR(0x73, len(b))
                         out += b
@@ -322,6 +363,23 @@ class _Encoder:
         for b in encoded:
             out += b
 
+    def anchored(self, v: str) -> bool:
+        """Encode an absolute path text under the project root relative to it (True)."""
+        for anchor in self.anchors:
+            if v == anchor or (v.startswith(anchor) and v[len(anchor)] == "/"):
+                self.out += _ANCHORED_STR
+                self.text(v[len(anchor) + 1 :] or ".")
+                return True
+        return False
+
+    def relative(self, v: pathlib.PurePath) -> pathlib.PurePath | None:
+        """``v`` relative to the project root, or None when it is not under it."""
+        text = v.as_posix()
+        for anchor in self.anchors:
+            if text == anchor or (text.startswith(anchor) and text[len(anchor)] == "/"):
+                return type(v)(text[len(anchor) + 1 :] or ".")
+        return None
+
     def text(self, s: str) -> None:
         b = s.encode("utf-8", "surrogatepass")
         self.out += _HDR(_T_STR, len(b))
@@ -340,6 +398,10 @@ class _Encoder:
 
     def other(self, v: Any, t: type) -> None:
         """The slow path: subclasses, paths, dataclasses, NumPy and the unsupported."""
+        registered = digester_of(t)
+        if registered is not None:
+            self.registered(v, t, registered)
+            return
         if isinstance(v, enum.Enum):
             self.out += _ENUM
             self.text(t.__qualname__)
@@ -347,15 +409,29 @@ class _Encoder:
         elif t.__module__ == "numpy":
             self.numpy(v, t)
         elif isinstance(v, (File, Dir)):
+            if v.is_absolute() and self.anchors:
+                rel = self.relative(v)
+                if rel is not None:
+                    v = rel  # type: ignore[assignment]
             self.content_path(v)
         elif isinstance(v, pathlib.PurePath):
             if v.is_absolute():
-                raise _Failure(
-                    f"the absolute path '{v}' (a fingerprint must not depend on where the "
-                    "project lives); use a path relative to the project root, or File/Dir"
-                )
+                rel = self.relative(v) if self.anchors else None
+                if rel is None:
+                    raise _Failure(
+                        f"the absolute path '{v}' (a fingerprint must not depend on where "
+                        "the project lives); use a path relative to the project root, or "
+                        "File/Dir"
+                    )
+                # Under the project root (Path(__file__).parent / "data"): relative, with
+                # a tag of its own so it never equals the relative path it came from.
+                self.out += _ANCHORED_PATH
+                self.text(rel.as_posix())
+                self.paths.append(rel)
+                return
             self.out += _PATH
             self.text(v.as_posix())
+            self.paths.append(v)
         elif hasattr(t, "__dataclass_fields__") and not isinstance(v, type):
             i = self.enter(v)
             try:
@@ -373,10 +449,32 @@ class _Encoder:
             view = v.cast("B") if v.c_contiguous else memoryview(v.tobytes())
             self.blob(_T_BYTES, view, view.nbytes)
         else:
+            form = canonical_form(v, t)
+            if form is None:
+                raise _Failure(
+                    f"values of type '{_type_name(t)}' have no canonical encoding",
+                    hint=f"supported: {_SUPPORTED}; or teach one with register_digest",
+                    type_name=_type_name(t),
+                )
+            self.out += _EXTENDED
+            self.text(form[0])
+            self.enc(form[1])
+
+    def registered(self, v: Any, t: type, fn: Callable[[Any], Any]) -> None:
+        try:
+            form = fn(v)
+        except Exception as exc:
             raise _Failure(
-                f"values of type '{_type_name(t)}' have no canonical encoding",
-                hint=f"supported: {_SUPPORTED}",
-            )
+                f"the register_digest function for '{_type_name(t)}' raised {exc!r}",
+                fallback=False,
+            ) from exc
+        i = self.enter(v)
+        try:
+            self.out += _REGISTERED_FORM
+            self.text(t.__qualname__)  # not the module: a task file's is a private name
+            self.enc(form)
+        finally:
+            self.active.discard(i)
 
     def content_path(self, v: File | Dir) -> None:
         from taskrun.files import external_key
@@ -406,6 +504,8 @@ class _Encoder:
                 "array to a numeric/string dtype or a list"
             )
         if isinstance(v, np.ndarray) and t is np.ndarray:
+            if v.dtype.byteorder == ">":  # equal values, whatever their byte order
+                v = v.astype(v.dtype.newbyteorder("<"))
             self.out += _NDARRAY
             self.dtype(v.dtype)
             self.enc(tuple(int(n) for n in v.shape))
@@ -425,75 +525,150 @@ class _Encoder:
         self.enc(dt.descr if dt.fields is not None else dt.str)
 
 
-def _run(sink: Sink | None, out: bytearray, value: Any, hash_path: HashPath | None) -> None:
+def _anchors(root: pathlib.Path | str | None) -> tuple[str, ...]:
+    """The texts of the project root an absolute path may start with (given, resolved)."""
+    if root is None:
+        return ()
+    given = pathlib.Path(root)
+    if not given.is_absolute():
+        given = given.absolute()
+    texts = [given.as_posix().rstrip("/"), _resolved(given).as_posix().rstrip("/")]
+    # "/" as a root would anchor every absolute path; there is no project there.
+    return tuple(dict.fromkeys(t for t in texts if t))
+
+
+def _run(
+    sink: Sink | None,
+    out: bytearray,
+    value: Any,
+    hash_path: HashPath | None,
+    anchors: tuple[str, ...] = (),
+) -> _Encoder:
+    encoder = _Encoder(out, sink, hash_path, anchors)
     try:
-        _Encoder(out, sink, hash_path).enc(value)
+        encoder.enc(value)
     except RecursionError:
         raise FingerprintError("cannot fingerprint: the value is nested too deeply") from None
+    return encoder
 
 
-def encode_into(sink: Sink | bytearray, value: Any, *, hash_path: HashPath | None = None) -> None:
+def encode_into(
+    sink: Sink | bytearray,
+    value: Any,
+    *,
+    hash_path: HashPath | None = None,
+    root: pathlib.Path | str | None = None,
+) -> None:
     """Write the canonical encoding of ``value`` into ``sink`` (a hasher or a bytearray).
 
     ``hash_path`` gives the content digest of a relative ``File``/``Dir``; by default the
     file's bytes (or the directory's sorted tree) are hashed from the working directory.
+    With ``root``, absolute paths and path strings under it are encoded relative to it.
     Raises FingerprintError for a value without a canonical encoding.
     """
+    anchors = _anchors(root)
     try:
         if isinstance(sink, bytearray):
-            _run(None, sink, value, hash_path)
+            _run(None, sink, value, hash_path, anchors)
             return
         out = bytearray()
-        _run(sink, out, value, hash_path)
+        _run(sink, out, value, hash_path, anchors)
         if out:
             sink.update(out)
     except _Failure as e:
         raise e.error() from None
 
 
-def encode(value: Any, *, hash_path: HashPath | None = None) -> bytes:
+def encode(
+    value: Any, *, hash_path: HashPath | None = None, root: pathlib.Path | str | None = None
+) -> bytes:
     """Return the canonical encoding of ``value`` as bytes (see the module docstring)."""
     out = bytearray()
-    encode_into(out, value, hash_path=hash_path)
+    encode_into(out, value, hash_path=hash_path, root=root)
     return bytes(out)
 
 
-def value_digest(value: Any, *, hash_path: HashPath | None = None) -> str:
+def value_digest(
+    value: Any, *, hash_path: HashPath | None = None, root: pathlib.Path | str | None = None
+) -> str:
     """Return the xxh3-128 hex digest of ``encode(value)``; FingerprintError if impossible."""
     hasher = xxhash.xxh3_128()
-    encode_into(hasher, value, hash_path=hash_path)
+    encode_into(hasher, value, hash_path=hash_path, root=root)
     return hasher.hexdigest()
 
 
-def product_digest(value: Any, *, hash_path: HashPath | None = None) -> str:
+def product_digest(
+    value: Any,
+    *,
+    hash_path: HashPath | None = None,
+    root: pathlib.Path | str | None = None,
+    warned: set[str] | None = None,
+) -> str:
     """Return the digest of a task's product, for early cutoff downstream.
 
     Canonical (equal values, equal digests, in any process) for every type the encoding
     supports. Anything else falls back to a digest of its cloudpickle bytes, with a
-    :class:`NonCanonicalProductWarning`: such bytes can differ for equal values, which
-    costs cache misses downstream, never wrong hits. ``File``/``Dir`` objects inside
-    are hashed by content even then.
+    :class:`NonCanonicalProductWarning` naming ``register_digest``: such bytes can differ
+    for equal values, which costs cache misses downstream, never wrong hits. ``File``/
+    ``Dir`` objects inside are hashed by content even then.
+
+    With ``root``, paths under it are encoded relative to it, and a plain ``Path`` to a
+    file in the project gives a :class:`PathProductWarning` (it is hashed by its text).
+    ``warned`` holds the type names already warned about in this run: one warning each.
     """
     hasher = xxhash.xxh3_128()
     out = bytearray()
     try:
-        _run(hasher, out, value, hash_path)
+        encoder = _run(hasher, out, value, hash_path, _anchors(root))
     except _Failure as e:
         if not e.fallback:
             raise e.error() from None
         reason = e.brief()
+        culprit = e.type_name or _type_name(type(value))
     else:
         if out:
             hasher.update(out)
+        if root is not None and encoder.paths:
+            _warn_plain_paths(encoder.paths, pathlib.Path(root))
         return hasher.hexdigest()
-    warnings.warn(
-        f"product of type '{_type_name(type(value))}' is hashed by its cloudpickle bytes "
-        f"({reason}); equal values may then get different digests, which only costs "
-        "cache misses downstream, never wrong hits",
-        NonCanonicalProductWarning,
-        stacklevel=2,
-    )
+    if warned is None or culprit not in warned:
+        if warned is not None:
+            warned.add(culprit)
+        warnings.warn(
+            f"a product holding '{culprit}' is hashed by its cloudpickle bytes ({reason});"
+            " equal values may then get different digests, which only costs cache misses"
+            " downstream, never wrong hits; give the type a canonical form with"
+            f" taskrun.register_digest({culprit.rpartition('.')[2]}, lambda v: <plain data>)",
+            NonCanonicalProductWarning,
+            stacklevel=2,
+        )
     return _pickled_digest(value, hash_path)
+
+
+# perf: a product listing many paths is checked for the first few only.
+_PATHS_CHECKED = 64
+
+
+def _warn_plain_paths(paths: Sequence[pathlib.PurePath], root: pathlib.Path) -> None:
+    for path in paths[:_PATHS_CHECKED]:
+        if ".." in path.parts:
+            continue
+        try:
+            is_file = (root / path).is_file()
+        except OSError:
+            continue
+        if is_file:
+            more = len(paths) - 1
+            others = f" (and {more} more path{'s' if more != 1 else ''})" if more else ""
+            warnings.warn(
+                f"the product is a plain Path to the project file '{path.as_posix()}'"
+                f"{others}: a Path is hashed by its text, so when the file's content"
+                f" changes, dependents stay cached; return File('{path.as_posix()}')"
+                " instead to hash it by content",
+                PathProductWarning,
+                stacklevel=3,
+            )
+            return
 
 
 def _pickled_digest(value: Any, hash_path: HashPath | None) -> str:
@@ -586,8 +761,20 @@ def code_fingerprint(
     """
     base = _resolved(pathlib.Path(root))
 
+    anchors = _anchors(root)
+    hash_path: HashPath = functools.partial(_default_hash_path, base=base)
+
     def digest(value: Any) -> str:
-        return value_digest(value, hash_path=lambda p: _default_hash_path(p, base))
+        # Module constants such as __file__ or Path(__file__).parent / "data" are
+        # encoded relative to the root: a copy of the project elsewhere hits.
+        hasher = xxhash.xxh3_128()
+        out = bytearray()
+        try:
+            _run(hasher, out, value, hash_path, anchors)
+        except _Failure as e:
+            raise e.error() from None
+        hasher.update(out)
+        return hasher.hexdigest()
 
     parts = code_parts(fn, root=base, digest=digest, memo=memo)
     return CodeFingerprint(digest=value_digest(parts), parts=parts)
@@ -773,6 +960,8 @@ class Change:
             return f"declared outputs changed: {self.old} -> {self.new}"
         if kind == "runtime":
             return f"runtime '{name}' changed: {self.old!r} -> {self.new!r}"
+        if kind == "upstream" and name.endswith("[item]"):  # an item call (mapping.py)
+            return f"the item (of '{name[:-6]}') changed"
         category, _, action = kind.partition("-")
         if action:
             return f"{_CATEGORY_TEXT.get(category, category)} '{name}' {action}"

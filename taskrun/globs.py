@@ -68,7 +68,11 @@ def as_wildcard(pattern: str) -> str:
 def fill_template(pattern: str, values: Mapping[str, str]) -> str:
     """PATTERN with each ``{option}`` replaced by the text of its value, taken literally."""
     # A value is a name, not a glob: `*`, `?` and `[` in it match only themselves.
-    return _FIELD.sub(lambda m: _GLOB_CHARS.sub(r"[\1]", values[m[1]]), pattern)
+    def value(m: re.Match[str]) -> str:
+        text = values.get(m[1])
+        return m[0] if text is None else _GLOB_CHARS.sub(r"[\1]", text)
+
+    return _FIELD.sub(value, pattern)
 
 
 def template_regex(pattern: str) -> re.Pattern[str] | None:

@@ -16,9 +16,13 @@ __all__ = ["Graph"]
 class Graph:
     """An immutable DAG over task names."""
 
-    __slots__ = ("_deps", "_dependents", "_index")
+    __slots__ = ("_deps", "_dependents", "_index", "mapped")
 
-    def __init__(self, deps: Mapping[str, Sequence[str]]) -> None:
+    def __init__(
+        self, deps: Mapping[str, Sequence[str]], mapped: Mapping[str, str] | None = None
+    ) -> None:
+        #: Mapped tasks (one call per item at run time): task -> the upstream it maps over.
+        self.mapped: dict[str, str] = dict(mapped or {})
         self._deps: dict[str, tuple[str, ...]] = {n: tuple(d) for n, d in deps.items()}
         self._index = {n: i for i, n in enumerate(self._deps)}
         self._dependents: dict[str, list[str]] = {n: [] for n in self._deps}
@@ -97,9 +101,16 @@ class Graph:
         keep = self.topological_order(nodes)
         kept = set(keep)
         lines = [f"digraph {json.dumps(name)} {{", "  rankdir=LR;", "  node [shape=box];"]
-        lines += [f"  {json.dumps(n)};" for n in keep]
         lines += [
-            f"  {json.dumps(d)} -> {json.dumps(n)};"
+            f"  {json.dumps(n)} [label={json.dumps(n + ' [mapped]')}, peripheries=2];"
+            if n in self.mapped
+            else f"  {json.dumps(n)};"
+            for n in keep
+        ]
+        lines += [
+            f"  {json.dumps(d)} -> {json.dumps(n)}"
+            + (' [style=bold, label="each"]' if self.mapped.get(n) == d else "")
+            + ";"
             for d, n in self.edges()
             if n in kept and d in kept
         ]
@@ -111,9 +122,14 @@ class Graph:
         kept = set(keep)
         ids = {n: f"t{i}" for i, n in enumerate(keep)}
         lines = ["graph LR"]
-        lines += [f'  {ids[n]}["{n}"]' for n in keep]
         lines += [
-            f"  {ids[d]} --> {ids[n]}" for d, n in self.edges() if n in kept and d in kept
+            f'  {ids[n]}[["{n} (mapped)"]]' if n in self.mapped else f'  {ids[n]}["{n}"]'
+            for n in keep
+        ]
+        lines += [
+            f"  {ids[d]} {'==>|each|' if self.mapped.get(n) == d else '-->'} {ids[n]}"
+            for d, n in self.edges()
+            if n in kept and d in kept
         ]
         return "\n".join(lines) + "\n"
 
@@ -123,7 +139,11 @@ class Graph:
         doc = {
             # Only edges inside the rendering: a node set that is not closed upstream
             # (a downstream view) must not name nodes the document does not contain.
-            "nodes": [{"name": n, "deps": [d for d in self._deps[n] if d in kept]} for n in keep],
+            "nodes": [
+                {"name": n, "deps": [d for d in self._deps[n] if d in kept]}
+                | ({"mapped": self.mapped[n]} if n in self.mapped else {})
+                for n in keep
+            ],
             "edges": [[d, n] for d, n in self.edges() if n in kept and d in kept],
         }
         return json.dumps(doc, indent=2) + "\n"

@@ -16,11 +16,10 @@ no bytes, enum or null), any other TOML value is checked.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import types as pytypes
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +52,9 @@ class Invocation:
     options: Mapping[str, Mapping[str, Any]]
     sources: Mapping[str, Mapping[str, str]]
     #: ``[tool.taskrun] external`` roots the values were checked with (name -> folder).
-    external: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    external: Mapping[str, str] = field(default_factory=dict)
+    # Tasks whose when= is false, with the reason: skipped before anything runs.
+    skipped: Mapping[str, str] = field(default_factory=dict)
 
     def spec(self, name: str) -> TaskSpec:
         return self.registry.tasks[name]
@@ -131,9 +132,11 @@ def invoke(
                 problems.append(Problem(where, f"{exc} (from {source})"))
                 continue
             values[name][opt.name], sources[name][opt.name] = value, source
-        if any("{" in p for p in spec.outputs) and len(values[name]) == len(spec.options):
-            _check_outputs(spec, values[name], problems)
+        if spec.map is None and any("{" in p for p in spec.outputs):
+            if len(values[name]) == len(spec.options):
+                _check_outputs(spec, values[name], problems)
         _check_external_inputs(spec, problems)
+    skipped = _conditions(planned, values, problems)
     if problems:
         raise InvocationError(problems)
     return Invocation(
@@ -148,6 +151,7 @@ def invoke(
             {n: pytypes.MappingProxyType(v) for n, v in sources.items()}
         ),
         external=current_external_roots(),
+        skipped=pytypes.MappingProxyType(skipped),
     )
 
 
@@ -213,6 +217,31 @@ def _check_outputs(spec: TaskSpec, values: Mapping[str, Any], problems: list[Pro
                 f"with {shown} it is '{filled}', not a path inside the project; use values"
                 " without '/' (or another output pattern)",
             ))
+
+
+def _conditions(
+    planned: Mapping[str, TaskSpec],
+    values: Mapping[str, Mapping[str, Any]],
+    problems: list[Problem],
+) -> dict[str, str]:
+    """Evaluate each planned task's ``when=`` over its own typed options."""
+    from taskrun.rules import evaluate_when
+
+    skipped: dict[str, str] = {}
+    for name, spec in planned.items():
+        if spec.when is None or len(values.get(name, {})) < len(spec.options):
+            continue  # no condition, or an option already has a problem
+        try:
+            go, reason = evaluate_when(spec.when, values[name])
+        except Exception as exc:
+            problems.append(Problem(
+                f"when= of task '{name}' ({spec.where})",
+                f"raised {type(exc).__name__}: {exc}; fix the condition",
+            ))
+            continue
+        if not go:
+            skipped[name] = reason
+    return skipped
 
 
 def _targets(
@@ -291,7 +320,8 @@ def _file_target(
         ))
         return ""
     name, pattern = found[0]
-    regex = template_regex(pattern)
+    # A mapped task's fields name its item, not options: nothing to read back.
+    regex = template_regex(pattern) if registry.tasks[name].map is None else None
     match = regex.fullmatch(rel) if regex is not None else None
     if match is not None and derived is not None:
         derived += [f"{name}.{k}={v}" for k, v in match.groupdict().items()]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from taskrun.api import run
+from taskrun.api import Target, run
 from taskrun.config import (
     RuntimeSettings,
     Settings,
@@ -147,11 +147,14 @@ def execute(
     executor_options: Mapping[str, Any] | None = None,
     remote_cache: str | None = None,
     remote_mode: str | None = None,
+    on_scheduler: Callable[[Any], None] | None = None,
+    dask_options: Mapping[str, Any] | None = None,
 ) -> Any:
     """Run a validated invocation; returns a :class:`~taskrun.scheduler.RunResult`.
 
     ``remote_cache``/``remote_mode`` (else ``TASKRUN_REMOTE_CACHE``/``_MODE``) add a
-    shared store behind ``cache`` (see :mod:`taskrun.remote`).
+    shared store behind ``cache`` (see :mod:`taskrun.remote`). ``on_scheduler`` receives
+    the scheduler before it starts (``taskrun.start`` keeps it to read states and cancel).
     """
     from taskrun.codewalk import SourceMemo
     from taskrun.executors import make_executor
@@ -182,10 +185,21 @@ def execute(
         stat_path = None  # read mode writes nothing, not even local state
     if stat_path is not None:
         mark_state_dir(root)
-    # Tasks run with the project root as their working directory, wherever taskrun was
-    # started; File("build/x") then means the same file in every task and executor.
-    context = project_context(root, invocation.registry.project_modules, invocation.external)
-    with context, make_executor(executor, jobs, **(executor_options or {})) as ex:
+    with contextlib.ExitStack() as stack:
+        # Tasks run with the project root as their working directory, wherever taskrun
+        # was started; File("build/x") then means the same file in every task and
+        # executor. The project's modules are importable; all is restored after.
+        stack.enter_context(
+            project_context(root, invocation.registry.project_modules, invocation.external)
+        )
+        ex = stack.enter_context(make_executor(executor, jobs, **(executor_options or {})))
+
+        def executor_for(name: str) -> Any:
+            # A task's executor= names another backend: one more executor for this run,
+            # made on first use (only the Dask one takes the run's Dask options).
+            extra = dask_options if name == "dask" else None
+            return stack.enter_context(make_executor(name, jobs, **(extra or {})))
+
         scheduler = Scheduler(
             invocation,
             cache=cache,
@@ -198,8 +212,68 @@ def execute(
             force_all=force_all,
             keep_going=keep_going,
             on_event=sink,
+            executor_for=executor_for,
         )
+        if on_scheduler is not None:
+            on_scheduler(scheduler)
         return scheduler.run()
+
+
+def prepare_run(
+    targets: Target | Sequence[Target] = (),
+    *,
+    options: Mapping[Any, Any] | None = None,
+    registry: Registry | None = None,
+    root: Path | str | None = None,
+    jobs: int | None = None,
+    executor: str = "thread",
+    cache_dir: Path | str | None = None,
+    cache_size: int | str | None = None,
+    cache_mode: str = "rw",
+    force: Sequence[Target] = (),
+    force_all: bool = False,
+    keep_going: bool = False,
+    runtime: RuntimeSettings | None = None,
+    on_event: Callable[[Any], None] | None = None,
+    remote_cache: str | None = None,
+    remote_mode: str | None = None,
+    external: Mapping[str, Path | str] | None = None,
+    on_scheduler: Callable[[Any], None] | None = None,
+) -> Callable[[], Any]:
+    """Validate a run now (errors raise here); return the function that runs it.
+
+    What :func:`taskrun.run` and :func:`taskrun.start` share; see ``taskrun.run``.
+    """
+    from taskrun.config import parse_size, require_posix
+    from taskrun.files import external_roots
+    from taskrun.registry import default_registry
+
+    require_posix()
+    registry = registry if registry is not None else default_registry
+    if isinstance(targets, str) or callable(targets):
+        targets = [targets]
+    if root is None:
+        module = registry.module
+        root = Path(module.__file__).parent if module and module.__file__ else Path.cwd()
+    root = Path(root).resolve()
+    with external_roots(external or {}):
+        invocation = invoke(registry, list(targets), root=root, options=options)
+    size = parse_size(cache_size, where="cache_size=") if cache_size is not None else None
+    names = [t if isinstance(t, str) else registry.name_of(t) for t in force]
+    cache = open_cache(root, cache_dir, size_limit=size, mode=cache_mode)
+    facts = runtime_of(runtime, root)
+
+    def go() -> Any:
+        try:
+            return execute(
+                invocation, jobs=jobs, executor=executor, cache=cache, runtime=facts,
+                force=names, force_all=force_all, keep_going=keep_going, on_event=on_event,
+                remote_cache=remote_cache, remote_mode=remote_mode, on_scheduler=on_scheduler,
+            )
+        finally:
+            cache.close()
+
+    return go
 
 
 def run_from_cli(
@@ -239,11 +313,12 @@ def run_from_cli(
     runtime = runtime_of(settings.runtime, project.root)
     executor = executor or settings.executor or "thread"
     address = dask_address or settings.dask_address or os.environ.get("DASK_SCHEDULER_ADDRESS")
-    options: dict[str, Any] = {}
-    if executor == "dask":
-        options["ship_files"] = {"auto": None, "always": True, "never": False}[dask_ship_files]
-        if address:
-            options["address"] = address
+    dask_options: dict[str, Any] = {
+        "ship_files": {"auto": None, "always": True, "never": False}[dask_ship_files]
+    }
+    if address:
+        dask_options["address"] = address
+    options = dask_options if executor == "dask" else {}
     try:
         if dry_run:
             from taskrun.scheduler import Scheduler
@@ -259,7 +334,7 @@ def run_from_cli(
         result = execute(
             invocation, jobs=jobs or settings.jobs, executor=executor, cache=cache,
             runtime=runtime, force=force, force_all=force_all, keep_going=keep_going,
-            on_event=reporter, executor_options=options,
+            on_event=reporter, executor_options=options, dask_options=dask_options,
             remote_cache=remote_cache or settings.remote_cache,
             remote_mode=remote_mode or settings.remote_mode,
         )

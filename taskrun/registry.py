@@ -22,9 +22,11 @@ import typing
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from types import FrameType, ModuleType
-from typing import Any, TypeVar, overload
+from typing import Any, Literal, TypeVar, overload
 
 from taskrun.errors import DefinitionError, TypeCheckError, UsageError, did_you_mean
+from taskrun.rules import FAILURE_SETTINGS as _FAILURE_SETTINGS
+from taskrun.rules import check_when, read_failure_settings
 from taskrun.types import (
     ANY,
     BUILTIN_TYPES,
@@ -123,6 +125,21 @@ class TaskSpec:
     timeout: float | None = None
     file: str = "<unknown>"
     line: int = 0
+    # When things fail (taskrun.rules): trigger rule, invocation-time condition, retry
+    # policy, where the task runs, and what replaced it (registry.override).
+    run_if: str = "succeeded"
+    when: Callable[..., Any] | None = None
+    retry_delay: float = 0.0
+    retry_backoff: float = 1.0
+    retry_jitter: float = 0.0
+    retry_on: tuple[type[BaseException], ...] = ()
+    executor: str | None = None
+    override: str = ""  # "module:qualname" of the replacement, when overridden
+    #: ``map=``: the parameter that receives one item of an upstream product per call (the
+    #: dependency passed to it is the mapped-over one); None for a task called once.
+    map: str | None = None
+    #: A generator function: its product is the list of what it yields (see mapping.py).
+    generator: bool = False
 
     @property
     def where(self) -> str:
@@ -261,6 +278,14 @@ class Registry:
         cache: bool = True,
         retries: int = 0,
         timeout: float | None = None,
+        retry_delay: float = 0.0,
+        retry_backoff: float = 1.0,
+        retry_jitter: float = 0.0,
+        retry_on: Sequence[type[BaseException]] | type[BaseException] = (),
+        run_if: Literal["succeeded", "failed", "always"] = "succeeded",
+        when: Callable[..., Any] | None = None,
+        executor: Literal["inline", "thread", "process", "dask"] | None = None,
+        map: Sequence[Callable[..., Any]] | Mapping[str, Callable[..., Any]] | None = None,
     ) -> Callable[[F], F]: ...
 
     def task(self, fn: Any = None, /, **kwargs: Any) -> Any:
@@ -387,10 +412,12 @@ class Registry:
             )
         if spec.outputs:
             from taskrun.files import check_disjoint_outputs
-            from taskrun.globs import as_wildcard, template_fields
+            from taskrun.globs import template_fields
+            from taskrun.mapping import output_globs
 
             names = [o.name for o in spec.options]
-            for pattern in spec.outputs:
+            # A mapped task's templates (item and options) are checked by mapping.py.
+            for pattern in spec.outputs if spec.map is None else ():
                 for field_name in template_fields(pattern):
                     if field_name not in names:
                         raise DefinitionError(
@@ -402,15 +429,9 @@ class Registry:
             # perf: one call over every task with outputs uses the checker's prefix index,
             # instead of comparing the new task with each earlier one in turn. A templated
             # pattern counts as every file it can name.
-            producers = {
-                t.name: tuple(map(as_wildcard, t.outputs))
-                for t in self._tasks.values()
-                if t.outputs
-            }
+            producers = {t.name: output_globs(t) for t in self._tasks.values() if t.outputs}
             try:
-                check_disjoint_outputs(
-                    {**producers, spec.name: tuple(map(as_wildcard, spec.outputs))}
-                )
+                check_disjoint_outputs({**producers, spec.name: output_globs(spec)})
             except DefinitionError as exc:
                 raise DefinitionError(
                     f"task '{spec.name}' ({spec.where}): {exc.message}"
@@ -425,6 +446,8 @@ class Registry:
         where = f"{file}:{line}"
         allowed = {
             "name", "deps", "inputs", "outputs", "env", "version", "cache", "retries", "timeout",
+            *_FAILURE_SETTINGS,
+            "map",
         }
         unknown = sorted(set(kwargs) - allowed)
         if unknown:
@@ -451,6 +474,21 @@ class Registry:
         except DefinitionError as exc:
             problems.append(exc.message)
             deps, deps_ok = [], False
+        failure_settings: dict[str, Any] = {}
+        try:
+            failure_settings = read_failure_settings(kwargs, label)
+        except DefinitionError as exc:
+            problems.append(exc.message)
+        mapped = None
+        if kwargs.get("map") is not None:
+            from taskrun.mapping import read_map
+
+            try:
+                mapped = read_map(self._read_deps(kwargs["map"], label), deps, label)
+                deps.append(mapped)
+            except DefinitionError as exc:
+                problems.append(exc.message)
+                deps_ok = False
         sig = _signature(fn)
         hints = self._hints(fn, label)
         dep_params = {param for param, _ in deps}
@@ -468,6 +506,10 @@ class Registry:
                 )
                 continue
             if p.name in dep_params:
+                try:
+                    self._check_dep_annotation(p.name, hints, failure_settings, label)
+                except DefinitionError as exc:
+                    problems.append(exc.message)
                 continue
             if p.name not in hints:
                 if deps_ok:  # else it may well be the dependency that failed above
@@ -479,10 +521,24 @@ class Registry:
                 problems.append(exc.message)
         params = set(sig.parameters)
         dep_specs = tuple(DepSpec(param, dep, param in params) for param, dep in deps)
+        generator = inspect.isgeneratorfunction(fn)
+        if mapped is not None and mapped[0] not in params:
+            problems.append(
+                f"{label}: map= passes each item of '{mapped[1]}' to parameter"
+                f" '{mapped[0]}', which {fn.__name__}() does not have; add the parameter or"
+                f" name it with map={{'param': {mapped[1].replace('-', '_')}}}"
+            )
         # `-> Any` says what no annotation says: the product is not checked. Options have
         # no such escape, since a value from the command line must parse into something.
         product: TaskType = ANY
-        if "return" in hints and hints["return"] is not Any:
+        if generator:
+            from taskrun.mapping import generator_product
+
+            try:
+                product = generator_product(hints.get("return", Any), label)
+            except DefinitionError as exc:
+                problems.append(exc.message)
+        elif "return" in hints and hints["return"] is not Any:
             try:
                 product = resolve_annotation(hints["return"], product=True)
             except UnsupportedAnnotation as exc:
@@ -491,9 +547,14 @@ class Registry:
             settings = self._read_settings(kwargs, label)
         except DefinitionError as exc:
             problems.append(exc.message)
+        if failure_settings.get("when") is not None:
+            try:
+                check_when(failure_settings["when"], [o.name for o in options], label)
+            except DefinitionError as exc:
+                problems.append(exc.message)
         if problems:
             raise DefinitionErrors(problems)
-        return TaskSpec(
+        spec = TaskSpec(
             name=name,
             fn=fn,
             doc=inspect.getdoc(fn) or "",
@@ -502,8 +563,39 @@ class Registry:
             product=product,
             file=file,
             line=line,
+            map=mapped[0] if mapped is not None else None,
+            generator=generator,
             **settings,
+            **failure_settings,
         )
+        if spec.map is not None:
+            from taskrun.mapping import check_output_templates
+
+            check_output_templates(spec, label)
+        return spec
+
+    @staticmethod
+    def _check_dep_annotation(
+        param: str, hints: Mapping[str, Any], settings: Mapping[str, Any], label: str
+    ) -> None:
+        """A dependency's parameter is ``Outcome[T]`` exactly when the task has a rule."""
+        from taskrun.outcome import Outcome
+
+        rule = settings.get("run_if", "succeeded")
+        hint = hints.get(param)
+        is_outcome = hint is Outcome or typing.get_origin(hint) is Outcome
+        if rule != "succeeded" and hint is not None and not is_outcome:
+            raise DefinitionError(
+                f"{label}: with run_if={rule!r} parameter '{param}' receives an Outcome"
+                f" (how the upstream ended), not its product; annotate it as"
+                f" '{param}: Outcome[...]' (from taskrun import Outcome)"
+            )
+        if rule == "succeeded" and is_outcome:
+            raise DefinitionError(
+                f"{label}: parameter '{param}' is annotated Outcome, which only tasks with"
+                " a trigger rule receive; add run_if=\"always\" (or \"failed\") to @task,"
+                " or annotate it with the product's type"
+            )
 
     def _option(self, p: Any, annotation: Any, label: str) -> OptionSpec:
         """The spec of one option; DefinitionError when its type or default is wrong."""
@@ -730,7 +822,12 @@ class Registry:
     def graph(self) -> Graph:
         from taskrun.graph import Graph
 
-        return Graph({n: tuple(d.task for d in s.deps) for n, s in self._tasks.items()})
+        mapped = {
+            n: next(d.task for d in s.deps if d.param == s.map)
+            for n, s in self._tasks.items()
+            if s.map is not None
+        }
+        return Graph({n: tuple(d.task for d in s.deps) for n, s in self._tasks.items()}, mapped)
 
     def topological_order(self) -> list[str]:
         return self.graph.topological_order()
@@ -748,37 +845,100 @@ class Registry:
     # -- overrides -------------------------------------------------------------------
     @contextlib.contextmanager
     def override(
-        self, task: str | Callable[..., Any], replacement: Callable[..., Any]
+        self,
+        task: str | Callable[..., Any],
+        replacement: Callable[..., Any],
+        *,
+        deps: Sequence[Callable[..., Any]] | Mapping[str, Callable[..., Any]] | None = None,
     ) -> Iterator[TaskSpec]:
         """Swap a task's implementation (for tests) while keeping its contract.
 
         The replacement must take the same options (names and types; its defaults do not
-        matter, the run passes the original's) and return the same product type; the
-        dependencies and settings stay the original's.
+        matter, the run passes the original's values) and return the same product type.
+        Its dependencies are the original's that it still takes a parameter for (an
+        upstream it no longer needs is dropped from the plan and does not run), or exactly
+        ``deps=`` when given (other upstream tasks). Settings (outputs, retries, run_if,
+        ...) stay the original's; the fingerprint marks the override, so its results never
+        mix with the real task's in the cache.
         """
-        original = self.get(task)
-        probe = Registry()
-        probe._by_fn = dict(self._by_fn)
-        probe._tasks = dict(self._tasks)
-        kwargs: dict[str, Any] = {
-            "name": original.name,
-            "deps": {d.param: self._tasks[d.task].fn for d in original.deps},
-        }
-        new = probe._build_spec(replacement, kwargs)
-        problems = _contract_changes(original, new)
-        if problems:
-            raise DefinitionError(
-                f"override of task '{original.name}' ({original.where}) by"
-                f" {getattr(replacement, '__qualname__', replacement)!r} breaks its contract: "
-                + "; ".join(problems)
-                + "; give the replacement the same options and return annotation"
-            )
-        swapped = replace(original, fn=replacement, doc=new.doc or original.doc, deps=new.deps)
-        self._tasks[original.name] = swapped
+        with self.override_many({task: replacement}, deps={task: deps} if deps else None) as s:
+            yield s[0]
+
+    @contextlib.contextmanager
+    def override_many(
+        self,
+        replacements: Mapping[str | Callable[..., Any], Callable[..., Any]],
+        *,
+        deps: Mapping[Any, Any] | None = None,
+    ) -> Iterator[list[TaskSpec]]:
+        """:meth:`override` for several tasks at once (a subgraph swap); all or none apply."""
+        originals = [self.get(task) for task in replacements]
+        swapped = [
+            self._replacement_spec(original, fn, (deps or {}).get(task))
+            for original, (task, fn) in zip(originals, replacements.items(), strict=True)
+        ]
+        for spec in swapped:
+            self._tasks[spec.name] = spec
         try:
             yield swapped
         finally:
-            self._tasks[original.name] = original
+            for original in originals:
+                self._tasks[original.name] = original
+
+    def _replacement_spec(
+        self, original: TaskSpec, replacement: Callable[..., Any], deps: Any
+    ) -> TaskSpec:
+        probe = Registry()
+        probe._by_fn = dict(self._by_fn)
+        probe._tasks = dict(self._tasks)
+        shown = getattr(replacement, "__qualname__", repr(replacement))
+        if deps is None:
+            try:
+                params = set(_signature(replacement).parameters)
+            except (TypeError, ValueError):
+                params = set()
+            deps = {
+                d.param: self._tasks[d.task].fn
+                for d in original.deps
+                if d.param in params and d.task in self._tasks
+            }
+        kwargs: dict[str, Any] = {"name": original.name, "deps": deps, "run_if": original.run_if}
+        if original.map is not None:  # the mapped-over upstream stays mapped
+            upstream = next(d.task for d in original.deps if d.param == original.map)
+            if isinstance(deps, Mapping):
+                kwargs["deps"] = {k: v for k, v in deps.items() if k != original.map}
+            kwargs["map"] = {original.map: self._tasks[upstream].fn}
+        try:
+            new = probe._build_spec(replacement, kwargs)
+        except DefinitionError as exc:
+            raise DefinitionError(
+                f"override of task '{original.name}' ({original.where}) by {shown!r}:"
+                f" {exc.message}"
+            ) from None
+        below = self.graph.downstream([original.name]) | {original.name}
+        if below & {d.task for d in new.deps}:
+            raise DefinitionError(
+                f"override of task '{original.name}' ({original.where}) by {shown!r}: it"
+                " depends on a task downstream of itself; that would be a cycle"
+            )
+        problems = _contract_changes(original, new)
+        if problems:
+            raise DefinitionError(
+                f"override of task '{original.name}' ({original.where}) by {shown!r} breaks"
+                " its contract: "
+                + "; ".join(problems)
+                + "; give the replacement the same options and return annotation"
+            )
+        module = getattr(replacement, "__module__", None) or "?"
+        return replace(
+            original,
+            fn=replacement,
+            doc=new.doc or original.doc,
+            deps=new.deps,
+            override=f"{module}:{shown}",
+            map=new.map,
+            generator=new.generator,
+        )
 
     # -- activation ------------------------------------------------------------------
     @contextlib.contextmanager
@@ -835,6 +995,14 @@ def task(
     cache: bool = True,
     retries: int = 0,
     timeout: float | None = None,
+    retry_delay: float = 0.0,
+    retry_backoff: float = 1.0,
+    retry_jitter: float = 0.0,
+    retry_on: Sequence[type[BaseException]] | type[BaseException] = (),
+    run_if: Literal["succeeded", "failed", "always"] = "succeeded",
+    when: Callable[..., Any] | None = None,
+    executor: Literal["inline", "thread", "process", "dask"] | None = None,
+    map: Sequence[Callable[..., Any]] | Mapping[str, Callable[..., Any]] | None = None,
 ) -> Callable[[F], F]: ...
 
 

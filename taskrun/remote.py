@@ -75,7 +75,7 @@ REMOTE_MODES: Final = ("rw", "read", "off")
 URL_ENV: Final = "TASKRUN_REMOTE_CACHE"
 MODE_ENV: Final = "TASKRUN_REMOTE_MODE"
 STATS_FILE: Final = "remote-last-run.json"
-DEFAULT_TIMEOUT: Final = 30.0  # seconds a ready wave may wait for the remote, in all
+DEFAULT_TIMEOUT: Final = 30.0  # seconds without any answer before the remote is given up
 _THREADS: Final = 8
 _QUEUE: Final = 64  # entries waiting for upload before a store waits for room
 _GRACE: Final = 3600.0  # gc leaves unreferenced blobs and temporaries younger than this
@@ -434,6 +434,10 @@ def open_remote(
     if cache.mode != "rw":
         # A hit must be adopted into the local cache before it is restored; a read-only
         # or disabled local cache cannot take it, so the remote is not consulted.
+        on_warning(
+            f"the remote cache {url} is not used with cache mode '{cache.mode}' (its hits "
+            "are copied into the local cache first); use --cache-mode rw, or --remote-mode off"
+        )
         return None
     if not cache.signed:
         raise ConfigError(
@@ -537,12 +541,18 @@ class RemoteCache:
         self.stats.looked_up += len(fingerprints)
         if self._pool is None:
             self._pool = cf.ThreadPoolExecutor(self._threads, thread_name_prefix="taskrun-remote")
-        futures = [self._pool.submit(self._fetch_one, cache, fp) for fp in fingerprints]
-        done, late = cf.wait(futures, timeout=self.timeout)
-        for f in late:
-            f.cancel()
-        if late:
-            self._fail(f"no answer within {self.timeout:g}s")
+        late = {self._pool.submit(self._fetch_one, cache, fp) for fp in fingerprints}
+        done: set[cf.Future[Any]] = set()
+        while late:
+            # Slow is "nothing answered for the timeout", not "the batch took longer":
+            # a large wave over a good connection may take a while and still be worth it.
+            now, late = cf.wait(late, timeout=self.timeout, return_when=cf.FIRST_COMPLETED)
+            if not now:
+                for f in late:
+                    f.cancel()
+                self._fail(f"no answer for {self.timeout:g}s")
+                break
+            done |= now
         entries: dict[str, bytes] = {}
         blobs: dict[str, bytes] = {}
         for f in done:

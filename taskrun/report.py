@@ -102,6 +102,8 @@ class Reporter(ABC):
         self.verbose = verbose
         self.failures: list[ev.TaskFailedEvent] = []
         self.planned: list[ev.Planned] = []
+        #: item call -> (its mapped task, its item key), from MapExpanded events
+        self.items: dict[str, tuple[str, str]] = {}
         self._closed = False
         self._broken = False  # the stream failed (a closed pipe): say nothing more
 
@@ -110,6 +112,10 @@ class Reporter(ABC):
             self.failures.append(event)
         elif isinstance(event, ev.Planned):
             self.planned.append(event)
+        elif isinstance(event, ev.MapExpanded):
+            self.items.update(
+                zip(event.items, ((event.task, k) for k in event.keys), strict=True)
+            )
         self.handle(event)
 
     @abstractmethod
@@ -124,10 +130,15 @@ class Reporter(ABC):
         if self._closed:
             return
         self._closed = True
+        # A mapped task with items to run is summarised by its own line ("118 cached");
+        # its items that would run are counted one by one.
+        planned = [p for p in self.planned if p.action != "mapped"]
         if self.planned:
-            cached = sum(1 for p in self.planned if p.action == "cached")
+            cached = sum(1 for p in planned if p.action == "cached")
+            skip = sum(1 for p in planned if p.action == "skip")
             self.handle(ev.PlanFinished(
-                total=len(self.planned), cached=cached, run=len(self.planned) - cached,
+                total=len(planned), cached=cached, run=len(planned) - cached - skip,
+                skip=skip,
             ))
 
     def write(self, text: str = "") -> None:
@@ -182,14 +193,30 @@ class PlainReporter(Reporter):
             kind = "timed out" if event.timed_out else "failed"
             out.append(Line(f"{kind:<8} {event.task}: {event.error}", "bad"))
         elif isinstance(event, ev.TaskRetrying):
-            attempt = f"(attempt {event.attempt})"
+            wait = f" in {event.delay:.2f}s" if event.delay else ""
+            attempt = f"(attempt {event.attempt}{wait})"
             out.append(Line(f"retry    {event.task} {attempt}: {event.error}", "warn"))
         elif isinstance(event, ev.Skipped):
             if q < 2:
-                out.append(Line(f"skipped  {event.task}: {event.reason}", "warn"))
+                cached = " (cached)" if event.cached else ""
+                out.append(Line(f"skipped  {event.task}: {event.reason}{cached}", "warn"))
+        elif isinstance(event, ev.TaskCancelled):
+            out.append(Line(f"cancelled {event.task}: {event.reason}", "bad"))
         elif isinstance(event, ev.TaskWaiting):
             if q < 1:
                 out.append(Line(f"waiting  {event.task}: another taskrun is computing it", "dim"))
+        elif isinstance(event, ev.MapExpanded):
+            if v:
+                shown = ", ".join(event.keys[:5]) + (", ..." if len(event.keys) > 5 else "")
+                added = f"+{len(event.items)} items ({shown})"
+                out.append(Line(f"mapped   {event.task}: {added}", "dim"))
+        elif isinstance(event, ev.MapFinished):
+            if q < 1 or event.state == "failed":
+                counts = f"{event.cached} cached, {event.ran} ran"
+                if event.failed:
+                    counts += f", {event.failed} did not complete"
+                tone = "bad" if event.state == "failed" else "dim"
+                out.append(Line(f"mapped   {event.task}: {event.items} items: {counts}", tone))
         elif isinstance(event, ev.Warned):
             where = f"{event.task}: " if event.task else ""
             out.append(Line(f"warning  {where}{event.message}", "warn"))
@@ -197,6 +224,8 @@ class PlainReporter(Reporter):
             if event.action == "cached":
                 if q < 1:
                     out.append(Line(f"cached   {event.task}", "dim"))
+            elif event.action == "skip":
+                out.append(Line(f"skip     {event.task}: {_reasons(event.reasons)}", "warn"))
             else:
                 out.append(Line(f"run      {event.task}: {_reasons(event.reasons)}"))
         elif isinstance(event, ev.PlanFinished):
@@ -268,6 +297,7 @@ class ConsoleReporter(PlainReporter):
         self._waiting: dict[str, float] = {}  # task -> since when another process holds it
         self._total = 0
         self._done = 0
+        self._maps: dict[str, list[int]] = {}  # mapped task in progress -> [done, items]
         self._drawn = 0  # live lines now on screen, below the cursor's line
         self._live = True
         self._stop = threading.Event()
@@ -312,8 +342,25 @@ class ConsoleReporter(PlainReporter):
         elif isinstance(event, ev.TaskWaiting):
             self._waiting[event.task] = now
             return True
-        elif isinstance(event, (ev.TaskCached, ev.TaskRan, ev.TaskFailedEvent, ev.Skipped)):
+        elif isinstance(event, ev.MapExpanded):
+            if event.task not in self._maps:
+                self._maps[event.task] = [0, 0]
+                self._total -= 1  # counted as its item calls from now on
+            self._maps[event.task][1] += len(event.items)
+            self._total += len(event.items)
+        elif isinstance(event, ev.MapFinished):
+            self._maps.pop(event.task, None)
+        elif isinstance(
+            event, (ev.TaskCached, ev.TaskRan, ev.TaskFailedEvent, ev.Skipped, ev.TaskCancelled)
+        ):
+            if event.task in self._maps:
+                self._maps.pop(event.task)  # skipped as a whole: its items are counted
+                return False
             self._done += 1
+            if event.task in self.items:
+                progress = self._maps.get(self.items[event.task][0])
+                if progress is not None:
+                    progress[0] += 1
             gone = self._running.pop(event.task, None), self._waiting.pop(event.task, None)
             return gone != (None, None)
         elif isinstance(event, (ev.RunFinished, ev.Interrupted)):
@@ -409,6 +456,7 @@ class ConsoleReporter(PlainReporter):
         parts = [f"{len(self._running)} running"]
         if waiting:
             parts.append(f"{len(waiting)} waiting")
+        parts += [f"{task} {done}/{items}" for task, (done, items) in self._maps.items()]
         status = self._fit(f"[{self._done}/{self._total}] {', '.join(parts)}", width)
         lines = [self._paint(r, "dim") for r in rows_out] + [self._paint(status, "bold")]
         self._drawn = len(lines)
@@ -447,6 +495,9 @@ class JsonReporter(Reporter):
 
     def handle(self, event: ev.Event) -> None:
         doc: dict[str, Any] = event.to_json()
+        item = self.items.get(doc.get("task", ""))
+        if item is not None and not isinstance(event, ev.MapExpanded):
+            doc["mapped"], doc["item"] = item  # an item call: its mapped task and item key
         if isinstance(event, ev.RunFinished):
             doc["ok"] = event.ok
         self.write(json.dumps(doc, default=str))
@@ -487,12 +538,19 @@ def explain_lines(items: Any) -> list[str]:
     out: list[str] = []
     for item in items:
         changes = [change_text(c) for c in item.changes]
+        if item.action == "mapped":
+            out.append(f"{item.task}: mapped: {_reasons(item.reasons)}")
+            continue
         if item.action == "cached":
             if item.latest and item.latest != item.fingerprint and changes:
                 out.append(f"{item.task}: cached (an older entry; the newest one differs:)")
                 out += [f"  - {c}" for c in changes]
             else:
                 out.append(f"{item.task}: cached")
+            continue
+        if item.action == "skip":
+            out.append(f"{item.task}: would be skipped")
+            out += [f"  - {r}" for r in item.reasons]
             continue
         out.append(f"{item.task}: would run")
         if item.latest is None:
@@ -504,9 +562,12 @@ def explain_lines(items: Any) -> list[str]:
         extra = [r for r in item.reasons if r in ("forced",) or r.startswith("not cached")]
         out += [f"  - {c}" for c in extra + shown]
     cached = sum(1 for i in items if i.action == "cached")
-    total = len(items)
+    skip = sum(1 for i in items if i.action == "skip")
+    total = sum(1 for i in items if i.action != "mapped")
+    skips = f", {skip} would be skipped" if skip else ""
     out.append(
-        f"{total} task{'s' if total != 1 else ''}: {cached} cached, {total - cached} would run"
+        f"{total} task{'s' if total != 1 else ''}: {cached} cached,"
+        f" {total - cached - skip} would run{skips}"
         " (compared with the newest entry recorded for each task)"
     )
     return [printable(line) for line in out]
@@ -529,7 +590,9 @@ def explain_json(items: Any) -> dict[str, Any]:
         for item in items
     ]
     cached = sum(1 for t in tasks if t["action"] == "cached")
-    return {"tasks": tasks, "cached": cached, "run": len(tasks) - cached}
+    skip = sum(1 for t in tasks if t["action"] == "skip")
+    run = sum(1 for t in tasks if t["action"] == "run")
+    return {"tasks": tasks, "cached": cached, "run": run, "skip": skip}
 
 
 def is_live_terminal(stream: TextIO, environ: Mapping[str, str] | None = None) -> bool:

@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import heapq
+import itertools
 import os
+import random
 import time
 import warnings
 from collections import deque
@@ -26,7 +29,9 @@ from typing import Any, TypeVar, overload
 from taskrun import events as ev
 from taskrun.errors import Interrupted, TaskrunError, TypeCheckError
 from taskrun.invocation import Invocation
+from taskrun.outcome import OK_STATES, Outcome, SkipMarker
 from taskrun.registry import TaskSpec
+from taskrun.rules import RetryPolicy, decide
 
 __all__ = ["ExplainItem", "RunResult", "Scheduler", "TaskResult"]
 
@@ -41,11 +46,12 @@ class TaskResult:
     """How one task ended in a run."""
 
     name: str
-    state: str  # "ran" | "cached" | "failed" | "skipped"
+    state: str  # "ran" | "cached" | "failed" | "skipped" | "cancelled"
     duration: float = 0.0
     reasons: tuple[str, ...] = ()
     fingerprint: str = ""
-    error: str = ""
+    error: str = ""  # the failure, or why it was skipped or cancelled
+    attempts: int = 0  # calls made (retries included); 0 when it never ran
     fn: Callable[..., Any] | None = field(default=None, repr=False, compare=False)
 
 
@@ -81,7 +87,8 @@ class RunResult:
 
     @property
     def ok(self) -> bool:
-        return self.summary.failed == 0 and self.summary.skipped == 0
+        """No task failed or was cancelled (skips are decisions, not failures)."""
+        return self.summary.ok
 
     @overload
     def product(self, task: Callable[..., T]) -> T: ...
@@ -130,7 +137,7 @@ class ExplainItem:
     """`taskrun explain` for one task: would it hit, and what changed since its newest entry."""
 
     task: str
-    action: str  # "cached" | "run"
+    action: str  # "cached" | "run" | "skip"
     fingerprint: str
     reasons: tuple[str, ...]
     changes: tuple[Any, ...]  # fingerprint.Change objects (kind, name, old, new)
@@ -164,6 +171,9 @@ class _Node:
         "target",
         "hint",
         "latest",
+        "nocache",
+        "calls",
+        "item",
     )
 
     def __init__(self, spec: TaskSpec, target: bool) -> None:
@@ -190,6 +200,9 @@ class _Node:
         self.target = target
         self.hint = ""
         self.latest: Any = None  # the task's newest cache entry, when a miss looked it up
+        self.nocache = ""  # why its result must not be stored (a failure fed it), if so
+        self.calls = 0  # attempts submitted to an executor
+        self.item: Any = None  # mapping.ItemInfo for one item call of a mapped task
 
 
 @dataclass
@@ -207,8 +220,15 @@ class Scheduler:
     force_all: bool = False
     keep_going: bool = False
     on_event: EventSink = lambda e: None
+    # Executors for tasks that ask for another one than the run's (executor=); made on
+    # first use by this factory, shut down by whoever made the factory.
+    executor_for: Callable[[str], Any] | None = None
+    interrupt_grace: float = 30.0  # seconds run_if="always" tasks get after Ctrl-C
+    rng: random.Random = field(default_factory=random.Random)  # retry jitter
     _nodes: dict[str, _Node] = field(default_factory=dict, init=False)
     _code: dict[Any, Any] = field(default_factory=dict, init=False)
+    # Types whose products fell back to pickle digests: warned about once per run.
+    _digest_warned: set[str] = field(default_factory=set, init=False)
     _ready: deque[_Node] = field(default_factory=deque, init=False)
     _waiting: dict[str, int] = field(default_factory=dict, init=False)  # deps not done yet
     _parked: list[_Node] = field(default_factory=list, init=False)
@@ -218,6 +238,14 @@ class Scheduler:
     _unsaved: list[tuple[_Node, Any, bytes, dict[str, bytes]]] = field(
         default_factory=list, init=False
     )
+    _extra: dict[str, Any] = field(default_factory=dict, init=False)  # name -> executor
+    _timers: list[tuple[float, int, _Node]] = field(default_factory=list, init=False)
+    _seq: Any = field(default_factory=itertools.count, init=False)
+    _halt: str = field(default="", init=False)  # why only rule tasks may still start
+    _halt_rules: tuple[str, ...] = field(default=(), init=False)  # the rules that may
+    _cancel_requested: str = field(default="", init=False)
+    _wake: cf.Future[Any] = field(default_factory=cf.Future, init=False)
+    _mapper: Any = field(default=None, init=False)  # mapping.Mapper: mapped/streaming tasks
 
     def __post_init__(self) -> None:
         inv = self.invocation
@@ -230,6 +258,9 @@ class Scheduler:
                 if dep.passed:
                     self._nodes[dep.task].consumers += 1
             node.forced = self.force_all or node.name in self.force
+        from taskrun.mapping import Mapper
+
+        self._mapper = Mapper(self)
 
     @property
     def root(self) -> Path:
@@ -243,14 +274,18 @@ class Scheduler:
         return content_digest(Path(full), stat_cache=self.stat_cache)
 
     def _code_of(self, spec: TaskSpec) -> tuple[str, Mapping[str, str]]:
-        if spec.version is not None:
+        if spec.version is not None and not spec.override:
             return f"version:{spec.version}", {}
         key = spec.fn
         if key not in self._code:
             from taskrun.fingerprint import code_fingerprint
 
             code = code_fingerprint(spec.fn, root=self.root, memo=self.source_memo)
-            self._code[key] = (code.digest, dict(code.parts))
+            digest = code.digest
+            if spec.override:
+                # An override never shares entries with the real task, even at equal code.
+                digest = f"override:{spec.override}:{digest}"
+            self._code[key] = (digest, dict(code.parts))
         result: tuple[str, Mapping[str, str]] = self._code[key]
         return result
 
@@ -273,7 +308,9 @@ class Scheduler:
             code=code,
             code_parts=parts,
             options=dict(self.invocation.options[spec.name]),
-            upstream=dict(upstream),
+            upstream=dict(upstream) if node.item is None else {
+                **upstream, node.item.slot: node.item.digest
+            },
             inputs=files,
             env={name: os.environ.get(name) for name in spec.env},
             runtime=dict(self.runtime),
@@ -326,6 +363,8 @@ class Scheduler:
             return ("forced",)
         if node.hint:
             return (node.hint,)
+        if node.nocache:
+            return (node.nocache,)
         if not node.spec.cache:
             return ("not cached (cache=False)",)
         if self.cache.mode == "off":
@@ -349,7 +388,12 @@ class Scheduler:
 
         out = []
         for item, node in self._walk(unknown="(will run)"):
+            if item.action == "skip":
+                out.append(ExplainItem(node.name, "skip", "", item.reasons, (), None))
+                continue
             latest = self.cache.latest(node.name) if self.cache.mode != "off" else None
+            if node.inputs is None:  # a mapped task's summary: its items say what changed
+                latest = None
             changes = tuple(diff(latest.components, self._described(node))) if latest else ()
             out.append(
                 ExplainItem(
@@ -364,10 +408,27 @@ class Scheduler:
         return out
 
     def _walk(self, unknown: str | None = None) -> Iterator[tuple[ev.Planned, _Node]]:
-        for node in self._nodes.values():
+        # A dry run assumes every task that runs succeeds; skips (when=, and what follows
+        # from them by the trigger rules) are known before anything runs.
+        assumed: dict[str, str] = {}
+        for node in list(self._nodes.values()):
             deps = [self._nodes[d] for d in node.deps]
+            skip = self.invocation.skipped.get(node.name)
+            if skip is None:
+                verdict = decide(node.spec.run_if, [(d.name, assumed[d.name]) for d in deps])
+                skip = None if verdict.run else verdict.reason
+            if skip is not None:
+                assumed[node.name] = "skipped"
+                node.digest = _skip_digest(skip)
+                yield ev.Planned(node.name, "skip", (skip,)), node
+                continue
+            if node.spec.map is not None:
+                yield from self._mapper.walk(node, unknown)  # its items, then a summary
+                assumed[node.name] = "cached" if node.digest else "ran"
+                continue
             waiting = [d.name for d in deps if not d.digest]
             if waiting and unknown is None:
+                assumed[node.name] = "ran"
                 reasons = tuple(f"upstream '{u}' will run" for u in waiting)
                 yield ev.Planned(node.name, "run", reasons), node
                 continue
@@ -376,12 +437,15 @@ class Scheduler:
             if not waiting and not node.forced and node.spec.cache:
                 entry = self.cache.lookup(node.fp)
             if entry is not None:
-                node.digest = entry.meta.product_digest
+                assumed[node.name] = "cached"
+                node.digest, node.entry = entry.meta.product_digest, entry
                 yield ev.Planned(node.name, "cached", (), node.fp), node
             elif waiting:
+                assumed[node.name] = "ran"
                 reasons = tuple(f"upstream '{u}' will run" for u in waiting)
                 yield ev.Planned(node.name, "run", reasons, node.fp), node
             else:
+                assumed[node.name] = "ran"
                 yield ev.Planned(node.name, "run", self._why(node), node.fp), node
 
     # -- the run -----------------------------------------------------------------------
@@ -396,50 +460,61 @@ class Scheduler:
                 executor=self.executor.name,
             )
         )
-        running, parked = self._running, self._parked
         # perf: readiness is counted, not searched for: a finished task decrements its
         # dependents' counters, so each step costs its own edges, never a scan of the graph.
         self._waiting = {n.name: len(n.deps) for n in self._nodes.values()}
         self._ready = deque(n for n in self._nodes.values() if not n.deps)
+        for name, reason in self.invocation.skipped.items():
+            self._skip(self._nodes[name], reason)  # when= said no: before anything runs
+        interrupted = False
         try:
-            while True:
-                if not self._stopping:
-                    self._advance()
-                if not running and not parked:
-                    break
-                self._flush()  # before waiting: store what is finished
-                done, _ = cf.wait(
-                    list(running),
-                    timeout=_POLL if parked else 0.5,
-                    return_when=cf.FIRST_COMPLETED,
-                )
-                for future in done:
-                    self._collect(future)
-                if self._stopping:
-                    for node in parked:
-                        self._release_lock(node)
-                        node.state = "pending"
-                    parked.clear()
-            self._skip_rest(self._stopping)
-        except KeyboardInterrupt:
-            self.executor.cancel()
-            if self.remote is not None:
-                self.remote.close()  # queued uploads are dropped, never half-written
-            with contextlib.suppress(Exception, KeyboardInterrupt):
-                self._flush()  # tasks that finished are good results; in-flight ones are not
-            for node in self._nodes.values():
-                self._release_lock(node)
-            in_flight = tuple(n.name for n in running.values())
-            self.on_event(ev.Interrupted(running=in_flight))
-            raise Interrupted("interrupted; nothing in flight was recorded") from None
+            try:
+                self._loop()
+            except KeyboardInterrupt:
+                interrupted = True
+                self._interrupt()
+            self._skip_rest()
         finally:
             self._close()
+        if interrupted:
+            raise Interrupted("interrupted; nothing in flight was recorded")
         return self._result(time.perf_counter() - start)
+
+    def _loop(self, deadline: float | None = None) -> bool:
+        """Decide, submit and collect until every task has ended; False at ``deadline``."""
+        running, parked = self._running, self._parked
+        while True:
+            if self._cancel_requested and self._halt_rules != ("always",):
+                self._cancel_all(self._cancel_requested)
+            self._advance()
+            self._fire_timers()
+            if not running and not parked and not self._timers and not self._ready:
+                return True
+            self._flush()  # before waiting: store what is finished
+            timeout = _POLL if parked else 0.5
+            if self._timers:
+                timeout = min(timeout, max(0.0, self._timers[0][0] - time.monotonic()))
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                timeout = min(timeout, left)
+            done, _ = cf.wait(
+                [*running, self._wake, *self._mapper.wakers()],
+                timeout=timeout,
+                return_when=cf.FIRST_COMPLETED,
+            )
+            for future in done:
+                if future is self._wake:
+                    self._wake = cf.Future()  # seen; a later cancel() resolves the new one
+                elif future in running:
+                    self._collect(future)
+            self._mapper.drain()  # items yielded by generators still running
 
     def _collect(self, future: cf.Future[Any]) -> None:
         node = self._running.pop(future)
-        if self._finish(node, future.result()) and not self.keep_going:
-            self._stopping = True
+        if self._finish(node, future.result()) and not self.keep_going and not self._halt:
+            self._stop(node.name)
 
     def _advance(self) -> None:
         """Decide every task whose dependencies are done; submit the misses."""
@@ -450,7 +525,7 @@ class Scheduler:
                 self._decide_locked(node)
         ready = self._ready
         fresh: set[str] = set()  # fingerprinted by _prefetch for this very decision
-        while ready and not self._stopping:
+        while ready:
             if self.remote is not None and ready[0].name not in fresh:
                 self._prefetch(fresh)  # the wave that is ready now, in one batch
             node = ready.popleft()
@@ -459,12 +534,18 @@ class Scheduler:
             if node.state != "pending" or self._waiting[node.name]:
                 continue  # decided already, or an upstream went back to run (_rerun)
             deps = [self._nodes[d] for d in node.deps]
-            failed = next((d.name for d in deps if d.state in ("failed", "skipped")), None)
-            if failed is not None:
-                self._skip(node, f"upstream '{failed}' did not complete")
+            if self._halt and node.spec.run_if not in self._halt_rules:
+                self._skip(node, self._halt_reason(node))
+                continue
+            verdict = decide(node.spec.run_if, [(d.name, d.state) for d in deps])
+            if not verdict.run:
+                self._skip(node, verdict.reason)
+                continue
+            if node.spec.map is not None:
+                self._mapper.advance(node)  # expand into item nodes, or gather their products
                 continue
             if not prefetched:
-                self._fingerprint(node, {d.name: d.digest for d in deps})
+                self._fingerprint(node, self._upstream_digests(node, deps))
             if self._lookup(node):
                 continue
             if not self._try_lock(node):
@@ -483,12 +564,17 @@ class Scheduler:
         for node in self._ready:
             if node.state != "pending" or self._waiting[node.name] or node.name in fresh:
                 continue
+            if node.spec.map is not None:
+                continue  # a mapped task has no entry of its own: its items do
             deps = [self._nodes[d] for d in node.deps]
-            if any(d.state in ("failed", "skipped") for d in deps):
+            if self._halt and node.spec.run_if not in self._halt_rules:
                 continue
-            self._fingerprint(node, {d.name: d.digest for d in deps})
+            if not decide(node.spec.run_if, [(d.name, d.state) for d in deps]).run:
+                continue
+            self._fingerprint(node, self._upstream_digests(node, deps))
             fresh.add(node.name)
-            if node.spec.cache and not node.forced and not self.cache.has_entry(node.fp):
+            cacheable = node.spec.cache and not node.forced and not node.nocache
+            if cacheable and not self.cache.has_entry(node.fp):
                 wanted.append(node.fp)
         if wanted:
             self.remote.fetch(self.cache, wanted)  # adopted locally: _lookup then hits
@@ -502,11 +588,13 @@ class Scheduler:
 
     def _lookup(self, node: _Node) -> bool:
         """A hit: restore outputs, mark cached, release upstream products. Else False."""
-        if node.forced or not node.spec.cache:
+        if node.forced or not node.spec.cache or node.nocache:
             return False
         entry = self.cache.lookup(node.fp)
         if entry is None:
             return False
+        if entry.meta.product_digest.startswith(_SKIPPED):
+            return self._cached_skip(node, entry)
         restored = 0
         if entry.meta.outputs:
             from taskrun.files import restore_outputs
@@ -556,7 +644,7 @@ class Scheduler:
         return None
 
     def _try_lock(self, node: _Node) -> bool:
-        if not node.spec.cache or self.cache.mode != "rw":
+        if not node.spec.cache or node.nocache or self.cache.mode != "rw":
             return True
         node.lock = self.cache.try_lock(node.fp)
         return node.lock is not None
@@ -582,10 +670,14 @@ class Scheduler:
         self._submit(node, kwargs)
 
     def _arguments(self, node: _Node) -> dict[str, Any]:
-        kwargs = dict(self.invocation.options[node.name])
+        kwargs = dict(self.invocation.options[node.spec.name])
+        if node.item is not None:
+            kwargs[node.item.param] = node.item.value
         for dep in node.spec.deps:
             up = self._nodes[dep.task]
-            if dep.passed:
+            if dep.passed and node.spec.run_if != "succeeded":
+                kwargs[dep.param] = self._outcome_of(up)
+            elif dep.passed:
                 kwargs[dep.param] = self._product(up)
         for dep in node.spec.deps:
             if dep.passed:
@@ -625,10 +717,11 @@ class Scheduler:
         from taskrun.executors import Call
 
         node.state = "running"
+        node.calls += 1
         self.on_event(ev.TaskStarted(node.name, node.reasons, node.attempt))
         call = Call(
             task=node.name,
-            fn=node.spec.fn,
+            fn=self._mapper.function(node),
             kwargs=kwargs,
             cwd=str(self.root),
             timeout=node.spec.timeout,
@@ -637,7 +730,8 @@ class Scheduler:
             outputs=self._outputs(node),
         )
         self._calls[node.name] = call
-        node.future = self.executor.submit(call)
+        node.future = None  # until submit returns (the inline executor runs the call inside)
+        node.future = self._executor(node).submit(call)
         self._running[node.future] = node
         if node.future.done():
             # The inline executor finishes inside submit(); settle it now so that a
@@ -646,6 +740,12 @@ class Scheduler:
 
     def _finish(self, node: _Node, outcome: Any) -> bool:
         """Record a finished call. Returns True when the task has failed for good."""
+        if getattr(outcome, "cancelled", False):
+            self._cancelled(node, self._halt or outcome.error, outcome, running=True)
+            return False
+        if outcome.ok and isinstance(outcome.value, SkipMarker):
+            self._record_skip(node, outcome)
+            return False
         if outcome.ok:
             try:
                 self._record(node, outcome)
@@ -654,10 +754,7 @@ class Scheduler:
                 outcome = _Failure(
                     error=exc.message, output=outcome.output, duration=outcome.duration
                 )
-        if node.attempt <= node.spec.retries:
-            node.attempt += 1
-            self.on_event(ev.TaskRetrying(node.name, node.attempt, outcome.error))
-            self._submit(node, self._calls[node.name].kwargs)
+        if self._retry(node, outcome):
             return False
         self._release_lock(node)
         node.state = "failed"
@@ -692,12 +789,14 @@ class Scheduler:
             ) from None
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            digest = product_digest(value, hash_path=self._hash_path)
+            digest = product_digest(
+                value, hash_path=self._hash_path, root=self.root, warned=self._digest_warned
+            )
         for w in caught:
             self._warn(str(w.message), node)
         stored, unchanged = False, False
         captured = self._capture(node, value)
-        if spec.cache and self.cache.mode == "rw":
+        if spec.cache and not node.nocache and self.cache.mode == "rw":
             # The lock is released when the batch holding the entry is written (_flush).
             stored, unchanged = self._store(node, value, digest, outcome.duration, captured)
         if not stored:
@@ -800,41 +899,42 @@ class Scheduler:
                 )
 
     # -- endings -----------------------------------------------------------------------
-    def _skip(self, node: _Node, reason: str) -> None:
+    def _skip(self, node: _Node, reason: str, *, cached: bool = False) -> None:
         node.state = "skipped"
+        node.digest = _skip_digest(reason)  # what a dependent with a rule sees of it
         self._done(node)
         node.error = reason
-        self.on_event(ev.Skipped(node.name, reason))
+        self.on_event(ev.Skipped(node.name, reason, cached))
 
-    def _skip_rest(self, stopping: bool) -> None:
-        failed = [n.name for n in self._nodes.values() if n.state == "failed"]
-        # The failed task each node depends on, if any (nodes are in topological order):
-        # --keep-going would not run those, so it is only suggested for the others.
-        blocked: dict[str, str] = {}
-        for node in self._nodes.values():
-            if node.state == "failed":
-                blocked[node.name] = node.name
-            else:
-                hit = next((blocked[d] for d in node.deps if d in blocked), None)
-                if hit is not None:
-                    blocked[node.name] = hit
+    def _skip_rest(self) -> None:
         for node in self._nodes.values():
             if node.state in ("pending", "parked"):
-                if node.name in blocked:
-                    why = f"upstream '{blocked[node.name]}' failed"
-                elif stopping and failed:
-                    why = f"stopped after '{failed[0]}' failed (use --keep-going to go on)"
-                else:
-                    why = "upstream did not complete"
-                self._skip(node, why)
+                self._release_lock(node)
+                self._skip(node, self._halt_reason(node) or "upstream did not complete")
+            elif node.state in ("retrying", "running"):
+                self._cancelled(node, self._halt or "the run ended", None)
+
+    def _halt_reason(self, node: _Node) -> str:
+        """Why the halt skips NODE: below the failed task, --keep-going would not run it
+        either, so it is told what failed, not to use --keep-going."""
+        for name in node.deps:
+            up = self._nodes[name]
+            if up.state == "failed":
+                return f"upstream '{name}' failed"
+            if up.state == "skipped" and up.error.startswith("upstream '"):
+                if up.error.endswith("' failed"):
+                    return up.error
+        return self._halt
 
     def _close(self) -> None:
+        self._mapper.close()
         self._flush()
         if self.remote is not None:
             self._finish_remote()
-        used = [n.fp for n in self._nodes.values() if n.state in ("cached", "ran") and n.spec.cache]
-        hits = sum(1 for n in self._nodes.values() if n.state == "cached")
-        misses = sum(1 for n in self._nodes.values() if n.state in ("ran", "failed"))
+        nodes = [n for n in self._nodes.values() if self._mapper.counted(n)]
+        used = [n.fp for n in nodes if n.state in ("cached", "ran") and n.spec.cache and n.fp]
+        hits = sum(1 for n in nodes if n.state == "cached")
+        misses = sum(1 for n in nodes if n.state in ("ran", "failed"))
         if self.cache.mode == "rw":
             self.cache.record_run(used, hits=hits, misses=misses)
         if self.stat_cache is not None:
@@ -863,12 +963,14 @@ class Scheduler:
         )
 
     def _result(self, elapsed: float) -> RunResult:
-        nodes = self._nodes.values()
+        # An expanded mapped task is counted as its item calls, not as a task of its own.
+        nodes = [n for n in self._nodes.values() if self._mapper.counted(n)]
         count = {
-            s: sum(1 for n in nodes if n.state == s) for s in ("cached", "ran", "failed", "skipped")
+            s: sum(1 for n in nodes if n.state == s)
+            for s in ("cached", "ran", "failed", "skipped", "cancelled")
         }
         summary = ev.RunFinished(
-            total=len(self._nodes),
+            total=len(nodes),
             cached=count["cached"],
             ran=count["ran"],
             failed=count["failed"],
@@ -876,19 +978,22 @@ class Scheduler:
             elapsed=elapsed,
             saved=sum(n.duration for n in nodes if n.state == "cached"),
             failures=tuple(n.name for n in nodes if n.state == "failed"),
+            cancelled=count["cancelled"],
         )
         self.on_event(summary)
         tasks = {
             n.name: TaskResult(
-                n.name, n.state, n.duration, n.reasons, n.fp, n.error, fn=n.spec.fn
+                n.name, n.state, n.duration, n.reasons, n.fp, n.error, n.calls, fn=n.spec.fn
             )
-            for n in nodes
+            for n in self._nodes.values()
         }
         loaders: dict[str, Callable[[], Any]] = {}
-        for node in nodes:
+        for node in self._nodes.values():
             if node.has_value:
                 loaders[node.name] = (lambda v: lambda: v)(node.value)
-            elif node.state == "cached":
+            elif node.spec.map is not None and node.name in self._nodes:
+                continue  # a mapped task has no entry of its own (its items do)
+            elif node.state == "cached" and node.entry is not None:
                 loaders[node.name] = node.entry.load
             elif node.state == "ran" and node.spec.cache and self.cache.mode == "rw":
                 # perf: the product was dropped after its last consumer; it is in its entry.
@@ -904,8 +1009,206 @@ class Scheduler:
             raise CacheError(f"cache entry {fingerprint} is gone (evicted or removed)")
         return entry.load()
 
+    # -- when things fail: rules, skips, retries, cancellation ---------------------------
+    def _upstream_digests(self, node: _Node, deps: list[_Node]) -> dict[str, str]:
+        """What enters the fingerprint for each dependency.
+
+        A task with a trigger rule sees its upstreams' states, so a skip enters as its own
+        digest; a failed or cancelled upstream makes its result uncacheable (never cache
+        what a failure fed: the failure may not happen again).
+        """
+        if node.spec.run_if == "succeeded":
+            return {d.name: d.digest for d in deps}
+        out = {}
+        for d in deps:
+            if d.state in ("failed", "cancelled"):
+                out[d.name] = f"{d.state}:"
+                node.nocache = node.nocache or f"upstream '{d.name}' {d.state} (not cached)"
+            else:
+                out[d.name] = d.digest
+        return out
+
+    def _outcome_of(self, up: _Node) -> Outcome[Any]:
+        product = self._product(up) if up.state in OK_STATES else None
+        return Outcome(up.name, up.state, product, "" if up.state in OK_STATES else up.error)
+
+    def _cached_skip(self, node: _Node, entry: Any) -> bool:
+        """A task that called taskrun.skip() in an earlier run: skip it again from the cache."""
+        try:
+            marker = entry.load()
+        except Exception:  # an unreadable entry is a miss like any other
+            return False
+        node.entry = entry
+        self._skip(node, marker.reason, cached=True)
+        return True
+
+    def _record_skip(self, node: _Node, outcome: Any) -> None:
+        """The task called taskrun.skip(): a result, stored like a product."""
+        marker: SkipMarker = outcome.value
+        stored = False
+        if node.spec.cache and not node.nocache and self.cache.mode == "rw":
+            stored, _ = self._store(node, marker, _skip_digest(marker.reason), outcome.duration, [])
+        if not stored:
+            self._release_lock(node)
+        node.duration = outcome.duration
+        self._skip(node, marker.reason)
+
+    def _cancelled(self, node: _Node, reason: str, outcome: Any, *, running: bool = False) -> None:
+        self._release_lock(node)
+        node.state = "cancelled"
+        node.error = reason
+        node.duration = getattr(outcome, "duration", 0.0)
+        self._done(node)
+        started = running and "before it started" not in getattr(outcome, "error", "")
+        self.on_event(
+            ev.TaskCancelled(
+                node.name,
+                reason,
+                output=getattr(outcome, "output", ""),
+                duration=node.duration,
+                running=started,
+            )
+        )
+
+    def _retry(self, node: _Node, outcome: Any) -> bool:
+        """Try a failed task again if its policy allows; the wait is a timer, not a worker."""
+        spec = node.spec
+        policy = RetryPolicy(
+            spec.retries, spec.retry_delay, spec.retry_backoff, spec.retry_jitter, spec.retry_on
+        )
+        timed_out = getattr(outcome, "timed_out", False)
+        if self._halt or not policy.allows(
+            node.attempt, getattr(outcome, "error_types", ()), timed_out=timed_out
+        ):
+            return False
+        delay = policy.wait(node.attempt, self.rng)
+        node.attempt += 1
+        self.on_event(
+            ev.TaskRetrying(
+                node.name,
+                node.attempt,
+                outcome.error,
+                delay=delay,
+                output=outcome.output,
+                duration=outcome.duration,
+                timed_out=timed_out,
+            )
+        )
+        if delay <= 0:
+            self._submit(node, self._calls[node.name].kwargs)
+        else:
+            # perf: the worker slot is free while we wait; the driver's loop wakes for it.
+            node.state = "retrying"
+            heapq.heappush(self._timers, (time.monotonic() + delay, next(self._seq), node))
+        return True
+
+    def _fire_timers(self) -> None:
+        now = time.monotonic()
+        while self._timers and self._timers[0][0] <= now:
+            _, _, node = heapq.heappop(self._timers)
+            if node.state == "retrying":
+                self._submit(node, self._calls[node.name].kwargs)
+
+    def _executor(self, node: _Node) -> Any:
+        """The executor a task runs on: its own executor= if it names another one."""
+        name = node.spec.executor
+        if name is None or name == self.executor.name or self.executor_for is None:
+            return self.executor
+        if name not in self._extra:
+            self._extra[name] = self.executor_for(name)
+        return self._extra[name]
+
+    def _executors(self) -> list[Any]:
+        return [self.executor, *self._extra.values()]
+
+    def _stop(self, failed: str) -> None:
+        """Fail-fast: start nothing new but rule tasks; cancel running calls where we can."""
+        self._stopping = True
+        self._halt = f"stopped after '{failed}' failed (use --keep-going to go on)"
+        self._halt_rules = ("failed", "always")
+        # Executor.cancel() stops every call of an executor: spare one that runs a cleanup.
+        spared = {
+            id(self._executor(n)) for n in self._running.values() if n.spec.run_if != "succeeded"
+        }
+        for executor in self._executors():
+            if id(executor) not in spared:
+                executor.cancel()
+        self._drop_waiting()
+
+    def _cancel_all(self, reason: str) -> None:
+        """Ctrl-C or a handle's cancel(): stop every call; only always tasks may still start."""
+        self._stopping = True
+        self._halt = reason
+        self._halt_rules = ("always",)
+        for executor in self._executors():
+            with contextlib.suppress(Exception):
+                executor.cancel()
+        for node in self._nodes.values():
+            lost = node.future is None or node.future not in self._running
+            if node.state == "running" and lost:  # Ctrl-C hit inside submit() (inline)
+                self._cancelled(node, reason, None, running=True)
+        self._drop_waiting()
+
+    def _drop_waiting(self) -> None:
+        """Retries waiting for their timer are cancelled; parked tasks are decided again."""
+        for _, _, node in self._timers:
+            if node.state == "retrying":
+                self._cancelled(node, self._halt, None)
+        self._timers.clear()
+        for node in self._parked:
+            self._release_lock(node)
+            node.state = "pending"
+            self._ready.append(node)
+        self._parked.clear()
+
+    def _interrupt(self) -> None:
+        """Ctrl-C: cancel everything, then give run_if="always" tasks a grace period.
+
+        A second Ctrl-C (or the end of the grace period) stops those too. Finished tasks
+        stay recorded; nothing in flight is.
+        """
+        in_flight = tuple(n.name for n in self._running.values())
+        self.on_event(ev.Interrupted(running=in_flight))
+        try:
+            self._cancel_all("interrupted (Ctrl-C)")
+            if not self._loop(deadline=time.monotonic() + self.interrupt_grace):
+                self._cancel_all("interrupted: the grace period for cleanup tasks is over")
+        except KeyboardInterrupt:
+            self._cancel_all("interrupted again (Ctrl-C): cleanup tasks stopped")
+        with contextlib.suppress(Exception, KeyboardInterrupt):
+            for future in list(self._running):
+                if future.done():
+                    self._collect(future)
+            for node in self._running.values():
+                self._cancelled(node, self._halt, None, running=True)
+            self._running.clear()
+            self._flush()  # tasks that finished are good results; in-flight ones are not
+        for node in self._nodes.values():
+            self._release_lock(node)
+        if self.remote is not None:
+            self.remote.close()  # queued uploads are dropped, never half-written
+
+    def request_cancel(self, reason: str = "cancelled") -> None:
+        """Ask the driver to cancel the run (thread-safe): what ``handle.cancel()`` calls."""
+        self._cancel_requested = reason
+        with contextlib.suppress(cf.InvalidStateError):
+            self._wake.set_result(None)
+
+    def states(self) -> dict[str, str]:
+        """Each task's state now (pending, parked, running, retrying, or how it ended)."""
+        return {name: node.state for name, node in list(self._nodes.items())}
+
     def _warn(self, message: str, node: _Node | None = None) -> None:
         self.on_event(ev.Warned(message, node.name if node else ""))
+
+
+_SKIPPED = "skipped:"  # product digests of skips start with this (never a real digest)
+
+
+def _skip_digest(reason: str) -> str:
+    from taskrun.fingerprint import product_digest
+
+    return _SKIPPED + product_digest(reason)
 
 
 class _UpstreamReload(Exception):

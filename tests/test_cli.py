@@ -258,7 +258,7 @@ def test_keep_going_runs_independent_tasks(
     result = run_cli(root, "run", "--keep-going", "--executor", "inline")
     assert result.exit_code == 1
     assert "ran      good" in result.output
-    assert "skipped  after: upstream 'bad' did not complete" in result.output
+    assert "skipped  after: upstream 'bad' failed" in result.output
 
 
 # -- dry run -------------------------------------------------------------------------------

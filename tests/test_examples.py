@@ -49,7 +49,7 @@ def run_ok(run_cli: RunCli, root: Path, *args: str) -> str:
 def test_every_example_has_a_task_file_and_a_readme() -> None:
     """Each example directory is a small project with its own tasks.py and README."""
     names = sorted(p.name for p in EXAMPLES.iterdir() if p.is_dir())
-    assert {"pipeline", "site", "options"} <= set(names)
+    assert {"pipeline", "site", "options", "streaming"} <= set(names)
     for name in names:
         assert (EXAMPLES / name / "tasks.py").is_file(), name
         assert (EXAMPLES / name / "README.md").is_file(), name
@@ -114,30 +114,33 @@ def test_pipeline_download_from_another_url(run_cli: RunCli, tmp_path: Path) -> 
 
 # -- site ----------------------------------------------------------------------------------
 SITE_FILES = ["index.html", "about.html", "building.html", "sitemap.txt", "static/style.css"]
+PAGES = {"page[content/index.md]", "page[content/about.md]", "page[content/building.md]"}
 
 
 def test_site_cold_then_cached(run_cli: RunCli, tmp_path: Path) -> None:
     """Cold: every page, the assets and the sitemap are built; warm: all cached."""
     root = copy("site", tmp_path)
     cold = run_ok(run_cli, root)
-    assert ran(cold) == {"toc", "assets", "page_index", "page_about", "page_building", "site"}
+    assert ran(cold) == {"sources", "toc", "assets", *PAGES, "site"}
     for name in SITE_FILES:
         assert (root / "build/site" / name).is_file(), name
     about = (root / "build/site/about.html").read_text()
     assert "<h1>About</h1>" in about and "<em>files</em>" in about
     assert '<a href="index.html">Welcome</a>' in about
-    assert "6 tasks: 6 cached, 0 ran, 0 failed" in run_ok(run_cli, root)
+    assert "7 tasks: 7 cached, 0 ran, 0 failed" in run_ok(run_cli, root)
 
 
 def test_site_edit_reruns_only_what_depends_on_the_page(run_cli: RunCli, tmp_path: Path) -> None:
-    """Editing one page's body reruns that page (and toc, site); the other pages stay cached."""
+    """Editing one page's body reruns that page (and sources, toc, site); the others hit."""
     root = copy("site", tmp_path)
     run_ok(run_cli, root)
     with (root / "content/about.md").open("a") as fh:
         fh.write("\nMore text.\n")
     output = run_ok(run_cli, root)
-    assert ran(output) == {"toc", "page_about", "site"}
-    assert "ran      page_about" in output and "input 'content/about.md' changed" in output
+    assert ran(output) == {"sources", "toc", "page[content/about.md]", "site"}
+    assert "ran      page[content/about.md]" in output
+    assert "the item (of 'sources') changed" in output
+    assert "mapped   page: 3 items: 2 cached, 1 ran" in output
     assert "More text." in (root / "build/site/about.html").read_text()
 
 
@@ -148,7 +151,7 @@ def test_site_title_change_rebuilds_every_navigation(run_cli: RunCli, tmp_path: 
     about = root / "content/about.md"
     about.write_text(about.read_text().replace("# About", "# About us"))
     output = run_ok(run_cli, root)
-    assert ran(output) == {"toc", "page_index", "page_about", "page_building", "site"}
+    assert ran(output) == {"sources", "toc", *PAGES, "site"}
     assert "About us</a>" in (root / "build/site/index.html").read_text()
 
 
@@ -171,18 +174,26 @@ def test_site_deleted_build_is_restored_without_running(run_cli: RunCli, tmp_pat
     shutil.rmtree(root / "build")
     output = run_ok(run_cli, root)
     assert ran(output) == set()
-    assert "6 tasks: 6 cached, 0 ran, 0 failed" in output
+    assert "7 tasks: 7 cached, 0 ran, 0 failed" in output
     assert {n: (root / "build/site" / n).read_bytes() for n in SITE_FILES} == before
 
 
-def test_site_new_page_is_a_new_task(run_cli: RunCli, tmp_path: Path) -> None:
-    """A new Markdown file adds its own task."""
+def test_site_new_page_is_a_new_item_call(run_cli: RunCli, tmp_path: Path) -> None:
+    """A new Markdown file found at run time gets its own call (and, a new title, new navs)."""
     root = copy("site", tmp_path)
     run_ok(run_cli, root)
     (root / "content/news.md").write_text("# News\n\nNothing yet.\n")
     output = run_ok(run_cli, root)
-    assert "page_news" in ran(output)
+    assert "page[content/news.md]" in ran(output)
     assert (root / "build/site/news.html").is_file()
+    assert "news.html" in (root / "build/site/sitemap.txt").read_text()
+
+
+def test_site_task_file_has_no_loop() -> None:
+    """The pages are one mapped task, not a task per file made in a loop at import time."""
+    text = (EXAMPLES / "site" / "tasks.py").read_text()
+    assert '@task(map={"source": sources}' in text
+    assert "for stem in" not in text and "name=f" not in text
 
 
 # -- options -------------------------------------------------------------------------------
@@ -231,6 +242,42 @@ def test_options_parent_chain_names_the_broken_rule(run_cli: RunCli, tmp_path: P
     result = run_cli(root, "run", "-o", "settings.port=99999")
     assert result.exit_code == 2
     assert "99999 is not a TCP port (1-65535) (Port)" in result.output
+
+
+# -- streaming -----------------------------------------------------------------------------
+def test_streaming_cold_then_cached(run_cli: RunCli, tmp_path: Path) -> None:
+    """Cold: the crawl and one analysis per page found; warm: all cached."""
+    root = copy("streaming", tmp_path)
+    cold = run_ok(run_cli, root, "-o", "delay=0", "-o", "slow=0")
+    pages = ["index", "cats", "dogs", "about", "food", "parks"]
+    assert ran(cold) == {"crawl", "report", *(f"analyse[pages/{p}.txt]" for p in pages)}
+    report = (root / "build/report.txt").read_text()
+    assert report.startswith("6 pages: index.txt, cats.txt, dogs.txt, about.txt, food.txt")
+    assert "orphan" not in report
+    assert "8 tasks: 8 cached, 0 ran" in run_ok(run_cli, root, "-o", "delay=0", "-o", "slow=0")
+
+
+def test_streaming_edit_one_page_analyses_one_page(run_cli: RunCli, tmp_path: Path) -> None:
+    """An edited page: the crawl reruns, one analysis runs, the rest are hits."""
+    root = copy("streaming", tmp_path)
+    run_ok(run_cli, root, "-o", "delay=0", "-o", "slow=0")
+    with (root / "pages/about.txt").open("a") as fh:
+        fh.write("Cats and dogs are friends.\n")
+    output = run_ok(run_cli, root, "-o", "delay=0", "-o", "slow=0")
+    assert ran(output) == {"crawl", "analyse[pages/about.txt]", "report"}
+    assert "mapped   analyse: 6 items: 5 cached, 1 ran" in output
+
+
+def test_streaming_a_new_link_finds_one_more_page(run_cli: RunCli, tmp_path: Path) -> None:
+    """Linking the orphan page: it is found and analysed; nothing else is."""
+    root = copy("streaming", tmp_path)
+    run_ok(run_cli, root, "-o", "delay=0", "-o", "slow=0")
+    with (root / "pages/parks.txt").open("a") as fh:
+        fh.write("-> orphan.txt\n")
+    output = run_ok(run_cli, root, "-o", "delay=0", "-o", "slow=0")
+    new = {"analyse[pages/parks.txt]", "analyse[pages/orphan.txt]"}
+    assert ran(output) == {"crawl", *new, "report"}
+    assert "7 pages" in (root / "build/report.txt").read_text()
 
 
 # -- the examples through the pytest plugin (taskrun.testing), as their users would test --

@@ -46,10 +46,11 @@ from taskrun.fingerprint import (
 
 # --------------------------------------------------------------------------- goldens
 #
-# These digests pin fingerprint scheme 1. If one of these tests fails, you changed the
-# encoding: every digest in every user's cache changes with it. That can be right, but
-# then bump SCHEME_VERSION in taskrun/fingerprint.py and update the digests here in the
-# same commit (print them with value_digest / task_fingerprint).
+# These digests pin fingerprint scheme 2 (scheme 1 had the same value encodings, without
+# the E/R/r/o forms; the version enters every task fingerprint). If one of these tests
+# fails, you changed the encoding: every digest in every user's cache changes with it.
+# That can be right, but then bump SCHEME_VERSION in taskrun/fingerprint.py and update
+# the digests here in the same commit (print them with value_digest / task_fingerprint).
 
 
 class Color(enum.Enum):
@@ -140,14 +141,14 @@ GOLDEN_INPUTS = FingerprintInputs(
     env={"CC": "gcc", "TOKEN": None},
     runtime={"python": "cpython-3.11", "platform": "linux-x86_64"},
 )
-GOLDEN_TASK_FINGERPRINT = "94ea35831cf0096b79e500b7cda7659d"
+GOLDEN_TASK_FINGERPRINT = "29c6c2d66bd7cd438aaa80789acff812"
 # np.arange(6, dtype="<i4").reshape(2, 3), checked when NumPy is installed
 GOLDEN_NUMPY_DIGEST = "006ebf7509e3ded3fbabe12bc68bce5b"
 
 
 @pytest.mark.parametrize("name", sorted(GOLDEN_VALUES))
 def test_golden_value_digests(name: str) -> None:
-    """Digests of a fixed set of values never change within scheme 1."""
+    """Digests of a fixed set of values never change within scheme 2."""
     assert value_digest(GOLDEN_VALUES[name], hash_path=_fixed_hash) == GOLDEN_DIGESTS[name]
 
 
@@ -164,8 +165,8 @@ def test_golden_encoding_bytes() -> None:
 
 
 def test_golden_task_fingerprint() -> None:
-    """The fingerprint of a fixed set of task inputs never changes within scheme 1."""
-    assert SCHEME_VERSION == 1
+    """The fingerprint of a fixed set of task inputs never changes within scheme 2."""
+    assert SCHEME_VERSION == 2
     assert task_fingerprint(GOLDEN_INPUTS, hash_path=_fixed_hash) == GOLDEN_TASK_FINGERPRINT
 
 

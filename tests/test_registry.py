@@ -381,7 +381,7 @@ def test_unknown_task_argument_suggests_the_right_one(definition_error: Any) -> 
         """)
     assert where in message
     assert "unknown argument 'cahce' (did you mean 'cache'?)" in message
-    assert "deps, env, inputs" in message
+    assert "deps, env, executor, inputs" in message
 
 
 @pytest.mark.parametrize("params", ["*args", "**kwargs", "top: int = 1, *rest: int"])

@@ -488,3 +488,73 @@ def test_a_store_that_fails_turns_the_remote_off_once(tmp_path: Path) -> None:
         stats = remote.finish()
     assert len(said) == 1 and "connection reset by peer" in said[0]
     assert stats.failure and stats.hits == 0
+
+
+def test_a_remote_that_never_answers_is_given_up(tmp_path: Path) -> None:
+    """A store that hangs: the lookup returns after the timeout, the remote is off, one warning."""
+    release = threading.Event()
+
+    class Hanging(Store):
+        url = "hanging://store"
+
+        def get(self, key: str) -> bytes | None:
+            release.wait()
+            return None
+
+        put = has = get  # type: ignore[assignment]
+
+        def list(self, prefix: str) -> Iterator[Any]:
+            return iter(())
+
+    said: list[str] = []
+    try:
+        with Cache(tmp_path / "cache", key=KEY.encode()) as cache:
+            remote = RemoteCache(
+                Hanging(), mode="read", key=KEY.encode(), on_warning=said.append, timeout=0.3
+            )
+            assert remote.fetch(cache, [FP]) == []
+            assert not remote.active
+            assert remote.fetch(cache, [FP[::-1]]) == []  # off: asks nothing more
+            remote.finish()
+    finally:
+        release.set()
+    assert len(said) == 1 and "no answer for 0.3s" in said[0]
+
+
+def test_the_python_api_takes_a_remote(
+    registry: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """taskrun.run(remote_cache=...) shares results between two project roots."""
+    import taskrun
+    from taskrun import task
+
+    @task
+    def answer() -> int:
+        return 42
+
+    monkeypatch.setenv("TASKRUN_CACHE_KEY", KEY)
+    url = f"memory://taskrun-{uuid.uuid4().hex}"
+    first = taskrun.run(["answer"], registry=registry, root=tmp_path / "one", remote_cache=url)
+    second = taskrun.run(["answer"], registry=registry, root=tmp_path / "two", remote_cache=url)
+    assert first.tasks["answer"].state == "ran"
+    assert second.tasks["answer"].state == "cached"
+    assert second.products["answer"] == 42
+
+
+def test_a_read_only_local_cache_says_the_remote_is_unused(
+    run_cli, machines: tuple[Path, Path], remote_url: str
+) -> None:
+    """With --cache-mode read the remote cannot be used; a warning says so and why."""
+    first, _ = machines
+    result = run(run_cli, first, "--remote-cache", remote_url, "--cache-mode", "read")
+    found = warnings_in(result.output)
+    assert len(found) == 1 and "--cache-mode rw" in found[0]
+
+
+def test_an_unknown_store_is_a_config_error(run_cli, machines: tuple[Path, Path]) -> None:
+    """A URL fsspec cannot open is refused before anything runs, naming it."""
+    first, _ = machines
+    result = run(run_cli, first, "--remote-cache", "nosuchproto://bucket/x", ok=False)
+    assert result.exit_code == 2, result.output
+    assert "nosuchproto://bucket/x" in result.output
+    assert not (first / "build").exists()

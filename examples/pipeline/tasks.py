@@ -7,6 +7,7 @@ in data/, so the example runs offline; `-o download.url=https://...` fetches a r
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import urllib.request
 from pathlib import Path
@@ -60,23 +61,33 @@ def clean(download: str) -> list[Row]:
     return kept
 
 
+@dataclasses.dataclass(frozen=True)
+class Totals:
+    """Revenue per group, and which regions sold anything (a set: order does not matter)."""
+
+    by: str
+    revenue: dict[str, float]
+    regions: frozenset[str]
+
+
 @task(deps=[clean])
-def aggregate(
-    clean: list[Row], by: Literal["region", "product", "month"] = "region"
-) -> dict[str, float]:
+def aggregate(clean: list[Row], by: Literal["region", "product", "month"] = "region") -> Totals:
     """Total revenue per region, product or month."""
     totals: dict[str, float] = {}
     for row in clean:
         totals[row[by]] = round(totals.get(row[by], 0.0) + float(row["revenue"]), 2)
-    return dict(sorted(totals.items(), key=lambda kv: (-kv[1], kv[0])))
+    ranked = dict(sorted(totals.items(), key=lambda kv: (-kv[1], kv[0])))
+    return Totals(by, ranked, frozenset(row["region"] for row in clean))
 
 
 @task(deps=[aggregate], outputs=["build/report.md"])
-def report(aggregate: dict[str, float], top: PositiveInt = 5, title: str = "Sales") -> File:
+def report(aggregate: Totals, top: PositiveInt = 5, title: str = "Sales") -> File:
     """Write build/report.md: the TOP groups by revenue, as a Markdown table."""
-    lines = [f"# {title}", "", "| group | revenue |", "|---|---:|"]
-    lines += [f"| {name} | {total:.2f} |" for name, total in list(aggregate.items())[:top]]
-    lines += ["", f"Total: {sum(aggregate.values()):.2f} over {len(aggregate)} groups.", ""]
+    revenue = aggregate.revenue
+    lines = [f"# {title}", "", f"| {aggregate.by} | revenue |", "|---|---:|"]
+    lines += [f"| {name} | {total:.2f} |" for name, total in list(revenue.items())[:top]]
+    lines += ["", f"Total: {sum(revenue.values()):.2f} over {len(revenue)} groups."]
+    lines += [f"Regions with sales: {', '.join(sorted(aggregate.regions))}.", ""]
     out = File("build/report.md")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines), encoding="utf-8")

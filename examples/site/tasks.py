@@ -1,12 +1,15 @@
 """A static site from Markdown files: files in, files out, rebuilt only where they changed.
 
-    toc ──> page_index, page_about, page_building ──┐
-    assets ─────────────────────────────────────────┴──> site
+    sources ──> toc ──────────────┐
+       └──each──> page[...] ──────┼──> site
+    assets ───────────────────────┘
 
-Each Markdown file in content/ becomes its own task, so an edit reruns that page only.
-`toc` reads every page for its title; when an edit leaves the titles alone, its product is
-unchanged and the other pages stay cached (early cutoff). The Markdown converter is the
-small one below: no dependency beyond the standard library.
+`sources` finds the Markdown files in content/ when the task runs; `page` is mapped over
+them (`map=`): one call per file, each cached on its own, so an edit reruns that page only
+and a new file is one new call. `toc` reads every page for its title; when an edit leaves
+the titles alone, its product is unchanged and the other pages stay cached (early
+cutoff). The Markdown converter is the small one below: no dependency beyond the standard
+library.
 """
 
 from __future__ import annotations
@@ -15,19 +18,12 @@ import html
 import re
 import shutil
 import string
-from collections.abc import Callable
 from pathlib import Path
 
 from taskrun import Dir, File, task
 
-CONTENT = "content"
 TEMPLATE = "templates/page.html"
 OUT = "build/site"
-# Pages are found when the task file is loaded; a new .md file is a new task.
-PAGES = sorted(
-    (p.stem for p in (Path(__file__).parent / CONTENT).glob("*.md")),
-    key=lambda stem: (stem != "index", stem),  # the home page first in the navigation
-)
 
 
 # -- a tiny Markdown converter -----------------------------------------------------------
@@ -88,48 +84,35 @@ def title_of(text: str, fallback: str) -> str:
 
 
 # -- tasks -------------------------------------------------------------------------------
-@task(inputs=[f"{CONTENT}/*.md"])
-def toc() -> dict[str, str]:
+@task
+def sources(content: Dir = Dir("content")) -> list[File]:
+    """The Markdown pages in CONTENT, the home page (index) first."""
+    return sorted(content.glob("*.md"), key=lambda p: (p.stem != "index", p.stem))
+
+
+@task(deps=[sources])
+def toc(sources: list[File]) -> dict[str, str]:
     """The title of every page, for the navigation bar."""
-    paths = sorted(Path(CONTENT).glob("*.md"), key=lambda p: (p.stem != "index", p.stem))
-    return {path.stem: title_of(path.read_text(encoding="utf-8"), path.stem) for path in paths}
+    return {path.stem: title_of(path.read_text(encoding="utf-8"), path.stem) for path in sources}
 
 
-def render_page(stem: str, toc: dict[str, str]) -> File:
-    """Write build/site/STEM.html from content/STEM.md and the template."""
-    source = Path(CONTENT) / f"{stem}.md"
+@task(map={"source": sources}, deps=[toc], inputs=[TEMPLATE], outputs=[OUT + "/{source.stem}.html"])
+def page(source: File, toc: dict[str, str]) -> File:
+    """Render one Markdown page into build/site/<name>.html (one call per page)."""
     template = string.Template(Path(TEMPLATE).read_text(encoding="utf-8"))
     nav = " ".join(
         f'<a href="{name}.html">{html.escape(title)}</a>' for name, title in toc.items()
     )
-    page = template.substitute(
-        title=html.escape(toc.get(stem, stem)),
+    text = template.substitute(
+        title=html.escape(toc.get(source.stem, source.stem)),
         nav=nav,
         body=markdown_to_html(source.read_text(encoding="utf-8")).rstrip(),
     )
-    target = File(f"{OUT}/{stem}.html")
+    target = File(f"{OUT}/{source.stem}.html")
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(page, encoding="utf-8")
+    target.write_text(text, encoding="utf-8")
     print(f"wrote {target}")
     return target
-
-
-def page_task(stem: str) -> Callable[..., File]:
-    """Define the task that renders one page."""
-
-    def page(toc: dict[str, str]) -> File:
-        return render_page(stem, toc)
-
-    page.__doc__ = f"Render {CONTENT}/{stem}.md into {OUT}/{stem}.html."  # for `taskrun list`
-    return task(
-        name=f"page_{stem.replace('-', '_')}",
-        deps=[toc],
-        inputs=[f"{CONTENT}/{stem}.md", TEMPLATE],
-        outputs=[f"{OUT}/{stem}.html"],
-    )(page)
-
-
-pages = [page_task(stem) for stem in PAGES]
 
 
 @task(outputs=[f"{OUT}/static/**"])
@@ -144,20 +127,22 @@ def assets(static: Dir = Dir("static")) -> list[File]:
     return copied
 
 
-@task(deps=[toc, assets, *pages], outputs=[f"{OUT}/sitemap.txt"])
+@task(deps=[toc, assets, page], outputs=[f"{OUT}/sitemap.txt"])
 def site(
-    toc: dict[str, str], assets: list[File], base_url: str = "https://example.org/"
+    toc: dict[str, str],
+    assets: list[File],
+    page: list[File],
+    base_url: str = "https://example.org/",
 ) -> list[str]:
     """Check the links between pages and write build/site/sitemap.txt."""
     built = {p.name for p in Path(OUT).rglob("*") if p.is_file()}
     links = 0
-    for stem in toc:
-        text = Path(OUT, f"{stem}.html").read_text(encoding="utf-8")
-        for href in re.findall(r'href="([^":#]+)"', text):
+    for path in page:
+        for href in re.findall(r'href="([^":#]+)"', path.read_text(encoding="utf-8")):
             links += 1
             if Path(href).name not in built:
-                raise ValueError(f"{stem}.html links to {href}, which is not in the site")
-    urls = [base_url + f"{stem}.html" for stem in toc]
+                raise ValueError(f"{path.name} links to {href}, which is not in the site")
+    urls = [base_url + path.name for path in page]
     Path(OUT, "sitemap.txt").write_text("\n".join(urls) + "\n", encoding="utf-8")
-    print(f"checked {links} links in {len(toc)} pages")
+    print(f"checked {links} links in {len(page)} pages")
     return urls

@@ -75,6 +75,9 @@ class Outcome:
     timed_out: bool = False
     crashed: bool = False  # the worker process died: failed, never silently re-run
     cancelled: bool = False  # stopped by Executor.cancel()/shutdown() before it finished
+    # The qualified names of the exception's classes, its own first: what retry_on= matches
+    # (exceptions themselves may not survive the trip back from a worker).
+    error_types: tuple[str, ...] = ()
 
 
 _E = TypeVar("_E", bound="Executor")
@@ -191,17 +194,24 @@ def call_function(
             raise
         return _failure(task, exc, time.perf_counter() - start)
     except BaseException as exc:  # noqa: BLE001 - the task's failure is data, not our error
+        marker = getattr(exc, "taskrun_skip_marker", None)
+        if marker is not None:
+            # taskrun.skip(): a result, not a failure; the driver stores it like a product.
+            return Outcome(task=task, ok=True, value=marker, duration=time.perf_counter() - start)
         return _failure(task, exc, time.perf_counter() - start)
     return Outcome(task=task, ok=True, value=value, duration=time.perf_counter() - start)
 
 
 def _failure(task: str, exc: BaseException, duration: float) -> Outcome:
+    from taskrun.rules import exception_names
+
     return Outcome(
         task=task,
         ok=False,
         error=describe_exception(exc),
         traceback=format_user_traceback(exc),
         duration=duration,
+        error_types=exception_names(exc),
     )
 
 

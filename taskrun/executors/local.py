@@ -162,8 +162,19 @@ class LocalSession:
             self._added_paths.clear()
 
 
-def run_here(call: Call, sink: io.StringIO, *, interruptible: bool) -> Outcome:
-    """Run ``call`` in this thread with its output routed to ``sink``."""
-    with routed_to(sink):
+def run_here(
+    call: Call,
+    sink: io.StringIO,
+    *,
+    interruptible: bool,
+    cancel: threading.Event | None = None,
+) -> Outcome:
+    """Run ``call`` in this thread with its output routed to ``sink``.
+
+    ``cancel`` is what :func:`taskrun.cancelled` reads in the task while it runs.
+    """
+    from taskrun.outcome import cancel_scope
+
+    with routed_to(sink), cancel_scope(cancel):
         outcome = call_function(call.task, call.fn, call.kwargs, interruptible=interruptible)
     return replace(outcome, output=sink.getvalue())

@@ -60,6 +60,8 @@ class _Running:
     worker: _Worker
     sink: io.StringIO
     started: float  # time.perf_counter()
+    # Set when the call is cancelled while it runs: taskrun.cancelled() in the task reads it.
+    cancel: threading.Event = field(default_factory=threading.Event)
     settled: bool = False  # its future has been (or is being) resolved; guarded by the lock
 
 
@@ -138,6 +140,7 @@ class ThreadExecutor(Executor):
         for run in self._running:
             if not run.settled:
                 run.settled = True
+                run.cancel.set()
                 self._abandon_locked(run.worker)
                 pending.append((run.job, run))
         self._running.clear()
@@ -161,7 +164,7 @@ class ThreadExecutor(Executor):
                     heapq.heappush(self._deadlines, (deadline, next(self._seq), run))
                     self._start_watchdog_locked()
                     self._timers.notify()
-            outcome = run_here(job.call, run.sink, interruptible=False)
+            outcome = run_here(job.call, run.sink, interruptible=False, cancel=run.cancel)
             with self._lock:
                 self._running.discard(run)
                 mine, run.settled = not run.settled, True

@@ -187,6 +187,7 @@ def _encode_result(outcome: Outcome) -> bytes:
         "traceback": outcome.traceback,
         "output": outcome.output,
         "duration": outcome.duration,
+        "error_types": outcome.error_types,
     }
     if outcome.ok:
         try:

@@ -1,0 +1,510 @@
+"""When things fail: trigger rules and Outcome, skips, when=, through taskrun.run on real caches."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import taskrun
+from taskrun import Outcome, Registry
+from taskrun.errors import DefinitionError, InvocationError
+
+EXECUTORS = ["inline", "thread", "process"]
+STATES = ["ran", "cached", "failed", "skipped", "cancelled"]
+EXPECTED = {  # rule -> the upstream states under which the dependent runs
+    "succeeded": {"ran", "cached"},
+    "failed": {"failed"},
+    "always": set(STATES),
+}
+
+
+def note(name: str, text: str = "", where: Path | None = None) -> None:
+    """Called inside tasks (cwd is the project root): record a real call.
+
+    A thread that outlives its run (a cancelled task) passes ``where``, the project root it
+    saw when it started: the working directory is restored when the run ends.
+    """
+    with open((where or Path.cwd()) / "calls.log", "a") as fh:
+        fh.write(json.dumps([name, text]) + "\n")
+
+
+def calls(root: Path) -> list[list[str]]:
+    log = root / "calls.log"
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def called(root: Path) -> list[str]:
+    return [name for name, _ in calls(root)]
+
+
+def _wait_for(path: str, limit: float = 60.0) -> None:
+    end = time.monotonic() + limit
+    while not Path(path).exists():
+        if time.monotonic() > end:
+            raise TimeoutError(path)
+        time.sleep(0.01)
+
+
+def matrix(upstream: str, rule: str) -> Registry:
+    """``up`` ends in state ``upstream``; ``probe`` (rule ``rule``) records what it saw."""
+    reg = Registry()
+    with reg.activate():
+        if upstream == "cancelled":
+
+            @taskrun.task
+            def up() -> int:
+                here = Path.cwd()
+                note("up")
+                Path("up.started").touch()
+                end = time.monotonic() + 60
+                while not taskrun.cancelled() and time.monotonic() < end:
+                    time.sleep(0.01)  # killed on the process executor; cooperative on threads
+                if taskrun.cancelled():
+                    note("up-saw-cancel", where=here)
+                    return 0
+                note("up-finished", where=here)
+                return 1
+
+            @taskrun.task
+            def boom() -> None:
+                _wait_for("up.started")
+                raise RuntimeError("boom")
+
+        else:
+
+            @taskrun.task
+            def up() -> int:
+                note("up")
+                if upstream == "failed":
+                    raise RuntimeError("up broke")
+                if upstream == "skipped":
+                    taskrun.skip("nothing to do")
+                return 41
+
+        if rule == "succeeded":
+
+            @taskrun.task(deps=[up], cache=False)
+            def probe(up: int) -> str:
+                note("probe", f"ran:{up}")
+                return "probe"
+
+        else:
+
+            @taskrun.task(deps=[up], run_if=rule, cache=False)
+            def probe(up: Outcome[int]) -> str:  # type: ignore[no-redef]
+                detail = str(up.value) if up.ok else up.error
+                note("probe", f"{up.state}:{detail}")
+                return "probe"
+
+    return reg
+
+
+@pytest.mark.parametrize("rule", ["succeeded", "failed", "always"])
+@pytest.mark.parametrize("upstream", STATES)
+def test_rule_against_upstream_state(tmp_path: Path, upstream: str, rule: str) -> None:
+    """Each rule runs its task exactly under the upstream states it names, and sees them."""
+    executor = "thread" if upstream == "cancelled" else "inline"
+    reg = matrix(upstream, rule)
+    targets = ["probe", "boom"] if upstream == "cancelled" else ["probe"]
+    kw: dict[str, Any] = dict(registry=reg, root=tmp_path, executor=executor, jobs=2)
+    if upstream == "cached":
+        first = taskrun.run(["up"], **kw)
+        assert first.state("up") == "ran"
+    result = taskrun.run(targets, **kw)
+    assert result.state("up") == upstream
+    probes = [text for name, text in calls(tmp_path) if name == "probe"]
+    if upstream in EXPECTED[rule]:
+        assert result.state("probe") == "ran"
+        seen = probes[0]
+        if rule == "succeeded":
+            assert seen == "ran:41"
+        else:
+            assert seen.split(":")[0] == upstream
+            if upstream in ("ran", "cached"):
+                assert seen == f"{upstream}:41"
+    else:
+        assert result.state("probe") == "skipped"
+        assert probes == []
+    assert "up-finished" not in called(tmp_path)  # a cancelled task never finishes its work
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_always_task_gets_outcomes_on_every_executor(tmp_path: Path, executor: str) -> None:
+    """An always task receives Outcome objects (picklable) for failed and good upstreams."""
+    reg = Registry()
+    with reg.activate():
+
+        @taskrun.task
+        def good() -> int:
+            return 2
+
+        @taskrun.task
+        def bad() -> int:
+            raise ValueError("no")
+
+        @taskrun.task(deps=[good, bad], run_if="always", cache=False)
+        def report(good: Outcome[int], bad: Outcome[int]) -> str:
+            return f"{good.state}:{good.value} {bad.state}:{bad.error}"
+
+    result = taskrun.run(
+        ["report"], registry=reg, root=tmp_path, executor=executor, jobs=2, keep_going=True
+    )
+    assert result.products["report"] == "ran:2 failed:ValueError: no"
+    assert not result.ok  # a failure in the run is still a failed run
+
+
+def test_outcome_value_of_a_failed_upstream_raises_with_the_reason() -> None:
+    """Reading .value without a product names the task and its state."""
+    outcome: Outcome[int] = Outcome("train", "failed", None, "ValueError: diverged")
+    assert not outcome.ok
+    with pytest.raises(taskrun.TaskrunError, match="'train' has no product, it failed"):
+        _ = outcome.value
+
+
+# -- caching of tasks with a rule --------------------------------------------------------
+
+
+def cleanup_graph(fail: bool) -> Registry:
+    reg = Registry()
+    with reg.activate():
+
+        @taskrun.task
+        def work(n: int = 1) -> int:
+            note("work")
+            if fail:
+                raise RuntimeError("work broke")
+            return n
+
+        @taskrun.task(deps=[work], run_if="always")
+        def cleanup(work: Outcome[int]) -> str:
+            note("cleanup", work.state)
+            return work.state
+
+    return reg
+
+
+def test_rule_task_fed_by_success_is_cached(tmp_path: Path) -> None:
+    """An always task over good upstreams is cached like any task."""
+    kw: dict[str, Any] = dict(registry=cleanup_graph(False), root=tmp_path, executor="inline")
+    assert taskrun.run(["cleanup"], **kw).state("cleanup") == "ran"
+    again = taskrun.run(["cleanup"], **kw)
+    assert again.state("cleanup") == "cached" and again.products["cleanup"] == "ran"
+    assert called(tmp_path) == ["work", "cleanup"]
+
+
+def test_rule_task_fed_by_a_failure_is_never_cached(tmp_path: Path) -> None:
+    """What a failure fed runs again next time: the failure may not happen again."""
+    kw: dict[str, Any] = dict(registry=cleanup_graph(True), root=tmp_path, executor="inline")
+    events: list[Any] = []
+    first = taskrun.run(["cleanup"], on_event=events.append, **kw)
+    assert first.state("cleanup") == "ran" and first.products["cleanup"] == "failed"
+    ran = next(e for e in events if getattr(e, "kind", "") == "ran")
+    assert not ran.stored and ran.reasons == ("upstream 'work' failed (not cached)",)
+    second = taskrun.run(["cleanup"], **kw)
+    assert second.state("cleanup") == "ran"
+    assert called(tmp_path) == ["work", "cleanup", "work", "cleanup"]
+
+
+def test_rescue_runs_on_fail_fast(tmp_path: Path) -> None:
+    """Fail-fast skips plain dependents but still runs failed- and always-rule tasks."""
+    reg = Registry()
+    with reg.activate():
+
+        @taskrun.task
+        def train() -> int:
+            raise RuntimeError("diverged")
+
+        @taskrun.task
+        def slow() -> int:
+            return 1
+
+        @taskrun.task(deps=[slow])
+        def after_slow(slow: int) -> int:
+            return slow
+
+        @taskrun.task(deps=[train], run_if="failed", cache=False)
+        def alert(train: Outcome[int]) -> str:
+            return f"alert: {train.error}"
+
+    result = taskrun.run(
+        ["alert", "after_slow"], registry=reg, root=tmp_path, executor="inline"
+    )
+    assert result.state("alert") == "ran"
+    assert result.products["alert"] == "alert: RuntimeError: diverged"
+    assert result.state("train") == "failed"
+    assert result.tasks["after_slow"].state in ("skipped", "ran")  # decided before or after
+    assert not result.ok
+
+
+# -- skip ----------------------------------------------------------------------------------
+
+
+def skipping() -> Registry:
+    reg = Registry()
+    with reg.activate():
+
+        @taskrun.task
+        def check(day: str = "sunday") -> int:
+            note("check")
+            if day == "sunday":
+                taskrun.skip(f"nothing ships on {day}")
+            return 1
+
+        @taskrun.task(deps=[check])
+        def ship(check: int) -> str:
+            note("ship")
+            return "shipped"
+
+        @taskrun.task(deps=[check], run_if="always")
+        def log(check: Outcome[int]) -> str:
+            note("log", check.state)
+            return f"{check.state}: {check.error}"
+
+    return reg
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_skip_ends_the_task_as_skipped_with_its_reason(tmp_path: Path, executor: str) -> None:
+    """taskrun.skip() is a result: skipped, with its reason; plain dependents skip too."""
+    events: list[Any] = []
+    result = taskrun.run(
+        ["ship", "log"], registry=skipping(), root=tmp_path, executor=executor,
+        on_event=events.append,
+    )
+    assert result.ok
+    assert result.state("check") == "skipped"
+    assert result.tasks["check"].error == "nothing ships on sunday"
+    assert result.state("ship") == "skipped"
+    assert result.tasks["ship"].error == "upstream 'check' was skipped"
+    assert result.products["log"] == "skipped: nothing ships on sunday"
+    assert "ship" not in called(tmp_path)
+    skipped = {e.task: e for e in events if getattr(e, "kind", "") == "skipped"}
+    assert skipped["check"].reason == "nothing ships on sunday" and not skipped["check"].cached
+
+
+def test_skip_is_cached_like_a_product(tmp_path: Path) -> None:
+    """The next run skips from the cache without calling the task; a new option reruns it."""
+    kw: dict[str, Any] = dict(registry=skipping(), root=tmp_path, executor="inline")
+    taskrun.run(["ship", "log"], **kw)
+    events: list[Any] = []
+    again = taskrun.run(["ship", "log"], on_event=events.append, **kw)
+    assert again.state("check") == "skipped"
+    skips = [e for e in events if getattr(e, "kind", "") == "skipped" and e.task == "check"]
+    assert [e.cached for e in skips] == [True]
+    assert again.state("log") == "cached"
+    assert called(tmp_path).count("check") == 1
+    monday = taskrun.run(["ship"], options={"check": {"day": "monday"}}, **kw)
+    assert monday.state("ship") == "ran"
+
+
+def test_skip_is_not_swallowed_by_except_exception(tmp_path: Path) -> None:
+    """skip() raises a BaseException, so a broad `except Exception` in the task lets it by."""
+    reg = Registry()
+    with reg.activate():
+
+        @taskrun.task
+        def careful() -> int:
+            try:
+                taskrun.skip("not today")
+            except Exception:
+                return 0
+            return 1
+
+    result = taskrun.run(["careful"], registry=reg, root=tmp_path, executor="inline")
+    assert result.state("careful") == "skipped"
+
+
+# -- when= ---------------------------------------------------------------------------------
+
+
+def conditional() -> Registry:
+    reg = Registry()
+    with reg.activate():
+
+        @taskrun.task
+        def build() -> str:
+            note("build")
+            return "app"
+
+        @taskrun.task(deps=[build], when=lambda target: target == "prod")
+        def deploy(build: str, target: str = "dev") -> str:
+            note("deploy")
+            return f"{build}@{target}"
+
+        @taskrun.task(deps=[deploy])
+        def notify(deploy: str) -> None:
+            note("notify")
+
+        @taskrun.task(deps=[deploy], run_if="always", cache=False)
+        def summary(deploy: Outcome[str]) -> str:
+            return f"{deploy.state}: {deploy.error}"
+
+    return reg
+
+
+def test_when_false_skips_the_task_and_its_dependents_before_anything_runs(tmp_path: Path) -> None:
+    """when= is decided from options at invocation; dependents skip unless their rule says."""
+    result = taskrun.run(
+        ["notify", "summary"], registry=conditional(), root=tmp_path, executor="inline"
+    )
+    assert result.ok
+    assert result.state("deploy") == "skipped"
+    assert result.tasks["deploy"].error == "when= is false (target='dev')"
+    assert result.state("notify") == "skipped"
+    assert result.products["summary"] == "skipped: when= is false (target='dev')"
+    assert "deploy" not in called(tmp_path) and "notify" not in called(tmp_path)
+
+
+def test_when_true_runs_the_task(tmp_path: Path) -> None:
+    """With the option that makes it true, the task runs."""
+    result = taskrun.run(
+        ["notify"], registry=conditional(), root=tmp_path, executor="inline",
+        options={"deploy": {"target": "prod"}},
+    )
+    assert result.state("deploy") == "ran" and result.state("notify") == "ran"
+
+
+def test_when_may_only_name_the_tasks_own_options(registry: Registry) -> None:
+    """A condition over something that is not an option is a definition error with a hint."""
+    message = "'targte', which is not an option.*did you mean 'target'"
+    with pytest.raises(DefinitionError, match=message):
+
+        @taskrun.task(when=lambda targte: targte == "prod")
+        def deploy(target: str = "dev") -> None: ...
+
+
+def test_when_that_raises_is_an_invocation_error(tmp_path: Path) -> None:
+    """A condition that raises stops the run before anything runs, naming the task."""
+    reg = Registry()
+    with reg.activate():
+
+        @taskrun.task(when=lambda n: 1 / n > 0)
+        def job(n: int = 0) -> None:
+            note("job")
+
+    with pytest.raises(InvocationError, match="when= of task 'job'.*ZeroDivisionError"):
+        taskrun.run(["job"], registry=reg, root=tmp_path)
+    assert called(tmp_path) == []
+
+
+# -- definitions ---------------------------------------------------------------------------
+
+
+def test_rule_task_must_annotate_outcome(registry: Registry) -> None:
+    """A task with a rule receives Outcome objects; a product annotation is a mistake."""
+
+    @taskrun.task
+    def up() -> int:
+        return 1
+
+    with pytest.raises(DefinitionError, match="annotate it as 'up: Outcome"):
+
+        @taskrun.task(deps=[up], run_if="always")
+        def down(up: int) -> None: ...
+
+
+def test_outcome_without_a_rule_is_an_error(registry: Registry) -> None:
+    """Outcome parameters only make sense with a trigger rule; the error says to add one."""
+
+    @taskrun.task
+    def up() -> int:
+        return 1
+
+    with pytest.raises(DefinitionError, match='add run_if="always"'):
+
+        @taskrun.task(deps=[up])
+        def down(up: Outcome[int]) -> None: ...
+
+
+def test_unknown_rule_suggests_the_right_one(registry: Registry) -> None:
+    """run_if= takes one of three words; a typo gets did-you-mean."""
+    with pytest.raises(DefinitionError, match="run_if='allways'.*did you mean 'always'"):
+
+        @taskrun.task(run_if="allways")  # type: ignore[arg-type]
+        def job() -> None: ...
+
+
+# -- cancellation ----------------------------------------------------------------------------
+
+
+def racing() -> Registry:
+    """``slow`` runs until cancelled; ``boom`` fails once ``slow`` has started."""
+    reg = Registry()
+    with reg.activate():
+
+        @taskrun.task
+        def slow() -> int:
+            here = Path.cwd()
+            note("slow")
+            Path("slow.started").touch()
+            end = time.monotonic() + 60
+            while not taskrun.cancelled() and time.monotonic() < end:
+                time.sleep(0.01)
+            if not taskrun.cancelled():
+                note("slow-finished", where=here)
+            return 1
+
+        @taskrun.task
+        def boom() -> None:
+            _wait_for("slow.started")
+            raise RuntimeError("boom")
+
+        @taskrun.task(deps=[slow])
+        def after(slow: int) -> int:
+            note("after")
+            return slow
+
+        @taskrun.task(deps=[slow, boom], run_if="always", cache=False)
+        def cleanup(slow: Outcome[int], boom: Outcome[None]) -> str:
+            return f"{slow.state} {boom.state}"
+
+    return reg
+
+
+@pytest.mark.parametrize("executor", ["thread", "process"])
+def test_fail_fast_cancels_running_tasks(tmp_path: Path, executor: str) -> None:
+    """The first failure cancels what runs: events say cancelled, never ran; cleanup runs."""
+    events: list[Any] = []
+    result = taskrun.run(
+        ["after", "cleanup"], registry=racing(), root=tmp_path, executor=executor, jobs=2,
+        on_event=events.append,
+    )
+    by_task = [(e.kind, getattr(e, "task", "")) for e in events]
+    assert ("cancelled", "slow") in by_task
+    assert ("ran", "slow") not in by_task and ("ran", "after") not in by_task
+    cancelled = next(e for e in events if e.kind == "cancelled")
+    assert cancelled.running and cancelled.reason.startswith("stopped after 'boom' failed")
+    assert result.state("slow") == "cancelled" and result.state("after") == "skipped"
+    assert result.products["cleanup"] == "cancelled failed"
+    assert result.summary.cancelled == 1 and not result.ok
+    assert "1 cancelled" in result.summary.line()
+    assert "slow-finished" not in called(tmp_path) and "after" not in called(tmp_path)
+
+
+def test_start_returns_a_handle_that_cancels(tmp_path: Path) -> None:
+    """taskrun.start runs in the background; status() shows it, cancel() stops it."""
+    handle = taskrun.start(
+        ["after", "cleanup"], registry=racing(), root=tmp_path, executor="thread", jobs=1
+    )
+    _wait_for(str(tmp_path / "slow.started"))
+    status = handle.status()
+    assert status.states["slow"] == "running" and not status.finished
+    with pytest.raises(TimeoutError):
+        handle.result(timeout=0.01)  # slow only ends when cancelled
+    handle.cancel()
+    result = handle.result(timeout=60)
+    assert result.state("slow") == "cancelled"
+    assert result.tasks["slow"].error == "cancelled by handle.cancel()"
+    assert result.state("cleanup") == "ran"  # always tasks still run
+    assert handle.status().finished and handle.status().states["slow"] == "cancelled"
+
+
+def test_start_raises_invocation_errors_at_once(tmp_path: Path) -> None:
+    """A bad option raises from start() itself; nothing runs."""
+    with pytest.raises(InvocationError):
+        taskrun.start(["slow"], registry=racing(), root=tmp_path, options={"slow": {"x": 1}})
+    assert called(tmp_path) == []
