@@ -457,7 +457,7 @@ class Scheduler:
         ready = self._ready
         fresh: set[str] = set()  # fingerprinted by _prefetch for this very decision
         while ready:
-            if self.remote is not None and ready[0].name not in fresh:
+            if self.remote is not None and self.remote.active and ready[0].name not in fresh:
                 self._prefetch(fresh)  # the wave that is ready now, in one batch
             node = ready.popleft()
             prefetched = node.name in fresh
