@@ -277,7 +277,7 @@ class Scheduler:
         from taskrun.fingerprint import task_fingerprint
 
         node.inputs = self._inputs_of(node, upstream)
-        node.fp = task_fingerprint(node.inputs, hash_path=self._hash_path)
+        node.fp = task_fingerprint(node.inputs, hash_path=self._hash_path, root=self.root)
         node.described = {}
 
     def _described(self, node: _Node) -> dict[str, Any]:
@@ -285,7 +285,7 @@ class Scheduler:
         if not node.described:
             from taskrun.fingerprint import describe
 
-            node.described = describe(node.inputs, hash_path=self._hash_path)
+            node.described = describe(node.inputs, hash_path=self._hash_path, root=self.root)
         return node.described
 
     def _why(self, node: _Node) -> tuple[str, ...]:
