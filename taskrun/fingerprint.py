@@ -333,7 +333,7 @@ class _Encoder:
                     out += kb
                     # perf: inline the commonest scalars (saves a call per record field).
                     t = type(val)
-                    if t is str and inline_str:
+                    if t is str and (inline_str or val[:1] != "/"):
                         b = val.encode("utf-8", "surrogatepass")
                         out += _HDR(0x73, len(b))
                         out += b
