@@ -508,3 +508,90 @@ def test_start_raises_invocation_errors_at_once(tmp_path: Path) -> None:
     with pytest.raises(InvocationError):
         taskrun.start(["slow"], registry=racing(), root=tmp_path, options={"slow": {"x": 1}})
     assert called(tmp_path) == []
+
+
+# -- retries -------------------------------------------------------------------------------
+
+
+def flaky(fails: int, exc: type[BaseException], **settings: Any) -> Registry:
+    """``flaky`` raises ``exc`` on its first ``fails`` calls, then returns the call count."""
+    reg = Registry()
+    with reg.activate():
+
+        @taskrun.task(cache=False, **settings)
+        def unstable() -> int:
+            count = Path("count")
+            n = int(count.read_text()) + 1 if count.exists() else 1
+            count.write_text(str(n))
+            if n <= fails:
+                raise exc(f"attempt {n} failed")
+            return n
+
+        @taskrun.task(cache=False)
+        def other() -> str:
+            return "other"
+
+    return reg
+
+
+@pytest.mark.parametrize("executor", ["inline", "process"])
+def test_retries_wait_with_backoff_recorded_in_events(tmp_path: Path, executor: str) -> None:
+    """Each failed attempt and the wait before the next are events; backoff multiplies."""
+    reg = flaky(2, ConnectionError, retries=3, retry_delay=0.05, retry_backoff=2.0)
+    events: list[Any] = []
+    result = taskrun.run(
+        ["unstable"], registry=reg, root=tmp_path, executor=executor, on_event=events.append
+    )
+    assert result.products["unstable"] == 3 and result.tasks["unstable"].attempts == 3
+    retries = [e for e in events if e.kind == "retrying"]
+    assert [(e.attempt, e.delay) for e in retries] == [(2, 0.05), (3, 0.1)]
+    assert [e.error for e in retries] == [
+        "ConnectionError: attempt 1 failed", "ConnectionError: attempt 2 failed"
+    ]
+    assert [e.attempt for e in events if e.kind == "started"] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("executor", ["inline", "process"])
+def test_retry_on_retries_only_the_named_exceptions(tmp_path: Path, executor: str) -> None:
+    """retry_on= matches subclasses (across processes too); anything else fails at once."""
+    retried = flaky(1, ConnectionRefusedError, retries=2, retry_on=(ConnectionError,))
+    ok = taskrun.run(["unstable"], registry=retried, root=tmp_path, executor=executor)
+    assert ok.products["unstable"] == 2
+    other = tmp_path / "other"
+    other.mkdir()
+    not_retried = flaky(1, ValueError, retries=2, retry_on=(ConnectionError,))
+    failed = taskrun.run(["unstable"], registry=not_retried, root=other, executor=executor)
+    assert failed.state("unstable") == "failed" and failed.tasks["unstable"].attempts == 1
+
+
+def test_a_retry_waits_without_holding_a_worker(tmp_path: Path) -> None:
+    """With one worker, another task runs while a failed task waits for its retry."""
+    reg = flaky(1, ConnectionError, retries=1, retry_delay=600.0)
+    handle = taskrun.start(
+        ["unstable", "other"], registry=reg, root=tmp_path, executor="thread", jobs=1
+    )
+    end = time.monotonic() + 60
+    while time.monotonic() < end:  # synchronised on the run's own states
+        states = handle.status().states
+        if states.get("unstable") == "retrying" and states.get("other") == "ran":
+            break
+        time.sleep(0.01)
+    assert handle.status().states == {"unstable": "retrying", "other": "ran"}
+    handle.cancel()
+    result = handle.result(timeout=60)
+    assert result.state("unstable") == "cancelled" and result.state("other") == "ran"
+
+
+def test_retry_policy_jitter_stays_in_its_bounds() -> None:
+    """Jitter stretches each wait by at most the given fraction, either way."""
+    import random
+
+    from taskrun.rules import RetryPolicy
+
+    policy = RetryPolicy(retries=5, delay=1.0, backoff=3.0, jitter=0.5)
+    rng = random.Random(7)
+    waits = [policy.wait(n, rng) for n in (1, 2, 3) for _ in range(50)]
+    for n, chunk in zip((1, 2, 3), (waits[:50], waits[50:100], waits[100:]), strict=True):
+        base = 3.0 ** (n - 1)
+        assert all(0.5 * base <= w <= 1.5 * base for w in chunk)
+        assert len(set(chunk)) > 1  # it does vary
