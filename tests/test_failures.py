@@ -595,3 +595,174 @@ def test_retry_policy_jitter_stays_in_its_bounds() -> None:
         base = 3.0 ** (n - 1)
         assert all(0.5 * base <= w <= 1.5 * base for w in chunk)
         assert len(set(chunk)) > 1  # it does vary
+
+
+# -- graph surgery -------------------------------------------------------------------------
+
+
+def downloads() -> Registry:
+    """index -> download -> count; the real index and download must never run in tests."""
+    reg = Registry()
+    with reg.activate():
+
+        @taskrun.task
+        def index() -> list[str]:
+            note("index")
+            raise RuntimeError("no network in tests")
+
+        @taskrun.task(deps=[index], version="1")
+        def download(index: list[str], mirror: str = "main") -> str:
+            note("download")
+            raise RuntimeError("no network in tests")
+
+        @taskrun.task
+        def local_index() -> list[str]:
+            note("local_index")
+            return ["a.txt"]
+
+        @taskrun.task(deps=[download])
+        def count(download: str) -> int:
+            note("count")
+            return len(download)
+
+    return reg
+
+
+def fake_download(mirror: str = "main") -> str:
+    note("fake_download")
+    return "fake data"
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_override_with_fewer_deps_drops_the_upstream(tmp_path: Path, executor: str) -> None:
+    """A replacement that does not take `index` drops it: the real index never runs."""
+    reg = downloads()
+    with reg.override("download", fake_download) as spec:
+        assert spec.deps == ()
+        assert reg.subgraph("count") == ["download", "count"]
+        result = taskrun.run(["count"], registry=reg, root=tmp_path, executor=executor)
+    assert result.products["count"] == len("fake data")
+    assert "index" not in result.tasks
+    assert called(tmp_path) == ["fake_download", "count"]
+    assert [d.task for d in reg.get("download").deps] == ["index"]  # restored
+
+
+def test_override_with_other_deps(tmp_path: Path) -> None:
+    """deps= gives the replacement other upstream tasks; the original ones are dropped."""
+    reg = downloads()
+
+    def from_local(local_index: list[str], mirror: str = "main") -> str:
+        return ",".join(local_index)
+
+    with reg.override("download", from_local, deps=[reg.get("local_index").fn]):
+        result = taskrun.run(["count"], registry=reg, root=tmp_path, executor="inline")
+    assert result.products["count"] == len("a.txt")
+    assert sorted(called(tmp_path)) == ["count", "local_index"]
+
+
+def test_override_many_swaps_a_subgraph(tmp_path: Path) -> None:
+    """Several tasks at once; all are restored afterwards."""
+    reg = downloads()
+
+    def fake_index() -> list[str]:
+        return ["x", "y"]
+
+    def joined(index: list[str], mirror: str = "main") -> str:
+        return "+".join(index)
+
+    originals = {n: reg.get(n) for n in ("index", "download")}
+    with reg.override_many({"index": fake_index, "download": joined}):
+        result = taskrun.run(["count"], registry=reg, root=tmp_path, executor="inline")
+    assert result.products["count"] == len("x+y")
+    assert called(tmp_path) == ["count"]
+    assert {n: reg.get(n) for n in originals} == originals
+
+
+def test_override_keeps_the_contract(tmp_path: Path) -> None:
+    """Options and product type must match; the error names the task and what differs."""
+    reg = downloads()
+
+    def wrong(mirror: int = 0) -> str:
+        return ""
+
+    with pytest.raises(DefinitionError, match="override of task 'download'.*option 'mirror'"):
+        with reg.override("download", wrong):
+            pass
+
+
+def test_override_results_never_mix_with_the_real_tasks(tmp_path: Path) -> None:
+    """Even with version= on the real task, the override's fingerprint is its own."""
+    reg = Registry()
+    with reg.activate():
+
+        @taskrun.task(version="1")
+        def data() -> str:
+            return "real"
+
+    def fake() -> str:
+        return "fake"
+
+    kw: dict[str, Any] = dict(registry=reg, root=tmp_path, executor="inline")
+    assert taskrun.run(["data"], **kw).products["data"] == "real"
+    with reg.override("data", fake):
+        faked = taskrun.run(["data"], **kw)
+    assert faked.state("data") == "ran" and faked.products["data"] == "fake"
+    real = taskrun.run(["data"], **kw)
+    assert real.state("data") == "cached" and real.products["data"] == "real"
+
+
+CLI_TASKS = """
+    from taskrun import task
+
+    def note(name):
+        with open("calls.log", "a") as fh:
+            fh.write(f'["{name}", ""]\\n')
+
+    @task
+    def index() -> list[str]:
+        note("index")
+        raise RuntimeError("no network")
+
+    @task(deps=[index])
+    def download(index: list[str], mirror: str = "main") -> str:
+        note("download")
+        raise RuntimeError("no network")
+
+    @task(deps=[download])
+    def count(download: str) -> int:
+        note("count")
+        return len(download)
+"""
+
+
+def test_cli_override_runs_a_replacement_without_its_upstream(
+    tmp_path: Path, write_project: Any, run_cli: Any
+) -> None:
+    """--override TASK=module:function swaps the task for one run; its upstream is dropped."""
+    fakes = "fakes_cli_ok"
+    write_project(tmp_path, CLI_TASKS, files={
+        f"{fakes}.py": "def fake_download(mirror: str = 'main') -> str:\n    return 'offline'\n",
+    })
+    result = run_cli(tmp_path, "run", "count", "--override", f"download={fakes}:fake_download")
+    assert result.exit_code == 0, result.output
+    assert called(tmp_path) == ["count"]
+    plan = run_cli(tmp_path, "run", "count", "--dry-run")
+    assert "index" in plan.output  # without the override, the real graph again
+
+
+def test_cli_override_errors_name_the_fix(
+    tmp_path: Path, write_project: Any, run_cli: Any
+) -> None:
+    """A missing function gets did-you-mean; a bad form shows the right one; exit code 2."""
+    fakes = "fakes_cli_bad"
+    write_project(tmp_path, CLI_TASKS, files={
+        f"{fakes}.py": "def fake_download(mirror: str = 'main') -> str:\n    return ''\n",
+    })
+    missing = run_cli(tmp_path, "run", "count", "--override", f"download={fakes}:fake_downlod")
+    assert missing.exit_code == 2
+    assert "has no function 'fake_downlod' (did you mean 'fake_download'?)" in missing.output
+    bad = run_cli(tmp_path, "run", "count", "--override", "download")
+    assert bad.exit_code == 2 and "is not TASK=module:function" in bad.output
+    unknown = run_cli(tmp_path, "run", "count", "--override", f"downlaod={fakes}:fake_download")
+    assert unknown.exit_code == 2 and "did you mean 'download'" in unknown.output
+    assert called(tmp_path) == []
