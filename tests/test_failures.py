@@ -766,3 +766,84 @@ def test_cli_override_errors_name_the_fix(
     unknown = run_cli(tmp_path, "run", "count", "--override", f"downlaod={fakes}:fake_download")
     assert unknown.exit_code == 2 and "did you mean 'download'" in unknown.output
     assert called(tmp_path) == []
+
+
+# -- placement -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("run_executor", ["thread", "inline"])
+def test_executor_hint_places_tasks_across_two_executors(
+    tmp_path: Path, run_executor: str
+) -> None:
+    """A task's executor= wins over the run's: one run, two executors, products flow."""
+    import os
+
+    reg = Registry()
+    with reg.activate():
+
+        @taskrun.task
+        def here() -> int:
+            return os.getpid()
+
+        @taskrun.task(deps=[here], executor="process")
+        def away(here: int) -> tuple[int, int]:
+            return here, os.getpid()
+
+        @taskrun.task(deps=[away], executor="inline")
+        def back(away: tuple[int, int]) -> tuple[int, int, int]:
+            return (*away, os.getpid())
+
+    result = taskrun.run(["back"], registry=reg, root=tmp_path, executor=run_executor)
+    driver, worker, inline = result.products["back"]
+    assert driver == os.getpid() == inline
+    assert worker != driver
+
+
+def test_unknown_executor_hint_is_a_definition_error(registry: Registry) -> None:
+    """executor= takes one of the four names; a typo gets did-you-mean."""
+    with pytest.raises(DefinitionError, match="executor='proces'.*did you mean 'process'"):
+
+        @taskrun.task(executor="proces")  # type: ignore[arg-type]
+        def job() -> None: ...
+
+
+WHEN_TASKS = """
+    from taskrun import Outcome, task
+
+    @task
+    def build() -> str:
+        return "app"
+
+    @task(deps=[build], when=lambda target: target == "prod")
+    def deploy(build: str, target: str = "dev") -> str:
+        return build
+
+    @task(deps=[deploy], run_if="always", cache=False)
+    def report(deploy: Outcome[str]) -> str:
+        return deploy.state
+"""
+
+
+def test_dry_run_explain_and_list_show_conditions_and_rules(
+    tmp_path: Path, write_project: Any, run_cli: Any
+) -> None:
+    """--dry-run and explain say which tasks when= skips; list shows rules and Outcome deps."""
+    write_project(tmp_path, WHEN_TASKS)
+    plan = run_cli(tmp_path, "run", "report", "--dry-run")
+    assert plan.exit_code == 0, plan.output
+    assert "skip     deploy: when= is false (target='dev')" in plan.output
+    assert "run      report" in plan.output
+    assert "1 would be skipped" in plan.output
+    as_json = run_cli(tmp_path, "run", "report", "--dry-run", "--json")
+    actions = {
+        d["task"]: d["action"] for d in map(json.loads, as_json.output.splitlines()) if "task" in d
+    }
+    assert actions == {"build": "run", "deploy": "skip", "report": "run"}
+    prod = run_cli(tmp_path, "run", "report", "--dry-run", "-o", "target=prod")
+    assert "skip " not in prod.output
+    explained = run_cli(tmp_path, "explain", "report")
+    assert "deploy: would be skipped\n  - when= is false (target='dev')" in explained.output
+    listed = run_cli(tmp_path, "list")
+    assert "needs: deploy (as Outcome)" in listed.output and "runs if: always" in listed.output
+    ran = run_cli(tmp_path, "run", "report")
+    assert ran.exit_code == 0 and "skipped  deploy: when= is false (target='dev')" in ran.output
