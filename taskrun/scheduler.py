@@ -465,12 +465,12 @@ class Scheduler:
             if node.state != "pending" or self._waiting[node.name]:
                 continue  # decided already, or an upstream went back to run (_rerun)
             deps = [self._nodes[d] for d in node.deps]
-            if self._halt and node.spec.run_if not in self._halt_rules:
-                self._skip(node, self._halt)
-                continue
             verdict = decide(node.spec.run_if, [(d.name, d.state) for d in deps])
             if not verdict.run:
                 self._skip(node, verdict.reason)
+                continue
+            if self._halt and node.spec.run_if not in self._halt_rules:
+                self._skip(node, self._halt)
                 continue
             if node.spec.map is not None:
                 self._mapper.advance(node)  # expand into item nodes, or gather their products
