@@ -6,6 +6,12 @@
     small dicts against ``xxh3_128(pickle.dumps(lst, protocol=5))`` (the fastest stdlib
     serialisation of the same data; ``json.dumps(sort_keys=True)`` + xxh3 is also timed,
     for context).
+``python bench/inproc.py digests --reps N``
+    ``product_digest`` of a 1,000,000-row pandas DataFrame (int64, float64, float64, int32
+    and bool columns; then the same frame plus a string column) and of a 100 MB float64
+    NumPy array (C order, then Fortran order), each against raw ``xxh3_128`` of the bytes
+    the values occupy (the numeric columns' buffers, the strings as UTF-8; the array's
+    buffer). Needs pandas and NumPy.
 ``python bench/inproc.py files --dir D --files 10000 --reps N``
     ``taskrun.files.tree_digest`` of a 10,000-file tree: without a stat cache, cold (the
     persisted stat cache deleted first, then loaded, walked and flushed) and warm (the
@@ -86,6 +92,82 @@ def bench_hash(reps: int, size: int) -> dict[str, list[float]]:
     return results
 
 
+FRAME_ROWS = 1_000_000
+ARRAY_BYTES = 100_000_000
+
+
+def bench_digests(reps: int) -> dict[str, list[float]]:
+    """Canonical digests of a DataFrame and a NumPy array against raw xxh3 of their bytes."""
+    import numpy as np
+    import pandas as pd
+    import xxhash
+
+    from taskrun.fingerprint import product_digest
+
+    rng = np.random.default_rng(11)
+    n = FRAME_ROWS
+    frame = pd.DataFrame(
+        {
+            "id": np.arange(n, dtype="int64"),
+            "x": rng.random(n),
+            "y": rng.random(n),
+            "bucket": rng.integers(0, 1000, n, dtype="int32"),
+            "ok": rng.random(n) < 0.5,
+        }
+    )
+    names = np.array([f"name-{i % 5000}" for i in range(n)], dtype=object)
+    with_text = frame.assign(name=pd.Series(names, dtype=object))
+    numeric_columns = [np.ascontiguousarray(frame[c].to_numpy()) for c in frame.columns]
+    index_values = np.ascontiguousarray(frame.index.to_numpy())
+
+    def raw_frame() -> str:
+        h = xxhash.xxh3_128()
+        h.update(memoryview(index_values))
+        for col in numeric_columns:
+            h.update(memoryview(col))
+        return h.hexdigest()
+
+    def raw_text_frame() -> str:
+        h = xxhash.xxh3_128()
+        h.update(memoryview(index_values))
+        for col in numeric_columns:
+            h.update(memoryview(col))
+        for text in names:
+            h.update(text.encode())
+        return h.hexdigest()
+
+    array = rng.random(ARRAY_BYTES // 8)
+    fortran = np.asfortranarray(array.reshape(-1, 1000))
+    # One untimed call each: imports, first-touch page faults; and the layout claim.
+    if product_digest(fortran) != product_digest(np.ascontiguousarray(fortran)):
+        raise SystemExit("layout changed a NumPy digest")
+    product_digest(frame.head())
+    product_digest(with_text.head())
+    results = _alternate(
+        {
+            "frame/taskrun": lambda: product_digest(frame),
+            "frame/xxh3": raw_frame,
+            "frame+text/taskrun": lambda: product_digest(with_text),
+            "frame+text/xxh3": raw_text_frame,
+        },
+        reps,
+    )
+    results.update(
+        _alternate(
+            {
+                "array/taskrun": lambda: product_digest(array),
+                "array/xxh3": lambda: xxhash.xxh3_128(memoryview(array)).hexdigest(),
+                "array-fortran/taskrun": lambda: product_digest(fortran),
+                "array-fortran/xxh3": lambda: xxhash.xxh3_128(
+                    memoryview(fortran.T)  # the same buffer, C-contiguous as its transpose
+                ).hexdigest(),
+            },
+            reps,
+        )
+    )
+    return results
+
+
 def bench_files(directory: Path, files: int, reps: int) -> dict[str, list[float]]:
     """tree_digest of a FILES-file tree: no stat cache, cold stat cache, warm stat cache."""
     from taskrun.files import StatCache, tree_digest
@@ -128,6 +210,8 @@ def main(argv: list[str] | None = None) -> None:
     h = sub.add_parser("hash")
     h.add_argument("--reps", type=int, default=5)
     h.add_argument("--size", type=int, default=BYTES_SIZE)
+    d = sub.add_parser("digests")
+    d.add_argument("--reps", type=int, default=5)
     f = sub.add_parser("files")
     f.add_argument("--dir", type=Path, required=True)
     f.add_argument("--files", type=int, default=10_000)
@@ -135,6 +219,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.what == "hash":
         out = bench_hash(args.reps, args.size)
+    elif args.what == "digests":
+        out = bench_digests(args.reps)
     else:
         os.makedirs(args.dir, exist_ok=True)
         out = bench_files(args.dir, args.files, args.reps)

@@ -21,6 +21,7 @@ Workload names, for ``--only`` (a glob; several may be given, comma-separated)::
     noop/<independent|chain|layered>-<100|1000|5000>   phases: cold, warm, changed
     cpu/<inline|thread|process>                         -j 1 against -j 2
     hash/product                                        512 MiB bytes; 100,000 dicts
+    hash/digests                                        1M-row DataFrame; 100 MB array
     files/tree-10k                                      cold and warm stat cache
     startup/list-10                                     taskrun list, doit list, python
 """
@@ -401,6 +402,13 @@ def hash_bench() -> Bench:
     return Bench("hash/product", measure)
 
 
+def digests_bench() -> Bench:
+    def measure(tmp: Path, reps: int, results: Results) -> None:
+        _inproc(["digests", "--reps", str(max(reps, 5))], "hash/digests", results)
+
+    return Bench("hash/digests", measure)
+
+
 def files_bench() -> Bench:
     def measure(tmp: Path, reps: int, results: Results) -> None:
         _inproc(
@@ -447,7 +455,7 @@ def all_benches(quick: bool) -> list[Bench]:
     if quick:
         benches.append(noop_bench("layered", 5000, snakemake=False))
     benches += [cpu_bench(e) for e in (("process",) if quick else ("inline", "thread", "process"))]
-    benches += [hash_bench(), files_bench(), startup_bench()]
+    benches += [hash_bench(), digests_bench(), files_bench(), startup_bench()]
     return benches
 
 
@@ -592,6 +600,24 @@ def report(r: Results) -> str:
             f"{_fmt(dj, 4)} | {_fmt_ratio(_ratio(dt, dj))} |",
             "",
         ]
+    if ("hash/digests", "frame", "taskrun") in r.samples:
+        out += [
+            "### Canonical digests against raw xxh3 of the same bytes (in-process, median s)",
+            "",
+            "| product | taskrun `product_digest` | raw `xxh3_128` of its bytes "
+            "| taskrun / raw |",
+            "|---|---:|---:|---:|",
+        ]
+        for group, label in (
+            ("frame", "1,000,000-row DataFrame, 5 numeric/bool columns"),
+            ("frame+text", "the same + a string column (object dtype)"),
+            ("array", "100 MB float64 array, C order"),
+            ("array-fortran", "the same values, Fortran order"),
+        ):
+            a = r.median("hash/digests", group, "taskrun")
+            b = r.median("hash/digests", group, "xxh3")
+            out.append(f"| {label} | {_fmt(a, 4)} | {_fmt(b, 4)} | {_fmt_ratio(_ratio(a, b))} |")
+        out.append("")
     if ("files/tree-10k", "tree", "warm") in r.samples:
         out += [
             "### File hashing: `tree_digest` of 10,000 files of 1 KiB (in-process, median seconds)",

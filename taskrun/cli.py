@@ -264,6 +264,10 @@ def _complete_assignments(
               help="Rerun TASK regardless of the cache (repeatable).")
 @click.option("--force-all", is_flag=True, help="Rerun every task regardless of the cache.")
 @click.option("--keep-going", is_flag=True, help="Do not stop at the first failure.")
+@click.option("--override", "overrides", multiple=True, metavar="TASK=MODULE:FUNCTION",
+              shell_complete=_complete_tasks,
+              help="Run FUNCTION (importable from the project root) in place of TASK; it may"
+                   " need fewer dependencies (repeatable).")
 @click.option("--dry-run", is_flag=True,
               help="Say for every task: hit, or run and why; run nothing.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per event, then a summary.")

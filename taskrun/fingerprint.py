@@ -333,7 +333,7 @@ class _Encoder:
                     out += kb
                     # perf: inline the commonest scalars (saves a call per record field).
                     t = type(val)
-                    if t is str and inline_str:
+                    if t is str and (inline_str or val[:1] != "/"):
                         b = val.encode("utf-8", "surrogatepass")
                         out += _HDR(0x73, len(b))
                         out += b
@@ -799,11 +799,14 @@ class FingerprintInputs:
     outputs: tuple[str, ...] = ()
 
 
-def _option_digests(inputs: FingerprintInputs, hash_path: HashPath | None) -> dict[str, str]:
+def _option_digests(
+    inputs: FingerprintInputs, hash_path: HashPath | None, root: pathlib.Path | None
+) -> dict[str, str]:
     digests = {}
     for name, value in inputs.options.items():
         try:
-            digests[name] = value_digest(value, hash_path=hash_path)
+            # A default such as Path(__file__).parent / "out" is under the root: relative.
+            digests[name] = value_digest(value, hash_path=hash_path, root=root)
         except FingerprintError as e:
             raise FingerprintError(
                 f"option '{name}' of task '{inputs.task}': {e.message}"
@@ -811,7 +814,12 @@ def _option_digests(inputs: FingerprintInputs, hash_path: HashPath | None) -> di
     return digests
 
 
-def task_fingerprint(inputs: FingerprintInputs, *, hash_path: HashPath | None = None) -> str:
+def task_fingerprint(
+    inputs: FingerprintInputs,
+    *,
+    hash_path: HashPath | None = None,
+    root: pathlib.Path | None = None,
+) -> str:
     """Return the task's fingerprint: xxh3-128 of the canonical encoding of its inputs."""
     # Options enter as their value digests (the same ones describe() shows), so the
     # fingerprint changes exactly when some part that diff() compares changes.
@@ -820,7 +828,7 @@ def task_fingerprint(inputs: FingerprintInputs, *, hash_path: HashPath | None = 
         SCHEME_VERSION,
         inputs.task,
         inputs.code,
-        _option_digests(inputs, hash_path),
+        _option_digests(inputs, hash_path, root),
         dict(inputs.upstream),
         dict(inputs.inputs),
         dict(inputs.env),
@@ -831,13 +839,18 @@ def task_fingerprint(inputs: FingerprintInputs, *, hash_path: HashPath | None = 
     return value_digest(parts)
 
 
-def describe(inputs: FingerprintInputs, *, hash_path: HashPath | None = None) -> dict[str, Any]:
+def describe(
+    inputs: FingerprintInputs,
+    *,
+    hash_path: HashPath | None = None,
+    root: pathlib.Path | None = None,
+) -> dict[str, Any]:
     """Return the fingerprint's components as JSON-able data, for ``explain`` and diff().
 
     Environment values appear only as digests: this lands in cache metadata, and a
     declared variable may hold a secret.
     """
-    digests = _option_digests(inputs, hash_path)
+    digests = _option_digests(inputs, hash_path, root)
     return {
         "scheme": SCHEME_VERSION,
         "task": inputs.task,

@@ -296,8 +296,82 @@ def run_from_cli(
     remote_mode: str | None = None,
     quiet: int,
     verbose: int,
+    overrides: Sequence[str] = (),
 ) -> int:
     """``taskrun run``: validate, then run or plan; returns the exit code."""
+    replacements = load_overrides(project, overrides)
+    with project.registry.override_many(replacements):
+        return _run_from_cli(
+            project, targets, assignments, jobs=jobs, executor=executor,
+            dask_address=dask_address, dask_ship_files=dask_ship_files, force=force,
+            force_all=force_all, keep_going=keep_going, dry_run=dry_run, as_json=as_json,
+            cache_dir=cache_dir, cache_mode=cache_mode, remote_cache=remote_cache,
+            remote_mode=remote_mode, quiet=quiet, verbose=verbose,
+        )
+
+
+def load_overrides(project: Project, texts: Sequence[str]) -> dict[str, Callable[..., Any]]:
+    """``--override TASK=module:function``: each replacement, imported from the project root."""
+    import importlib
+    import sys
+
+    from taskrun.errors import did_you_mean
+
+    out: dict[str, Callable[..., Any]] = {}
+    for text in texts:
+        task_name, _, target = text.partition("=")
+        module_name, _, attr = target.partition(":")
+        if not task_name or not module_name or not attr:
+            raise UsageError(
+                f"--override {text!r} is not TASK=module:function; write e.g."
+                " --override download=fakes:fake_download"
+            )
+        project.registry.get(task_name.strip())  # unknown task: an error with a hint
+        added = str(project.root) not in sys.path
+        if added:
+            sys.path.insert(0, str(project.root))
+        try:
+            module = importlib.import_module(module_name.strip())
+        except ImportError as exc:
+            raise UsageError(
+                f"--override {text!r}: cannot import module {module_name!r} ({exc}); it must"
+                f" be importable from the project root {project.root}"
+            ) from None
+        finally:
+            if added:
+                sys.path.remove(str(project.root))
+        fn = getattr(module, attr.strip(), None)
+        if not callable(fn):
+            names = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")]
+            raise UsageError(
+                f"--override {text!r}: module {module_name!r} ({module.__file__}) has no"
+                f" function {attr!r}{did_you_mean(attr, names)}"
+            )
+        out[task_name.strip()] = fn
+    return out
+
+
+def _run_from_cli(
+    project: Project,
+    targets: Sequence[str],
+    assignments: Sequence[str],
+    *,
+    jobs: int | None,
+    executor: str | None,
+    dask_address: str | None,
+    dask_ship_files: str,
+    force: Sequence[str],
+    force_all: bool,
+    keep_going: bool,
+    dry_run: bool,
+    as_json: bool,
+    cache_dir: Path | None,
+    cache_mode: str | None,
+    remote_cache: str | None,
+    remote_mode: str | None,
+    quiet: int,
+    verbose: int,
+) -> int:
     from taskrun.report import make_reporter
 
     settings = project.settings

@@ -867,7 +867,7 @@ class Registry:
     @contextlib.contextmanager
     def override_many(
         self,
-        replacements: Mapping[str | Callable[..., Any], Callable[..., Any]],
+        replacements: Mapping[Any, Callable[..., Any]],  # task (name or function) -> fn
         *,
         deps: Mapping[Any, Any] | None = None,
     ) -> Iterator[list[TaskSpec]]:

@@ -346,7 +346,7 @@ class Scheduler:
         from taskrun.fingerprint import task_fingerprint
 
         node.inputs = self._inputs_of(node, upstream)
-        node.fp = task_fingerprint(node.inputs, hash_path=self._hash_path)
+        node.fp = task_fingerprint(node.inputs, hash_path=self._hash_path, root=self.root)
         node.described = {}
 
     def _described(self, node: _Node) -> dict[str, Any]:
@@ -354,7 +354,7 @@ class Scheduler:
         if not node.described:
             from taskrun.fingerprint import describe
 
-            node.described = describe(node.inputs, hash_path=self._hash_path)
+            node.described = describe(node.inputs, hash_path=self._hash_path, root=self.root)
         return node.described
 
     def _why(self, node: _Node) -> tuple[str, ...]:
@@ -526,7 +526,7 @@ class Scheduler:
         ready = self._ready
         fresh: set[str] = set()  # fingerprinted by _prefetch for this very decision
         while ready:
-            if self.remote is not None and ready[0].name not in fresh:
+            if self.remote is not None and self.remote.active and ready[0].name not in fresh:
                 self._prefetch(fresh)  # the wave that is ready now, in one batch
             node = ready.popleft()
             prefetched = node.name in fresh
@@ -534,12 +534,12 @@ class Scheduler:
             if node.state != "pending" or self._waiting[node.name]:
                 continue  # decided already, or an upstream went back to run (_rerun)
             deps = [self._nodes[d] for d in node.deps]
-            if self._halt and node.spec.run_if not in self._halt_rules:
-                self._skip(node, self._halt_reason(node))
-                continue
             verdict = decide(node.spec.run_if, [(d.name, d.state) for d in deps])
             if not verdict.run:
                 self._skip(node, verdict.reason)
+                continue
+            if self._halt and node.spec.run_if not in self._halt_rules:
+                self._skip(node, self._halt_reason(node))
                 continue
             if node.spec.map is not None:
                 self._mapper.advance(node)  # expand into item nodes, or gather their products

@@ -280,6 +280,50 @@ def test_streaming_a_new_link_finds_one_more_page(run_cli: RunCli, tmp_path: Pat
     assert "7 pages" in (root / "build/report.txt").read_text()
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is gone for our purposes (its parent, the finished task, never waited).
+    status = Path(f"/proc/{pid}/status")
+    return not (status.exists() and "\nState:\tZ" in status.read_text())
+
+
+def _taskrun(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "taskrun", *args], cwd=root, capture_output=True, text=True,
+        timeout=120,
+    )
+
+
+def test_service_example_stops_the_service_and_alerts_only_on_failure(tmp_path: Path) -> None:
+    """The failures guide's example end to end: tests pass, then fail; always stopped."""
+    import json
+
+    root = copy("service", tmp_path)
+    passed = _taskrun(root, "run")
+    assert passed.returncode == 0, passed.stdout + passed.stderr
+    service = json.loads((root / "build" / "service.json").read_text())
+    assert not _alive(service["pid"])
+    assert (root / "build" / "service.stopped").read_text().endswith("after tests ran\n")
+    assert (root / "build" / "announce.txt").exists()
+    assert not (root / "build" / "alert.txt").exists()
+    assert "skipped  alert: no upstream failed (run_if='failed')" in passed.stdout
+
+    failed = _taskrun(root, "run", "-o", "expect=goodbye")
+    assert failed.returncode == 1
+    service = json.loads((root / "build" / "service.json").read_text())
+    assert not _alive(service["pid"])
+    assert (root / "build" / "service.stopped").read_text().endswith("after tests failed\n")
+    alert = (root / "build" / "alert.txt").read_text()
+    assert alert.startswith("integration tests failed: AssertionError:") and "'goodbye'" in alert
+    assert "skipped  announce: upstream 'integration_tests' failed" in failed.stdout
+
+    plan = _taskrun(root, "run", "--dry-run", "-o", "channel=none")
+    assert "skip     announce: when= is false (channel='none')" in plan.stdout
+
+
 # -- the examples through the pytest plugin (taskrun.testing), as their users would test --
 def test_pipeline_through_the_plugin(taskrun_project: Any, run_tasks: Any) -> None:
     """Cold, then cached; an option reruns only what it reaches; products of any task."""

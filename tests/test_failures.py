@@ -508,3 +508,342 @@ def test_start_raises_invocation_errors_at_once(tmp_path: Path) -> None:
     with pytest.raises(InvocationError):
         taskrun.start(["slow"], registry=racing(), root=tmp_path, options={"slow": {"x": 1}})
     assert called(tmp_path) == []
+
+
+# -- retries -------------------------------------------------------------------------------
+
+
+def flaky(fails: int, exc: type[BaseException], **settings: Any) -> Registry:
+    """``flaky`` raises ``exc`` on its first ``fails`` calls, then returns the call count."""
+    reg = Registry()
+    with reg.activate():
+
+        @taskrun.task(cache=False, **settings)
+        def unstable() -> int:
+            count = Path("count")
+            n = int(count.read_text()) + 1 if count.exists() else 1
+            count.write_text(str(n))
+            if n <= fails:
+                raise exc(f"attempt {n} failed")
+            return n
+
+        @taskrun.task(cache=False)
+        def other() -> str:
+            return "other"
+
+    return reg
+
+
+@pytest.mark.parametrize("executor", ["inline", "process"])
+def test_retries_wait_with_backoff_recorded_in_events(tmp_path: Path, executor: str) -> None:
+    """Each failed attempt and the wait before the next are events; backoff multiplies."""
+    reg = flaky(2, ConnectionError, retries=3, retry_delay=0.05, retry_backoff=2.0)
+    events: list[Any] = []
+    result = taskrun.run(
+        ["unstable"], registry=reg, root=tmp_path, executor=executor, on_event=events.append
+    )
+    assert result.products["unstable"] == 3 and result.tasks["unstable"].attempts == 3
+    retries = [e for e in events if e.kind == "retrying"]
+    assert [(e.attempt, e.delay) for e in retries] == [(2, 0.05), (3, 0.1)]
+    assert [e.error for e in retries] == [
+        "ConnectionError: attempt 1 failed", "ConnectionError: attempt 2 failed"
+    ]
+    assert [e.attempt for e in events if e.kind == "started"] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("executor", ["inline", "process"])
+def test_retry_on_retries_only_the_named_exceptions(tmp_path: Path, executor: str) -> None:
+    """retry_on= matches subclasses (across processes too); anything else fails at once."""
+    retried = flaky(1, ConnectionRefusedError, retries=2, retry_on=(ConnectionError,))
+    ok = taskrun.run(["unstable"], registry=retried, root=tmp_path, executor=executor)
+    assert ok.products["unstable"] == 2
+    other = tmp_path / "other"
+    other.mkdir()
+    not_retried = flaky(1, ValueError, retries=2, retry_on=(ConnectionError,))
+    failed = taskrun.run(["unstable"], registry=not_retried, root=other, executor=executor)
+    assert failed.state("unstable") == "failed" and failed.tasks["unstable"].attempts == 1
+
+
+def test_a_retry_waits_without_holding_a_worker(tmp_path: Path) -> None:
+    """With one worker, another task runs while a failed task waits for its retry."""
+    reg = flaky(1, ConnectionError, retries=1, retry_delay=600.0)
+    handle = taskrun.start(
+        ["unstable", "other"], registry=reg, root=tmp_path, executor="thread", jobs=1
+    )
+    end = time.monotonic() + 60
+    while time.monotonic() < end:  # synchronised on the run's own states
+        states = handle.status().states
+        if states.get("unstable") == "retrying" and states.get("other") == "ran":
+            break
+        time.sleep(0.01)
+    assert handle.status().states == {"unstable": "retrying", "other": "ran"}
+    handle.cancel()
+    result = handle.result(timeout=60)
+    assert result.state("unstable") == "cancelled" and result.state("other") == "ran"
+
+
+def test_retry_policy_jitter_stays_in_its_bounds() -> None:
+    """Jitter stretches each wait by at most the given fraction, either way."""
+    import random
+
+    from taskrun.rules import RetryPolicy
+
+    policy = RetryPolicy(retries=5, delay=1.0, backoff=3.0, jitter=0.5)
+    rng = random.Random(7)
+    waits = [policy.wait(n, rng) for n in (1, 2, 3) for _ in range(50)]
+    for n, chunk in zip((1, 2, 3), (waits[:50], waits[50:100], waits[100:]), strict=True):
+        base = 3.0 ** (n - 1)
+        assert all(0.5 * base <= w <= 1.5 * base for w in chunk)
+        assert len(set(chunk)) > 1  # it does vary
+
+
+# -- graph surgery -------------------------------------------------------------------------
+
+
+def downloads() -> Registry:
+    """index -> download -> count; the real index and download must never run in tests."""
+    reg = Registry()
+    with reg.activate():
+
+        @taskrun.task
+        def index() -> list[str]:
+            note("index")
+            raise RuntimeError("no network in tests")
+
+        @taskrun.task(deps=[index], version="1")
+        def download(index: list[str], mirror: str = "main") -> str:
+            note("download")
+            raise RuntimeError("no network in tests")
+
+        @taskrun.task
+        def local_index() -> list[str]:
+            note("local_index")
+            return ["a.txt"]
+
+        @taskrun.task(deps=[download])
+        def count(download: str) -> int:
+            note("count")
+            return len(download)
+
+    return reg
+
+
+def fake_download(mirror: str = "main") -> str:
+    note("fake_download")
+    return "fake data"
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_override_with_fewer_deps_drops_the_upstream(tmp_path: Path, executor: str) -> None:
+    """A replacement that does not take `index` drops it: the real index never runs."""
+    reg = downloads()
+    with reg.override("download", fake_download) as spec:
+        assert spec.deps == ()
+        assert reg.subgraph("count") == ["download", "count"]
+        result = taskrun.run(["count"], registry=reg, root=tmp_path, executor=executor)
+    assert result.products["count"] == len("fake data")
+    assert "index" not in result.tasks
+    assert called(tmp_path) == ["fake_download", "count"]
+    assert [d.task for d in reg.get("download").deps] == ["index"]  # restored
+
+
+def test_override_with_other_deps(tmp_path: Path) -> None:
+    """deps= gives the replacement other upstream tasks; the original ones are dropped."""
+    reg = downloads()
+
+    def from_local(local_index: list[str], mirror: str = "main") -> str:
+        return ",".join(local_index)
+
+    with reg.override("download", from_local, deps=[reg.get("local_index").fn]):
+        result = taskrun.run(["count"], registry=reg, root=tmp_path, executor="inline")
+    assert result.products["count"] == len("a.txt")
+    assert sorted(called(tmp_path)) == ["count", "local_index"]
+
+
+def test_override_many_swaps_a_subgraph(tmp_path: Path) -> None:
+    """Several tasks at once; all are restored afterwards."""
+    reg = downloads()
+
+    def fake_index() -> list[str]:
+        return ["x", "y"]
+
+    def joined(index: list[str], mirror: str = "main") -> str:
+        return "+".join(index)
+
+    originals = {n: reg.get(n) for n in ("index", "download")}
+    with reg.override_many({"index": fake_index, "download": joined}):
+        result = taskrun.run(["count"], registry=reg, root=tmp_path, executor="inline")
+    assert result.products["count"] == len("x+y")
+    assert called(tmp_path) == ["count"]
+    assert {n: reg.get(n) for n in originals} == originals
+
+
+def test_override_keeps_the_contract(tmp_path: Path) -> None:
+    """Options and product type must match; the error names the task and what differs."""
+    reg = downloads()
+
+    def wrong(mirror: int = 0) -> str:
+        return ""
+
+    with pytest.raises(DefinitionError, match="override of task 'download'.*option 'mirror'"):
+        with reg.override("download", wrong):
+            pass
+
+
+def test_override_results_never_mix_with_the_real_tasks(tmp_path: Path) -> None:
+    """Even with version= on the real task, the override's fingerprint is its own."""
+    reg = Registry()
+    with reg.activate():
+
+        @taskrun.task(version="1")
+        def data() -> str:
+            return "real"
+
+    def fake() -> str:
+        return "fake"
+
+    kw: dict[str, Any] = dict(registry=reg, root=tmp_path, executor="inline")
+    assert taskrun.run(["data"], **kw).products["data"] == "real"
+    with reg.override("data", fake):
+        faked = taskrun.run(["data"], **kw)
+    assert faked.state("data") == "ran" and faked.products["data"] == "fake"
+    real = taskrun.run(["data"], **kw)
+    assert real.state("data") == "cached" and real.products["data"] == "real"
+
+
+CLI_TASKS = """
+    from taskrun import task
+
+    def note(name):
+        with open("calls.log", "a") as fh:
+            fh.write(f'["{name}", ""]\\n')
+
+    @task
+    def index() -> list[str]:
+        note("index")
+        raise RuntimeError("no network")
+
+    @task(deps=[index])
+    def download(index: list[str], mirror: str = "main") -> str:
+        note("download")
+        raise RuntimeError("no network")
+
+    @task(deps=[download])
+    def count(download: str) -> int:
+        note("count")
+        return len(download)
+"""
+
+
+def test_cli_override_runs_a_replacement_without_its_upstream(
+    tmp_path: Path, write_project: Any, run_cli: Any
+) -> None:
+    """--override TASK=module:function swaps the task for one run; its upstream is dropped."""
+    fakes = "fakes_cli_ok"
+    write_project(tmp_path, CLI_TASKS, files={
+        f"{fakes}.py": "def fake_download(mirror: str = 'main') -> str:\n    return 'offline'\n",
+    })
+    result = run_cli(tmp_path, "run", "count", "--override", f"download={fakes}:fake_download")
+    assert result.exit_code == 0, result.output
+    assert called(tmp_path) == ["count"]
+    plan = run_cli(tmp_path, "run", "count", "--dry-run")
+    assert "index" in plan.output  # without the override, the real graph again
+
+
+def test_cli_override_errors_name_the_fix(
+    tmp_path: Path, write_project: Any, run_cli: Any
+) -> None:
+    """A missing function gets did-you-mean; a bad form shows the right one; exit code 2."""
+    fakes = "fakes_cli_bad"
+    write_project(tmp_path, CLI_TASKS, files={
+        f"{fakes}.py": "def fake_download(mirror: str = 'main') -> str:\n    return ''\n",
+    })
+    missing = run_cli(tmp_path, "run", "count", "--override", f"download={fakes}:fake_downlod")
+    assert missing.exit_code == 2
+    assert "has no function 'fake_downlod' (did you mean 'fake_download'?)" in missing.output
+    bad = run_cli(tmp_path, "run", "count", "--override", "download")
+    assert bad.exit_code == 2 and "is not TASK=module:function" in bad.output
+    unknown = run_cli(tmp_path, "run", "count", "--override", f"downlaod={fakes}:fake_download")
+    assert unknown.exit_code == 2 and "did you mean 'download'" in unknown.output
+    assert called(tmp_path) == []
+
+
+# -- placement -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("run_executor", ["thread", "inline"])
+def test_executor_hint_places_tasks_across_two_executors(
+    tmp_path: Path, run_executor: str
+) -> None:
+    """A task's executor= wins over the run's: one run, two executors, products flow."""
+    import os
+
+    reg = Registry()
+    with reg.activate():
+
+        @taskrun.task
+        def here() -> int:
+            return os.getpid()
+
+        @taskrun.task(deps=[here], executor="process")
+        def away(here: int) -> tuple[int, int]:
+            return here, os.getpid()
+
+        @taskrun.task(deps=[away], executor="inline")
+        def back(away: tuple[int, int]) -> tuple[int, int, int]:
+            return (*away, os.getpid())
+
+    result = taskrun.run(["back"], registry=reg, root=tmp_path, executor=run_executor)
+    driver, worker, inline = result.products["back"]
+    assert driver == os.getpid() == inline
+    assert worker != driver
+
+
+def test_unknown_executor_hint_is_a_definition_error(registry: Registry) -> None:
+    """executor= takes one of the four names; a typo gets did-you-mean."""
+    with pytest.raises(DefinitionError, match="executor='proces'.*did you mean 'process'"):
+
+        @taskrun.task(executor="proces")  # type: ignore[arg-type]
+        def job() -> None: ...
+
+
+WHEN_TASKS = """
+    from taskrun import Outcome, task
+
+    @task
+    def build() -> str:
+        return "app"
+
+    @task(deps=[build], when=lambda target: target == "prod")
+    def deploy(build: str, target: str = "dev") -> str:
+        return build
+
+    @task(deps=[deploy], run_if="always", cache=False)
+    def report(deploy: Outcome[str]) -> str:
+        return deploy.state
+"""
+
+
+def test_dry_run_explain_and_list_show_conditions_and_rules(
+    tmp_path: Path, write_project: Any, run_cli: Any
+) -> None:
+    """--dry-run and explain say which tasks when= skips; list shows rules and Outcome deps."""
+    write_project(tmp_path, WHEN_TASKS)
+    plan = run_cli(tmp_path, "run", "report", "--dry-run")
+    assert plan.exit_code == 0, plan.output
+    assert "skip     deploy: when= is false (target='dev')" in plan.output
+    assert "run      report" in plan.output
+    assert "1 would be skipped" in plan.output
+    as_json = run_cli(tmp_path, "run", "report", "--dry-run", "--json")
+    actions = {
+        d["task"]: d["action"] for d in map(json.loads, as_json.output.splitlines()) if "task" in d
+    }
+    assert actions == {"build": "run", "deploy": "skip", "report": "run"}
+    prod = run_cli(tmp_path, "run", "report", "--dry-run", "-o", "target=prod")
+    assert "skip " not in prod.output
+    explained = run_cli(tmp_path, "explain", "report")
+    assert "deploy: would be skipped\n  - when= is false (target='dev')" in explained.output
+    listed = run_cli(tmp_path, "list")
+    assert "needs: deploy (as Outcome)" in listed.output and "runs if: always" in listed.output
+    ran = run_cli(tmp_path, "run", "report")
+    assert ran.exit_code == 0 and "skipped  deploy: when= is false (target='dev')" in ran.output

@@ -2,7 +2,8 @@
 
 The task file uses the common ``Path(__file__)`` idioms (a module constant, a helper that
 builds a path inside a task, ``os.path`` strings, a helper module's resolved root, a
-product that is an absolute path inside the project). Real processes, real directories.
+product that is an absolute path inside the project, option defaults built from
+``__file__``). Real processes, real directories.
 """
 
 from __future__ import annotations
@@ -58,9 +59,14 @@ def where(words: dict[str, int]) -> Path:
     return HERE / "data"
 
 
-@task(deps=[where, config, counts])
-def report(where: Path, config: str, counts: list[File]) -> str:
-    return f"{where.name} {config} {len(counts)}"
+@task
+def target(out: Path = HERE / "build" / "out.txt", origin: str = __file__) -> str:
+    return out.name + Path(origin).name
+
+
+@task(deps=[where, config, counts, target])
+def report(where: Path, config: str, counts: list[File], target: str) -> str:
+    return f"{where.name} {config} {len(counts)} {target}"
 '''
 
 HELPERS = '''
@@ -106,14 +112,14 @@ def test_a_copy_at_another_path_and_depth_is_all_cached(tmp_path: Path) -> None:
     first = _write(tmp_path / "alice" / "proj")
     shared = tmp_path / "shared-cache"
     ran = _run(first, "run", "--cache-dir", str(shared))
-    assert ran["summary"]["ran"] == 5
+    assert ran["summary"]["ran"] == 6
 
     second = tmp_path / "ci" / "runner" / "work" / "checkout"
     second.parent.mkdir(parents=True)
     shutil.copytree(first, second, ignore=shutil.ignore_patterns(".taskrun", "counts"))
     again = _run(second, "run", "--cache-dir", str(shared))
     assert again["ran"] == {}, again["ran"]
-    assert again["summary"]["cached"] == 5
+    assert again["summary"]["cached"] == 6
     assert sorted(p.name for p in (second / "counts").iterdir()) == ["a.txt", "b.txt"]
 
 
