@@ -114,7 +114,8 @@ def test_keep_going_is_not_suggested_for_dependents(
     events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     skipped = {e["task"]: e["reason"] for e in events if e["event"] == "skipped"}
     assert skipped["after"] == "upstream 'broken' failed"
-    assert skipped["other"] == "stopped after 'broken' failed (use --keep-going to go on)"
+    assert skipped["gate"] == "stopped after 'broken' failed (use --keep-going to go on)"
+    assert "--keep-going" not in skipped["after"]
 
 
 def test_dir_option_change_names_the_file(
