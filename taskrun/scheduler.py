@@ -932,7 +932,10 @@ class Scheduler:
         if self.remote is not None:
             self._finish_remote()
         nodes = [n for n in self._nodes.values() if self._mapper.counted(n)]
-        used = [n.fp for n in nodes if n.state in ("cached", "ran") and n.spec.cache and n.fp]
+        # A skip from taskrun.skip() has an entry too (a fingerprint); other skips do not.
+        used = [
+            n.fp for n in nodes if n.state in ("cached", "ran", "skipped") and n.spec.cache and n.fp
+        ]
         hits = sum(1 for n in nodes if n.state == "cached")
         misses = sum(1 for n in nodes if n.state in ("ran", "failed"))
         if self.cache.mode == "rw":
