@@ -688,3 +688,80 @@ def test_ctrl_c_records_no_item_call_in_flight(tmp_path: Path, executor: str) ->
     assert planned == {
         "numbers": "cached", "work[2]": "run", "work[3]": "run", "work": "mapped",
     }
+
+
+# -- the command line ------------------------------------------------------------------------
+
+
+def test_cli_dry_run_lists_the_items_that_would_run(cbuild: Path, run_cli: Any) -> None:
+    """With the upstream cached, a dry run names each item that would run and sums up the rest."""
+    assert run_cli(cbuild, "run", "link").exit_code == 0
+    (cbuild / "src" / "b.c").write_text("int bb;")
+    # sources reruns too (its Dir option changed): items come from its last product.
+    out = run_cli(cbuild, "run", "--dry-run", "link").output
+    assert "run      compile[src/b.c]: the item (of 'sources') changed" in out
+    assert "compile[src/a.c]" not in out
+    assert "1 of 3 would run, 2 cached" in out
+    assert run_cli(cbuild, "run", "sources").exit_code == 0  # now sources is cached
+    out = run_cli(cbuild, "run", "--dry-run", "link").output
+    assert "run      compile: 1 of 3 items would run; 2 cached" in out
+    assert "run      compile[src/b.c]: the item (of 'sources') changed" in out
+
+
+def test_cli_explain_says_which_items_changed(cbuild: Path, run_cli: Any) -> None:
+    """`taskrun explain compile`: the changed item with its digests, the rest summed up."""
+    assert run_cli(cbuild, "run", "link").exit_code == 0
+    (cbuild / "src" / "c.c").write_text("int cc;")
+    assert run_cli(cbuild, "run", "sources").exit_code == 0
+    out = run_cli(cbuild, "explain", "compile").output
+    assert "compile[src/c.c]: would run" in out
+    assert "the item (of 'sources') changed:" in out
+    assert "compile: mapped: 1 of 3 items would run; 2 cached" in out
+
+
+def test_cli_json_carries_item_keys(cbuild: Path, run_cli: Any) -> None:
+    """--json: a `mapped` event with the items, item events with `mapped` and `item`."""
+    import json
+
+    result = run_cli(cbuild, "run", "--json", "link")
+    docs = [json.loads(line) for line in result.stdout.splitlines()]
+    mapped = next(d for d in docs if d["event"] == "mapped")
+    assert mapped["keys"] == ["src/a.c", "src/b.c", "src/c.c"]
+    ran = [d for d in docs if d["event"] == "ran" and d.get("mapped") == "compile"]
+    assert sorted(d["item"] for d in ran) == ["src/a.c", "src/b.c", "src/c.c"]
+    finished = next(d for d in docs if d["event"] == "map-finished")
+    assert finished["items"] == 3 and finished["ran"] == 3 and finished["state"] == "ran"
+    assert docs[-1]["event"] == "summary" and docs[-1]["total"] == 5
+
+
+def test_cli_graph_shows_a_mapped_task_as_one_marked_node(cbuild: Path, run_cli: Any) -> None:
+    """dot, mermaid and json mark `compile` as mapped over `sources`."""
+    import json
+
+    dot = run_cli(cbuild, "graph").output
+    assert '"compile" [label="compile [mapped]", peripheries=2];' in dot
+    assert '"sources" -> "compile" [style=bold, label="each"];' in dot
+    assert 't1[["compile (mapped)"]]' in run_cli(cbuild, "graph", "--format", "mermaid").output
+    nodes = json.loads(run_cli(cbuild, "graph", "--format", "json").output)["nodes"]
+    assert [n.get("mapped") for n in nodes] == [None, "sources", None]
+
+
+def test_cli_list_says_what_a_task_maps_over(cbuild: Path, run_cli: Any) -> None:
+    """`taskrun list` names the upstream and the parameter."""
+    out = run_cli(cbuild, "list").output
+    assert "mapped: one call per item of sources (as source)" in out
+
+
+def test_cli_force_reruns_every_item(cbuild: Path, run_cli: Any) -> None:
+    """`--force compile` reruns each item call, which says it was forced."""
+    assert run_cli(cbuild, "run", "link").exit_code == 0
+    out = run_cli(cbuild, "run", "--force", "compile", "link").output
+    assert out.count(": forced") == 3 and "ran      compile[src/a.c]" in out
+
+
+def test_cli_clean_removes_templated_outputs(cbuild: Path, run_cli: Any) -> None:
+    """`taskrun clean compile` reads the template as a glob."""
+    assert run_cli(cbuild, "run", "link").exit_code == 0
+    out = run_cli(cbuild, "clean", "compile").output
+    assert "removed 3 files" in out
+    assert not (cbuild / "build" / "a.o").exists()
