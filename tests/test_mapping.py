@@ -765,3 +765,58 @@ def test_cli_clean_removes_templated_outputs(cbuild: Path, run_cli: Any) -> None
     out = run_cli(cbuild, "clean", "compile").output
     assert "removed 3 files" in out
     assert not (cbuild / "build" / "a.o").exists()
+
+
+def test_a_generator_that_cannot_reach_the_driver_still_returns_its_items(tmp_path: Path) -> None:
+    """Where the driver's socket is out of reach (a remote worker), nothing is streamed."""
+    from taskrun.mapping import Streaming
+
+    def numbers(n: int) -> Iterator[int]:
+        yield from range(n)
+
+    gone = str(tmp_path / "no-such.sock")
+    assert Streaming(numbers, gone, b"key", "numbers#1")(n=3) == [0, 1, 2]
+
+
+def test_streamed_items_reach_the_channel_in_order() -> None:
+    """The channel queues (stream, index, item) as the generator yields."""
+    import cloudpickle
+
+    from taskrun.mapping import ItemChannel, Streaming
+
+    channel = ItemChannel()
+    try:
+        def letters() -> Iterator[str]:
+            yield from "abc"
+
+        assert Streaming(letters, channel.address, channel.authkey, "letters#1")() == list("abc")
+        channel.wake.result(timeout=30)
+        got: list[tuple[str, int, bytes]] = []
+        while len(got) < 3:  # the reader thread may still be queueing the last ones
+            got += channel.take()
+            if len(got) < 3:
+                channel.wake.result(timeout=30)
+        assert [(s, i, cloudpickle.loads(b)) for s, i, b in got] == [
+            ("letters#1", 0, "a"), ("letters#1", 1, "b"), ("letters#1", 2, "c"),
+        ]
+    finally:
+        channel.close()
+
+
+def test_a_wrong_key_cannot_inject_items() -> None:
+    """A client without the run's random key is refused; nothing is queued."""
+    from multiprocessing import AuthenticationError
+    from multiprocessing.connection import Client
+
+    from taskrun.mapping import ItemChannel
+
+    channel = ItemChannel()
+    try:
+        with pytest.raises((AuthenticationError, EOFError, ConnectionError)):
+            conn = Client(channel.address, family="AF_UNIX", authkey=b"wrong key")
+            conn.send_bytes(b"x#1")
+            conn.send_bytes((0).to_bytes(8, "big") + b"junk")
+            conn.close()
+        assert channel.take() == []
+    finally:
+        channel.close()
