@@ -400,6 +400,16 @@ class ItemInfo:
     digest: str
 
 
+@dataclass(frozen=True, slots=True)
+class _Gathered:
+    """A mapped target's product, gathered from its item nodes when asked for."""
+
+    items: tuple[_Node, ...]
+
+    def load(self) -> list[Any]:
+        return [c.value if c.has_value else c.entry.load() for c in self.items]
+
+
 @dataclass(eq=False)
 class _Expansion:
     """The item nodes of one mapped node (driver thread only)."""
@@ -427,6 +437,7 @@ class Mapper:
         self._current: dict[str, str] = {}  # generator -> stream id of its running attempt
         self._mappers_of: dict[str, list[str]] = {}  # upstream -> mapped tasks over it
         self._planned: dict[str, list[Any]] = {}  # dry runs: a cached mapped task's entries
+        self._specs: dict[str, TaskSpec] = {}  # the item spec of a task without templates
         for node in scheduler._nodes.values():
             if node.spec.map is not None:
                 self._mappers_of.setdefault(self._upstream(node.spec), []).append(node.name)
@@ -579,9 +590,15 @@ class Mapper:
 
     def _item_spec(self, spec: TaskSpec, param: str, item: Any) -> TaskSpec:
         # Raising TaskFailed here fails the mapped task (see advance()).
+        templated = any("{" in p for p in spec.outputs)
+        if not templated and spec.name in self._specs:
+            return self._specs[spec.name]  # perf: one spec for every item when nothing varies
         outputs = format_outputs(spec, param, item, self.s.invocation.options[spec.name])
         deps = tuple(d for d in spec.deps if d.param != param)
-        return replace(spec, deps=deps, outputs=outputs, map=None)
+        made = replace(spec, deps=deps, outputs=outputs, map=None)
+        if not templated:
+            self._specs[spec.name] = made
+        return made
 
     def advance(self, node: _Node) -> None:
         """A mapped node whose dependencies (and items so far) are done: expand or finish it."""
@@ -626,15 +643,19 @@ class Mapper:
             shown = ", ".join(c.name for c in bad[:3]) + (" ..." if len(bad) > 3 else "")
             self._fail(node, f"{len(bad)} of {len(children)} items did not complete: {shown}")
             return
-        if node.consumers > 0 or node.target:
+        if node.consumers > 0:
             try:
                 node.value = [s._product(c) for c in exp.order]
             except _UpstreamReload as reload:
                 s._rerun(reload.node, reload.reason)
                 return
             node.has_value = True
+        elif node.target:
+            # perf: a target nobody else consumes is loaded only if the caller asks for it
+            # (the command line never does); items that ran keep their values until then.
+            node.entry = _Gathered(tuple(exp.order))
         for child in children:
-            if child.consumers > 0:
+            if child.consumers > 0 and not node.entry:
                 s._consumed(child)
         for dep in node.spec.deps:
             if dep.passed and dep.param != exp.param:

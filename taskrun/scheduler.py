@@ -994,8 +994,11 @@ class Scheduler:
         for node in self._nodes.values():
             if node.has_value:
                 loaders[node.name] = (lambda v: lambda: v)(node.value)
-            elif node.spec.map is not None and node.name in self._nodes:
-                continue  # a mapped task has no entry of its own (its items do)
+            elif node.spec.map is not None:
+                # A mapped task has no entry of its own: a target's product is gathered
+                # from its items when asked for (mapping._Gathered).
+                if node.entry is not None:
+                    loaders[node.name] = node.entry.load
             elif node.state == "cached" and node.entry is not None:
                 loaders[node.name] = node.entry.load
             elif node.state == "ran" and node.spec.cache and self.cache.mode == "rw":
