@@ -438,6 +438,7 @@ class Mapper:
         self._mappers_of: dict[str, list[str]] = {}  # upstream -> mapped tasks over it
         self._planned: dict[str, list[Any]] = {}  # dry runs: a cached mapped task's entries
         self._specs: dict[str, TaskSpec] = {}  # the item spec of a task without templates
+        self._behind: set[str] = set()  # streamed into, waiting for their other deps
         for node in scheduler._nodes.values():
             if node.spec.map is not None:
                 self._mappers_of.setdefault(self._upstream(node.spec), []).append(node.name)
@@ -511,15 +512,20 @@ class Mapper:
         for name in touched:
             for mapped in self._mappers_of.get(name, ()):
                 self._stream_into(self.s._nodes[mapped])
+        for mapped in list(self._behind):  # their other dependencies may be done now
+            self._stream_into(self.s._nodes[mapped])
 
     def _stream_into(self, node: _Node) -> None:
         """Add item nodes for items streamed so far, once the mapped task's other deps are done."""
-        if node.state != "pending":
-            return
+        self._behind.discard(node.name)
         upstream = self._upstream(node.spec)
+        if node.state != "pending" or self._current.get(upstream) is None:
+            return
         others = [self.s._nodes[d] for d in node.deps if d != upstream]
         if any(d.state not in _DONE for d in others):
-            return  # their items start when the generator has ended
+            if not any(d.state in ("failed", "skipped", "cancelled") for d in others):
+                self._behind.add(node.name)  # try again once they are done
+            return
         exp = self._expansion(node)
         streamed = self._streamed.get(upstream, [])
         start = len(exp.order)

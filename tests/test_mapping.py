@@ -76,7 +76,8 @@ def run(
     log = root / "runs.log"
     log.unlink(missing_ok=True)
     registry = load_task_file(root / "tasks.py")
-    result = taskrun.run(targets, registry=registry, executor=executor, jobs=2, **kwargs)
+    kwargs.setdefault("jobs", 2)
+    result = taskrun.run(targets, registry=registry, executor=executor, **kwargs)
     ran = log.read_text().splitlines() if log.exists() else []
     return result, ran
 
@@ -820,3 +821,41 @@ def test_a_wrong_key_cannot_inject_items() -> None:
         assert channel.take() == []
     finally:
         channel.close()
+
+
+@pytest.mark.parametrize("executor", STREAMING)
+def test_streamed_items_wait_for_the_other_dependencies(tmp_path: Path, executor: str) -> None:
+    """Items yielded before another dependency is done start once it is, still mid-stream."""
+    (tmp_path / "tasks.py").write_text(textwrap.dedent('''
+        import os, time
+        from collections.abc import Iterator
+        from taskrun import task
+
+        def wait_for(path):
+            end = time.monotonic() + 60
+            while not os.path.exists(path):
+                if time.monotonic() > end:
+                    raise RuntimeError(f"{path} never appeared")
+                time.sleep(0.01)
+
+        @task
+        def discover() -> Iterator[str]:
+            yield "a"
+            yield "b"
+            open("yielded-b", "w").close()
+            wait_for("done-a")  # only an item call started mid-stream can write it
+            yield "c"
+
+        @task
+        def config() -> str:
+            wait_for("yielded-b")  # done only after two items were streamed
+            return "!"
+
+        @task(map=[discover], deps=[config])
+        def shout(discover: str, config: str) -> str:
+            open("done-" + discover, "w").close()
+            return discover.upper() + config
+    '''))
+    result, _ = run(tmp_path, ["shout"], executor, jobs=3)
+    assert result.ok, result.tasks
+    assert result.products["shout"] == ["A!", "B!", "C!"]
