@@ -424,6 +424,7 @@ class _Expansion:
 
 _DONE = ("cached", "ran")
 _UNKNOWN = object()  # dry runs: an upstream's product that cannot be known
+_STREAMS = "(streaming generators)"  # the scheduler's extra executor for them
 
 
 class Mapper:
@@ -475,6 +476,28 @@ class Mapper:
             if exp is not None and not exp.final:
                 exp.order = []  # a new attempt yields from the start again
         return Streaming(spec.fn, self._channel.address, self._channel.authkey, stream)
+
+    def executor(self, node: _Node) -> Any:
+        """Where ``node``'s call runs: a streaming generator gets a slot beside ``-j``.
+
+        A generator that feeds a mapped task would otherwise hold one of the ``-j`` slots
+        while it mostly waits for what it discovers, and starve the item calls it starts
+        (at ``-j 2``, half of them). So it runs on a second executor of the run's kind,
+        made on first use (thread and process executors; the Dask cluster and the inline
+        executor are used as they are): ``-j`` bounds the item calls.
+        """
+        s = self.s
+        chosen = s._executor(node)
+        if (
+            node.name not in self._current
+            or chosen is not s.executor
+            or s.executor.name not in ("thread", "process")
+            or s.executor_for is None
+        ):
+            return chosen
+        if _STREAMS not in s._extra:
+            s._extra[_STREAMS] = s.executor_for(s.executor.name)
+        return s._extra[_STREAMS]
 
     def wakers(self) -> list[cf.Future[Any]]:
         return [self._channel.wake] if self._channel is not None and self._current else []

@@ -731,7 +731,7 @@ class Scheduler:
         )
         self._calls[node.name] = call
         node.future = None  # until submit returns (the inline executor runs the call inside)
-        node.future = self._executor(node).submit(call)
+        node.future = self._mapper.executor(node).submit(call)
         self._running[node.future] = node
         if node.future.done():
             # The inline executor finishes inside submit(); settle it now so that a

@@ -688,7 +688,7 @@ def test_ctrl_c_records_no_item_call_in_flight(tmp_path: Path, executor: str) ->
     }
     assert planned == {
         "numbers": "cached", "work[2]": "run", "work[3]": "run", "work": "mapped",
-    }
+    }, (err, plan.stdout, plan.stderr)
 
 
 # -- the command line ------------------------------------------------------------------------
@@ -859,3 +859,13 @@ def test_streamed_items_wait_for_the_other_dependencies(tmp_path: Path, executor
     result, _ = run(tmp_path, ["shout"], executor, jobs=3)
     assert result.ok, result.tasks
     assert result.products["shout"] == ["A!", "B!", "C!"]
+
+
+@pytest.mark.parametrize("executor", STREAMING)
+def test_a_streaming_generator_does_not_take_a_job_slot(
+    stream_project: Path, executor: str
+) -> None:
+    """At -j 1 an item call still runs while the generator waits for it: -j bounds items."""
+    result, ran = run(stream_project, ["report"], executor, jobs=1)
+    assert result.ok, result.tasks
+    assert sorted(ran) == ["process item0", "process item1", "process item2", "process item3"]
