@@ -453,10 +453,6 @@ class Mapper:
         """Whether ``node`` counts as a task in summaries (an expanded mapped one does not)."""
         return node.name not in self._exp
 
-    def item_names(self, task: str) -> list[str]:
-        exp = self._exp.get(task)
-        return [n.name for n in exp.by_digest.values()] if exp else []
-
     def function(self, node: _Node) -> Callable[..., Any]:
         """The function to call for ``node``: a generator task is wrapped in Streaming."""
         spec = node.spec
