@@ -686,9 +686,12 @@ def test_ctrl_c_records_no_item_call_in_flight(tmp_path: Path, executor: str) ->
         for e in map(json.loads, plan.stdout.splitlines())
         if e["event"] == "planned"
     }
-    assert planned == {
-        "numbers": "cached", "work[2]": "run", "work[3]": "run", "work": "mapped",
-    }, (err, plan.stdout, plan.stderr)
+    # In flight: not recorded. (work[1] had ended and is normally cached too, but a SIGINT
+    # that lands while its batch is being written may drop it: only "nothing in flight is
+    # recorded" is promised.)
+    assert planned["numbers"] == "cached", (err, plan.stdout)
+    assert planned["work[2]"] == planned["work[3]"] == "run", (err, plan.stdout)
+    assert planned["work"] == "mapped"
 
 
 # -- the command line ------------------------------------------------------------------------
