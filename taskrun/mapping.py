@@ -400,6 +400,16 @@ class ItemInfo:
     digest: str
 
 
+@dataclass(frozen=True, slots=True)
+class _Gathered:
+    """A mapped target's product, gathered from its item nodes when asked for."""
+
+    items: tuple[_Node, ...]
+
+    def load(self) -> list[Any]:
+        return [c.value if c.has_value else c.entry.load() for c in self.items]
+
+
 @dataclass(eq=False)
 class _Expansion:
     """The item nodes of one mapped node (driver thread only)."""
@@ -414,6 +424,7 @@ class _Expansion:
 
 _DONE = ("cached", "ran")
 _UNKNOWN = object()  # dry runs: an upstream's product that cannot be known
+_STREAMS = "(streaming generators)"  # the scheduler's extra executor for them
 
 
 class Mapper:
@@ -427,6 +438,8 @@ class Mapper:
         self._current: dict[str, str] = {}  # generator -> stream id of its running attempt
         self._mappers_of: dict[str, list[str]] = {}  # upstream -> mapped tasks over it
         self._planned: dict[str, list[Any]] = {}  # dry runs: a cached mapped task's entries
+        self._specs: dict[str, TaskSpec] = {}  # the item spec of a task without templates
+        self._behind: set[str] = set()  # streamed into, waiting for their other deps
         for node in scheduler._nodes.values():
             if node.spec.map is not None:
                 self._mappers_of.setdefault(self._upstream(node.spec), []).append(node.name)
@@ -439,10 +452,6 @@ class Mapper:
     def counted(self, node: _Node) -> bool:
         """Whether ``node`` counts as a task in summaries (an expanded mapped one does not)."""
         return node.name not in self._exp
-
-    def item_names(self, task: str) -> list[str]:
-        exp = self._exp.get(task)
-        return [n.name for n in exp.by_digest.values()] if exp else []
 
     def function(self, node: _Node) -> Callable[..., Any]:
         """The function to call for ``node``: a generator task is wrapped in Streaming."""
@@ -463,6 +472,28 @@ class Mapper:
             if exp is not None and not exp.final:
                 exp.order = []  # a new attempt yields from the start again
         return Streaming(spec.fn, self._channel.address, self._channel.authkey, stream)
+
+    def executor(self, node: _Node) -> Any:
+        """Where ``node``'s call runs: a streaming generator gets a slot beside ``-j``.
+
+        A generator that feeds a mapped task would otherwise hold one of the ``-j`` slots
+        while it mostly waits for what it discovers, and starve the item calls it starts
+        (at ``-j 2``, half of them). So it runs on a second executor of the run's kind,
+        made on first use (thread and process executors; the Dask cluster and the inline
+        executor are used as they are): ``-j`` bounds the item calls.
+        """
+        s = self.s
+        chosen = s._executor(node)
+        if (
+            node.name not in self._current
+            or chosen is not s.executor
+            or s.executor.name not in ("thread", "process")
+            or s.executor_for is None
+        ):
+            return chosen
+        if _STREAMS not in s._extra:
+            s._extra[_STREAMS] = s.executor_for(s.executor.name)
+        return s._extra[_STREAMS]
 
     def wakers(self) -> list[cf.Future[Any]]:
         return [self._channel.wake] if self._channel is not None and self._current else []
@@ -500,15 +531,20 @@ class Mapper:
         for name in touched:
             for mapped in self._mappers_of.get(name, ()):
                 self._stream_into(self.s._nodes[mapped])
+        for mapped in list(self._behind):  # their other dependencies may be done now
+            self._stream_into(self.s._nodes[mapped])
 
     def _stream_into(self, node: _Node) -> None:
         """Add item nodes for items streamed so far, once the mapped task's other deps are done."""
-        if node.state != "pending":
-            return
+        self._behind.discard(node.name)
         upstream = self._upstream(node.spec)
+        if node.state != "pending" or self._current.get(upstream) is None:
+            return
         others = [self.s._nodes[d] for d in node.deps if d != upstream]
         if any(d.state not in _DONE for d in others):
-            return  # their items start when the generator has ended
+            if not any(d.state in ("failed", "skipped", "cancelled") for d in others):
+                self._behind.add(node.name)  # try again once they are done
+            return
         exp = self._expansion(node)
         streamed = self._streamed.get(upstream, [])
         start = len(exp.order)
@@ -579,9 +615,15 @@ class Mapper:
 
     def _item_spec(self, spec: TaskSpec, param: str, item: Any) -> TaskSpec:
         # Raising TaskFailed here fails the mapped task (see advance()).
+        templated = any("{" in p for p in spec.outputs)
+        if not templated and spec.name in self._specs:
+            return self._specs[spec.name]  # perf: one spec for every item when nothing varies
         outputs = format_outputs(spec, param, item, self.s.invocation.options[spec.name])
         deps = tuple(d for d in spec.deps if d.param != param)
-        return replace(spec, deps=deps, outputs=outputs, map=None)
+        made = replace(spec, deps=deps, outputs=outputs, map=None)
+        if not templated:
+            self._specs[spec.name] = made
+        return made
 
     def advance(self, node: _Node) -> None:
         """A mapped node whose dependencies (and items so far) are done: expand or finish it."""
@@ -626,15 +668,19 @@ class Mapper:
             shown = ", ".join(c.name for c in bad[:3]) + (" ..." if len(bad) > 3 else "")
             self._fail(node, f"{len(bad)} of {len(children)} items did not complete: {shown}")
             return
-        if node.consumers > 0 or node.target:
+        if node.consumers > 0:
             try:
                 node.value = [s._product(c) for c in exp.order]
             except _UpstreamReload as reload:
                 s._rerun(reload.node, reload.reason)
                 return
             node.has_value = True
+        elif node.target:
+            # perf: a target nobody else consumes is loaded only if the caller asks for it
+            # (the command line never does); items that ran keep their values until then.
+            node.entry = _Gathered(tuple(exp.order))
         for child in children:
-            if child.consumers > 0:
+            if child.consumers > 0 and not node.entry:
                 s._consumed(child)
         for dep in node.spec.deps:
             if dep.passed and dep.param != exp.param:

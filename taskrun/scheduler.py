@@ -731,7 +731,7 @@ class Scheduler:
         )
         self._calls[node.name] = call
         node.future = None  # until submit returns (the inline executor runs the call inside)
-        node.future = self._executor(node).submit(call)
+        node.future = self._mapper.executor(node).submit(call)
         self._running[node.future] = node
         if node.future.done():
             # The inline executor finishes inside submit(); settle it now so that a
@@ -932,7 +932,10 @@ class Scheduler:
         if self.remote is not None:
             self._finish_remote()
         nodes = [n for n in self._nodes.values() if self._mapper.counted(n)]
-        used = [n.fp for n in nodes if n.state in ("cached", "ran") and n.spec.cache and n.fp]
+        # A skip from taskrun.skip() has an entry too (a fingerprint); other skips do not.
+        used = [
+            n.fp for n in nodes if n.state in ("cached", "ran", "skipped") and n.spec.cache and n.fp
+        ]
         hits = sum(1 for n in nodes if n.state == "cached")
         misses = sum(1 for n in nodes if n.state in ("ran", "failed"))
         if self.cache.mode == "rw":
@@ -991,8 +994,11 @@ class Scheduler:
         for node in self._nodes.values():
             if node.has_value:
                 loaders[node.name] = (lambda v: lambda: v)(node.value)
-            elif node.spec.map is not None and node.name in self._nodes:
-                continue  # a mapped task has no entry of its own (its items do)
+            elif node.spec.map is not None:
+                # A mapped task has no entry of its own: a target's product is gathered
+                # from its items when asked for (mapping._Gathered).
+                if node.entry is not None:
+                    loaders[node.name] = node.entry.load
             elif node.state == "cached" and node.entry is not None:
                 loaders[node.name] = node.entry.load
             elif node.state == "ran" and node.spec.cache and self.cache.mode == "rw":

@@ -640,15 +640,17 @@ def resolve_annotation(annotation: Any, *, product: bool = False) -> TaskType:
     if product or _text_form(resolved):
         return resolved
     # The option-side messages: what is missing, and what to write.
-    _resolve(annotation, product=False)  # raises the specific message where there is one
+    culprit = _no_text_part(resolved)
+    if not (isinstance(culprit, ClassType) and not culprit.hint):
+        _resolve(annotation, product=False)  # the specific message (unions, bare list...)
     shown = resolved.name
-    hint = getattr(_no_text_part(resolved), "hint", "")
+    hint = getattr(culprit, "hint", "")
     raise UnsupportedAnnotation(
         f"{shown!r} has no text form, so it cannot be an option (it is not a taskrun type"
         " that parses from the command line)"
         + (f"; {hint}" if hint else "")
         + f"; give it one with define_type('Name', {shown}, parse=<str -> value>),"
-        " or make it a dependency's product"
+        " or have a task return it and receive it through deps="
     )
 
 

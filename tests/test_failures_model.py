@@ -197,3 +197,28 @@ def test_keep_going_matches_the_reference_model_on_dask(
         assert {n: r.state for n, r in result.tasks.items()} == reference(scenario)
 
     check()
+
+
+@pytest.mark.slow
+def test_fail_fast_cancels_a_running_call_on_dask(tmp_path: Path, dask_executor: Any) -> None:
+    """On Dask too, the first failure cancels the running call: cancelled, never ran."""
+    from test_failures import called, racing
+
+    from taskrun.invocation import invoke
+    from taskrun.project import open_cache
+    from taskrun.scheduler import Scheduler
+
+    events: list[Any] = []
+    invocation = invoke(racing(), ["after", "cleanup"], root=tmp_path)
+    cache = open_cache(tmp_path)
+    try:
+        result = Scheduler(
+            invocation, cache=cache, executor=dask_executor, on_event=events.append
+        ).run()
+    finally:
+        cache.close()
+    kinds = [(e.kind, getattr(e, "task", "")) for e in events]
+    assert ("cancelled", "slow") in kinds and ("ran", "slow") not in kinds
+    assert result.state("slow") == "cancelled" and result.state("after") == "skipped"
+    assert result.products["cleanup"] == "cancelled failed"
+    assert "slow-finished" not in called(tmp_path)

@@ -458,3 +458,30 @@ def test_explain_json_carries_kind_name_old_new() -> None:
     assert change["kind"] == "env" and change["name"] == "CC"
     assert change["old"] == "1" * 32 and change["new"] is None
     json.dumps(doc)
+
+
+def test_console_counts_the_items_of_a_mapped_task() -> None:
+    """A mapped task in progress shows `compile done/items`; its items replace it in the count."""
+    reporter, out = console()
+    reporter(ev.RunStarted(tasks=("src", "compile"), targets=("compile",), jobs=2,
+                           executor="thread"))
+    reporter(ev.TaskCached("src", saved=0.1))
+    names = ("compile[a.c]", "compile[b.c]", "compile[c.c]")
+    reporter(ev.MapExpanded("compile", items=names, keys=("a.c", "b.c", "c.c")))
+    reporter(ev.TaskCached("compile[a.c]", saved=0.1))
+    reporter(ev.TaskStarted("compile[b.c]", ("no entry",)))
+    assert screen(out.getvalue())[-1] == "[2/4] 1 running, compile 1/3"
+    reporter.close()
+
+
+def test_json_events_of_item_calls_carry_their_mapped_task_and_key() -> None:
+    """`mapped` and `item` fields on every event of an item call."""
+    out = io.StringIO()
+    reporter = JsonReporter(out)
+    reporter(ev.MapExpanded("compile", items=("compile[src/a.c]",), keys=("src/a.c",)))
+    reporter(ev.TaskRan("compile[src/a.c]", 0.1, ("no entry",)))
+    docs = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert docs[0] == {
+        "event": "mapped", "task": "compile", "items": ["compile[src/a.c]"], "keys": ["src/a.c"],
+    }
+    assert docs[1]["mapped"] == "compile" and docs[1]["item"] == "src/a.c"
