@@ -171,7 +171,11 @@ def execute(
 
     jobs = jobs or available_cpus()
     root = invocation.root
-    sink = on_event or (lambda e: None)
+    from taskrun.streaming import Feed
+
+    # Executors report from their own threads (starts, output lines, progress): the feed
+    # hands the sink one event at a time.
+    feed = sink = Feed(on_event or (lambda e: None))
     remote = None
     if remote_cache or remote_mode or os.environ.get("TASKRUN_REMOTE_CACHE"):
         from taskrun.events import Warned
@@ -193,12 +197,15 @@ def execute(
             project_context(root, invocation.registry.project_modules, invocation.external)
         )
         ex = stack.enter_context(make_executor(executor, jobs, **(executor_options or {})))
+        ex.feed = feed
 
         def executor_for(name: str) -> Any:
             # A task's executor= names another backend: one more executor for this run,
             # made on first use (only the Dask one takes the run's Dask options).
             extra = dask_options if name == "dask" else None
-            return stack.enter_context(make_executor(name, jobs, **(extra or {})))
+            more = stack.enter_context(make_executor(name, jobs, **(extra or {})))
+            more.feed = feed
+            return more
 
         scheduler = Scheduler(
             invocation,
@@ -211,7 +218,7 @@ def execute(
             force=frozenset(force),
             force_all=force_all,
             keep_going=keep_going,
-            on_event=sink,
+            on_event=feed,
             executor_for=executor_for,
         )
         if on_scheduler is not None:
