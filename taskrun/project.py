@@ -283,6 +283,24 @@ def prepare_run(
     return go
 
 
+class _echo_commands:  # noqa: N801 - used like a function
+    """With ``-v``, sh() prints each command it runs (workers inherit the variable)."""
+
+    def __init__(self, on: bool) -> None:
+        from taskrun.shell import ECHO_ENV
+
+        self._name = ECHO_ENV
+        self._before = os.environ.get(ECHO_ENV)
+        if on:
+            os.environ[ECHO_ENV] = "1"
+
+    def close(self) -> None:
+        if self._before is None:
+            os.environ.pop(self._name, None)
+        else:
+            os.environ[self._name] = self._before
+
+
 def run_from_cli(
     project: Project,
     targets: Sequence[str],
@@ -400,6 +418,7 @@ def _run_from_cli(
     if address:
         dask_options["address"] = address
     options = dask_options if executor == "dask" else {}
+    echo = _echo_commands(verbose > 0)
     try:
         if dry_run:
             from taskrun.scheduler import Scheduler
@@ -423,4 +442,5 @@ def _run_from_cli(
         # Also on errors and Ctrl-C: the live view must be erased before the message.
         reporter.close()
         cache.close()
+        echo.close()
     return 0 if result.ok else 1

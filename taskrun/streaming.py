@@ -95,8 +95,8 @@ class Feed:
 
     def lines(self, task: str, lines: Iterable[str]) -> None:
         """Complete lines ``task`` wrote (without their newline)."""
-        now = time.time()
         with self._lock:
+            now = time.time()
             for line in lines:
                 self._sink(ev.TaskOutput(task, line, now))
 

@@ -129,6 +129,7 @@ class DaskExecutor(Executor):
     """
 
     name = "dask"
+    announces_start = True
 
     def __init__(
         self,
@@ -374,6 +375,7 @@ class DaskExecutor(Executor):
                     client = cl.join(self.address, self.connect_timeout)
                 cl.check(client, self._where(), self.address, self.connect_timeout)
                 client.subscribe_topic(remote.TOPIC, self._on_started)
+                client.subscribe_topic(remote.PROGRESS_TOPIC, self._on_progress)
             except UsageError as exc:
                 self._connect_error = exc.message
                 for thing in (client, cluster):
@@ -388,6 +390,22 @@ class DaskExecutor(Executor):
 
     # -- resolving futures ----------------------------------------------------------------
 
+    def _on_progress(self, event: tuple[float, Any]) -> None:
+        """A call reported progress (in the client's event loop: no blocking here)."""
+        message = event[1]
+        if not isinstance(message, dict) or self.feed is None:
+            return
+        with self._lock:
+            job = self._jobs.get(str(message.get("key")))
+            task = None if job is None or job.settled else job.call.task
+        try:
+            done, total, text, when = message["report"]
+            report = (float(done), None if total is None else float(total), str(text), float(when))
+        except (KeyError, TypeError, ValueError):
+            return
+        if task is not None:
+            self.feed.progress(task, *report)
+
     def _on_started(self, event: tuple[float, Any]) -> None:
         """A worker started a call (in the client's event loop: no blocking here)."""
         message = event[1]
@@ -400,6 +418,8 @@ class DaskExecutor(Executor):
             job.started = time.perf_counter()
             job.worker = str(message.get("worker", ""))
             job.pid = int(message.get("pid", 0))
+            if self.feed is not None:
+                self.feed.started(job.call.task)
             if job.call.timeout is not None:
                 deadline = time.monotonic() + job.call.timeout
                 heapq.heappush(self._deadlines, (deadline, next(self._seq), job))

@@ -169,7 +169,7 @@ class _RoutedPopen:
                 os.close(write)
             sink.follow(read)
 
-        subprocess.Popen.__init__ = __init__  # type: ignore[method-assign]
+        subprocess.Popen.__init__ = __init__  # type: ignore[method-assign,assignment]
 
     def uninstall(self) -> None:
         if self._original is not None:
