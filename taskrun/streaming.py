@@ -296,7 +296,10 @@ class LineSink(Channel):
 
 
 class FileTail:
-    """Follows a file another process appends to; sends on each complete line it gains."""
+    """Follows a file another process appends to; sends on each complete line it gains.
+
+    Safe to call from two threads (a poller and the one that resolves the call).
+    """
 
     def __init__(self, path: str, task: str, feed: Feed) -> None:
         self.path = path
@@ -304,9 +307,17 @@ class FileTail:
         self._feed = feed
         self._offset = 0
         self._lines = _Lines()
+        self._sent = 0  # lines sent so far
+        self._done = False
+        self._lock = threading.Lock()
 
     def poll(self) -> None:
         """Read what the file gained since the last look, send its complete lines."""
+        with self._lock:
+            if not self._done:
+                self._poll_locked()
+
+    def _poll_locked(self) -> None:
         try:
             with open(self.path, "rb") as f:
                 size = os.fstat(f.fileno()).st_size
@@ -321,14 +332,30 @@ class FileTail:
         self._offset += len(data)
         lines = self._lines.feed_bytes(data)
         if lines:
+            self._sent += len(lines)
             self._feed.lines(self.task, lines)
 
-    def finish(self) -> None:
-        """A last look, then the unfinished last line."""
-        self.poll()
-        rest = self._lines.rest()
-        if rest:
-            self._feed.lines(self.task, rest)
+    def finish(self, output: str | None = None) -> None:
+        """A last look, then the unfinished last line; then stop.
+
+        With ``output`` (the whole output of the call, as its outcome carries it), send the
+        lines of it not sent yet instead: the file may be gone (a Dask worker removes it
+        before its result arrives) or on another machine.
+        """
+        with self._lock:
+            if self._done:
+                return
+            self._done = True
+            if output is None:
+                self._poll_locked()
+                rest = self._lines.rest()
+            else:
+                lines = output.split("\n")
+                if lines and not lines[-1]:
+                    lines.pop()
+                rest = lines[self._sent :]
+            if rest:
+                self._feed.lines(self.task, rest)
 
 
 def decode_progress(data: bytes) -> tuple[float, float | None, str, float]:
@@ -357,3 +384,61 @@ class CallbackChannel(Channel):
             self._send(done, total, message, when)
         except Exception:  # noqa: BLE001 - progress is a display: never fail the task for it
             pass
+
+
+# -- logging in worker processes ------------------------------------------------------------
+LoggingSetup = tuple[int, str | None, str | None, str]  # level, format, datefmt, style
+
+
+def logging_setup() -> LoggingSetup | None:
+    """How the driver's root logger shows records (for workers to do the same), if it does.
+
+    A task file that calls ``logging.basicConfig(level=logging.INFO)`` configures the
+    driver; a worker process unpickles the task functions without running the task file, so
+    it would drop every record below WARNING and format the rest its own way.
+    """
+    import logging
+
+    root = logging.getLogger()
+    for handler in root.handlers:
+        if isinstance(handler, logging.StreamHandler):
+            formatter = handler.formatter
+            if formatter is None:
+                return (root.level, None, None, "%")
+            kinds = {logging.StrFormatStyle: "{", logging.StringTemplateStyle: "$"}
+            style = kinds.get(type(formatter._style), "%")
+            return (root.level, formatter._fmt, formatter.datefmt, style)
+    return None
+
+
+class use_logging_setup:  # noqa: N801 - a context manager used like a function
+    """In a worker, for one call: show log records as the driver does (see logging_setup)."""
+
+    def __init__(self, setup: LoggingSetup | None) -> None:
+        self._setup = setup
+        self._handler: Any = None
+        self._level = 0
+
+    def __enter__(self) -> use_logging_setup:
+        import logging
+        import sys
+
+        root = logging.getLogger()
+        if self._setup is None or root.handlers:
+            return self
+        level, fmt, datefmt, style = self._setup
+        self._handler = logging.StreamHandler(sys.stderr)  # the captured stream, now
+        self._handler.setFormatter(logging.Formatter(fmt, datefmt, style))  # type: ignore[arg-type]
+        self._level = root.level
+        root.addHandler(self._handler)
+        root.setLevel(level)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import logging
+
+        if self._handler is not None:
+            root = logging.getLogger()
+            root.removeHandler(self._handler)
+            root.setLevel(self._level)
+            self._handler = None

@@ -32,7 +32,7 @@ import distributed
 
 from taskrun.executors.shipping import ShipError, Wire, run_shipped, unpack
 from taskrun.executors.trampoline import run_pickled
-from taskrun.streaming import CallbackChannel, clear_channel, set_channel
+from taskrun.streaming import CallbackChannel, clear_channel, set_channel, use_logging_setup
 
 __all__ = [
     "REVOKED",
@@ -143,6 +143,7 @@ def run_on_worker(
     stamp: Stamp | None = None,
     files: FilesMode = "shared",
     parcel: dict[str, Any] | None = None,
+    logs: Any = None,
 ) -> tuple[str, Any, list[Wire]]:
     """The Dask task: run an encoded call; ``("done", result bytes, output files)`` or why not.
 
@@ -194,7 +195,10 @@ def run_on_worker(
 
         set_channel(CallbackChannel(send_progress))  # this thread runs the call
         try:
-            with _worker_logs_aside() if path is not None else contextlib.nullcontext():
+            with (
+                _worker_logs_aside() if path is not None else contextlib.nullcontext(),
+                use_logging_setup(logs if path is not None else None),
+            ):
                 if parcel is None:
                     data = run_pickled(
                         payload,

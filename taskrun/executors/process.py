@@ -68,7 +68,9 @@ from taskrun.streaming import (
     FileTail,
     decode_progress,
     encode_progress,
+    logging_setup,
     set_channel,
+    use_logging_setup,
 )
 
 __all__ = ["ProcessExecutor", "worker_main"]
@@ -287,7 +289,7 @@ class ProcessExecutor(Executor):
             worker.tail = FileTail(worker.capture_path, job.call.task, self.feed)
             self.feed.started(job.call.task)
         try:
-            worker.conn.send((job.payload, job.call.cwd))
+            worker.conn.send((job.payload, job.call.cwd, logging_setup()))
         except OSError:
             pass  # it died while idle: its connection reads EOF next and the call fails
         if worker.ready:
@@ -351,6 +353,8 @@ class ProcessExecutor(Executor):
                 self._arm(worker)
             return
         if data[:1] == _PROGRESS:
+            if worker.tail is not None:
+                worker.tail.poll()  # what the task printed before reporting comes first
             if worker.job is not None and self.feed is not None:
                 try:
                     report = decode_progress(data[1:])
@@ -575,11 +579,12 @@ def worker_main(fd: int, capture_path: str) -> None:
 
     while True:
         try:
-            payload, cwd = conn.recv()
+            payload, cwd, logs = conn.recv()
         except EOFError:
             return
         set_channel(CallbackChannel(send_progress), process_wide=True)
-        result = run_pickled(payload, cwd, capture_path=capture_path)
+        with use_logging_setup(logs):  # the task file's logging.basicConfig() ran in the driver
+            result = run_pickled(payload, cwd, capture_path=capture_path)
         set_channel(None, process_wide=True)
         with sending:
             conn.send_bytes(result)
