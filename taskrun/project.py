@@ -301,6 +301,14 @@ class _echo_commands:  # noqa: N801 - used like a function
             os.environ[self._name] = self._before
 
 
+def _tee(*sinks: Callable[[Any], None]) -> Callable[[Any], None]:
+    def tee(event: Any) -> None:
+        for sink in sinks:
+            sink(event)
+
+    return tee
+
+
 def run_from_cli(
     project: Project,
     targets: Sequence[str],
@@ -419,6 +427,19 @@ def _run_from_cli(
         dask_options["address"] = address
     options = dask_options if executor == "dask" else {}
     echo = _echo_commands(verbose > 0)
+    recorder: Any = None
+    sink: Callable[[Any], None] = reporter
+    if not dry_run:
+        from taskrun.runs import record_run
+
+        # Every run leaves a record under .taskrun/runs, written as it goes.
+        recorder = record_run(
+            project.root, invocation, settings.keep_runs, executor=executor,
+            jobs=jobs or settings.jobs or os.cpu_count() or 1, runtime=runtime,
+            cache_mode=mode, warn=reporter.warning,
+        )
+        sink = _tee(reporter, recorder)
+    error = ""
     try:
         if dry_run:
             from taskrun.scheduler import Scheduler
@@ -434,13 +455,18 @@ def _run_from_cli(
         result = execute(
             invocation, jobs=jobs or settings.jobs, executor=executor, cache=cache,
             runtime=runtime, force=force, force_all=force_all, keep_going=keep_going,
-            on_event=reporter, executor_options=options, dask_options=dask_options,
+            on_event=sink, executor_options=options, dask_options=dask_options,
             remote_cache=remote_cache or settings.remote_cache,
             remote_mode=remote_mode or settings.remote_mode,
         )
+    except BaseException as exc:
+        error = str(exc) or type(exc).__name__
+        raise
     finally:
         # Also on errors and Ctrl-C: the live view must be erased before the message.
         reporter.close()
         cache.close()
         echo.close()
+        if recorder is not None:
+            recorder.close(error)
     return 0 if result.ok else 1

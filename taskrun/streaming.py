@@ -230,11 +230,13 @@ class LineSink(Channel):
         self._parts: list[str] = []
         self._lines = _Lines()
         self._lock = threading.Lock()
-        self._readers: list[threading.Thread] = []
+        self._readers: list[tuple[threading.Thread, Any]] = []  # (reader, its Popen)
 
     def write(self, text: str) -> int:
         if not isinstance(text, str):
             raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        if self._readers:
+            self._catch_up()
         with self._lock:
             self._parts.append(text)
             if self._feed is not None:
@@ -250,14 +252,32 @@ class LineSink(Channel):
         with self._lock:
             return "".join(self._parts)
 
-    def follow(self, fd: int) -> None:
-        """Copy what arrives on the read end of a pipe ``fd`` here, on a thread, until EOF."""
+    def follow(self, fd: int, process: Any = None) -> None:
+        """Copy what arrives on the read end of a pipe ``fd`` here, on a thread, until EOF.
+
+        ``process`` (a ``subprocess.Popen``) is the child writing to it: once it has been
+        waited for, the next write of the task first waits for the pipe to be read out, so
+        that the child's lines come before what the task writes after it.
+        """
         thread = threading.Thread(
             target=self._pump, args=(fd,), name=f"taskrun-pipe-{self.task}", daemon=True
         )
         with self._lock:
-            self._readers.append(thread)
+            self._readers.append((thread, process))
         thread.start()
+
+    def _catch_up(self) -> None:
+        me = threading.current_thread()
+        with self._lock:
+            ended = [
+                (t, p) for t, p in self._readers
+                if t is not me and p is not None and p.returncode is not None
+            ]
+        for thread, _ in ended:
+            # Bounded: a grandchild the task left running may hold the pipe open.
+            thread.join(2.0)
+        with self._lock:
+            self._readers = [r for r in self._readers if r not in ended]
 
     def _pump(self, fd: int) -> None:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -279,7 +299,7 @@ class LineSink(Channel):
         with self._lock:
             readers, self._readers = self._readers, []
         end = time.monotonic() + wait
-        for reader in readers:
+        for reader, _ in readers:
             # A pipe stays open while a child the task left behind holds it: don't hang.
             reader.join(max(0.0, end - time.monotonic()))
         with self._lock:
@@ -290,6 +310,8 @@ class LineSink(Channel):
                     feed.lines(self.task, rest)
 
     def send(self, done: float, total: float | None, message: str, when: float) -> None:
+        if self._readers:
+            self._catch_up()
         feed = self._feed
         if feed is not None:
             feed.progress(self.task, done, total, message, when)

@@ -167,7 +167,7 @@ class _RoutedPopen:
                 raise
             finally:
                 os.close(write)
-            sink.follow(read)
+            sink.follow(read, popen)
 
         subprocess.Popen.__init__ = __init__  # type: ignore[method-assign,assignment]
 
