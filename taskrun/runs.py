@@ -459,7 +459,7 @@ def list_runs(directory: Path) -> list[RunRecord]:
 
 
 def find_run(directory: Path, ref: str | None) -> RunRecord:
-    """The run ``ref`` names: an id, a unique prefix of one, ``last`` (default) or ``-N``."""
+    """The run ``ref`` names: an id, a unique prefix of one, or ``last`` (the default)."""
     paths = _paths(directory)
     if not paths:
         raise UsageError(
@@ -468,11 +468,6 @@ def find_run(directory: Path, ref: str | None) -> RunRecord:
     if ref in (None, "", "last"):
         return load_run(paths[0])
     assert ref is not None
-    if ref.startswith("-") and ref[1:].isdigit():
-        index = int(ref[1:]) - 1
-        if 0 <= index < len(paths):
-            return load_run(paths[index])
-        raise UsageError(f"run {ref}: only {len(paths)} runs are recorded")
     ids = [p.stem for p in paths]
     matches = [p for p in paths if p.stem == ref] or [p for p in paths if p.stem.startswith(ref)]
     if len(matches) == 1:
