@@ -419,7 +419,8 @@ def _replay(path: Path, header: dict[str, Any], docs: Iterable[dict[str, Any]]) 
             task.error = str(doc.get("reason", ""))
     if ended:
         record.state = ended
-        if ended == "finished" and record.summary and not record.summary.get("ok", True):
+        summary = record.summary or {}
+        if ended == "finished" and (summary.get("failed") or summary.get("skipped")):
             record.state = "failed"
     elif _alive(header):
         record.state = "running"
