@@ -221,7 +221,7 @@ def test_status_from_another_shell_shows_the_run_in_progress(
     assert after.startswith("no run in progress; the last one:")
 
 
-# -- the HTML report in a real browser --------------------------------------------------------------
+# -- the HTML report in a real browser ----------------------------------------------------
 def chromium() -> str:
     for name in ("chromium", "chromium-browser", "chromium-headless-shell", "google-chrome"):
         path = shutil.which(name)
@@ -285,7 +285,7 @@ def test_report_draws_every_task_in_a_headless_browser(project: Path, tmp_path: 
         shutil.copy(shot, Path(artifacts) / "report.png")
 
 
-# -- serve ------------------------------------------------------------------------------------------
+# -- serve --------------------------------------------------------------------------------
 def get(url: str, method: str = "GET") -> tuple[int, bytes]:
     request = urllib.request.Request(url, method=method)
     try:
