@@ -429,7 +429,7 @@ def _run_from_cli(
     echo = _echo_commands(verbose > 0)
     recorder: Any = None
     sink: Callable[[Any], None] = reporter
-    if not dry_run:
+    if not dry_run and mode != "read":  # read mode writes nothing, not even a record
         from taskrun.runs import record_run
 
         # Every run leaves a record under .taskrun/runs, written as it goes.
