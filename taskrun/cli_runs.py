@@ -102,7 +102,7 @@ def _task_lines(record: Any, *, output: int | None) -> list[str]:
             head += f": saved {_took(task.saved)}"
         elif task.state in ("ran", "running", "queued") and task.reasons:
             head += f": {'; '.join(task.reasons)}"
-        elif task.state in ("failed", "skipped") and task.error:
+        elif task.state in ("failed", "skipped", "cancelled") and task.error:
             head += f": {task.error}"
         out.append(head)
         if task.progress and task.state == "running":

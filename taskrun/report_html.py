@@ -42,7 +42,8 @@ _PAGE = r"""<!DOCTYPE html>
 <title>__TITLE__</title>
 <style>
 :root { --ran: #2e7d32; --failed: #c62828; --cached: #9e9e9e; --running: #1565c0;
-        --queued: #90caf9; --skipped: #ffb300; --waiting: #8e24aa; --pending: #e0e0e0; }
+        --queued: #90caf9; --skipped: #ffb300; --waiting: #8e24aa; --pending: #e0e0e0;
+        --cancelled: #6d4c41; }
 body { font: 14px/1.4 system-ui, sans-serif; margin: 0 1.5em 2em; color: #212121; }
 h1 { font-size: 1.3em; margin: 0.8em 0 0.2em; }
 h2 { font-size: 1.1em; margin: 1.4em 0 0.4em; border-bottom: 1px solid #ddd; }
@@ -90,7 +91,8 @@ details summary { cursor: pointer; color: #1565c0; }
 <script>
 "use strict";
 const LIVE = __LIVE__;
-const STATES = ["running", "queued", "waiting", "ran", "failed", "cached", "skipped", "pending"];
+const STATES = ["running", "queued", "waiting", "ran", "failed", "cancelled", "cached", "skipped",
+                "pending"];
 const SVG = "http://www.w3.org/2000/svg";
 
 function el(tag, attrs, text) {
@@ -121,7 +123,7 @@ function hover(t) {
 function lanes(run) {
   const end = run.elapsed;
   const ran = run.tasks.filter(t => t.start !== null &&
-      ["ran", "failed", "running"].includes(t.state));
+      ["ran", "failed", "running", "cancelled"].includes(t.state));
   ran.sort((a, b) => a.start - b.start || a.name.localeCompare(b.name));
   const free = [];  // end time of each lane
   const out = [];
@@ -140,7 +142,8 @@ function drawTimeline(run) {
   box.replaceChildren();
   const {bars, slots} = lanes(run);
   const cached = run.tasks.filter(t => t.state === "cached");
-  const skipped = run.tasks.filter(t => t.state === "skipped");
+  const skipped = run.tasks.filter(t => t.state === "skipped" ||
+      (t.state === "cancelled" && t.start === null));
   const waiting = run.tasks.filter(t => ["queued", "waiting", "pending"].includes(t.state));
   const rows = [];
   for (let i = 0; i < slots; i++) rows.push(`slot ${i + 1}`);

@@ -129,7 +129,7 @@ class RunRecorder:
                 return None
             self._progress[event.task] = now
         doc = event.to_json()
-        if isinstance(event, (ev.TaskRan, ev.TaskFailedEvent)):
+        if "output" in doc:  # ran, failed, retrying, cancelled: the whole output once more
             doc["output_tail"] = _tail(doc.pop("output"))
         doc["t"] = round(now - self._clock, 6)
         return doc
@@ -236,7 +236,7 @@ class TaskRecord:
 
     name: str
     deps: list[str] = field(default_factory=list)
-    state: str = "pending"  # pending|queued|running|waiting|ran|cached|failed|skipped
+    state: str = "pending"  # pending|queued|running|waiting|ran|cached|failed|skipped|cancelled
     reasons: list[str] = field(default_factory=list)
     queued: float | None = None  # seconds since the run started
     start: float | None = None
@@ -397,6 +397,13 @@ def _replay(path: Path, header: dict[str, Any], docs: Iterable[dict[str, Any]]) 
             task.progress = {k: doc.get(k) for k in ("done", "total", "message", "time")}
         elif kind == "retrying":
             task.error = str(doc.get("error", ""))
+            task.state = "queued"
+        elif kind == "cancelled":
+            task.state, task.end = "cancelled", t
+            task.error = str(doc.get("reason", ""))
+            task.duration = float(doc.get("duration", 0.0))
+            if doc.get("output_tail"):
+                task.output = str(doc.get("output_tail", "")).splitlines()
         elif kind == "cached":
             task.state, task.start, task.end = "cached", t, t
             task.saved = task.duration = float(doc.get("saved", 0.0))
@@ -419,8 +426,13 @@ def _replay(path: Path, header: dict[str, Any], docs: Iterable[dict[str, Any]]) 
             task.error = str(doc.get("reason", ""))
     if ended:
         record.state = ended
-        summary = record.summary or {}
-        if ended == "finished" and (summary.get("failed") or summary.get("skipped")):
+        fields = ev.RunFinished.__dataclass_fields__
+        summary = {k: v for k, v in (record.summary or {}).items() if k in fields}
+        try:
+            ok = ev.RunFinished(**summary).ok
+        except TypeError:  # a record written by another version
+            ok = not (summary.get("failed") or summary.get("cancelled"))
+        if ended == "finished" and not ok:
             record.state = "failed"
     elif _alive(header):
         record.state = "running"
