@@ -422,8 +422,11 @@ def logging_setup() -> LoggingSetup | None:
     import logging
 
     root = logging.getLogger()
+    if root.level == logging.NOTSET:
+        return None  # not configured: the worker's own defaults are as good
     for handler in root.handlers:
-        if isinstance(handler, logging.StreamHandler):
+        # Exactly what basicConfig() makes: not a test runner's or a framework's handler.
+        if type(handler) is logging.StreamHandler:
             formatter = handler.formatter
             if formatter is None:
                 return (root.level, None, None, "%")
@@ -431,6 +434,9 @@ def logging_setup() -> LoggingSetup | None:
             style = kinds.get(type(formatter._style), "%")
             return (root.level, formatter._fmt, formatter.datefmt, style)
     return None
+
+
+_WORKER_LOGGERS = ("distributed", "tornado", "asyncio", "dask")
 
 
 class use_logging_setup:  # noqa: N801 - a context manager used like a function
@@ -451,6 +457,8 @@ class use_logging_setup:  # noqa: N801 - a context manager used like a function
         level, fmt, datefmt, style = self._setup
         self._handler = logging.StreamHandler(sys.stderr)  # the captured stream, now
         self._handler.setFormatter(logging.Formatter(fmt, datefmt, style))  # type: ignore[arg-type]
+        # The task's records, not the worker's own (Dask logs through the root logger too).
+        self._handler.addFilter(lambda r: not r.name.startswith(_WORKER_LOGGERS))
         self._level = root.level
         root.addHandler(self._handler)
         root.setLevel(level)
