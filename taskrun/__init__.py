@@ -41,6 +41,7 @@ __all__ = [
     "cancelled",
     "default_registry",
     "define_type",
+    "progress",
     "register_digest",
     "run",
     "sh",
@@ -61,6 +62,10 @@ def __getattr__(name: str) -> Any:
         from taskrun import scheduler
 
         return getattr(scheduler, name)
+    if name == "progress":
+        from taskrun.streaming import progress
+
+        return progress
     if name == "register_digest":
         # perf: canonical forms pull in decimal, fractions and uuid; only a task file
         # that registers one (or a run that digests a product) needs them.

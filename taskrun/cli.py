@@ -401,8 +401,10 @@ def clean_cmd(ctx: click.Context, tasks: tuple[str, ...], dry_run: bool) -> None
 def _add_commands() -> None:
     # The cache commands live in their own module to keep this one about running.
     from taskrun.cli_cache import cache_group
+    from taskrun.cli_runs import register
 
     main.add_command(cache_group)
+    register(main)  # runs, show, status, report, serve: reading run records
 
 
 def _environment_variables(*commands: click.Command) -> None:

@@ -148,6 +148,7 @@ class Settings:
     dask_address: str | None = None
     remote_cache: str | None = None
     remote_mode: str | None = None
+    keep_runs: int | None = None  # run records kept under .taskrun/runs (default 100)
     options: Mapping[str, Any] = field(default_factory=dict)
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
     external: Mapping[str, Path] = field(default_factory=dict)
@@ -155,7 +156,7 @@ class Settings:
 
 _KEYS = {
     "default", "jobs", "executor", "cache-dir", "cache-size", "cache-mode", "dask-address",
-    "options", "runtime", "remote-cache", "remote-mode", "external",
+    "options", "runtime", "remote-cache", "remote-mode", "external", "keep-runs",
 }
 
 
@@ -228,6 +229,9 @@ def load_settings(task_file: Path) -> Settings:
             )
     if jobs is not None and jobs < 1:
         raise ConfigError(f"{where}: 'jobs' must be at least 1 (got {jobs})")
+    keep_runs = typed("keep-runs", int, "a whole number of run records to keep")
+    if keep_runs is not None and keep_runs < 1:
+        raise ConfigError(f"{where}: 'keep-runs' must be at least 1 (got {keep_runs})")
     cache_dir = typed("cache-dir", str, "a directory path")
     size = table.get("cache-size")
     options = typed("options", dict, "a table of option values")
@@ -245,6 +249,7 @@ def load_settings(task_file: Path) -> Settings:
         dask_address=typed("dask-address", str, "an address such as tcp://host:8786"),
         remote_cache=typed("remote-cache", str, "an fsspec URL such as s3://bucket/prefix"),
         remote_mode=typed("remote-mode", str, "rw, read or off"),
+        keep_runs=keep_runs,
         options=options or {},
         runtime=runtime,
         external=_external(table.get("external"), root, f"{where}: 'external'"),

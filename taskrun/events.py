@@ -25,6 +25,9 @@ __all__ = [
     "TaskCached",
     "TaskCancelled",
     "TaskFailedEvent",
+    "TaskOutput",
+    "TaskProgress",
+    "TaskQueued",
     "TaskRan",
     "TaskRetrying",
     "TaskStarted",
@@ -98,11 +101,45 @@ class TaskWaiting(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class TaskQueued(Event):
+    """A miss handed to the executor; it waits there for a free slot (``started`` follows)."""
+
+    kind: ClassVar[str] = "queued"
+    task: str
+    reasons: tuple[str, ...]
+    attempt: int = 1
+
+
+@dataclass(frozen=True, slots=True)
 class TaskStarted(Event):
+    """A call took a worker slot and is running now (may come from an executor's thread)."""
+
     kind: ClassVar[str] = "started"
     task: str
     reasons: tuple[str, ...]
     attempt: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class TaskOutput(Event):
+    """One line a running task wrote (stdout and stderr alike), as it was written."""
+
+    kind: ClassVar[str] = "output"
+    task: str
+    line: str
+    time: float  # time.time() when the driver received it
+
+
+@dataclass(frozen=True, slots=True)
+class TaskProgress(Event):
+    """``taskrun.progress(done, total, message)`` called by a running task."""
+
+    kind: ClassVar[str] = "progress"
+    task: str
+    done: float
+    total: float | None = None
+    message: str = ""
+    time: float = 0.0  # time.time() when the task reported it
 
 
 @dataclass(frozen=True, slots=True)

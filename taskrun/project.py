@@ -171,7 +171,11 @@ def execute(
 
     jobs = jobs or available_cpus()
     root = invocation.root
-    sink = on_event or (lambda e: None)
+    from taskrun.streaming import Feed
+
+    # Executors report from their own threads (starts, output lines, progress): the feed
+    # hands the sink one event at a time.
+    feed = sink = Feed(on_event or (lambda e: None))
     remote = None
     if remote_cache or remote_mode or os.environ.get("TASKRUN_REMOTE_CACHE"):
         from taskrun.events import Warned
@@ -193,12 +197,15 @@ def execute(
             project_context(root, invocation.registry.project_modules, invocation.external)
         )
         ex = stack.enter_context(make_executor(executor, jobs, **(executor_options or {})))
+        ex.feed = feed
 
         def executor_for(name: str) -> Any:
             # A task's executor= names another backend: one more executor for this run,
             # made on first use (only the Dask one takes the run's Dask options).
             extra = dask_options if name == "dask" else None
-            return stack.enter_context(make_executor(name, jobs, **(extra or {})))
+            more = stack.enter_context(make_executor(name, jobs, **(extra or {})))
+            more.feed = feed
+            return more
 
         scheduler = Scheduler(
             invocation,
@@ -211,7 +218,7 @@ def execute(
             force=frozenset(force),
             force_all=force_all,
             keep_going=keep_going,
-            on_event=sink,
+            on_event=feed,
             executor_for=executor_for,
         )
         if on_scheduler is not None:
@@ -274,6 +281,32 @@ def prepare_run(
             cache.close()
 
     return go
+
+
+class _echo_commands:  # noqa: N801 - used like a function
+    """With ``-v``, sh() prints each command it runs (workers inherit the variable)."""
+
+    def __init__(self, on: bool) -> None:
+        from taskrun.shell import ECHO_ENV
+
+        self._name = ECHO_ENV
+        self._before = os.environ.get(ECHO_ENV)
+        if on:
+            os.environ[ECHO_ENV] = "1"
+
+    def close(self) -> None:
+        if self._before is None:
+            os.environ.pop(self._name, None)
+        else:
+            os.environ[self._name] = self._before
+
+
+def _tee(*sinks: Callable[[Any], None]) -> Callable[[Any], None]:
+    def tee(event: Any) -> None:
+        for sink in sinks:
+            sink(event)
+
+    return tee
 
 
 def run_from_cli(
@@ -393,6 +426,20 @@ def _run_from_cli(
     if address:
         dask_options["address"] = address
     options = dask_options if executor == "dask" else {}
+    echo = _echo_commands(verbose > 0)
+    recorder: Any = None
+    sink: Callable[[Any], None] = reporter
+    if not dry_run and mode != "read":  # read mode writes nothing, not even a record
+        from taskrun.runs import record_run
+
+        # Every run leaves a record under .taskrun/runs, written as it goes.
+        recorder = record_run(
+            project.root, invocation, settings.keep_runs, executor=executor,
+            jobs=jobs or settings.jobs or os.cpu_count() or 1, runtime=runtime,
+            cache_mode=mode, warn=reporter.warning,
+        )
+        sink = _tee(reporter, recorder)
+    error = ""
     try:
         if dry_run:
             from taskrun.scheduler import Scheduler
@@ -408,12 +455,18 @@ def _run_from_cli(
         result = execute(
             invocation, jobs=jobs or settings.jobs, executor=executor, cache=cache,
             runtime=runtime, force=force, force_all=force_all, keep_going=keep_going,
-            on_event=reporter, executor_options=options, dask_options=dask_options,
+            on_event=sink, executor_options=options, dask_options=dask_options,
             remote_cache=remote_cache or settings.remote_cache,
             remote_mode=remote_mode or settings.remote_mode,
         )
+    except BaseException as exc:
+        error = str(exc) or type(exc).__name__
+        raise
     finally:
         # Also on errors and Ctrl-C: the live view must be erased before the message.
         reporter.close()
         cache.close()
+        echo.close()
+        if recorder is not None:
+            recorder.close(error)
     return 0 if result.ok else 1

@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TextIO
@@ -67,6 +68,60 @@ def printable(text: str) -> str:
 
 def _reasons(reasons: tuple[str, ...]) -> str:
     return "; ".join(reasons)
+
+
+def _output_lines(task: str, text: str) -> list[Line]:
+    """A task's output as the ``TASK | line`` lines its live output events show."""
+    return [Line(s, "dim") for s in _indent(text, f"{task} | ")]
+
+
+class _Rate:
+    """Progress of one task as reported: how far, how fast, how long still."""
+
+    __slots__ = ("done", "first", "message", "since", "total", "when")
+
+    def __init__(self, event: ev.TaskProgress) -> None:
+        self.first = (event.time, event.done)
+        self.since = time.monotonic()
+        self.update(event)
+
+    def update(self, event: ev.TaskProgress) -> None:
+        self.done, self.total, self.message, self.when = (
+            event.done, event.total, event.message, event.time,
+        )
+
+    def rate(self) -> float | None:
+        """Units per second since the first report (None until there are two)."""
+        t0, d0 = self.first
+        if self.when <= t0 or self.done <= d0:
+            return None
+        return (self.done - d0) / (self.when - t0)
+
+    def text(self) -> str:
+        """``30/100 (30%, 12.0/s, ETA 6s) message``."""
+        done = _number(self.done)
+        parts = []
+        if self.total is not None:
+            done += f"/{_number(self.total)}"
+            parts.append(f"{min(self.done / self.total, 1.0):.0%}")
+        rate = self.rate()
+        if rate is not None:
+            parts.append(f"{rate:.3g}/s")
+            if self.total is not None and self.done < self.total:
+                parts.append(f"ETA {_seconds((self.total - self.done) / rate)}")
+        out = done + (f" ({', '.join(parts)})" if parts else "")
+        return out + (f" {self.message}" if self.message else "")
+
+    def bar(self, width: int) -> str:
+        """``[#####.....]`` for a known total, else an empty string."""
+        if self.total is None or width < 3:
+            return ""
+        filled = int(min(self.done / self.total, 1.0) * (width - 2))
+        return "[" + "#" * filled + "." * (width - 2 - filled) + "]"
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:.3g}"
 
 
 def _seconds(s: float) -> str:
@@ -158,7 +213,19 @@ def _indent(text: str, prefix: str) -> list[str]:
 
 
 class PlainReporter(Reporter):
-    """One plain line per task event, then the summary. Safe for logs: no control characters."""
+    """One plain line per task event, then the summary. Safe for logs: no control characters.
+
+    A task's output comes as ``TASK | line`` while it runs; its progress as a line at most
+    every :attr:`PROGRESS_EVERY` seconds per task (and its first and last report).
+    """
+
+    PROGRESS_EVERY = 5.0  # seconds between two progress lines of one task, at least
+
+    def __init__(self, stream: TextIO | None = None, *, quiet: int = 0, verbose: int = 0) -> None:
+        super().__init__(stream, quiet=quiet, verbose=verbose)
+        self._streamed: set[str] = set()  # tasks whose output came as output events
+        self._rates: dict[str, _Rate] = {}
+        self._said: dict[str, float] = {}  # task -> time.monotonic() of its last progress line
 
     def handle(self, event: ev.Event) -> None:
         for line in self.lines(event):
@@ -187,8 +254,26 @@ class PlainReporter(Reporter):
                 took = f"({event.duration:.2f}s)"
                 why = _reasons(event.reasons)
                 out.append(Line(f"ran      {event.task} {took}: {why}{note}", "ok"))
-                if event.output:
-                    out += [Line(s, "dim") for s in _indent(event.output, f"  [{event.task}] ")]
+                if event.output and self.reprints(event.task):
+                    out += _output_lines(event.task, event.output)
+        elif isinstance(event, ev.TaskOutput):
+            self._streamed.add(event.task)
+            if q < 1 and self.prints_output():
+                # printable() of the line alone: a \r in it must not eat the prefix.
+                out.append(Line(f"{event.task} | {printable(event.line)}"))
+        elif isinstance(event, ev.TaskProgress):
+            rate = self._rates.get(event.task)
+            if rate is None:
+                rate = self._rates[event.task] = _Rate(event)
+            else:
+                rate.update(event)
+            now = time.monotonic()
+            last = self._said.get(event.task)
+            final = event.total is not None and event.done >= event.total
+            due = last is None or final or now - last >= self.PROGRESS_EVERY
+            if q < 1 and self.prints_output() and due:
+                self._said[event.task] = now
+                out.append(Line(f"progress {event.task} {rate.text()}", "dim"))
         elif isinstance(event, ev.TaskFailedEvent):
             kind = "timed out" if event.timed_out else "failed"
             out.append(Line(f"{kind:<8} {event.task}: {event.error}", "bad"))
@@ -249,6 +334,14 @@ class PlainReporter(Reporter):
     def show_cached(self) -> bool:
         return self.quiet < 1
 
+    def prints_output(self) -> bool:
+        """Whether output lines are printed as they come (the console shows them live)."""
+        return True
+
+    def reprints(self, task: str) -> bool:
+        """Whether a finished task's output is printed with its ``ran`` line."""
+        return task not in self._streamed
+
     def failure_lines(self) -> list[Line]:
         """Each failure again at the end, with the task's output and traceback."""
         out: list[Line] = []
@@ -267,10 +360,12 @@ class PlainReporter(Reporter):
 class ConsoleReporter(PlainReporter):
     """For terminals: the plain lines in colour, and below them a live view of the run.
 
-    The live view is the tasks in flight with their elapsed time and a progress count
-    (``[12/40] 3 running``), redrawn in place about ten times a second by a small daemon
-    thread. Before a permanent line is printed the live lines are erased, so they never
-    mix. Cached tasks are counted, and listed only with ``-v``.
+    The live view is the tasks in flight with their elapsed time, their progress bar (rate
+    and ETA) when they report one, the last lines of their output, and a count
+    (``[12/40] 3 running, 2 queued``), redrawn in place about ten times a second by a small
+    daemon thread. A finished task's output is printed whole above the view, with its
+    ``ran`` line. Before a permanent line is printed the live lines are erased, so they
+    never mix. Cached tasks are counted, and listed only with ``-v``.
 
     Drawing uses two ANSI sequences only (cursor up, erase to end of screen). Live lines
     are cut to the terminal width, so they never wrap and the cursor arithmetic holds on
@@ -279,6 +374,7 @@ class ConsoleReporter(PlainReporter):
 
     TICK = 0.1  # seconds between redraws
     MAX_LIVE = 10  # task lines in the live view, at most
+    TAIL = 2  # last output lines shown under each running task
 
     def __init__(
         self,
@@ -295,6 +391,8 @@ class ConsoleReporter(PlainReporter):
         self._lock = threading.RLock()  # the driver's events and the ticker both draw
         self._running: dict[str, float] = {}  # task -> monotonic start of this attempt
         self._waiting: dict[str, float] = {}  # task -> since when another process holds it
+        self._queued: set[str] = set()  # handed to the executor, waiting for a slot
+        self._tails: dict[str, deque[str]] = {}  # task -> its last output lines
         self._total = 0
         self._done = 0
         self._maps: dict[str, list[int]] = {}  # mapped task in progress -> [done, items]
@@ -329,16 +427,30 @@ class ConsoleReporter(PlainReporter):
     def show_cached(self) -> bool:
         return self.verbose > 0
 
+    def prints_output(self) -> bool:
+        return False  # shown under the running task, then whole when it has finished
+
+    def reprints(self, task: str) -> bool:
+        return True
+
     def _track(self, event: ev.Event) -> bool:
         """Update the live state; True when the set of tasks in flight changed."""
         now = time.monotonic()
         if isinstance(event, ev.RunStarted):
             self._total = len(event.tasks)
             self._start_ticker()
+        elif isinstance(event, ev.TaskQueued):
+            self._queued.add(event.task)
         elif isinstance(event, ev.TaskStarted):
             self._waiting.pop(event.task, None)
+            self._queued.discard(event.task)
             self._running[event.task] = now
             return True
+        elif isinstance(event, ev.TaskOutput):
+            tail = self._tails.get(event.task)
+            if tail is None:
+                tail = self._tails[event.task] = deque(maxlen=self.TAIL)
+            tail.append(event.line)
         elif isinstance(event, ev.TaskWaiting):
             self._waiting[event.task] = now
             return True
@@ -357,6 +469,9 @@ class ConsoleReporter(PlainReporter):
                 self._maps.pop(event.task)  # skipped as a whole: its items are counted
                 return False
             self._done += 1
+            self._queued.discard(event.task)
+            self._tails.pop(event.task, None)
+            self._rates.pop(event.task, None)
             if event.task in self.items:
                 progress = self._maps.get(self.items[event.task][0])
                 if progress is not None:
@@ -366,6 +481,7 @@ class ConsoleReporter(PlainReporter):
         elif isinstance(event, (ev.RunFinished, ev.Interrupted)):
             self._running.clear()
             self._waiting.clear()
+            self._queued.clear()
             return True
         return False
 
@@ -447,13 +563,23 @@ class ConsoleReporter(PlainReporter):
         entries = [(n, s, "") for n, s in tasks]
         entries += [(n, s, " waiting for another taskrun") for n, s in waiting]
         shown = entries if len(entries) <= room else entries[: max(room - 1, 0)]
+        # Output lines under the tasks only where the terminal has room for them.
+        spare = room - len(shown) - (1 if len(shown) < len(entries) else 0)
         for name, since, note in shown:
             label = name if len(name) <= name_width else name[: name_width - 1] + "~"
             elapsed = _seconds(now - since)
+            rate = self._rates.get(name)
+            if rate is not None and not note:
+                note = f"  {rate.bar(min(22, max(width // 4, 3)))} {rate.text()}"
             rows_out.append(self._fit(f"  {label:<{name_width}}  {elapsed:>6}{note}", width))
+            for line in list(self._tails.get(name, ()))[: max(spare, 0)]:
+                rows_out.append(self._fit(f"    | {line}", width))
+                spare -= 1
         if len(shown) < len(entries) and room > 0:
             rows_out.append(self._fit(f"  ... and {len(entries) - len(shown)} more", width))
         parts = [f"{len(self._running)} running"]
+        if self._queued:
+            parts.append(f"{len(self._queued)} queued")
         if waiting:
             parts.append(f"{len(waiting)} waiting")
         parts += [f"{task} {done}/{items}" for task, (done, items) in self._maps.items()]

@@ -718,7 +718,11 @@ class Scheduler:
 
         node.state = "running"
         node.calls += 1
-        self.on_event(ev.TaskStarted(node.name, node.reasons, node.attempt))
+        self.on_event(ev.TaskQueued(node.name, node.reasons, node.attempt))
+        ex = self._executor(node)
+        if not (getattr(ex, "announces_start", False) and getattr(ex, "feed", None) is not None):
+            # The executor does not say when a slot is free: count it as started now.
+            self.on_event(ev.TaskStarted(node.name, node.reasons, node.attempt))
         call = Call(
             task=node.name,
             fn=self._mapper.function(node),

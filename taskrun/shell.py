@@ -19,6 +19,7 @@ from taskrun.errors import ShellError
 __all__ = ["ShResult", "sh"]
 
 TAIL_LINES = 20
+ECHO_ENV = "TASKRUN_ECHO_COMMANDS"  # set by `taskrun run -v`: sh() prints each command first
 _READ_SIZE = 1 << 16
 
 
@@ -68,6 +69,9 @@ def sh(
         display = shlex.join(parts)
         args = display if use_shell else parts
     full_env = None if env is None else {**os.environ, **env}
+    if echo and os.environ.get(ECHO_ENV):  # `taskrun run -v`: show what runs, in the log
+        sys.stdout.write(f"$ {display}\n")
+        sys.stdout.flush()
     try:
         proc = subprocess.Popen(
             args,

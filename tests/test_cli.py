@@ -111,7 +111,7 @@ def test_run_cold_then_all_cached(run_cli: RunCli, proj: Path) -> None:
 def test_task_output_is_shown_with_its_task_name(run_cli: RunCli, proj: Path) -> None:
     """What a task prints appears under its `ran` line, prefixed with its name."""
     result = run_cli(proj, "run")
-    assert "  [numbers] making 3 numbers" in result.output
+    assert "numbers | making 3 numbers" in result.output
 
 
 def test_reason_no_entry(run_cli: RunCli, proj: Path) -> None:
@@ -610,7 +610,7 @@ def test_non_terminal_output_has_no_control_characters(
         assert result.returncode == 0, result.stderr
         outputs.append(result.stdout)
     text = "".join(outputs)
-    assert "ran      paint" in text and "[paint] 100%" in text and "[paint] tab" in text
+    assert "ran      paint" in text and "paint | 100%" in text and "paint | tab" in text
     assert not CONTROL.search(text.replace("\n", "").replace("\t", ""))
 
 

@@ -82,7 +82,7 @@ def test_pipeline_cold_then_cached(run_cli: RunCli, tmp_path: Path) -> None:
     root = copy("pipeline", tmp_path)
     cold = run_ok(run_cli, root)
     assert ran(cold) == {"download", "clean", "aggregate", "report"}
-    assert "[clean] kept 13 rows, dropped 2" in cold
+    assert "clean | kept 13 rows, dropped 2" in cold
     report = (root / "build/report.md").read_text()
     assert report.startswith("# Sales\n") and "Total: 547.00 over 4 groups." in report
     assert "4 tasks: 4 cached, 0 ran, 0 failed" in run_ok(run_cli, root)

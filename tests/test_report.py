@@ -98,7 +98,7 @@ def test_plain_lines_for_each_event() -> None:
     text = plain(a_run())
     assert "cached   a\n" in text
     assert "ran      b (0.50s): option 'n' changed: 1 -> 2\n" in text
-    assert "  [b] hello\n  [b] world\n" in text
+    assert "b | hello\nb | world\n" in text
     assert "failed   c: ValueError: bad\n" in text
     assert "skipped  d: upstream 'c' did not complete\n" in text
     summary = "4 tasks: 1 cached, 1 ran, 1 failed, 1 skipped in 1.2s (saved 4.0s)"
@@ -124,7 +124,7 @@ def test_plain_never_writes_control_characters() -> None:
     ]
     text = plain(events)
     assert not CONTROL.search(text.replace("\n", ""))
-    assert "[x] green" in text and "[x] 100%" in text and "[y] err" in text
+    assert "x | green" in text and "x | 100%" in text and "[y] err" in text
 
 
 def test_plain_quiet_keeps_failures_and_summary() -> None:
@@ -279,7 +279,7 @@ def test_console_erases_the_live_view_before_permanent_lines() -> None:
     reporter(ev.TaskRan("a", 0.2, ("no entry",), output="hi\n"))
     shown = screen(out.getvalue())
     assert shown[0] == "ran      a (0.20s): no entry"
-    assert shown[1] == "  [a] hi"
+    assert shown[1] == "a | hi"
     assert shown[-1] == "[1/2] 1 running"
     reporter(ev.TaskRan("b", 0.3, ("no entry",)))
     reporter(finished(total=2, cached=0, ran=2))

@@ -100,6 +100,12 @@ class Executor(ABC):
     """
 
     name: ClassVar[str]
+    # Whether the executor tells its feed when a call leaves the queue for a slot
+    # (feed.started); if not, the scheduler counts a call as started when it submits it.
+    announces_start: ClassVar[bool] = False
+    # Set by whoever runs the executor (taskrun.project.execute) before the first submit:
+    # where live output, progress and starts go (a taskrun.streaming.Feed). None: nowhere.
+    feed: Any = None
 
     def __init__(self, jobs: int) -> None:
         if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
@@ -107,6 +113,14 @@ class Executor(ABC):
                 f"executor '{self.name}': jobs must be a whole number of at least 1, got {jobs!r}"
             )
         self.jobs = jobs
+
+    def sink_for(self, call: Call) -> Any:
+        """The buffer a call running in this process writes its output to."""
+        if self.feed is None:
+            import io
+
+            return io.StringIO()
+        return self.feed.sink_for(call.task)
 
     @abstractmethod
     def submit(self, call: Call) -> concurrent.futures.Future[Outcome]:

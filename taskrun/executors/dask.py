@@ -82,6 +82,7 @@ from taskrun.executors.base import (
 )
 from taskrun.executors.shipping import Parcels, ShipError, write_back
 from taskrun.executors.trampoline import decode_result, encode_call
+from taskrun.streaming import TAIL_INTERVAL, FileTail, logging_setup
 
 __all__ = ["DaskExecutor"]
 
@@ -110,6 +111,7 @@ class _Job:
     started: float | None = None  # time.perf_counter() when the worker started it (as known)
     worker: str = ""  # the address of the worker running it, once started
     pid: int = 0  # that worker's process id
+    tail: Any = None  # streaming.FileTail of its capture file, once started (live output)
 
 
 class DaskExecutor(Executor):
@@ -129,6 +131,7 @@ class DaskExecutor(Executor):
     """
 
     name = "dask"
+    announces_start = True
 
     def __init__(
         self,
@@ -155,6 +158,7 @@ class DaskExecutor(Executor):
         self._deadlines: list[tuple[float, int, _Job]] = []
         self._seq = itertools.count()
         self._watchdog: threading.Thread | None = None
+        self._tailer: threading.Thread | None = None
         self._done: list[tuple[_Job, Any]] = []  # finished Dask futures, for the collector
         self._has_done = threading.Condition(self._lock)
         self._collector: threading.Thread | None = None
@@ -259,6 +263,7 @@ class DaskExecutor(Executor):
                 None if job.parcel is not None else self._stamp(job.call),
                 files,
                 job.parcel,
+                logs=logging_setup(),  # the task file's logging.basicConfig() ran here
                 key=job.key,
                 pure=False,
                 retries=0,  # the scheduler retries (retries=), with a fresh key per attempt
@@ -374,6 +379,7 @@ class DaskExecutor(Executor):
                     client = cl.join(self.address, self.connect_timeout)
                 cl.check(client, self._where(), self.address, self.connect_timeout)
                 client.subscribe_topic(remote.TOPIC, self._on_started)
+                client.subscribe_topic(remote.PROGRESS_TOPIC, self._on_progress)
             except UsageError as exc:
                 self._connect_error = exc.message
                 for thing in (client, cluster):
@@ -388,6 +394,37 @@ class DaskExecutor(Executor):
 
     # -- resolving futures ----------------------------------------------------------------
 
+    def _follow(self) -> None:
+        """The tail thread: send on what running calls print, as they print it."""
+        while True:
+            with self._lock:
+                if self._closed:
+                    return
+                jobs = self._jobs.values()
+                tails = [j.tail for j in jobs if j.tail is not None and not j.settled]
+            for tail in tails:
+                tail.poll()
+            time.sleep(TAIL_INTERVAL)
+
+    def _on_progress(self, event: tuple[float, Any]) -> None:
+        """A call reported progress (in the client's event loop: no blocking here)."""
+        message = event[1]
+        if not isinstance(message, dict) or self.feed is None:
+            return
+        with self._lock:
+            job = self._jobs.get(str(message.get("key")))
+            task = None if job is None or job.settled else job.call.task
+            tail = None if job is None else job.tail
+        if tail is not None:
+            tail.poll()  # what the task printed before reporting comes first (a small read)
+        try:
+            done, total, text, when = message["report"]
+            report = (float(done), None if total is None else float(total), str(text), float(when))
+        except (KeyError, TypeError, ValueError):
+            return
+        if task is not None:
+            self.feed.progress(task, *report)
+
     def _on_started(self, event: tuple[float, Any]) -> None:
         """A worker started a call (in the client's event loop: no blocking here)."""
         message = event[1]
@@ -400,6 +437,16 @@ class DaskExecutor(Executor):
             job.started = time.perf_counter()
             job.worker = str(message.get("worker", ""))
             job.pid = int(message.get("pid", 0))
+            if self.feed is not None:
+                self.feed.started(job.call.task)
+                # A worker of a local cluster captures into a file on this machine: follow it.
+                # Elsewhere the file is not here, and the lines come with the result.
+                job.tail = FileTail(remote.capture_path(job.token), job.call.task, self.feed)
+                if self._tailer is None:
+                    self._tailer = threading.Thread(
+                        target=self._follow, name="taskrun-dask-tail", daemon=True
+                    )
+                    self._tailer.start()
             if job.call.timeout is not None:
                 deadline = time.monotonic() + job.call.timeout
                 heapq.heappush(self._deadlines, (deadline, next(self._seq), job))
@@ -467,6 +514,8 @@ class DaskExecutor(Executor):
                     else:
                         self._send(again)
                 else:
+                    if job.tail is not None:
+                        job.tail.finish(outcome.output)  # every line out before the outcome
                     settle(job.future, outcome)
                 _forget(job)  # let Dask forget what it held for it
 

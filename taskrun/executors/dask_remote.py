@@ -32,9 +32,11 @@ import distributed
 
 from taskrun.executors.shipping import ShipError, Wire, run_shipped, unpack
 from taskrun.executors.trampoline import run_pickled
+from taskrun.streaming import CallbackChannel, clear_channel, set_channel, use_logging_setup
 
 __all__ = [
     "REVOKED",
+    "PROGRESS_TOPIC",
     "TOPIC",
     "ClaimMode",
     "FilesMode",
@@ -57,6 +59,7 @@ __all__ = [
 ]
 
 TOPIC = "taskrun-started"  # workers announce the start of each call on it
+PROGRESS_TOPIC = "taskrun-progress"  # taskrun.progress() in a call, as {"key", "report"}
 REVOKED = "revoked"  # a claim made by the driver: the call was cancelled before it started
 POLL = 0.005  # perf: how often a claim file is read again while its worker fills it in
 _CLAIM_READ_WAIT = 2.0  # seconds for a worker that just claimed a call to write who it is
@@ -140,6 +143,7 @@ def run_on_worker(
     stamp: Stamp | None = None,
     files: FilesMode = "shared",
     parcel: dict[str, Any] | None = None,
+    logs: Any = None,
 ) -> tuple[str, Any, list[Wire]]:
     """The Dask task: run an encoded call; ``("done", result bytes, output files)`` or why not.
 
@@ -184,8 +188,17 @@ def run_on_worker(
                 faulthandler.enable(file=sys.__stderr__ or sys.stderr, all_threads=False)
             _RUNNING[token] = path
         outputs: list[Wire] = []
+
+        def send_progress(done: float, total: float | None, message: str, when: float) -> None:
+            report = [done, total, message, when]
+            worker.log_event(PROGRESS_TOPIC, {"key": key, "report": report})
+
+        set_channel(CallbackChannel(send_progress))  # this thread runs the call
         try:
-            with _worker_logs_aside() if path is not None else contextlib.nullcontext():
+            with (
+                _worker_logs_aside() if path is not None else contextlib.nullcontext(),
+                use_logging_setup(logs if path is not None else None),
+            ):
                 if parcel is None:
                     data = run_pickled(
                         payload,
@@ -208,6 +221,7 @@ def run_on_worker(
         except ShipError as exc:
             return ("failed", f"on the Dask worker {worker.address}: {exc}", [])
         finally:
+            clear_channel()
             if path is not None:
                 _RUNNING.pop(token, None)
                 unlink(path)

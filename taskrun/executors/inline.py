@@ -7,9 +7,9 @@ pay. ``jobs`` is accepted and ignored.
 from __future__ import annotations
 
 import concurrent.futures
-import io
 import threading
 import time
+from typing import Any
 
 from taskrun.errors import UsageError
 from taskrun.executors.base import Call, Executor, Outcome, resolved, timed_out_outcome
@@ -32,7 +32,7 @@ class InlineExecutor(Executor):
         if self._closed:
             raise UsageError("the inline executor was shut down; make a new one")
         self._session.enter(call.cwd)
-        sink = io.StringIO()
+        sink = self.sink_for(call)
         if call.timeout is None:
             # In the calling thread, so Ctrl-C raises KeyboardInterrupt out of submit().
             return resolved(run_here(call, sink, interruptible=True))
@@ -43,7 +43,7 @@ class InlineExecutor(Executor):
         self._session.close()
 
 
-def _run_with_deadline(call: Call, sink: io.StringIO) -> Outcome:
+def _run_with_deadline(call: Call, sink: Any) -> Outcome:
     """Run ``call`` on a helper thread and stop waiting for it at its deadline.
 
     Why a thread: a function cannot be stopped from outside in the thread that runs it,
@@ -65,4 +65,7 @@ def _run_with_deadline(call: Call, sink: io.StringIO) -> Outcome:
     helper.join(call.timeout)
     if box:
         return box[0]
+    finish = getattr(sink, "finish", None)
+    if finish is not None:
+        finish(wait=0)
     return timed_out_outcome(call, output=sink.getvalue(), duration=time.perf_counter() - start)

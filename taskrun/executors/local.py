@@ -7,16 +7,29 @@ share one buffer, so their lines stay in order), and a write from any other thre
 the stream that was there before. ``print()`` and the ``sh()`` helper, which writes what
 its command printed to ``sys.stdout``, both land in the right task's buffer.
 
-What this cannot catch, by design: writes straight to file descriptors 1 and 2 (C
-extensions, a subprocess started without capturing its output), writes from threads the
-task starts itself, and logging handlers that kept a reference to the old stream. The
-process executor captures at the descriptor level and catches all of these.
+Two more routes lead to a task's buffer while the routed streams are installed:
+
+- **Subprocesses.** ``subprocess.Popen`` (and so ``run``, ``call``, ``check_output``),
+  called from a task thread with stdout or stderr left to inherit, gets a pipe instead,
+  read into the task's buffer by a thread of its own. Without it a child writes straight
+  to the terminal, unattributed and under the live view.
+- **Logging.** Handlers of the root logger that write to the original ``sys.stdout`` or
+  ``sys.stderr`` (``logging.basicConfig()`` in the task file) are pointed at the routed
+  streams, and back when the streams are restored.
+
+What this cannot catch, by design: writes straight to file descriptors 1 and 2 from the
+task's own process (C extensions, ``os.write(1, ...)``, ``os.system``) and writes from
+threads the task starts itself: a descriptor belongs to the process, not to a thread, so
+nothing can tell which task wrote them. They go to the terminal as they are. The process
+executor captures at the descriptor level and attributes all of these; use it for tasks
+that do such writes.
 """
 
 from __future__ import annotations
 
-import io
+import logging
 import os
+import subprocess
 import sys
 import threading
 from collections.abc import Iterable, Iterator
@@ -26,12 +39,17 @@ from typing import Any, TextIO
 
 from taskrun.executors.base import Call, Outcome, call_function
 
-__all__ = ["STREAMS", "LocalSession", "RoutedStream", "routed_to", "run_here"]
+__all__ = ["STREAMS", "LocalSession", "RoutedStream", "current_sink", "routed_to", "run_here"]
 
 _route = threading.local()  # .sink: the buffer of the task this thread is running, if any
 
 
-def _sink() -> io.StringIO | None:
+def _sink() -> Any:
+    return getattr(_route, "sink", None)
+
+
+def current_sink() -> Any:
+    """The buffer the task running in this thread writes to (None outside a task)."""
     return getattr(_route, "sink", None)
 
 
@@ -68,6 +86,7 @@ class _Streams:
         self._lock = threading.Lock()
         self._users = 0
         self._installed: tuple[RoutedStream, RoutedStream] | None = None
+        self._handlers: list[tuple[Any, Any]] = []  # logging handlers we pointed elsewhere
 
     def acquire(self) -> None:
         with self._lock:
@@ -81,6 +100,8 @@ class _Streams:
                     err = RoutedStream(err)
                 sys.stdout, sys.stderr = out, err  # type: ignore[assignment]
                 self._installed = (out, err)
+                self._handlers = _route_handlers(out, err)
+                _ROUTED_POPEN.install()
 
     def release(self) -> None:
         with self._lock:
@@ -88,6 +109,11 @@ class _Streams:
             if self._users == 0 and self._installed is not None:
                 out, err = self._installed
                 self._installed = None
+                _ROUTED_POPEN.uninstall()
+                for handler, stream in self._handlers:
+                    if getattr(handler, "stream", None) in (out, err):
+                        handler.stream = stream
+                self._handlers = []
                 # Only undo our own change: if someone replaced the streams on top of ours,
                 # theirs stay (ours keep passing writes through).
                 if sys.stdout is out:
@@ -96,11 +122,67 @@ class _Streams:
                     sys.stderr = err.original
 
 
+def _route_handlers(out: RoutedStream, err: RoutedStream) -> list[tuple[Any, Any]]:
+    """Point root-logger handlers that write to the original streams at the routed ones."""
+    changed: list[tuple[Any, Any]] = []
+    for handler in logging.getLogger().handlers:
+        stream = getattr(handler, "stream", None)
+        if not isinstance(handler, logging.StreamHandler) or stream is None:
+            continue
+        for routed in (out, err):
+            if stream is routed.original:
+                handler.stream = routed
+                changed.append((handler, stream))
+    return changed
+
+
+class _RoutedPopen:
+    """Gives subprocesses a task thread starts a pipe into the task's buffer (see the top)."""
+
+    def __init__(self) -> None:
+        self._original: Any = None
+
+    def install(self) -> None:
+        if self._original is not None:
+            return
+        original = self._original = subprocess.Popen.__init__
+
+        def __init__(popen: Any, args: Any, *more: Any, **kwargs: Any) -> None:  # noqa: N807
+            sink = _sink()
+            # Positional stdout/stderr (the 5th and 6th parameters) are rare: left alone.
+            if sink is None or not hasattr(sink, "follow") or len(more) > 3:
+                original(popen, args, *more, **kwargs)
+                return
+            wants = [name for name in ("stdout", "stderr") if kwargs.get(name) is None]
+            if not wants:
+                original(popen, args, *more, **kwargs)
+                return
+            read, write = os.pipe()
+            for name in wants:
+                kwargs[name] = write
+            try:
+                original(popen, args, *more, **kwargs)
+            except BaseException:
+                os.close(read)
+                raise
+            finally:
+                os.close(write)
+            sink.follow(read, popen)
+
+        subprocess.Popen.__init__ = __init__  # type: ignore[method-assign,assignment]
+
+    def uninstall(self) -> None:
+        if self._original is not None:
+            subprocess.Popen.__init__ = self._original  # type: ignore[method-assign]
+            self._original = None
+
+
+_ROUTED_POPEN = _RoutedPopen()
 STREAMS = _Streams()  # acquire() while routing may be needed, release() after
 
 
 @contextmanager
-def routed_to(sink: io.StringIO) -> Iterator[io.StringIO]:
+def routed_to(sink: Any) -> Iterator[Any]:
     """Send this thread's writes to sys.stdout/sys.stderr into ``sink`` (streams installed)."""
     previous = _sink()
     _route.sink = sink
@@ -164,17 +246,22 @@ class LocalSession:
 
 def run_here(
     call: Call,
-    sink: io.StringIO,
+    sink: Any,
     *,
     interruptible: bool,
     cancel: threading.Event | None = None,
 ) -> Outcome:
     """Run ``call`` in this thread with its output routed to ``sink``.
 
-    ``cancel`` is what :func:`taskrun.cancelled` reads in the task while it runs.
+    ``sink`` is an ``io.StringIO`` or a :class:`taskrun.streaming.LineSink` (which sends
+    each line on as it is written, and is finished here: every line is out before the
+    outcome). ``cancel`` is what :func:`taskrun.cancelled` reads in the task while it runs.
     """
     from taskrun.outcome import cancel_scope
 
     with routed_to(sink), cancel_scope(cancel):
         outcome = call_function(call.task, call.fn, call.kwargs, interruptible=interruptible)
+    finish = getattr(sink, "finish", None)
+    if finish is not None:
+        finish()
     return replace(outcome, output=sink.getvalue())

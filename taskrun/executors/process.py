@@ -62,10 +62,21 @@ from taskrun.executors.base import (
     timed_out_outcome,
 )
 from taskrun.executors.trampoline import decode_result, encode_call, run_pickled
+from taskrun.streaming import (
+    TAIL_INTERVAL,
+    CallbackChannel,
+    FileTail,
+    decode_progress,
+    encode_progress,
+    logging_setup,
+    set_channel,
+    use_logging_setup,
+)
 
 __all__ = ["ProcessExecutor", "worker_main"]
 
 _HELLO = b"H"  # a worker's first message: booted, ready for calls
+_PROGRESS = b"P"  # a worker's message during a call: taskrun.progress() was called
 _BOOT = (
     "import sys, json; sys.path[:] = json.load(open(sys.argv[3])); "
     "from taskrun.executors.process import worker_main; "
@@ -91,6 +102,7 @@ class _Worker:
     job: _Job | None = None
     started: float | None = None  # time.perf_counter() when its job reached a ready worker
     deadline: float | None = None  # time.monotonic()
+    tail: FileTail | None = None  # follows the capture file while a call runs (live output)
 
 
 class ProcessExecutor(Executor):
@@ -103,6 +115,7 @@ class ProcessExecutor(Executor):
     """
 
     name = "process"
+    announces_start = True
 
     def __init__(self, jobs: int, *, grace: float = 1.0) -> None:
         super().__init__(jobs)
@@ -239,6 +252,9 @@ class ProcessExecutor(Executor):
                     self._wake_pending = False
             else:
                 self._receive(by_conn[ready])  # type: ignore[index]
+        for worker in self._workers:
+            if worker.tail is not None:
+                worker.tail.poll()
         self._expire()
         self._reap_dying()
         return True
@@ -263,8 +279,17 @@ class ProcessExecutor(Executor):
                 )
                 return
         worker.job = job
+        if self.feed is not None:
+            # Empty the capture file before the call starts, so that what the tail reads
+            # is this call's (the worker truncates it again when it starts the call).
+            try:
+                os.truncate(worker.capture_path, 0)
+            except OSError:
+                pass
+            worker.tail = FileTail(worker.capture_path, job.call.task, self.feed)
+            self.feed.started(job.call.task)
         try:
-            worker.conn.send((job.payload, job.call.cwd))
+            worker.conn.send((job.payload, job.call.cwd, logging_setup()))
         except OSError:
             pass  # it died while idle: its connection reads EOF next and the call fails
         if worker.ready:
@@ -312,6 +337,8 @@ class ProcessExecutor(Executor):
         timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
         if self._dying:
             timeout = _POLL if timeout is None else min(timeout, _POLL)
+        if any(w.tail is not None for w in self._workers):
+            timeout = TAIL_INTERVAL if timeout is None else min(timeout, TAIL_INTERVAL)
         return timeout
 
     def _receive(self, worker: _Worker) -> None:
@@ -325,6 +352,17 @@ class ProcessExecutor(Executor):
             if worker.job is not None:
                 self._arm(worker)
             return
+        if data[:1] == _PROGRESS:
+            if worker.tail is not None:
+                worker.tail.poll()  # what the task printed before reporting comes first
+            if worker.job is not None and self.feed is not None:
+                try:
+                    report = decode_progress(data[1:])
+                except ValueError:
+                    return
+                self.feed.progress(worker.job.call.task, *report)
+            return
+        _drain(worker)
         job, worker.job, worker.deadline = worker.job, None, None
         if job is None:
             return
@@ -341,6 +379,7 @@ class ProcessExecutor(Executor):
     def _lost(self, worker: _Worker) -> None:
         """The worker's connection closed: it died (or closed it). Fail its call as crashed."""
         self._workers.remove(worker)
+        _drain(worker)
         output = _bury(worker, patience=self.grace)
         job = worker.job
         if job is None:
@@ -414,6 +453,8 @@ class ProcessExecutor(Executor):
         end = time.monotonic() + min(self.grace, _DUMP_WAIT)
         while time.monotonic() < end and not all(_exited(w.proc) for w in workers):
             time.sleep(_POLL)
+        for worker in workers:
+            _drain(worker)
         outputs = [_read(w.capture_path) for w in workers]
         kill_at = time.monotonic() + self.grace
         self._dying.extend((w, kill_at) for w in workers)
@@ -449,6 +490,13 @@ class ProcessExecutor(Executor):
 
 
 # -- process plumbing -----------------------------------------------------------------------
+
+
+def _drain(worker: _Worker) -> None:
+    """Send on the rest of what the worker's call printed, and stop following it."""
+    if worker.tail is not None:
+        tail, worker.tail = worker.tail, None
+        tail.finish()
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:
@@ -522,12 +570,24 @@ def worker_main(fd: int, capture_path: str) -> None:
     faulthandler.register(signal.SIGTERM, file=sys.stderr, all_threads=False, chain=True)
     _watch_parent(os.getppid(), capture_path)
     conn.send_bytes(_HELLO)
+    sending = threading.Lock()  # the task's threads may report progress while we answer
+
+    def send_progress(done: float, total: float | None, message: str, when: float) -> None:
+        data = _PROGRESS + encode_progress(done, total, message, when)
+        with sending:
+            conn.send_bytes(data)
+
     while True:
         try:
-            payload, cwd = conn.recv()
+            payload, cwd, logs = conn.recv()
         except EOFError:
             return
-        conn.send_bytes(run_pickled(payload, cwd, capture_path=capture_path))
+        set_channel(CallbackChannel(send_progress), process_wide=True)
+        with use_logging_setup(logs):  # the task file's logging.basicConfig() ran in the driver
+            result = run_pickled(payload, cwd, capture_path=capture_path)
+        set_channel(None, process_wide=True)
+        with sending:
+            conn.send_bytes(result)
 
 
 def _watch_parent(parent: int, capture_path: str) -> None:

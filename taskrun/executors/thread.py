@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import concurrent.futures
 import heapq
-import io
 import itertools
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 from taskrun.errors import UsageError
 from taskrun.executors.base import (
@@ -58,7 +58,7 @@ class _Worker:
 class _Running:
     job: _Job
     worker: _Worker
-    sink: io.StringIO
+    sink: Any  # io.StringIO or streaming.LineSink
     started: float  # time.perf_counter()
     # Set when the call is cancelled while it runs: taskrun.cancelled() in the task reads it.
     cancel: threading.Event = field(default_factory=threading.Event)
@@ -69,6 +69,7 @@ class ThreadExecutor(Executor):
     """Runs calls on a pool of ``jobs`` daemon threads."""
 
     name = "thread"
+    announces_start = True
 
     def __init__(self, jobs: int) -> None:
         super().__init__(jobs)
@@ -157,13 +158,15 @@ class ThreadExecutor(Executor):
                 job = self._queue.popleft()
                 if not job.future.set_running_or_notify_cancel():
                     continue  # the caller cancelled it while queued
-                run = _Running(job, worker, io.StringIO(), time.perf_counter())
+                run = _Running(job, worker, self.sink_for(job.call), time.perf_counter())
                 self._running.add(run)
                 if job.call.timeout is not None:
                     deadline = time.monotonic() + job.call.timeout
                     heapq.heappush(self._deadlines, (deadline, next(self._seq), run))
                     self._start_watchdog_locked()
                     self._timers.notify()
+            if self.feed is not None:
+                self.feed.started(job.call.task)
             outcome = run_here(job.call, run.sink, interruptible=False, cancel=run.cancel)
             with self._lock:
                 self._running.discard(run)
@@ -199,6 +202,7 @@ class ThreadExecutor(Executor):
                         self._timers.wait(wait)
             for run in expired:
                 duration = time.perf_counter() - run.started
+                _finish(run.sink)
                 output = run.sink.getvalue()
                 settle(
                     run.job.future,
@@ -206,11 +210,19 @@ class ThreadExecutor(Executor):
                 )
 
 
+def _finish(sink: Any) -> None:
+    # An abandoned call runs on: what it writes from now on is nobody's business.
+    finish = getattr(sink, "finish", None)
+    if finish is not None:
+        finish(wait=0)
+
+
 def _settle_cancelled(pending: list[tuple[_Job, _Running | None]]) -> None:
     for job, run in pending:
         if run is None:
             settle(job.future, cancelled_outcome(job.call))
         else:
+            _finish(run.sink)
             output, duration = run.sink.getvalue(), time.perf_counter() - run.started
             settle(
                 job.future,
