@@ -173,8 +173,9 @@ def _tail(text: str) -> str:
 
 
 def new_run_id(directory: Path) -> str:
-    """``20261205-174901-3fa2``: sortable by start time, unique in ``directory``."""
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime())
+    """``20261205-174901.250-3fa2``: sorts by start time (to the millisecond), unique."""
+    now = time.time()
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now)) + f".{int(now * 1000) % 1000:03d}"
     while True:
         run_id = f"{stamp}-{secrets.token_hex(2)}"
         if not (directory / f"{run_id}{_SUFFIX}").exists():
