@@ -227,9 +227,16 @@ class PlainReporter(Reporter):
         self._rates: dict[str, _Rate] = {}
         self._said: dict[str, float] = {}  # task -> time.monotonic() of its last progress line
 
+    color = False  # FORCE_COLOR: colour the lines (still no cursor movement)
+
     def handle(self, event: ev.Event) -> None:
         for line in self.lines(event):
-            self.write(printable(line.text))
+            text = printable(line.text)
+            if self.color and line.tone and text:
+                import click
+
+                text = click.style(text, **_TONES[line.tone])
+            self.write(text)
 
     def lines(self, event: ev.Event) -> list[Line]:
         """The permanent lines for ``event`` at this reporter's verbosity."""
@@ -753,7 +760,12 @@ def make_reporter(
     env = os.environ if environ is None else environ
     if live is None:
         live = is_live_terminal(out, env)
+    # FORCE_COLOR (any value but ""/0/false/no) asks for colours where they would be off:
+    # over NO_COLOR in the live view, and in plain output (CI logs that render them).
+    force = env.get("FORCE_COLOR", "").strip().lower() not in ("", "0", "false", "no")
     if live:
-        color = "NO_COLOR" not in env
+        color = force or "NO_COLOR" not in env
         return ConsoleReporter(out, quiet=quiet, verbose=verbose, color=color)
-    return PlainReporter(out, quiet=quiet, verbose=verbose)
+    plain = PlainReporter(out, quiet=quiet, verbose=verbose)
+    plain.color = force
+    return plain

@@ -364,3 +364,23 @@ def test_console_prints_a_finished_tasks_output_above_the_view() -> None:
     reporter(ev.TaskRan("a", 0.2, ("no entry",), output="hi\n"))
     reporter.close()
     assert "a | hi" in out.getvalue()
+
+
+def test_force_color_colours_plain_output_and_wins_over_no_color() -> None:
+    """FORCE_COLOR: plain lines get colours; the live view keeps them despite NO_COLOR."""
+    from taskrun.report import make_reporter
+
+    out = io.StringIO()
+    plain = make_reporter(stream=out, live=False, environ={"FORCE_COLOR": "1"})
+    plain(ev.TaskRan("b", 0.1, ("no entry",)))
+    assert "\x1b[32m" in out.getvalue() and "ran      b" in out.getvalue()
+    out = io.StringIO()
+    make_reporter(stream=out, live=False, environ={})(ev.TaskRan("b", 0.1, ("no entry",)))
+    assert "\x1b" not in out.getvalue()
+    both = {"NO_COLOR": "", "FORCE_COLOR": "1"}
+    live = make_reporter(stream=io.StringIO(), live=True, environ=both)
+    assert isinstance(live, ConsoleReporter) and live.color
+    live.close()
+    dull = make_reporter(stream=io.StringIO(), live=True, environ={"NO_COLOR": ""})
+    assert isinstance(dull, ConsoleReporter) and not dull.color
+    dull.close()
