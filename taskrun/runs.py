@@ -10,8 +10,8 @@ appended as the run goes:
   since the start. ``output`` events are kept up to :data:`OUTPUT_LINES` per task and
   ``progress`` events at most one a second per task; ``ran`` and ``failed`` events carry
   ``output_tail`` (the last :data:`TAIL_LINES` lines) instead of the whole output;
-- last, when the run ends normally, the ``summary`` event; when it ends with an error, an
-  ``{"record": "end", "error"}`` line.
+- last, when the run ends normally, the ``summary`` event (and whatever follows it), then
+  always an ``{"record": "end", "error"}`` line (``error`` empty after a summary).
 
 Why JSON lines, appended: a run killed with ``kill -9`` leaves every line written up to
 then, a record that simply has no end. Lines are flushed at least every
@@ -140,8 +140,10 @@ class RunRecorder:
         with self._lock:
             if self._file is None:
                 return
+            # Always last: a record without it is one whose process died (see _has_end).
             if not self._ended:
-                self._write({"record": "end", "error": error or "the run stopped early"})
+                error = error or "the run stopped early"
+            self._write({"record": "end", "error": error if not self._ended else ""})
             self._flush_locked()
             self._file.close()
             self._file = None
@@ -217,9 +219,8 @@ def prune_runs(directory: Path, keep: int) -> list[Path]:
     paths = _paths(directory)
     removed = []
     for path in paths[keep:]:
-        record = load_run(path)
-        if record.state == "running":
-            continue
+        if not _has_end(path) and _alive(_header(path)):
+            continue  # still being written
         try:
             path.unlink()
             removed.append(path)
@@ -365,8 +366,11 @@ def _replay(path: Path, header: dict[str, Any], docs: Iterable[dict[str, Any]]) 
         t = float(doc.get("t", 0.0) or 0.0)
         record.elapsed = max(record.elapsed, t)
         if doc.get("record") == "end":
-            ended = "failed"
-            record.error = str(doc.get("error", ""))
+            if doc.get("error"):
+                ended = ended or "failed"
+                record.error = str(doc.get("error", ""))
+            elif not ended:
+                ended = "finished"
             continue
         name = doc.get("task")
         task = tasks.get(name) if isinstance(name, str) else None
@@ -497,15 +501,47 @@ def find_run(directory: Path, ref: str | None) -> RunRecord:
 def unfinished_warning(directory: Path) -> str:
     """What to say when the newest record before this run never ended (killed, crashed)."""
     paths = _paths(directory)
-    if not paths:
+    if not paths or _has_end(paths[0]):
         return ""
-    record = load_run(paths[0])
-    if record.state != "unfinished":
-        return ""
+    header = _header(paths[0])
+    if _alive(header):
+        return ""  # another taskrun is running in this project now
+    run_id = header.get("id", paths[0].stem)
     return (
-        f"the last run ({record.id}) did not finish: its process is gone without a summary"
-        f" (killed?); `taskrun show {record.id}` shows how far it got"
+        f"the last run ({run_id}) did not finish: its process is gone without a summary"
+        f" (killed?); `taskrun show {run_id}` shows how far it got"
     )
+
+
+def _has_end(path: Path) -> bool:
+    """Whether a record has its end (a summary or an end line), reading only its last line.
+
+    perf: a run starts by looking at the last record; reading a cold 5,000-task record
+    whole (2 MB of JSON) cost more than a warm run of the same graph.
+    """
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - 16384))
+            tail = f.read()
+    except OSError:
+        return True  # gone meanwhile: nothing to say about it
+    for line in reversed(tail.splitlines()):
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            continue  # a line cut by the seek, or by a crash mid-write
+        return isinstance(doc, dict) and doc.get("record") == "end"
+    return False
+
+
+def _header(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            doc = json.loads(f.readline())
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
 
 
 def record_run(
