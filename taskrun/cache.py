@@ -29,6 +29,8 @@ diskcache (its constructor writes to the database), so it writes nothing at all.
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import io
 import json
 import os
@@ -51,6 +53,7 @@ from taskrun.cache_format import (
     StoreReader,
     audit_store,
     blob_digest,
+    value_files_on_disk,
     is_digest,
     open_envelope,
     seal,
@@ -152,6 +155,59 @@ def _atomic_write(path: pathlib.Path, data: bytes) -> None:
         raise
 
 
+def _unwritable(directory: pathlib.Path) -> str | None:
+    """Why the cache ``directory`` cannot be written (creating it if needed), or None."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"cannot create it: {exc.strerror}"
+    if not os.access(directory, os.W_OK):  # EROFS for a read-only mount, even for root
+        return "it is read-only"
+    db = directory / "cache.db"
+    if db.exists() and not os.access(db, os.W_OK):
+        return "cache.db is read-only"
+    return None
+
+
+def _no_space(exc: BaseException, directory: pathlib.Path) -> bool:
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if "disk is full" in str(exc):
+        return True
+    # SQLite reports a -wal or -shm it cannot extend as a "disk I/O error": ask the disk.
+    try:
+        return os.statvfs(directory).f_bavail == 0
+    except OSError:
+        return False
+
+
+def _read_only_error(exc: BaseException) -> bool:
+    if isinstance(exc, OSError) and exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return True
+    return "readonly" in str(exc) or "read-only" in str(exc)
+
+
+_FULL = "no space left on the device"
+_ORPHAN_GRACE = 3600.0  # seconds: an unindexed value file this old is no store in flight
+_WRITERS = "writers"  # locks/writers: held shared by every process that has the cache open rw
+
+
+def _hold_writers(directory: pathlib.Path) -> int | None:
+    """Hold ``locks/writers`` shared: gc removes unindexed value files only when alone."""
+    try:
+        (directory / "locks").mkdir(exist_ok=True)
+        fd = os.open(directory / "locks" / _WRITERS, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                     0o666 & shared_mode(directory))
+    except OSError:
+        return None  # then gc never thinks it is alone: it keeps recent orphans
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
 class Entry:
     """A verified cache hit. The product is unpickled only by :meth:`load`."""
 
@@ -212,29 +268,60 @@ class Cache:
         self._locks: FingerprintLocks | None = None  # opened on the first lock
         self._volume: int | None = None  # the store's size when last measured
         self._written = 0  # bytes stored by this object since then
+        self._read_only_reason: str | None = None  # why a rw cache is read in read mode
+        self._writers: int | None = None  # fd of locks/writers, held shared while open rw
         if mode == "rw":
+            self._open_rw()
+        if self._mode != "off":
+            self._reader = StoreReader(self._directory, live=self._dc is not None)
+
+    def _open_rw(self) -> None:
+        """Open diskcache for writing, or fall back to read mode with one warning.
+
+        A cache that cannot be written (a read-only mount or directory, a full disk) is
+        still a valid cache: it is read, nothing is stored, and the warning says why.
+        """
+        reason = _unwritable(self._directory)
+        if reason is None:
             problems = audit_store(self._directory)
             if problems:
                 raise CacheError(
                     f"the cache in {self._directory} was not written by taskrun, or was "
-                    f"tampered with ({'; '.join(problems[:3])}); it was not opened. Remove "
-                    "that directory (or import results with `taskrun cache import`)"
+                    f"tampered with ({'; '.join(problems[:3])}); it was not opened. Move "
+                    "that directory aside (or import results with `taskrun cache import`)"
                 )
-            try:
-                # least-recently-stored: a read never writes (LRU would update on every hit).
-                # The sqlite_/disk_ settings are given explicitly so that values stored in
-                # a database restored from elsewhere never reach a PRAGMA.
-                self._dc = diskcache.Cache(
-                    str(self._directory),
-                    size_limit=size_limit,
-                    eviction_policy="least-recently-stored",
-                    tag_index=True,
-                    **_PINNED_SETTINGS,
-                )
-            except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
-                raise CacheError(f"cannot open the cache in {self._directory}: {exc}") from exc
-        if mode != "off":
-            self._reader = StoreReader(self._directory, live=mode == "rw")
+            reason = self._open_dc()
+        if reason is not None:
+            self._read_only_reason = reason
+            self._mode = "read"
+            self._warn(
+                f"the cache in {self._directory} cannot be written ({reason}); using it "
+                "read-only: hits are served, nothing is stored this run"
+            )
+
+    def _open_dc(self) -> str | None:
+        """Open diskcache (and the writers lock); None, or why it cannot be written."""
+        try:
+            # least-recently-stored: a read never writes (LRU would update on every hit).
+            # The sqlite_/disk_ settings are given explicitly so that values stored in
+            # a database restored from elsewhere never reach a PRAGMA.
+            self._dc = diskcache.Cache(
+                str(self._directory),
+                size_limit=self._size_limit,
+                eviction_policy="least-recently-stored",
+                tag_index=True,
+                **_PINNED_SETTINGS,
+            )
+        except (OSError, sqlite3.Error) as exc:
+            if _no_space(exc, self._directory):
+                return _FULL
+            if _read_only_error(exc):
+                return f"it is read-only: {exc}"
+            raise CacheError(f"cannot open the cache in {self._directory}: {exc}") from exc
+        except diskcache.Timeout as exc:
+            raise CacheError(f"cannot open the cache in {self._directory}: {exc}") from exc
+        self._writers = _hold_writers(self._directory)
+        return None
 
     @staticmethod
     def key_from_env(environ: Mapping[str, str] | None = None) -> bytes | None:
@@ -302,14 +389,114 @@ class Cache:
         if self._locks is not None:
             self._locks.close()  # drops any lock still held through it
             self._locks = None
+        if self._writers is not None:
+            os.close(self._writers)
+            self._writers = None
 
-    def _writable(self, action: str) -> diskcache.Cache:
+    def _writable(self, action: str, free_first: Callable[[], Iterable[str]] | None = None
+                  ) -> diskcache.Cache:
+        """diskcache, for ``action``; UsageError in read/off mode, CacheError if unwritable.
+
+        On a full disk, ``free_first`` names value files that ``action`` removes anyway:
+        they are deleted before the database is opened for writing (which needs room).
+        A reader then finds them missing: a miss, never a wrong hit.
+        """
+        if self._dc is None and free_first is not None and self._read_only_reason == _FULL:
+            for name in free_first():
+                with contextlib.suppress(OSError):
+                    (self._directory / name).unlink()
+            if self._open_dc() is None:
+                self._read_only_reason = None
+                self._mode = "rw"
+                if self._reader is not None:
+                    self._reader.close()
+                self._reader = StoreReader(self._directory, live=True)
         if self._dc is None:
+            if self._read_only_reason is not None:
+                raise CacheError(
+                    f"cannot {action}: the cache in {self._directory} cannot be written "
+                    f"({self._read_only_reason}); nothing was changed"
+                )
             raise UsageError(
                 f"cannot {action}: the cache in {self._directory} is in "
                 f"'{self._mode}' mode; use --cache-mode rw"
             )
         return self._dc
+
+    @contextlib.contextmanager
+    def _alone(self) -> Iterator[bool]:
+        """True inside when no other process has this cache open for writing."""
+        fd = self._writers
+        if fd is None:
+            yield False
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+
+    def _recreate_database(self) -> bool:
+        """Remove cache.db (and -wal, -shm) and open a new one, if no writer has it open."""
+        try:
+            fd = os.open(self._directory / "locks" / _WRITERS, os.O_RDWR | os.O_CLOEXEC)
+        except OSError:
+            fd = None
+        try:
+            if fd is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    return False
+            if self._reader is not None:
+                self._reader.close()
+            for name in ("cache.db", "cache.db-wal", "cache.db-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    (self._directory / name).unlink()
+        finally:
+            if fd is not None:
+                os.close(fd)
+        if self._open_dc() is not None:
+            return False
+        self._read_only_reason = None
+        self._mode = "rw"
+        self._reader = StoreReader(self._directory, live=True)
+        return True
+
+    def _orphans(self) -> dict[str, int]:
+        """Value files on disk that no index row names (left by rollbacks and kills)."""
+        assert self._reader is not None
+        on_disk = value_files_on_disk(self._directory)
+        if not on_disk:
+            return {}
+        referenced = self._reader.value_files()
+        return {name: size for name, size in on_disk.items() if name not in referenced}
+
+    def _sweep_orphans(self) -> tuple[int, int]:
+        """Remove orphaned value files; return (how many, bytes).
+
+        A process storing right now writes a value file before the row that names it is
+        committed, so while another process has the cache open for writing only orphans
+        older than an hour are removed; alone, all of them.
+        """
+        removed = freed = 0
+        with self._alone() as alone:
+            cutoff = time.time() - _ORPHAN_GRACE
+            for name, size in sorted(self._orphans().items()):
+                path = self._directory / name
+                try:
+                    if not alone and path.lstat().st_mtime > cutoff:
+                        continue
+                    path.unlink()
+                except OSError:
+                    continue
+                removed += 1
+                freed += size
+        return removed, freed
 
     # ---- reading and checking
 
@@ -595,14 +782,22 @@ class Cache:
         return self._locks.acquire(fingerprint, blocking=blocking)
 
     def record_run(
-        self, used: Iterable[str], *, hits: int | None = None, misses: int | None = None
+        self,
+        used: Iterable[str],
+        *,
+        hits: int | None = None,
+        misses: int | None = None,
+        completed: bool = True,
     ) -> None:
-        """Record the fingerprints a run used (hits and stores) in ``last-run.json``.
+        """Record the fingerprints a completed run used (hits and stores) in ``last-run.json``.
 
         ``hits``/``misses`` default to what this object's lookups and stores saw for those
-        fingerprints. Does nothing unless mode is rw.
+        fingerprints. A run that did not complete (interrupted, crashed) records nothing:
+        ``last-run.json`` keeps describing the last completed run, which is what ``gc
+        --keep-last-run`` and ``export`` rely on. Does nothing unless mode is rw; a write
+        that fails (a full disk) is reported through ``on_warning``, never raised.
         """
-        if self._dc is None:
+        if self._dc is None or not completed:
             return
         names = sorted(set(used))
         for fp in names:
@@ -611,8 +806,12 @@ class Cache:
             hits = sum(1 for fp in names if self._outcomes.get(fp))
         if misses is None:
             misses = len(names) - hits
-        data = {"format": 1, "recorded": time.time(), "used": names, "hits": hits, "misses": misses}
-        _atomic_write(self._directory / _LAST_RUN, json.dumps(data, indent=1).encode("utf-8"))
+        data = {"format": 1, "recorded": time.time(), "used": names, "hits": hits,
+                "misses": misses, "completed": True}
+        try:
+            _atomic_write(self._directory / _LAST_RUN, json.dumps(data, indent=1).encode())
+        except OSError as exc:
+            self._warn(f"could not record this run in {self._directory / _LAST_RUN}: {exc}")
 
     def last_run(self) -> LastRun | None:
         """What ``last-run.json`` records, or None; CacheError when it is unreadable."""
@@ -622,6 +821,8 @@ class Cache:
         try:
             data = json.loads(path.read_bytes())
             used = frozenset(data["used"])
+            if data.get("completed", True) is not True:
+                raise ValueError("it records a run that did not complete")
             if not all(is_digest(fp) for fp in used):
                 raise ValueError("a used fingerprint is not 32 hex digits")
             return LastRun(used, int(data["hits"]), int(data["misses"]), float(data["recorded"]))
@@ -637,6 +838,7 @@ class Cache:
             last = self.last_run()
         except CacheError:
             last = None
+        orphans = self._orphans() if reader else {}
         return CacheInfo(
             directory=self._directory,
             mode=self._mode,
@@ -647,6 +849,8 @@ class Cache:
             size_limit=self._size_limit,
             last_run_hits=last.hits if last else None,
             last_run_misses=last.misses if last else None,
+            orphan_files=len(orphans),
+            orphan_bytes=sum(orphans.values()),
         )
 
     def entries(self) -> Iterator[EntryMeta]:
@@ -673,7 +877,8 @@ class Cache:
         created longer ago; then ``max_size`` (bytes) removes the oldest until the cache
         is no larger. Bad entries are removed too (and reported).
         """
-        dc = self._writable("collect garbage")
+        if self._read_only_reason != _FULL:
+            self._writable("collect garbage")  # read/off mode, read-only: say so first
         assert self._reader is not None
         before = self._reader.volume()
         metas = {m.fingerprint: m for m in self.entries()}
@@ -682,13 +887,25 @@ class Cache:
             last = self.last_run()
             if last is None:
                 raise UsageError(
-                    f"no run is recorded in {self._directory}; "
+                    f"no completed run is recorded in {self._directory}; "
                     "--keep-last-run would remove everything"
                 )
             doomed |= metas.keys() - last.used
         if max_age is not None:
             cutoff = time.time() - max_age
             doomed |= {fp for fp, m in metas.items() if m.created < cutoff}
+
+        def free_first() -> list[str]:
+            # On a full disk: the value files of what goes anyway, before the database
+            # is opened for writing.
+            assert self._reader is not None
+            wanted = {o.digest for fp, m in metas.items() if fp not in doomed for o in m.outputs}
+            keys = [*doomed, *(d for d in self._reader.keys(_TAG_BLOB) if d not in wanted)]
+            names = [self._reader.value_file(k) for k in keys]
+            return [*self._orphans(), *(n for n in names if n is not None)]
+
+        dc = self._writable("collect garbage", free_first)
+        orphans, orphan_bytes = self._sweep_orphans()
         for fp in doomed:
             dc.delete(fp)
             del metas[fp]
@@ -708,7 +925,8 @@ class Cache:
             removed=tuple(sorted(doomed)),
             removed_blobs=removed_blobs,
             kept=len(metas),
-            freed_bytes=max(0, before - self._reader.volume()),
+            freed_bytes=max(0, before - self._reader.volume()) + orphan_bytes,
+            removed_orphans=orphans,
         )
 
     def _sweep_blobs(self, keep: Iterable[EntryMeta]) -> int:
@@ -739,14 +957,31 @@ class Cache:
         sweep_lock_files(self._directory / "locks")
 
     def clear(self, task: str | None = None) -> int:
-        """Remove every entry (or ``task``'s), orphaned blobs too; return how many entries."""
-        dc = self._writable("clear it")
+        """Remove every entry (or ``task``'s), orphaned blobs too; return how many entries.
+
+        Works on a full disk: the value files go first (making room for the database),
+        and when even the database cannot be written and no other process has the cache
+        open, the database itself is removed and made anew (it was to be emptied anyway).
+        """
+        if task is None and self._read_only_reason == _FULL:
+            assert self._reader is not None
+            count = self._reader.count(_TAG_ENTRY)
+            try:
+                dc = self._writable("clear it", lambda: value_files_on_disk(self._directory))
+            except CacheError:
+                if not self._recreate_database():
+                    raise
+                dc = self._writable("clear it")
+        else:
+            dc = self._writable("clear it")
+            assert self._reader is not None
+            count = self._reader.count(_TAG_ENTRY) if task is None else 0
         assert self._reader is not None
         if task is None:
-            count = self._reader.count(_TAG_ENTRY)
             dc.clear()
             with contextlib.suppress(FileNotFoundError):
                 (self._directory / _LAST_RUN).unlink()
+            self._sweep_orphans()
             self._sweep_locks()
             return count
         metas = {m.fingerprint: m for m in self.entries()}
@@ -766,11 +1001,7 @@ class Cache:
         entry_keys = self._reader.keys(_TAG_ENTRY)
         blob_keys = self._reader.keys(_TAG_BLOB)
         for digest in blob_keys:
-            try:
-                raw = self._reader.read(digest)
-                problem = None if raw is None else self._blob_problem(digest, raw)[0]
-            except IntegrityError as exc:
-                problem = str(exc)
+            problem = self._verify_blob(digest)
             if problem is not None:
                 problems.append(VerifyProblem("blob", digest, problem))
         bad_blobs = {p.name for p in problems}
@@ -781,6 +1012,8 @@ class Cache:
                 problems.append(VerifyProblem("entry", fp, str(exc)))
                 continue
             if got is None:
+                if self._reader.contains(fp, _TAG_ENTRY):
+                    problems.append(VerifyProblem("entry", fp, "its value file is missing"))
                 continue
             lost = self._missing_blobs(got[0]) + [
                 o.digest for o in got[0].outputs if o.digest in bad_blobs
@@ -798,6 +1031,23 @@ class Cache:
             tuple(problems),
             removed=self._dc is not None and bool(problems),
         )
+
+    def _verify_blob(self, digest: str) -> str | None:
+        """What is wrong with the stored blob ``digest`` (streamed, never read whole)."""
+        assert self._reader is not None
+        try:
+            stream = self._reader.open(digest)
+            if stream is None:
+                if self._reader.contains(digest, _TAG_BLOB):
+                    return "its value file is missing"
+                return None  # removed since it was listed
+            with stream:
+                opened = open_envelope(stream, kind=KIND_BLOB, name=digest, key=self._key)
+        except IntegrityError as exc:
+            return str(exc)
+        if opened.meta or opened.digest != digest:
+            return "content does not match its digest"
+        return None
 
     # ---- raw envelopes, for archives
 

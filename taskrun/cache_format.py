@@ -35,13 +35,16 @@ envelopes protect the values, this protects the machine.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import hmac
 import io
+import os
 import pathlib
 import re
 import sqlite3
+import stat
 import struct
 import tempfile
 import threading
@@ -221,21 +224,24 @@ class StoreReader:
             raise CacheError(f"cannot read the cache database {self._db}: {error}") from error
 
     def open(self, key: str) -> IO[bytes] | None:
-        """A stream over the stored bytes of ``key``; None when absent."""
-        rows = self._query("SELECT mode, filename, value FROM Cache WHERE key = ? AND raw = 1",
-                           (key,))
+        """A stream over the stored bytes of ``key``; None when absent.
+
+        A value kept in a file is opened only if it is a regular file (no symlink, FIFO
+        or device, reached through no symlinked directory) of exactly the size the index
+        records; anything else is an IntegrityError, so a crafted cache directory cannot
+        make a reader hang on a FIFO or read ``/dev/zero`` until memory runs out.
+        """
+        rows = self._query("SELECT mode, filename, value, size FROM Cache"
+                           " WHERE key = ? AND raw = 1", (key,))
         if not rows:
             return None
-        mode, filename, value = rows[0]
+        mode, filename, value, size = rows[0]
         if mode == diskcache.core.MODE_RAW and isinstance(value, bytes):
             return io.BytesIO(value)
         if mode == diskcache.core.MODE_BINARY and isinstance(filename, str):
-            if not _VALUE_FILE.match(filename):
+            if not _VALUE_FILE.match(filename) or not isinstance(size, int):
                 raise IntegrityError(f"stored under an unexpected file name {filename!r}")
-            try:
-                return open(self._directory / filename, "rb")  # noqa: SIM115
-            except FileNotFoundError:
-                return None  # evicted between the query and the open
+            return open_value_file(self._directory, filename, size)
         raise IntegrityError(f"stored in diskcache mode {mode} (not plain bytes); not read")
 
     def read(self, key: str) -> bytes | None:
@@ -244,6 +250,17 @@ class StoreReader:
             return None
         with stream:
             return stream.read()
+
+    def value_file(self, key: str) -> str | None:
+        """The value file name of ``key`` when its value is kept in a file, else None."""
+        rows = self._query("SELECT filename FROM Cache WHERE key = ? AND raw = 1", (key,))
+        name = rows[0][0] if rows else None
+        return name if isinstance(name, str) and _VALUE_FILE.match(name) else None
+
+    def value_files(self) -> set[str]:
+        """The value file names (``xx/yy/<hex>.val``) the index refers to."""
+        rows = self._query("SELECT filename FROM Cache WHERE filename IS NOT NULL")
+        return {f for (f,) in rows if isinstance(f, str)}
 
     def keys(self, tag: str) -> list[str]:
         rows = self._query("SELECT key FROM Cache WHERE raw = 1 AND tag = ?", (tag,))
@@ -271,6 +288,79 @@ class StoreReader:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+
+
+
+_OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+_DIR_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_DIRECTORY
+
+
+def open_value_file(directory: pathlib.Path, filename: str, size: int) -> IO[bytes] | None:
+    """Open the value file ``xx/yy/<hex>.val`` under ``directory`` if it is safe to read.
+
+    Each directory on the way and the file are opened with ``O_NOFOLLOW`` (a symlink is
+    refused, not followed) and the file with ``O_NONBLOCK`` (opening a FIFO returns at
+    once); then the file must be regular and exactly ``size`` bytes. None when it is
+    missing (evicted or removed between the query and the open); IntegrityError otherwise.
+    """
+    fds: list[int] = []
+    try:
+        # The cache directory itself may be reached through a symlink (the user's choice).
+        fds.append(os.open(directory, os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECTORY))
+        parts = filename.split("/")
+        for i, part in enumerate(parts):
+            flags = _OPEN_FLAGS if i == len(parts) - 1 else _DIR_FLAGS
+            fds.append(os.open(part, flags, dir_fd=fds[-1]))
+    except FileNotFoundError:
+        _close_all(fds)
+        return None
+    except OSError as exc:
+        _close_all(fds)
+        # ELOOP: a symlink; ENOTDIR: a file where a directory should be; ENXIO: a socket.
+        raise IntegrityError(f"value file {filename} cannot be opened safely "
+                             f"({exc.strerror}); it is not a plain file") from None
+    fd = fds.pop()
+    _close_all(fds)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise IntegrityError(f"value file {filename} is not a regular file "
+                             f"(mode {stat.filemode(st.st_mode)})")
+    if st.st_size != size:
+        os.close(fd)
+        raise IntegrityError(f"value file {filename} has {st.st_size} bytes; "
+                             f"the index records {size}")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
+def value_files_on_disk(directory: pathlib.Path) -> dict[str, int]:
+    """Every ``xx/yy/<hex>.val`` file under ``directory`` (symlinks included), with its size.
+
+    Nothing is followed: a symlinked ``xx`` or ``yy`` directory is not walked into.
+    """
+    found: dict[str, int] = {}
+    for sub in _value_dirs(directory):
+        if sub.parent == directory or sub.is_symlink() or not sub.is_dir():
+            continue
+        try:
+            entries = list(os.scandir(sub))
+        except OSError:
+            continue
+        for entry in entries:
+            name = f"{sub.parent.name}/{sub.name}/{entry.name}"
+            if _VALUE_FILE.match(name):
+                try:
+                    found[name] = entry.stat(follow_symlinks=False).st_size
+                except OSError:
+                    continue
+    return found
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 # --------------------------------------------------------------------------- auditing

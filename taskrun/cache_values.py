@@ -148,6 +148,8 @@ class CacheInfo:
     size_limit: int
     last_run_hits: int | None
     last_run_misses: int | None
+    orphan_files: int = 0  # value files no index row names (rollbacks, kills); gc removes them
+    orphan_bytes: int = 0
 
     @property
     def hit_rate(self) -> float | None:
@@ -166,6 +168,7 @@ class GcReport:
     removed_blobs: int
     kept: int
     freed_bytes: int
+    removed_orphans: int = 0  # value files no index row named (left by rollbacks and kills)
 
 
 @dataclass(frozen=True, slots=True)
