@@ -39,8 +39,8 @@ import sqlite3
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import replace
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+import dataclasses
 from typing import Final, Literal
 
 import cloudpickle
@@ -592,20 +592,30 @@ class Cache:
         return Entry(self, got[0], got[1].digest)
 
     def store(
-        self, meta: EntryMeta, payload: bytes, blobs: Mapping[str, bytes] | None = None
+        self,
+        meta: EntryMeta,
+        payload: bytes,
+        blobs: Mapping[str, bytes] | None = None,
+        *,
+        replace: bool = False,
     ) -> StoreResult:
         """Store an entry: its blobs first, then the envelope, atomically.
 
         ``payload`` is the cloudpickled product; ``blobs`` maps digests to the bytes of
-        outputs not yet in the cache. An existing complete, valid entry is never
-        overwritten (the first one wins): the result says whether its product digest was
-        the same. ``meta.size`` is set to ``len(payload)``. Records ``meta.task``'s newest
+        outputs not yet in the cache. An existing complete, valid entry is kept (the
+        first one wins; the result says whether its product digest was the same) unless
+        ``replace`` (``--force``, or an entry that could not be restored): then the new
+        one replaces it (REPLACED). ``meta.size`` is set to ``len(payload)``. Records ``meta.task``'s newest
         fingerprint. I/O errors are reported through ``on_warning`` and give FAILED.
         """
-        return self.store_many([(meta, payload, blobs or {})])[0]
+        fps = {meta.fingerprint} if replace else set()
+        return self.store_many([(meta, payload, blobs or {})], replace=fps)[0]
 
     def store_many(
-        self, items: Sequence[tuple[EntryMeta, bytes, Mapping[str, bytes]]]
+        self,
+        items: Sequence[tuple[EntryMeta, bytes, Mapping[str, bytes]]],
+        *,
+        replace: Collection[str] = (),
     ) -> list[StoreResult]:
         """:meth:`store` for several entries in one transaction (one commit, one cull check).
 
@@ -631,7 +641,7 @@ class Cache:
                         f"task '{meta.task}' output {o.path!r} is not a relative "
                         "path inside the project"
                     )
-            meta = replace(meta, size=len(payload))
+            meta = dataclasses.replace(meta, size=len(payload))
             envelope = seal(KIND_ENTRY, meta.fingerprint, meta_json(meta), payload, self._key)
             sealed.append((meta, envelope, blobs))
             self._outcomes[meta.fingerprint] = False
@@ -648,7 +658,9 @@ class Cache:
                             self._write_blob(digest, data=data)
             with dc.transact():
                 for meta, envelope, _ in sealed:
-                    results.append(self._store_one(dc, meta, envelope))
+                    results.append(
+                        self._store_one(dc, meta, envelope, meta.fingerprint in replace)
+                    )
             self._cull()
         except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
             tasks = ", ".join(sorted({m.task for m, _, _ in sealed}))
@@ -656,7 +668,9 @@ class Cache:
             return [StoreResult.FAILED] * len(items)
         return results
 
-    def _store_one(self, dc: diskcache.Cache, meta: EntryMeta, envelope: bytes) -> StoreResult:
+    def _store_one(
+        self, dc: diskcache.Cache, meta: EntryMeta, envelope: bytes, replace: bool
+    ) -> StoreResult:
         fp = meta.fingerprint
         missing = self._missing_blobs(meta)
         if missing:
@@ -669,7 +683,11 @@ class Cache:
         except IntegrityError as exc:
             self._warn(f"cache entry {fp} was unusable ({exc}); replaced")
             existing = None
-        if existing is not None and not self._missing_blobs(existing[0]):
+        if existing is not None and replace:
+            dc.set(fp, envelope, tag=_TAG_ENTRY)
+            self._written += len(envelope)
+            result = StoreResult.REPLACED
+        elif existing is not None and not self._missing_blobs(existing[0]):
             same = existing[0].product_digest == meta.product_digest
             result = StoreResult.KEPT_SAME if same else StoreResult.KEPT_DIFFERENT
         else:

@@ -117,9 +117,15 @@ class StoreResult(str, enum.Enum):
     KEPT_DIFFERENT = "kept-existing-different"  # ...with another digest: not reproducible
     NOT_WRITABLE = "not-writable"  # mode is read or off
     FAILED = "failed"  # an I/O error; reported through on_warning
+    REPLACED = "replaced"  # an entry existed; asked to (--force), the new one replaced it
 
     def __bool__(self) -> bool:
-        return self in (StoreResult.STORED, StoreResult.KEPT_SAME, StoreResult.KEPT_DIFFERENT)
+        return self in (
+            StoreResult.STORED,
+            StoreResult.KEPT_SAME,
+            StoreResult.KEPT_DIFFERENT,
+            StoreResult.REPLACED,
+        )
 
     def __str__(self) -> str:
         return self.value

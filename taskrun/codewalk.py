@@ -72,8 +72,14 @@ class SourceMemo:
         """Write the memo atomically (last writer wins; never a torn file)."""
         if self.path is None or not self.dirty:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".memo-")
+        self.dirty = False
+        try:
+            # A read-only checkout or a full disk must still build: the memo only saves
+            # re-parsing, so a memo that cannot be written is simply not written.
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".memo-")
+        except OSError:
+            return
         try:
             with os.fdopen(fd, "w") as fh:
                 json.dump({"header": self._HEADER, "items": self.items}, fh)
@@ -81,7 +87,6 @@ class SourceMemo:
         except OSError:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
-        self.dirty = False
 
 
 _PROCESS_MEMO = SourceMemo()

@@ -41,10 +41,12 @@ from taskrun.errors import (
 )
 from taskrun.globs import (
     check_disjoint_outputs,
+    check_outputs_avoid,
     compile_pattern,
     expand,
     expand_globs,
     split_relative,
+    under,
 )
 
 __all__ = [
@@ -65,6 +67,7 @@ __all__ = [
     "external_key",
     "external_roots",
     "file_digest",
+    "own_places",
     "paths_in",
     "project_relative",
     "restore_outputs",
@@ -241,6 +244,33 @@ def project_relative(
         f"path '{raw}' is outside the project root '{root_abs}'; use a path inside the "
         "project (relative to its root)" + _declare_hint(joined)
     )
+
+
+def own_places(
+    root: Path,
+    cache_dir: os.PathLike[str] | str | None,
+    *,
+    check: Mapping[str, tuple[Sequence[str], str]] | None = None,
+) -> tuple[str, ...]:
+    """taskrun's own directories inside the project ROOT (relative posix): ``.taskrun``
+    and the cache directory when it lies inside the project. Never captured as outputs,
+    restored over or cleaned.
+
+    CHECK maps task name -> (output globs, where defined): a task whose output globs can
+    name a file in one of them is a :class:`~taskrun.errors.DefinitionError` naming the
+    glob and the directory.
+    """
+    places = {".taskrun": "taskrun's state directory"}
+    if cache_dir is not None:
+        try:
+            rel = project_relative(cache_dir, root).as_posix()
+        except UsageError:
+            rel = None  # outside the project: no output can name it
+        if rel is not None:
+            places[rel if rel != "." else ""] = "the cache directory"
+    if check:
+        check_outputs_avoid({t: v for t, v in check.items() if v[0]}, places)
+    return tuple(places)
 
 
 # --------------------------------------------------------------------------- hashing
@@ -495,7 +525,12 @@ class CapturedFile:
 
 
 def capture_outputs(
-    patterns: Sequence[str], root: Path, *, extra: Iterable[Path] = (), task: str = ""
+    patterns: Sequence[str],
+    root: Path,
+    *,
+    extra: Iterable[Path] = (),
+    task: str = "",
+    exclude: Sequence[str] = (".taskrun",),
 ) -> list[CapturedFile]:
     """The files a task produced: those matching its output PATTERNS plus EXTRA.
 
@@ -526,6 +561,8 @@ def capture_outputs(
         raise OutputError(task, "; ".join(missing))
     captured = []
     for rel in sorted(found):
+        if under(rel, exclude):
+            continue  # taskrun's own files (the cache, its state): never an output
         full = os.path.join(root_abs, rel)
         real = os.path.realpath(full)
         if not _inside(real, root_real):
@@ -565,6 +602,7 @@ def restore_outputs(
     get_blob: Callable[[str], bytes | None],
     *,
     stat_cache: StatCache | None = None,
+    exclude: Sequence[str] = (".taskrun",),
 ) -> RestoreReport:
     """Put the files RECORDS describe (relative path, digest, mode) back under ROOT.
 
@@ -574,11 +612,18 @@ def restore_outputs(
     fetched with GET_BLOB (``None``: :class:`BlobMissingError`), verified against their
     digest (:class:`IntegrityError`) and written to a temporary file beside the target;
     only when every blob is in hand are they renamed into place. Only permission bits
-    (0o777) are restored: a setuid bit from a shared cache is never honoured.
+    (0o777) are restored: a setuid bit from a shared cache is never honoured. Nothing is
+    restored inside EXCLUDE (taskrun's own directories, the cache among them).
     """
     root_abs = os.path.abspath(root)
     root_real = os.path.realpath(root_abs)
     plan = _validate_records(records, root_abs, root_real)
+    inside = [rel for rel, _, _ in plan if under(rel, exclude)]
+    if inside:
+        raise UnsafeEntryError(
+            f"cache entry names output '{inside[0]}', inside taskrun's own directory "
+            f"(the cache or .taskrun); nothing was restored"
+        )
     hashed_at = _now_ns()
     to_write: list[tuple[str, str, int]] = []
     to_chmod: list[tuple[str, int]] = []
@@ -735,7 +780,11 @@ def _unlink_quiet(path: str) -> None:
 
 
 def clean_outputs(
-    patterns_by_task: Mapping[str, Sequence[str]], root: Path, *, dry_run: bool
+    patterns_by_task: Mapping[str, Sequence[str]],
+    root: Path,
+    *,
+    dry_run: bool,
+    exclude: Sequence[str] = (".taskrun",),
 ) -> list[PurePosixPath]:
     """Remove the files matching each task's output globs; return them (sorted).
 
@@ -750,7 +799,7 @@ def clean_outputs(
     for task, patterns in patterns_by_task.items():
         for text in patterns:
             pattern = compile_pattern(text, f"task '{task}': output")
-            found.update(expand(pattern, root_abs)[0])
+            found.update(p for p in expand(pattern, root_abs)[0] if not under(p, exclude))
             full = os.path.join(root_abs, *pattern.parts)
             if pattern.literal and os.path.isdir(full) and not os.path.islink(full):
                 dirs.append(full)

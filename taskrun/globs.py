@@ -387,3 +387,55 @@ def check_disjoint_outputs(specs: Mapping[str, Sequence[str]]) -> None:
                 ]
             )
         )
+
+
+# --------------------------------------------------------------------------- taskrun's own places
+
+
+def reaches(text: str, directory: str) -> bool:
+    """Whether the glob TEXT can name a file inside DIRECTORY (a relative posix path).
+
+    Wildcards never descend into ``.git``, ``.hg``, ``.svn`` or ``.taskrun``, so a
+    directory behind one of those is reached only by a pattern that names it literally.
+    """
+    pattern = compile_pattern(text)
+    parts = tuple(p for p in directory.split("/") if p not in ("", "."))
+    hidden = next((i for i, p in enumerate(parts) if p in _SKIP_DIRS), None)
+    if hidden is not None and len(pattern.prefix) <= hidden:
+        return False
+    if not parts:
+        return True  # the project root itself
+    return _patterns_meet(pattern, compile_pattern("/".join(parts)))
+
+
+def check_outputs_avoid(
+    outputs: Mapping[str, tuple[Sequence[str], str]], places: Mapping[str, str]
+) -> None:
+    """Raise :class:`DefinitionError` if an output glob can name a file in one of PLACES.
+
+    OUTPUTS maps task name -> (output globs, where it is defined); PLACES maps a relative
+    posix directory (the cache, ``.taskrun``) -> what it is, for the message.
+    """
+    problems = []
+    for task, (patterns, where) in outputs.items():
+        for text in patterns:
+            for directory, what in places.items():
+                if reaches(text, directory):
+                    problems.append(
+                        f"  - task '{task}' ({where}) output '{text}' contains {what} "
+                        f"'{directory}'"
+                    )
+    if problems:
+        raise DefinitionError(
+            "\n".join(
+                ["outputs may not contain taskrun's own files (the cache would be stored "
+                 "as an output, restored over itself and cleaned):", *problems,
+                 "narrow the glob (e.g. 'build/out/**' instead of 'build/**'), or move the "
+                 "cache elsewhere (--cache-dir, or cache-dir in [tool.taskrun])"]
+            )
+        )
+
+
+def under(path: str, directories: Sequence[str]) -> bool:
+    """Whether the relative posix PATH lies inside one of DIRECTORIES (or is one)."""
+    return any(not d or path == d or path.startswith(d + "/") for d in directories)

@@ -174,6 +174,7 @@ class _Node:
         "nocache",
         "calls",
         "item",
+        "replace",
     )
 
     def __init__(self, spec: TaskSpec, target: bool) -> None:
@@ -203,6 +204,7 @@ class _Node:
         self.nocache = ""  # why its result must not be stored (a failure fed it), if so
         self.calls = 0  # attempts submitted to an executor
         self.item: Any = None  # mapping.ItemInfo for one item call of a mapped task
+        self.replace = False  # its entry could not be restored: the rerun's result replaces it
 
 
 @dataclass
@@ -246,6 +248,7 @@ class Scheduler:
     _cancel_requested: str = field(default="", init=False)
     _wake: cf.Future[Any] = field(default_factory=cf.Future, init=False)
     _mapper: Any = field(default=None, init=False)  # mapping.Mapper: mapped/streaming tasks
+    _own: tuple[str, ...] = field(default=(".taskrun",), init=False)  # never outputs
 
     def __post_init__(self) -> None:
         inv = self.invocation
@@ -261,6 +264,19 @@ class Scheduler:
         from taskrun.mapping import Mapper
 
         self._mapper = Mapper(self)
+        self._check_places()
+
+    def _check_places(self) -> None:
+        """Outputs never cover the cache or .taskrun; inputs match something (or say so)."""
+        from taskrun.files import own_places
+        from taskrun.globs import check_inputs_match
+        from taskrun.mapping import output_globs
+
+        specs = {n: node.spec for n, node in self._nodes.items()}
+        globs = {n: (output_globs(spec), spec.where) for n, spec in specs.items()}
+        cache_dir = getattr(self.cache, "directory", None) if self.cache.mode != "off" else None
+        self._own = own_places(self.root, cache_dir, check=globs)
+        check_inputs_match(specs, self.root, outputs=globs)
 
     @property
     def root(self) -> Path:
@@ -466,7 +482,7 @@ class Scheduler:
         self._ready = deque(n for n in self._nodes.values() if not n.deps)
         for name, reason in self.invocation.skipped.items():
             self._skip(self._nodes[name], reason)  # when= said no: before anything runs
-        interrupted = False
+        interrupted = completed = False
         try:
             try:
                 self._loop()
@@ -474,8 +490,9 @@ class Scheduler:
                 interrupted = True
                 self._interrupt()
             self._skip_rest()
+            completed = not interrupted
         finally:
-            self._close()
+            self._close(completed)
         if interrupted:
             raise Interrupted("interrupted; nothing in flight was recorded")
         return self._result(time.perf_counter() - start)
@@ -612,11 +629,13 @@ class Scheduler:
                     self.root,
                     self.cache.get_blob,
                     stat_cache=self.stat_cache,
+                    exclude=self._own,
                 )
             except TaskrunError as exc:
                 self._warn(
                     f"cached outputs of '{node.name}' cannot be restored ({exc}); rerunning", node
                 )
+                node.replace = True
                 return False
             restored = getattr(report, "restored", 0)
         node.entry = entry
@@ -835,7 +854,7 @@ class Scheduler:
             return []
 
         try:
-            return capture_outputs(self._outputs(node), self.root, extra=extra)
+            return capture_outputs(self._outputs(node), self.root, extra=extra, exclude=self._own)
         except TaskrunError as exc:
             from taskrun.errors import TaskFailed
 
@@ -884,7 +903,10 @@ class Scheduler:
             return
         try:
             results = self.cache.store_many(
-                [(meta, payload, blobs) for _, meta, payload, blobs in batch]
+                [(meta, payload, blobs) for _, meta, payload, blobs in batch],
+                # --force, and entries that could not be restored or loaded: the new
+                # result replaces the stored one, so the next plain run uses it.
+                replace={m.fingerprint for n, m, _, _ in batch if n.forced or n.replace},
             )
         finally:
             for node, *_ in batch:
@@ -930,7 +952,7 @@ class Scheduler:
                     return up.error
         return self._halt
 
-    def _close(self) -> None:
+    def _close(self, completed: bool = True) -> None:
         self._mapper.close()
         self._flush()
         if self.remote is not None:
@@ -943,7 +965,8 @@ class Scheduler:
         hits = sum(1 for n in nodes if n.state == "cached")
         misses = sum(1 for n in nodes if n.state in ("ran", "failed"))
         if self.cache.mode == "rw":
-            self.cache.record_run(used, hits=hits, misses=misses)
+            # An interrupted run is not recorded: gc --keep-last-run keeps the last completed.
+            self.cache.record_run(used, hits=hits, misses=misses, completed=completed)
         if self.stat_cache is not None:
             self.stat_cache.flush()
         if self.source_memo is not None:
