@@ -15,6 +15,7 @@ from taskrun.errors import (
     TaskrunError,
 )
 from taskrun.files import Dir, File
+from taskrun.globs import optional
 from taskrun.outcome import Outcome, cancelled, skip
 from taskrun.registry import Registry, default_registry, define_type, task
 
@@ -41,6 +42,7 @@ __all__ = [
     "cancelled",
     "default_registry",
     "define_type",
+    "optional",
     "progress",
     "register_digest",
     "run",

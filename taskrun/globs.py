@@ -22,6 +22,11 @@ __all__ = [
     "Pattern",
     "as_wildcard",
     "check_disjoint_outputs",
+    "check_inputs_match",
+    "check_outputs_avoid",
+    "optional",
+    "reaches",
+    "under",
     "compile_pattern",
     "expand",
     "expand_globs",
@@ -439,3 +444,79 @@ def check_outputs_avoid(
 def under(path: str, directories: Sequence[str]) -> bool:
     """Whether the relative posix PATH lies inside one of DIRECTORIES (or is one)."""
     return any(not d or path == d or path.startswith(d + "/") for d in directories)
+
+
+# --------------------------------------------------------------------------- inputs that match nothing
+
+
+class optional(str):  # noqa: N801 - reads as a marker in a task definition
+    """An ``inputs=`` glob that may match nothing: ``inputs=[optional("logs/*.txt")]``.
+
+    Any other input pattern that matches no file (and that no task's outputs can produce)
+    is an error before anything runs: usually a typo.
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return f"optional({str.__repr__(self)})"
+
+
+def _closest(root: str, parts: tuple[str, ...]) -> str:
+    """The path PARTS with its first missing segment replaced by the closest existing one."""
+    current = root
+    for i, part in enumerate(parts):
+        if _is_glob(part):
+            return ""
+        nxt = os.path.join(current, part)
+        if os.path.lexists(nxt):
+            current = nxt
+            continue
+        try:
+            names = os.listdir(current)
+        except OSError:
+            return ""
+        import difflib
+
+        close = difflib.get_close_matches(part, names, n=1, cutoff=0.6)
+        return "/".join((*parts[:i], close[0], *parts[i + 1 :])) if close else ""
+    return ""
+
+
+def check_inputs_match(specs: Mapping[str, object], root: Path) -> None:
+    """Raise :class:`DefinitionError` naming each ``inputs=`` pattern that matches nothing.
+
+    SPECS maps task name -> TaskSpec (``inputs``, ``outputs``, ``where``). A pattern passes
+    when it matches an existing file, is marked :class:`optional`, or can name a file that
+    some task in SPECS declares as an output (it will exist once that task has run).
+    """
+    root_abs = os.path.abspath(root)
+    outputs = [
+        compile_pattern(text)
+        for spec in specs.values()
+        for text in getattr(spec, "outputs", ())
+    ]
+    problems = []
+    for task, spec in specs.items():
+        for text in getattr(spec, "inputs", ()):
+            if isinstance(text, optional):
+                continue
+            pattern = compile_pattern(text, f"task '{task}': input")
+            if expand(pattern, root_abs)[1]:
+                continue
+            if any(_patterns_meet(pattern, out) for out in outputs):
+                continue
+            close = _closest(root_abs, pattern.parts)
+            hint = f" (did you mean '{close}'?)" if close else ""
+            problems.append(
+                f"  - task '{task}' ({getattr(spec, 'where', '?')}) input '{text}' matches "
+                f"no file{hint}"
+            )
+    if problems:
+        raise DefinitionError(
+            "\n".join(
+                ["input patterns match nothing:", *problems,
+                 "fix the path, or mark a glob that may match nothing: "
+                 "inputs=[optional('logs/*.txt')]"]
+            )
+        )

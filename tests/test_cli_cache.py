@@ -400,21 +400,34 @@ def show(stamp: str) -> File:
 """
 
 
-def test_forced_rerun_with_another_product_is_reported_and_first_entry_kept(
+def test_forced_rerun_replaces_the_entry_and_the_next_run_uses_it(
     tmp_path: Path, write_project, run_cli
 ) -> None:
-    """--force-all of a random task says it is not reproducible; the first entry stays."""
+    """--force-all stores its new results over the old entries; a plain run then uses them."""
     root = write_project(tmp_path / "stamp", STAMP)
     assert run_cli(root, "run").exit_code == 0
     forced = run_cli(root, "run", "--force-all")
     assert forced.exit_code == 0, forced.output
-    assert "'stamp' is not reproducible" in forced.stdout
+    assert "not reproducible" not in forced.output
     first, second = (root / "stamps.log").read_text().split()
     assert (root / "build" / "show.txt").read_text() == second
     again = run_cli(root, "run")
     assert "2 tasks: 2 cached" in again.stdout
-    # The kept entry is the first: its dependent's entry (and file) come back with it.
-    assert (root / "build" / "show.txt").read_text() == first
+    assert (root / "build" / "show.txt").read_text() == second != first
+
+
+def test_force_one_task_then_plain_run_keeps_the_refetched_product(
+    tmp_path: Path, write_project, run_cli
+) -> None:
+    """`run --force stamp` (refetch) then `run`: the new product and its dependent's file stay."""
+    root = write_project(tmp_path / "stamp", STAMP)
+    assert run_cli(root, "run").exit_code == 0
+    assert run_cli(root, "run", "--force", "stamp").exit_code == 0
+    _, second = (root / "stamps.log").read_text().split()
+    again = run_cli(root, "run")
+    assert "2 tasks: 2 cached" in again.stdout, again.output
+    assert (root / "build" / "show.txt").read_text() == second
+    assert len((root / "stamps.log").read_text().split()) == 2  # nothing ran again
 
 
 # --------------------------------------------------------------------------- runtime facts
