@@ -29,6 +29,7 @@ diskcache (its constructor writes to the database), so it writes nothing at all.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import io
@@ -40,7 +41,6 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-import dataclasses
 from typing import Final, Literal
 
 import cloudpickle
@@ -53,10 +53,10 @@ from taskrun.cache_format import (
     StoreReader,
     audit_store,
     blob_digest,
-    value_files_on_disk,
     is_digest,
     open_envelope,
     seal,
+    value_files_on_disk,
 )
 from taskrun.cache_values import (
     CacheInfo,
@@ -605,8 +605,9 @@ class Cache:
         outputs not yet in the cache. An existing complete, valid entry is kept (the
         first one wins; the result says whether its product digest was the same) unless
         ``replace`` (``--force``, or an entry that could not be restored): then the new
-        one replaces it (REPLACED). ``meta.size`` is set to ``len(payload)``. Records ``meta.task``'s newest
-        fingerprint. I/O errors are reported through ``on_warning`` and give FAILED.
+        one replaces it (REPLACED). ``meta.size`` is set to ``len(payload)``. Records
+        ``meta.task``'s newest fingerprint. I/O errors are reported through
+        ``on_warning`` and give FAILED.
         """
         fps = {meta.fingerprint} if replace else set()
         return self.store_many([(meta, payload, blobs or {})], replace=fps)[0]

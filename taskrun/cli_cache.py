@@ -197,6 +197,7 @@ def info_cmd(ctx: click.Context, cache_dir: Path | None, as_json: bool) -> None:
         "blobs": info.blobs,
         "size": info.size_bytes,
         "limit": info.size_limit,
+        "orphans": {"files": info.orphan_files, "bytes": info.orphan_bytes},
         "last_run": None
         if last is None
         else {
@@ -220,6 +221,12 @@ def info_cmd(ctx: click.Context, cache_dir: Path | None, as_json: bool) -> None:
             f"entries    {info.entries} ({_n(info.blobs, 'output blob')})",
             f"size       {_human(info.size_bytes)} of {_human(info.size_limit)} ({share:.0%})",
         ]
+        if info.orphan_files:
+            out.append(
+                f"orphans    {_n(info.orphan_files, 'value file')} "
+                f"({_human(info.orphan_bytes)}) no entry refers to (left by interrupted "
+                "stores); `taskrun cache gc` removes them"
+            )
         if last is None:
             out.append("last run   none recorded")
         else:
@@ -315,6 +322,7 @@ def gc_cmd(
     doc = {
         "removed": list(report.removed),
         "removed_blobs": report.removed_blobs,
+        "removed_orphans": report.removed_orphans,
         "kept": report.kept,
         "freed": report.freed_bytes,
         "size": info.size_bytes,
@@ -324,7 +332,10 @@ def gc_cmd(
         doc,
         lambda: [
             f"removed {_n(len(report.removed), 'entry')} and "
-            f"{_n(report.removed_blobs, 'output blob')}; "
+            f"{_n(report.removed_blobs, 'output blob')}"
+            + (f" and {_n(report.removed_orphans, 'orphaned value file')}"
+               if report.removed_orphans else "")
+            + "; "
             f"kept {_n(report.kept, 'entry')} ({_human(info.size_bytes)}); "
             f"freed {_human(report.freed_bytes)}"
         ],

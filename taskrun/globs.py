@@ -446,7 +446,7 @@ def under(path: str, directories: Sequence[str]) -> bool:
     return any(not d or path == d or path.startswith(d + "/") for d in directories)
 
 
-# --------------------------------------------------------------------------- inputs that match nothing
+# --------------------------------------------------------------------------- unmatched inputs
 
 
 class optional(str):  # noqa: N801 - reads as a marker in a task definition
