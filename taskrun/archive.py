@@ -6,11 +6,15 @@ An archive is a gzip-compressed tar holding exactly::
     blobs/<digest>          a blob's raw envelope
     manifest.json           format, version, and every member's xxh3-128 with what it is
 
-Import is all-or-nothing and never touches the disk before the end: the archive is
-decompressed into memory (bounded by the cache's size limit), every member must be a
-regular file with exactly one of the names above (so ``../x``, absolute names, links and
-devices are refused), must match the manifest, and every envelope must pass the
-receiving cache's digest and signature checks. Only then is anything written.
+Import is all-or-nothing: the archive is streamed member by member into temporary files
+beside the cache (memory stays bounded by a 1 MiB chunk, the manifest of at most 16 MiB
+and one entry's metadata, whatever the archive claims), every member must be a regular
+file with exactly one of the names above (so ``../x``, absolute names, links and devices
+are refused), the whole may expand to at most the cache's size limit and at most
+:data:`MAX_RATIO` times the compressed bytes read (plus :data:`RATIO_SLACK`), so a
+decompression bomb is refused after its first megabytes; every member must match the
+manifest, and every envelope must pass the receiving cache's digest and signature checks,
+streamed. Only then is anything written to the cache.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import tempfile
 import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import IO, Any, Final
 
 import xxhash
 
@@ -42,6 +46,9 @@ VERSION: Final = 1
 _MEMBER = re.compile(r"(entries|blobs)/([0-9a-f]{32})\Z")
 _CHUNK = 2**20
 _TAR_SLACK = 2**20  # tar headers and padding on top of the envelopes themselves
+MAX_RATIO: Final = 100  # an archive may expand to at most this many times its compressed bytes
+RATIO_SLACK: Final = 64 * 2**20  # ... plus this (a small archive of a sparse file is fine)
+MAX_MANIFEST: Final = 16 * 2**20  # bytes: the only member ever held in memory whole
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,20 +167,20 @@ class _Refused(Exception):
         self.problems = problems
 
 
-def _gunzip(path: pathlib.Path, limit: int) -> bytes:
-    out = io.BytesIO()
-    total = 0
-    try:
-        with gzip.open(path, "rb") as gz:
-            while chunk := gz.read(_CHUNK):
-                total += len(chunk)
-                if total > limit:
-                    raise _Refused([(path.name, f"more than {limit} bytes uncompressed, "
-                                                "more than the cache can hold")])
-                out.write(chunk)
-    except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
-        raise _Refused([(path.name, f"not a valid gzip file: {exc}")]) from None
-    return out.getvalue()
+class _Counting(io.RawIOBase):
+    """A read-only file that counts the (compressed) bytes read through it."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self._raw = raw
+        self.count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = self._raw.readinto(buffer)  # type: ignore[attr-defined]
+        self.count += n or 0
+        return n or 0
 
 
 def _kind(member: tarfile.TarInfo) -> str:
@@ -184,40 +191,96 @@ def _kind(member: tarfile.TarInfo) -> str:
     return f"type {member.type!r}"
 
 
-def _members(path: pathlib.Path, data: bytes) -> dict[str, bytes]:
-    members: dict[str, bytes] = {}
+@dataclass(slots=True)
+class _Unpacked:
+    """Members streamed to files in ``directory``: name -> (path, xxh3-128 of the bytes)."""
+
+    directory: pathlib.Path
+    members: dict[str, tuple[pathlib.Path, str]] = field(default_factory=dict)
+
+
+def _budget(limit: int, compressed: int) -> int:
+    """Bytes a member stream may expand to: the cache's size and the declared ratio."""
+    return min(limit, MAX_RATIO * compressed + RATIO_SLACK)
+
+
+def _unpack(path: pathlib.Path, into: pathlib.Path, limit: int) -> _Unpacked:
+    """Stream every member of the archive at PATH into files under INTO, checking as it goes.
+
+    Memory stays bounded by one 1 MiB chunk plus tarfile's header buffers, whatever the
+    archive holds: nothing is decompressed into memory. Refused (:class:`_Refused`): a
+    member that is not a regular file or has an unexpected or repeated name, the manifest
+    past :data:`MAX_MANIFEST`, and anything that expands past the cache's size limit or
+    past :data:`MAX_RATIO` times the compressed bytes read so far (plus
+    :data:`RATIO_SLACK`): a decompression bomb stops at its first megabytes.
+    """
+    out = _Unpacked(into)
     refused: list[tuple[str, str]] = []
+    total = 0
     try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
-            for member in tar:
-                name = member.name
-                if not member.isreg():
-                    refused.append((name, f"not a regular file ({_kind(member)})"))
-                elif name != MANIFEST and not _MEMBER.match(name):
-                    refused.append((name, "unexpected name (only manifest.json, "
-                                          "entries/<hex>, blobs/<hex>)"))
-                elif name in members:
-                    refused.append((name, "appears twice"))
-                else:
+        with path.open("rb") as raw_file:
+            counted = _Counting(raw_file)
+            buffered = io.BufferedReader(counted, _CHUNK)
+            with gzip.GzipFile(fileobj=buffered, mode="rb") as gz, \
+                    tarfile.open(fileobj=gz, mode="r|") as tar:
+                for member in tar:
+                    name = member.name
+                    if not member.isreg():
+                        refused.append((name, f"not a regular file ({_kind(member)})"))
+                        continue
+                    if name != MANIFEST and not _MEMBER.match(name):
+                        refused.append((name, "unexpected name (only manifest.json, "
+                                              "entries/<hex>, blobs/<hex>)"))
+                        continue
+                    if name in out.members:
+                        refused.append((name, "appears twice"))
+                        continue
+                    if name == MANIFEST and member.size > MAX_MANIFEST:
+                        raise _Refused([(name, f"{member.size} bytes; a manifest may have "
+                                               f"at most {MAX_MANIFEST}")])
+                    if total + member.size > limit:
+                        raise _Refused([(name, f"more than {limit} bytes uncompressed, "
+                                               "more than the cache can hold")])
                     stream = tar.extractfile(member)
                     assert stream is not None  # regular files always have data
-                    members[name] = stream.read()
-    except (tarfile.TarError, EOFError, OSError) as exc:
+                    target = into / f"{len(out.members):08d}"
+                    hasher = xxhash.xxh3_128()
+                    with target.open("xb") as f:
+                        while chunk := stream.read(_CHUNK):
+                            total += len(chunk)
+                            if total > _budget(limit, counted.count):
+                                raise _Refused([(name, (
+                                    f"expands past {MAX_RATIO}:1 (decompression bomb?); "
+                                    f"{total} bytes from {counted.count} compressed"))])
+                            hasher.update(chunk)
+                            f.write(chunk)
+                    out.members[name] = (target, hasher.hexdigest())
+                # Read to the end of the gzip stream: its CRC and length are checked there.
+                while chunk := gz.read(_CHUNK):
+                    total += len(chunk)
+                    if total > _budget(limit, counted.count):
+                        raise _Refused([(path.name, "trailing data expands past the limit")])
+    except (tarfile.TarError, EOFError, zlib.error) as exc:
         refused.append((path.name, f"not a valid tar archive: {exc}"))
+    except OSError as exc:  # BadGzipFile is an OSError
+        if not isinstance(exc, gzip.BadGzipFile) and exc.errno is not None:
+            raise _Refused([(path.name, f"cannot unpack it: {exc}")]) from None
+        refused.append((path.name, f"not a valid gzip file: {exc}"))
     if refused:
         raise _Refused(refused)
-    return members
+    return out
 
 
-def _check(cache: Cache, path: pathlib.Path, members: dict[str, bytes]
-           ) -> tuple[dict[str, bytes], dict[str, bytes], dict[str, EntryMeta]]:
+def _check(cache: Cache, unpacked: _Unpacked
+           ) -> tuple[dict[str, pathlib.Path], dict[str, pathlib.Path], dict[str, EntryMeta]]:
     """Split members into entries and blobs, checking them against the manifest and cache."""
     refused: list[tuple[str, str]] = []
-    raw_manifest = members.pop(MANIFEST, None)
+    members = dict(unpacked.members)
+    manifest_member = members.pop(MANIFEST, None)
     try:
-        if raw_manifest is None:
+        if manifest_member is None:
             raise ValueError("missing")
-        manifest = json.loads(raw_manifest)
+        manifest = json.loads(manifest_member[0].read_bytes())  # at most MAX_MANIFEST
         if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
             raise ValueError(f"not a {FORMAT} version {VERSION}")
         listed = {f"entries/{fp}": v["digest"] for fp, v in manifest["entries"].items()}
@@ -226,24 +289,24 @@ def _check(cache: Cache, path: pathlib.Path, members: dict[str, bytes]
         raise _Refused([(MANIFEST, f"unusable manifest: {exc}")]) from None
     for name in sorted(listed.keys() - members.keys()):
         refused.append((name, "listed in the manifest but not in the archive"))
-    entries: dict[str, bytes] = {}
-    blobs: dict[str, bytes] = {}
+    entries: dict[str, pathlib.Path] = {}
+    blobs: dict[str, pathlib.Path] = {}
     metas: dict[str, EntryMeta] = {}
-    for name, raw in sorted(members.items()):
+    for name, (file, digest) in sorted(members.items()):
         if name not in listed:
             refused.append((name, "not listed in the manifest"))
             continue
-        if listed[name] != _digest(raw):
+        if listed[name] != digest:
             refused.append((name, "does not match its manifest digest"))
             continue
         kind, _, hexname = name.partition("/")
         try:
             if kind == "entries":
-                metas[hexname] = cache.check_entry_envelope(hexname, raw)
-                entries[hexname] = raw
+                metas[hexname] = cache.check_entry_envelope(hexname, file)
+                entries[hexname] = file
             else:
-                cache.check_blob_envelope(hexname, raw)
-                blobs[hexname] = raw
+                cache.check_blob_envelope(hexname, file)
+                blobs[hexname] = file
         except IntegrityError as exc:
             refused.append((name, str(exc)))
     for fp, meta in metas.items():
@@ -258,7 +321,10 @@ def _check(cache: Cache, path: pathlib.Path, members: dict[str, bytes]
 def import_archive(cache: Cache, path: pathlib.Path | str) -> ImportReport:
     """Verify a whole archive, then add its entries and blobs to ``cache`` (mode rw only).
 
-    Entries already present (complete and valid) are kept, the first one winning.
+    Members are streamed to temporary files beside the cache (removed afterwards), each
+    checked against the manifest and verified as an envelope, so memory stays bounded
+    by a small constant (see :func:`_unpack`). Entries already present (complete and
+    valid) are kept, the first one winning.
     """
     path = pathlib.Path(path)
     if cache.mode != "rw":
@@ -267,10 +333,10 @@ def import_archive(cache: Cache, path: pathlib.Path | str) -> ImportReport:
     if not path.is_file():
         raise UsageError(f"no archive at {path}")
     try:
-        # Nothing bigger than the cache could keep is worth decompressing (gzip bombs).
-        data = _gunzip(path, cache.size_limit + _TAR_SLACK)
-        entries, blobs, metas = _check(cache, path, _members(path, data))
-        taken, present = cache.adopt(entries, blobs)
+        with tempfile.TemporaryDirectory(dir=cache.directory, prefix=".import-") as tmp:
+            unpacked = _unpack(path, pathlib.Path(tmp), cache.size_limit + _TAR_SLACK)
+            entries, blobs, metas = _check(cache, unpacked)
+            taken, present = cache.adopt(entries, blobs)
     except _Refused as exc:
         return ImportReport(path, (), (), tuple(exc.problems), 0)
     except IntegrityError as exc:  # the cache changed under us between check and adopt

@@ -41,7 +41,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from typing import Final, Literal
+from typing import IO, Final, Literal
 
 import cloudpickle
 import diskcache
@@ -153,6 +153,10 @@ def _atomic_write(path: pathlib.Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _stream(raw: bytes | pathlib.Path) -> IO[bytes]:
+    return raw.open("rb") if isinstance(raw, pathlib.Path) else io.BytesIO(raw)
 
 
 def _unwritable(directory: pathlib.Path) -> str | None:
@@ -700,8 +704,7 @@ class Cache:
     def _write_blob(self, digest: str, *, data: bytes = b"", envelope: bytes = b"") -> None:
         """Write a blob (its bytes or its envelope) unless a valid one is there (dedup)."""
         assert self._dc is not None and self._reader is not None
-        stored = self._reader.read(digest)
-        if stored is not None and self._blob_problem(digest, stored)[0] is None:
+        if self._reader.contains(digest, _TAG_BLOB) and self._verify_blob(digest) is None:
             return
         envelope = envelope or seal(KIND_BLOB, digest, b"", data, self._key)
         self._dc.set(digest, envelope, tag=_TAG_BLOB)
@@ -1098,25 +1101,34 @@ class Cache:
             self._discard("blob", digest, str(exc))
             return None
 
-    def check_entry_envelope(self, fingerprint: str, raw: bytes) -> EntryMeta:
-        """Verify raw entry bytes as this cache would; return the meta or raise IntegrityError."""
-        opened = open_envelope(io.BytesIO(raw), kind=KIND_ENTRY, name=fingerprint, key=self._key)
+    def check_entry_envelope(self, fingerprint: str, raw: bytes | pathlib.Path) -> EntryMeta:
+        """Verify an entry envelope (bytes, or a file streamed) as this cache would.
+
+        Returns the meta or raises IntegrityError.
+        """
+        with _stream(raw) as stream:
+            opened = open_envelope(stream, kind=KIND_ENTRY, name=fingerprint, key=self._key)
         return self._entry_meta(fingerprint, opened)
 
-    def check_blob_envelope(self, digest: str, raw: bytes) -> None:
-        """Verify raw blob bytes as this cache would; raise IntegrityError if bad."""
-        problem = self._blob_problem(digest, raw)[0]
-        if problem is not None:
-            raise IntegrityError(problem)
+    def check_blob_envelope(self, digest: str, raw: bytes | pathlib.Path) -> None:
+        """Verify a blob envelope (bytes, or a file streamed); raise IntegrityError if bad."""
+        with _stream(raw) as stream:
+            opened = open_envelope(stream, kind=KIND_BLOB, name=digest, key=self._key)
+        if opened.meta or opened.digest != digest:
+            raise IntegrityError("content does not match its digest")
 
     def adopt(
-        self, entries: Mapping[str, bytes], blobs: Mapping[str, bytes]
+        self,
+        entries: Mapping[str, bytes | pathlib.Path],
+        blobs: Mapping[str, bytes | pathlib.Path],
     ) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """Write raw envelopes from elsewhere: all verified first, entries in one transaction.
 
-        Returns (taken, present): entries written, and entries kept because a complete
-        valid one was already here. Raises IntegrityError (writing nothing) if any
-        envelope fails or an entry's blob is neither given nor present.
+        Each envelope is given as bytes or as the path of a file holding it (archive
+        import: streamed, never held in memory whole). Returns (taken, present): entries
+        written, and entries kept because a complete valid one was already here. Raises
+        IntegrityError (writing nothing) if any envelope fails or an entry's blob is
+        neither given nor present.
         """
         dc = self._writable("import into it")
         assert self._reader is not None
@@ -1131,7 +1143,13 @@ class Cache:
                         "which is neither given nor in the cache"
                     )
         for digest, raw in blobs.items():
-            self._write_blob(digest, envelope=raw)
+            if isinstance(raw, pathlib.Path):
+                if not (self._reader.contains(digest, _TAG_BLOB)
+                        and self._verify_blob(digest) is None):
+                    with raw.open("rb") as f:
+                        dc.set(digest, f, read=True, tag=_TAG_BLOB)
+            else:
+                self._write_blob(digest, envelope=raw)
         taken: list[str] = []
         present: list[str] = []
         with dc.transact():
@@ -1143,7 +1161,12 @@ class Cache:
                 if existing is not None and not self._missing_blobs(existing[0]):
                     present.append(fp)
                     continue
-                dc.set(fp, entries[fp], tag=_TAG_ENTRY)
+                raw = entries[fp]
+                if isinstance(raw, pathlib.Path):
+                    with raw.open("rb") as f:
+                        dc.set(fp, f, read=True, tag=_TAG_ENTRY)
+                else:
+                    dc.set(fp, raw, tag=_TAG_ENTRY)
                 taken.append(fp)
             for task, m in _newest_by_task(metas[fp] for fp in taken).items():
                 current = self.latest(task)
