@@ -165,6 +165,9 @@ def _unwritable(directory: pathlib.Path) -> str | None:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         return f"cannot create it: {exc.strerror}"
+    with contextlib.suppress(OSError):
+        if os.statvfs(directory).f_bavail == 0:
+            return _FULL
     if not os.access(directory, os.W_OK):  # EROFS for a read-only mount, even for root
         return "it is read-only"
     db = directory / "cache.db"
@@ -288,13 +291,18 @@ class Cache:
         reason = _unwritable(self._directory)
         if reason is None:
             problems = audit_store(self._directory)
+            if problems and any("disk I/O error" in p for p in problems):
+                # Not evidence of tampering: SQLite could not read (a full disk cannot
+                # give a read-only connection its -shm file).
+                reason = _FULL if _no_space(OSError(), self._directory) else problems[0]
+                problems = []
             if problems:
                 raise CacheError(
                     f"the cache in {self._directory} was not written by taskrun, or was "
                     f"tampered with ({'; '.join(problems[:3])}); it was not opened. Move "
                     "that directory aside (or import results with `taskrun cache import`)"
                 )
-            reason = self._open_dc()
+            reason = reason or self._open_dc()
         if reason is not None:
             self._read_only_reason = reason
             self._mode = "read"
@@ -445,7 +453,10 @@ class Cache:
             fcntl.flock(fd, fcntl.LOCK_SH)
 
     def _recreate_database(self) -> bool:
-        """Remove cache.db (and -wal, -shm) and open a new one, if no writer has it open."""
+        """Remove cache.db (and -wal, -shm) if no writer has it open; then open a new one.
+
+        True when the database was removed (a new one is open if there was room for it).
+        """
         try:
             fd = os.open(self._directory / "locks" / _WRITERS, os.O_RDWR | os.O_CLOEXEC)
         except OSError:
@@ -464,11 +475,11 @@ class Cache:
         finally:
             if fd is not None:
                 os.close(fd)
-        if self._open_dc() is not None:
-            return False
-        self._read_only_reason = None
-        self._mode = "rw"
-        self._reader = StoreReader(self._directory, live=True)
+        self._reader = StoreReader(self._directory, live=False)
+        if self._open_dc() is None:
+            self._read_only_reason = None
+            self._mode = "rw"
+            self._reader = StoreReader(self._directory, live=True)
         return True
 
     def _orphans(self) -> dict[str, int]:
@@ -926,8 +937,29 @@ class Cache:
             names = [self._reader.value_file(k) for k in keys]
             return [*self._orphans(), *(n for n in names if n is not None)]
 
-        dc = self._writable("collect garbage", free_first)
-        orphans, orphan_bytes = self._sweep_orphans()
+        found = self._orphans()  # counted before: on a full disk free_first removes them
+        try:
+            dc = self._writable("collect garbage", free_first)
+        except CacheError:
+            if self._read_only_reason != _FULL:
+                raise
+            # Still no room for the database: what free_first unlinked is all gc can do.
+            # Those entries now miss (their files are gone); the next gc with room
+            # removes their rows.
+            self._warn("the disk is still full: removed value files only; the index "
+                       "will be tidied by the next gc")
+            left = self._orphans()
+            return GcReport(
+                removed=tuple(sorted(doomed)),
+                removed_blobs=0,
+                kept=len(metas) - len(doomed),
+                freed_bytes=sum(size for name, size in found.items() if name not in left),
+                removed_orphans=sum(1 for name in found if name not in left),
+            )
+        self._sweep_orphans()
+        left = self._orphans()
+        orphans = sum(1 for name in found if name not in left)
+        orphan_bytes = sum(size for name, size in found.items() if name not in left)
         for fp in doomed:
             dc.delete(fp)
             del metas[fp]
@@ -993,7 +1025,13 @@ class Cache:
             except CacheError:
                 if not self._recreate_database():
                     raise
-                dc = self._writable("clear it")
+                if self._dc is None:
+                    # The database is gone and even a new one does not fit yet: the cache
+                    # is empty, which is what was asked; the next writer creates it anew.
+                    with contextlib.suppress(FileNotFoundError):
+                        (self._directory / _LAST_RUN).unlink()
+                    return count
+                dc = self._dc
         else:
             dc = self._writable("clear it")
             assert self._reader is not None

@@ -220,6 +220,14 @@ class StoreReader:
                     self._conn = self._connect(immutable=False)
                     self._immutable = False
                     continue
+                if attempt == 1 and not self._live and "disk I/O error" in str(error):
+                    # A read-only connection to a WAL database needs room for -shm; on a
+                    # full disk read the main file as it is. What a -wal still holds is
+                    # not seen: an older view, every value still verified when read.
+                    self._conn.close()
+                    self._conn = self._connect(immutable=True)
+                    self._immutable = True
+                    continue
                 break
             raise CacheError(f"cannot read the cache database {self._db}: {error}") from error
 
