@@ -121,3 +121,64 @@ def test_overlap_check_has_no_false_negatives(p: list[str], q: list[str], path: 
     if matches(pa) and matches(pb):
         with pytest.raises(DefinitionError):
             check_disjoint_outputs({"t1": [a], "t2": [b]})
+
+
+# --------------------------------------------------------------------------- unmatched inputs
+
+
+def _input_project(tmp_path: Path, inputs: str) -> Path:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "in.csv").write_text("1,2\n")
+    (tmp_path / "tasks.py").write_text(
+        "from taskrun import task, optional\n"
+        f"@task(inputs={inputs})\n"
+        "def load() -> int:\n"
+        "    return 1\n"
+    )
+    return tmp_path
+
+
+def test_a_mistyped_input_is_an_error_naming_pattern_and_task(tmp_path: Path, run_cli) -> None:
+    """inputs=['dta/in.csv'] (a typo): exit 2, nothing runs, 'did you mean data/in.csv'."""
+    root = _input_project(tmp_path, "['dta/in.csv']")
+    result = run_cli(root, "run")
+    assert result.exit_code == 2, result.output
+    assert "'dta/in.csv'" in result.output and "task 'load'" in result.output
+    assert "did you mean 'data/in.csv'" in result.output
+    assert "tasks.py:" in result.output
+    assert not (root / ".taskrun" / "cache").exists() or "ran" not in result.stdout
+
+
+def test_a_glob_that_matches_nothing_is_an_error(tmp_path: Path, run_cli) -> None:
+    """A wildcard that matches no file is an error too, saying how to mark it optional."""
+    root = _input_project(tmp_path, "['logs/*.txt']")
+    result = run_cli(root, "run")
+    assert result.exit_code == 2
+    assert "'logs/*.txt'" in result.output and "optional(" in result.output
+
+
+def test_an_optional_glob_may_match_nothing(tmp_path: Path, run_cli) -> None:
+    """optional('logs/*.txt') matching nothing runs; a later match enters the fingerprint."""
+    root = _input_project(tmp_path, "['data/in.csv', optional('logs/*.txt')]")
+    assert run_cli(root, "run").exit_code == 0
+    (root / "logs").mkdir()
+    (root / "logs" / "a.txt").write_text("x")
+    again = run_cli(root, "run")
+    assert again.exit_code == 0 and "0 cached, 1 ran" in again.stdout
+
+
+def test_an_input_another_task_produces_is_not_an_error(tmp_path: Path, run_cli) -> None:
+    """An input that an upstream task's outputs will create need not exist yet."""
+    (tmp_path / "tasks.py").write_text(
+        "from pathlib import Path\n"
+        "from taskrun import task\n"
+        "@task(outputs=['build/gen.txt'])\n"
+        "def gen() -> None:\n"
+        "    Path('build').mkdir(exist_ok=True)\n"
+        "    Path('build/gen.txt').write_text('x')\n"
+        "@task(deps=[gen], inputs=['build/gen.txt'])\n"
+        "def use(gen: None) -> str:\n"
+        "    return Path('build/gen.txt').read_text()\n"
+    )
+    result = run_cli(tmp_path, "run")
+    assert result.exit_code == 0, result.output

@@ -399,3 +399,40 @@ def test_an_upstream_product_that_cannot_be_loaded_is_recomputed(tmp_path: Path)
     assert result.state("square") == "cached"
     warnings = [e for e in events if type(e).__name__ == "Warned"]
     assert any("could not be loaded" in e.message for e in warnings)  # type: ignore[attr-defined]
+
+
+def test_an_entry_that_cannot_be_restored_is_replaced_by_the_rerun(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Outputs that cannot be restored: the rerun's result replaces the entry, once."""
+    import uuid
+
+    import taskrun.files
+    from taskrun.errors import CacheError
+
+    reg = Registry()
+    with reg.activate():
+
+        @taskrun.task(outputs=["out.txt"])
+        def stamp() -> str:
+            note("stamp")
+            value = uuid.uuid4().hex
+            Path("out.txt").write_text(value)
+            return value
+
+    first = taskrun.run("stamp", registry=reg, root=tmp_path).products["stamp"]
+    real = taskrun.files.restore_outputs
+
+    def broken(*args: object, **kwargs: object) -> object:
+        raise CacheError("a directory is in the way")
+
+    monkeypatch.setattr(taskrun.files, "restore_outputs", broken)
+    (tmp_path / "out.txt").unlink()
+    second = taskrun.run("stamp", registry=reg, root=tmp_path).products["stamp"]
+    assert second != first and ran(tmp_path) == ["stamp", "stamp"]
+    monkeypatch.setattr(taskrun.files, "restore_outputs", real)
+    (tmp_path / "out.txt").unlink()
+    third = taskrun.run("stamp", registry=reg, root=tmp_path)
+    assert third.tasks["stamp"].state == "cached"
+    assert third.products["stamp"] == second
+    assert (tmp_path / "out.txt").read_text() == second
