@@ -379,7 +379,10 @@ def clean_cmd(ctx: click.Context, tasks: tuple[str, ...], dry_run: bool) -> None
     Only files matching a task's `outputs=` globs are removed; the cache keeps its copies,
     so the next `taskrun run` restores them without running anything.
     """
-    from taskrun.files import clean_outputs
+    import os
+
+    from taskrun.files import clean_outputs, own_places
+    from taskrun.project import CACHE_DIR
 
     project = _project(ctx)
     registry = project.registry
@@ -387,7 +390,10 @@ def clean_cmd(ctx: click.Context, tasks: tuple[str, ...], dry_run: bool) -> None
     from taskrun.mapping import output_globs
 
     patterns = {n: output_globs(registry.tasks[n]) for n in names if registry.tasks[n].outputs}
-    removed = clean_outputs(patterns, project.root, dry_run=dry_run)
+    # Never the cache (wherever it is) nor .taskrun, even if an output glob covers them.
+    cache_dir = os.environ.get("TASKRUN_CACHE_DIR") or project.settings.cache_dir or CACHE_DIR
+    own = own_places(project.root, project.root / cache_dir)
+    removed = clean_outputs(patterns, project.root, dry_run=dry_run, exclude=own)
     verb = "would remove" if dry_run else "removed"
     for path in removed:
         click.echo(f"{verb} {path}")

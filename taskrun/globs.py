@@ -483,19 +483,26 @@ def _closest(root: str, parts: tuple[str, ...]) -> str:
     return ""
 
 
-def check_inputs_match(specs: Mapping[str, object], root: Path) -> None:
+def check_inputs_match(
+    specs: Mapping[str, object],
+    root: Path,
+    *,
+    outputs: Mapping[str, tuple[Sequence[str], str]] | None = None,
+) -> None:
     """Raise :class:`DefinitionError` naming each ``inputs=`` pattern that matches nothing.
 
     SPECS maps task name -> TaskSpec (``inputs``, ``outputs``, ``where``). A pattern passes
     when it matches an existing file, is marked :class:`optional`, or can name a file that
-    some task in SPECS declares as an output (it will exist once that task has run).
+    some task in SPECS declares as an output (it will exist once that task has run);
+    OUTPUTS (task -> (globs, where)) gives those globs when they are not ``spec.outputs``.
     """
     root_abs = os.path.abspath(root)
-    outputs = [
-        compile_pattern(text)
-        for spec in specs.values()
-        for text in getattr(spec, "outputs", ())
-    ]
+    declared = (
+        [globs for globs, _ in outputs.values()]
+        if outputs is not None
+        else [getattr(spec, "outputs", ()) for spec in specs.values()]
+    )
+    produced = [compile_pattern(text) for globs in declared for text in globs]
     problems = []
     for task, spec in specs.items():
         for text in getattr(spec, "inputs", ()):
@@ -504,7 +511,7 @@ def check_inputs_match(specs: Mapping[str, object], root: Path) -> None:
             pattern = compile_pattern(text, f"task '{task}': input")
             if expand(pattern, root_abs)[1]:
                 continue
-            if any(_patterns_meet(pattern, out) for out in outputs):
+            if any(_patterns_meet(pattern, out) for out in produced):
                 continue
             close = _closest(root_abs, pattern.parts)
             hint = f" (did you mean '{close}'?)" if close else ""
