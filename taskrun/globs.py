@@ -506,8 +506,8 @@ def check_inputs_match(
     problems = []
     for task, spec in specs.items():
         for text in getattr(spec, "inputs", ()):
-            if isinstance(text, optional):
-                continue
+            if isinstance(text, optional) or text.startswith(("/", "@")):
+                continue  # external inputs (`@name/...`) are resolved and checked elsewhere
             pattern = compile_pattern(text, f"task '{task}': input")
             if expand(pattern, root_abs)[1]:
                 continue

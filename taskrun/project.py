@@ -86,12 +86,15 @@ def mark_state_dir(root: Path) -> None:
     state = root / STATE_DIR
     if (state / "CACHEDIR.TAG").is_file():  # perf: one stat on every run after the first
         return
-    state.mkdir(parents=True, exist_ok=True)
+    try:
+        state.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return  # a read-only checkout (or a full disk) must still run: it only marks
     for name, text in (
         (".gitignore", "# taskrun's local state and cache; never commit it\n*\n"),
         ("CACHEDIR.TAG", _CACHEDIR_TAG),
     ):
-        with contextlib.suppress(FileExistsError):
+        with contextlib.suppress(OSError):  # exists already, or cannot be written
             with open(state / name, "x", encoding="utf-8") as fh:
                 fh.write(text)
 
