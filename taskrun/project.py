@@ -436,12 +436,15 @@ def _run_from_cli(
         from taskrun.runs import record_run
 
         # Every run leaves a record under .taskrun/runs, written as it goes.
-        recorder = record_run(
-            project.root, invocation, settings.keep_runs, executor=executor,
-            jobs=jobs or settings.jobs or os.cpu_count() or 1, runtime=runtime,
-            cache_mode=mode, warn=reporter.warning,
-        )
-        sink = _tee(reporter, recorder)
+        try:
+            recorder = record_run(
+                project.root, invocation, settings.keep_runs, executor=executor,
+                jobs=jobs or settings.jobs or os.cpu_count() or 1, runtime=runtime,
+                cache_mode=mode, warn=reporter.warning,
+            )
+            sink = _tee(reporter, recorder)
+        except OSError as exc:  # a read-only checkout, a full disk: run without a record
+            reporter.warning(f"this run is not recorded under .taskrun/runs: {exc}")
     error = ""
     try:
         if dry_run:
