@@ -1,22 +1,43 @@
-"""``sh``: run a command from a task, its output both captured and shown in the task's log."""
+"""``sh``: run a command from a task, its output both captured and shown in the task's log.
+
+Every command runs in a process group of its own (a new session), so that everything it
+starts can be killed at once: at its timeout, on Ctrl-C, and when the task that ran it is
+cancelled or timed out. The groups are remembered in a :class:`ProcessGroups` registry:
+the one of the task running in this thread (the in-process executors open one per call
+with :func:`collecting_groups`), else the process-wide :data:`GROUPS` (what a process
+worker kills before it exits). A group is forgotten once it is empty; one that outlives
+its command (``cmd &``) is killed with its registry, at the latest when the executor shuts
+down, so no child of a task outlives the run.
+"""
 
 from __future__ import annotations
 
 import codecs
+import contextlib
 import os
 import selectors
 import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
 from taskrun.errors import ShellError
 
-__all__ = ["ShResult", "sh"]
+__all__ = [
+    "GROUPS",
+    "ProcessGroups",
+    "ShResult",
+    "adopt_orphans",
+    "collecting_groups",
+    "kill_children",
+    "kill_group",
+    "sh",
+]
 
 TAIL_LINES = 20
 ECHO_ENV = "TASKRUN_ECHO_COMMANDS"  # set by `taskrun run -v`: sh() prints each command first
@@ -72,6 +93,7 @@ def sh(
     if echo and os.environ.get(ECHO_ENV):  # `taskrun run -v`: show what runs, in the log
         sys.stdout.write(f"$ {display}\n")
         sys.stdout.flush()
+    groups = current_groups()
     try:
         proc = subprocess.Popen(
             args,
@@ -81,6 +103,10 @@ def sh(
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
+            # Its own group (and session, so no terminal signal reaches it behind our
+            # back): killing the group kills what the command started, `sleep` in
+            # `sleep 30; echo done` included, not only the shell.
+            start_new_session=True,
         )
     except OSError as exc:
         raise ShellError(
@@ -88,13 +114,27 @@ def sh(
             command=display,
             returncode=None,
         ) from exc
+    if not groups.add(proc.pid):
+        # The task was cancelled or timed out meanwhile (its thread runs on, abandoned).
+        kill_group(proc.pid)
+        proc.wait()
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+        raise ShellError(
+            f"command `{display}` was not run: its task was cancelled",
+            command=display,
+            returncode=None,
+        )
     try:
         stdout, stderr, combined, timed_out = _collect(proc, timeout, echo)
     except BaseException:
-        # Ctrl-C or a failing echo stream: never leave the child running behind us.
-        proc.kill()
+        # Ctrl-C or a failing echo stream: never leave the command's group running.
+        kill_group(proc.pid)
         proc.wait()
+        groups.settled(proc.pid)
         raise
+    groups.settled(proc.pid)
     returncode = proc.returncode
     if timed_out:
         raise ShellError(
@@ -169,7 +209,7 @@ def _collect(
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            kill_group(proc.pid)
             out, err = proc.communicate()
             timed_out = True
         for stream, data in zip(streams, (out, err), strict=True):
@@ -195,15 +235,198 @@ def _collect(
         for stream in streams:
             stream.pipe.close()
         if timed_out:
-            proc.kill()
+            kill_group(proc.pid)  # before reaping: the group id cannot have been reused
         try:
             remaining = None if deadline is None else max(deadline - time.monotonic(), 0)
             proc.wait(remaining)
         except subprocess.TimeoutExpired:
             timed_out = True
-            proc.kill()
+            kill_group(proc.pid)
             proc.wait()
         if timed_out:
             for stream in streams:
                 stream.feed(b"", combined)
     return "".join(streams[0].chunks), "".join(streams[1].chunks), "".join(combined), timed_out
+
+
+# -- process groups -------------------------------------------------------------------------
+
+
+def kill_group(pgid: int) -> None:
+    """SIGKILL every process of group ``pgid`` (gone already: nothing to do)."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # pragma: no cover - someone else's process took the id
+        return False
+    return True
+
+
+class ProcessGroups:
+    """The process groups ``sh()`` started for one owner: a task call, an executor, a worker.
+
+    Thread-safe. :meth:`kill` kills every group (and those of the registries made with
+    :meth:`child`) and closes the registry: a command started for it afterwards (by a task
+    thread that was abandoned at its timeout and runs on) is killed at once and fails.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pgids: set[int] = set()
+        self._children: set[ProcessGroups] = set()
+        self._parent: ProcessGroups | None = None
+        self._closed = False
+
+    def child(self) -> ProcessGroups:
+        """A registry for one call, killed with this one."""
+        sub = ProcessGroups()
+        with self._lock:
+            sub._parent = self
+            if self._closed:
+                sub._closed = True
+            else:
+                self._children.add(sub)
+        return sub
+
+    def add(self, pgid: int) -> bool:
+        """Remember group ``pgid``; False if this registry was killed already."""
+        with self._lock:
+            if self._closed:
+                return False
+            self._pgids.add(pgid)
+            return True
+
+    def settled(self, pgid: int) -> None:
+        """The command that leads ``pgid`` was reaped: forget the group unless strays remain."""
+        if not _group_alive(pgid):
+            with self._lock:
+                self._pgids.discard(pgid)
+
+    def done(self) -> None:
+        """The owner call ended: detach from the parent, unless groups live on (killed later)."""
+        with self._lock:
+            self._pgids = {p for p in self._pgids if _group_alive(p)}
+            idle = not self._pgids and not self._children
+            parent = self._parent
+        if idle and parent is not None:
+            with parent._lock:
+                parent._children.discard(self)
+
+    def kill(self) -> int:
+        """Kill every group of this registry and its children; close it. Returns how many."""
+        with self._lock:
+            self._closed = True
+            pgids, self._pgids = self._pgids, set()
+            children, self._children = self._children, set()
+        for pgid in pgids:
+            kill_group(pgid)
+        return len(pgids) + sum(sub.kill() for sub in children)
+
+    def reopen(self) -> None:
+        """Accept new groups again after :meth:`kill` (an executor that stays usable)."""
+        with self._lock:
+            self._closed = False
+
+
+GROUPS = ProcessGroups()  # groups started outside any task call (process workers, scripts)
+_scope = threading.local()  # .groups: the registry of the call this thread is running
+
+
+def current_groups() -> ProcessGroups:
+    """The registry ``sh()`` uses in this thread."""
+    groups: ProcessGroups | None = getattr(_scope, "groups", None)
+    return GROUPS if groups is None else groups
+
+
+@contextlib.contextmanager
+def collecting_groups(groups: ProcessGroups) -> Iterator[ProcessGroups]:
+    """Register the groups that ``sh()`` starts in this thread with ``groups``."""
+    previous = getattr(_scope, "groups", None)
+    _scope.groups = groups
+    try:
+        yield groups
+    finally:
+        _scope.groups = previous
+
+
+# -- the CLI's last resort: children nobody registered ---------------------------------------
+
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def adopt_orphans() -> bool:
+    """Make orphaned descendants this process's children (Linux), so :func:`kill_children`
+    finds what a task left behind after its parent exited (``os.system("cmd &")``).
+
+    Only for a process that owns everything below it, like the ``taskrun`` command; False
+    where the platform does not offer it.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+    except (OSError, AttributeError):  # pragma: no cover - no libc prctl
+        return False
+
+
+def _children() -> list[tuple[int, str, int]]:
+    """(pid, state, process group) of this process's children, from /proc (Linux)."""
+    me = os.getpid()
+    found = []
+    try:
+        names = os.listdir("/proc")
+    except OSError:  # pragma: no cover - no procfs
+        return []
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                stat = f.read().decode("ascii", "replace")
+        except OSError:
+            continue  # gone meanwhile
+        # pid (comm) state ppid pgrp ...; comm may hold spaces and parentheses
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if len(fields) >= 3 and int(fields[1]) == me:
+            found.append((int(name), fields[0], int(fields[2])))
+    return found
+
+
+def kill_children(keep: Sequence[int] = ()) -> int:
+    """Kill this process's remaining children (with their groups when they lead their own)
+    and reap them; returns how many were alive. Linux only (reads /proc); else 0.
+
+    For the end of a ``taskrun run``: a task in the driver (thread and inline executors)
+    that started a process and never waited for it would otherwise keep running, holding
+    the driver's stdout open (``taskrun run | cat`` would not end).
+    """
+    mine = os.getpgrp()
+    killed = 0
+    for pid, state, pgid in _children():
+        if pid in keep:
+            continue
+        if state not in ("Z", "X"):
+            killed += 1
+            try:
+                if pgid != mine:
+                    os.killpg(pgid, signal.SIGKILL)
+                else:  # in our own group (and our caller's, `| cat` too): only itself
+                    os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:  # reaped by its Popen meanwhile
+            pass
+    return killed

@@ -27,6 +27,7 @@ that do such writes.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
@@ -38,6 +39,7 @@ from dataclasses import replace
 from typing import Any, TextIO
 
 from taskrun.executors.base import Call, Outcome, call_function
+from taskrun.shell import ProcessGroups, collecting_groups
 
 __all__ = ["STREAMS", "LocalSession", "RoutedStream", "current_sink", "routed_to", "run_here"]
 
@@ -250,17 +252,25 @@ def run_here(
     *,
     interruptible: bool,
     cancel: threading.Event | None = None,
+    groups: ProcessGroups | None = None,
 ) -> Outcome:
     """Run ``call`` in this thread with its output routed to ``sink``.
 
     ``sink`` is an ``io.StringIO`` or a :class:`taskrun.streaming.LineSink` (which sends
     each line on as it is written, and is finished here: every line is out before the
     outcome). ``cancel`` is what :func:`taskrun.cancelled` reads in the task while it runs.
+    The process groups its ``sh()`` commands start are registered with ``groups``, so the
+    executor can kill them when the call times out or is cancelled.
     """
     from taskrun.outcome import cancel_scope
 
-    with routed_to(sink), cancel_scope(cancel):
-        outcome = call_function(call.task, call.fn, call.kwargs, interruptible=interruptible)
+    scope = collecting_groups(groups) if groups is not None else contextlib.nullcontext()
+    try:
+        with routed_to(sink), cancel_scope(cancel), scope:
+            outcome = call_function(call.task, call.fn, call.kwargs, interruptible=interruptible)
+    finally:
+        if groups is not None:
+            groups.done()
     finish = getattr(sink, "finish", None)
     if finish is not None:
         finish()

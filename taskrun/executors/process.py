@@ -13,8 +13,9 @@ Processes and threads:
   ``if __name__ == "__main__"`` guard. Each worker gets the driver's ``sys.path`` (in a
   file) and one end of a socket pair (a ``multiprocessing.connection.Connection``), and
   runs in its own session, so Ctrl-C in the terminal reaches only the driver (which then
-  cancels) and killing the worker's process group also kills whatever the task started
-  (``sh(...)``).
+  cancels) and killing the worker's process group also kills whatever the task started;
+  ``sh(...)`` commands run in process groups of their own, which the worker kills when it
+  gets SIGTERM or exits.
   A worker exits when the driver closes the connection, and kills its group if the driver
   dies without doing so (it polls its parent id).
 - **One dispatcher thread** in the driver, started with the first call, owns the workers:
@@ -62,6 +63,7 @@ from taskrun.executors.base import (
     timed_out_outcome,
 )
 from taskrun.executors.trampoline import decode_result, encode_call, run_pickled
+from taskrun.shell import GROUPS
 from taskrun.streaming import (
     TAIL_INTERVAL,
     CallbackChannel,
@@ -478,7 +480,9 @@ class ProcessExecutor(Executor):
             worker.conn.close()
         end = time.monotonic() + self.grace
         for worker in self._workers:
-            _bury(worker, patience=max(0.0, end - time.monotonic()), kill_group=False)
+            # Its group too: a task's stray child (`cmd &`, a Popen never waited for) must
+            # not outlive the run, holding a pipe open (`taskrun run | cat`).
+            _bury(worker, patience=max(0.0, end - time.monotonic()))
         self._workers.clear()
         for worker, _ in self._dying:
             _bury(worker, patience=max(0.0, end - time.monotonic()))
@@ -566,7 +570,10 @@ def worker_main(fd: int, capture_path: str) -> None:
     conn = Connection(fd)
     os.set_inheritable(fd, False)  # a task's child processes must not hold it open
     faulthandler.enable(file=sys.stderr, all_threads=True)
-    # On SIGTERM (a timeout, a cancel) write where the task was stuck, then die as usual.
+    # On SIGTERM (a timeout, a cancel): kill the groups of the task's sh() commands (they
+    # are sessions of their own, out of reach of the killpg that reached us), ...
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    # ... after faulthandler wrote where the task was stuck (it chains to the handler).
     faulthandler.register(signal.SIGTERM, file=sys.stderr, all_threads=False, chain=True)
     _watch_parent(os.getppid(), capture_path)
     conn.send_bytes(_HELLO)
@@ -577,17 +584,28 @@ def worker_main(fd: int, capture_path: str) -> None:
         with sending:
             conn.send_bytes(data)
 
-    while True:
-        try:
-            payload, cwd, logs = conn.recv()
-        except EOFError:
-            return
-        set_channel(CallbackChannel(send_progress), process_wide=True)
-        with use_logging_setup(logs):  # the task file's logging.basicConfig() ran in the driver
-            result = run_pickled(payload, cwd, capture_path=capture_path)
-        set_channel(None, process_wide=True)
-        with sending:
-            conn.send_bytes(result)
+    try:
+        while True:
+            try:
+                payload, cwd, logs = conn.recv()
+            except EOFError:
+                return
+            set_channel(CallbackChannel(send_progress), process_wide=True)
+            with use_logging_setup(logs):  # the task file's logging.basicConfig() ran in the driver
+                result = run_pickled(payload, cwd, capture_path=capture_path)
+            set_channel(None, process_wide=True)
+            with sending:
+                conn.send_bytes(result)
+    finally:
+        GROUPS.kill()  # what tasks left running (`cmd &`) does not outlive the worker
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    """Kill the task's sh() process groups, then die of SIGTERM as if unhandled."""
+    GROUPS.kill()
+    faulthandler.unregister(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _watch_parent(parent: int, capture_path: str) -> None:
@@ -603,6 +621,7 @@ def _watch_parent(parent: int, capture_path: str) -> None:
                 remove(path)
             except OSError:
                 pass
+        GROUPS.kill()
         os.killpg(0, signal.SIGKILL)
 
     threading.Thread(target=watch, name="taskrun-parent-watch", daemon=True).start()

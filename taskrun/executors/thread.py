@@ -9,8 +9,9 @@ deadline. A thread cannot be killed, so a call that times out, or is running whe
 :meth:`ThreadExecutor.cancel` is called, is *abandoned*: its future resolves right away,
 its thread keeps running the user's code in the background (its result is dropped, and it
 exits when the code returns) and a fresh worker takes its place, so the pool stays at
-``jobs``. All shared state is guarded by one lock; futures are resolved outside it because
-their callbacks may submit more work.
+``jobs``; the commands it started with ``sh()`` are killed with their process groups, and
+it can start no more. All shared state is guarded by one lock; futures are resolved
+outside it because their callbacks may submit more work.
 
 Not ``concurrent.futures.ThreadPoolExecutor``: its workers are joined at interpreter exit,
 so one stuck task (the very thing a timeout is for) would hang the process on the way out.
@@ -37,6 +38,7 @@ from taskrun.executors.base import (
     timed_out_outcome,
 )
 from taskrun.executors.local import LocalSession, run_here
+from taskrun.shell import ProcessGroups
 
 __all__ = ["ThreadExecutor"]
 
@@ -60,6 +62,7 @@ class _Running:
     worker: _Worker
     sink: Any  # io.StringIO or streaming.LineSink
     started: float  # time.perf_counter()
+    groups: ProcessGroups  # of its sh() commands: killed when it is abandoned
     # Set when the call is cancelled while it runs: taskrun.cancelled() in the task reads it.
     cancel: threading.Event = field(default_factory=threading.Event)
     settled: bool = False  # its future has been (or is being) resolved; guarded by the lock
@@ -86,6 +89,7 @@ class ThreadExecutor(Executor):
         self._watchdog: threading.Thread | None = None
         self._closed = False
         self._session = LocalSession()
+        self._groups = ProcessGroups()  # every call's, so shutdown kills what tasks left
 
     def submit(self, call: Call) -> concurrent.futures.Future[Outcome]:
         job = _Job(call)
@@ -113,6 +117,7 @@ class ThreadExecutor(Executor):
             self._work.notify_all()
             self._timers.notify_all()
         _settle_cancelled(pending)
+        self._groups.kill()  # what tasks left running (`cmd &`) does not outlive the run
         self._session.close()
 
     # -- internals (names ending in _locked expect the lock held) --------------------------
@@ -143,6 +148,7 @@ class ThreadExecutor(Executor):
                 run.settled = True
                 run.cancel.set()
                 self._abandon_locked(run.worker)
+                run.groups.kill()
                 pending.append((run.job, run))
         self._running.clear()
         return pending
@@ -158,7 +164,9 @@ class ThreadExecutor(Executor):
                 job = self._queue.popleft()
                 if not job.future.set_running_or_notify_cancel():
                     continue  # the caller cancelled it while queued
-                run = _Running(job, worker, self.sink_for(job.call), time.perf_counter())
+                run = _Running(
+                    job, worker, self.sink_for(job.call), time.perf_counter(), self._groups.child()
+                )
                 self._running.add(run)
                 if job.call.timeout is not None:
                     deadline = time.monotonic() + job.call.timeout
@@ -167,7 +175,9 @@ class ThreadExecutor(Executor):
                     self._timers.notify()
             if self.feed is not None:
                 self.feed.started(job.call.task)
-            outcome = run_here(job.call, run.sink, interruptible=False, cancel=run.cancel)
+            outcome = run_here(
+                job.call, run.sink, interruptible=False, cancel=run.cancel, groups=run.groups
+            )
             with self._lock:
                 self._running.discard(run)
                 mine, run.settled = not run.settled, True
@@ -196,6 +206,7 @@ class ThreadExecutor(Executor):
                             run.settled = True
                             self._running.discard(run)
                             self._abandon_locked(run.worker)
+                            run.groups.kill()
                             expired.append(run)
                     if not expired:
                         wait = self._deadlines[0][0] - now if self._deadlines else None
