@@ -16,6 +16,7 @@ exit code the command line turns it into (``cli.py`` is the only place that does
     │   └── ProductTypeError (1)  a product failed its declared type
     ├── ShellError (1)            a command run with `sh(...)` exited non-zero
     └── Interrupted (130)         the run was cancelled by the user (Ctrl-C)
+        └── Terminated (143)      the run was stopped by SIGTERM
 
 ``TypeCheckError`` is the low-level failure of one value against one type; invocation
 gathers them into an :class:`InvocationError`, the scheduler into a :class:`TaskFailed`.
@@ -41,6 +42,7 @@ __all__ = [
     "ShellError",
     "TaskFailed",
     "TaskrunError",
+    "Terminated",
     "TypeCheckError",
     "UsageError",
     "did_you_mean",
@@ -160,3 +162,9 @@ class Interrupted(TaskrunError):
     """The run was cancelled (Ctrl-C); nothing in flight was recorded."""
 
     exit_code = 130
+
+
+class Terminated(Interrupted):
+    """The run was stopped by SIGTERM, cleaned up as after Ctrl-C (exit code 128 + 15)."""
+
+    exit_code = 143

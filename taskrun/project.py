@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Mapping, Sequence
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +25,7 @@ from taskrun.config import (
     find_task_file,
     load_settings,
 )
-from taskrun.errors import UsageError
+from taskrun.errors import Interrupted, Terminated, UsageError
 from taskrun.invocation import Invocation, invoke
 from taskrun.registry import Registry
 
@@ -312,6 +315,62 @@ def _tee(*sinks: Callable[[Any], None]) -> Callable[[Any], None]:
     return tee
 
 
+class _SigTerm(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that the run cleans up as after Ctrl-C."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Handle SIGTERM like Ctrl-C (cancel, kill the tasks' processes, record nothing in
+    flight), then raise :class:`Terminated` (exit code 143) instead of :class:`Interrupted`.
+
+    Only in the main thread (where signal handlers live); a second SIGTERM during the
+    cleanup is ignored, so the cleanup finishes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+
+    def handler(signum: int, frame: object) -> None:
+        if received:
+            return
+        received.append(signum)
+        raise _SigTerm()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    except (_SigTerm, Interrupted) as exc:
+        if not received:
+            raise
+        raise Terminated("terminated (SIGTERM); nothing in flight was recorded") from exc
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _no_child_left() -> Iterator[None]:
+    """No process a task started outlives ``taskrun run``, even one nobody registered.
+
+    Executors kill the process groups of the tasks' ``sh()`` commands and of their worker
+    processes; this catches the rest (a thread task's ``subprocess.Popen`` never waited
+    for, or the orphan of its ``os.system("cmd &")``, adopted as our child), once the
+    executor is shut down. Only for the ``taskrun`` command, which owns its process.
+    """
+    from taskrun.shell import adopt_orphans, kill_children
+
+    adopt_orphans()
+    try:
+        yield
+    finally:
+        keep = []
+        tracker = sys.modules.get("multiprocessing.resource_tracker")
+        if tracker is not None:  # Dask's; it exits by itself when we do
+            keep.append(getattr(getattr(tracker, "_resource_tracker", None), "_pid", None))
+        kill_children(keep=[pid for pid in keep if pid])
+
+
 def run_from_cli(
     project: Project,
     targets: Sequence[str],
@@ -333,10 +392,17 @@ def run_from_cli(
     quiet: int,
     verbose: int,
     overrides: Sequence[str] = (),
+    own_process: bool = False,
 ) -> int:
-    """``taskrun run``: validate, then run or plan; returns the exit code."""
+    """``taskrun run``: validate, then run or plan; returns the exit code.
+
+    SIGTERM is handled like Ctrl-C, with exit code 143. ``own_process``: this process is
+    the ``taskrun`` command, so every child it has left at the end is a task's and is
+    killed (never in a program that calls the CLI in-process, such as a test).
+    """
+    sweep = _no_child_left() if own_process else contextlib.nullcontext()
     replacements = load_overrides(project, overrides)
-    with project.registry.override_many(replacements):
+    with _sigterm_as_interrupt(), sweep, project.registry.override_many(replacements):
         return _run_from_cli(
             project, targets, assignments, jobs=jobs, executor=executor,
             dask_address=dask_address, dask_ship_files=dask_ship_files, force=force,
@@ -416,10 +482,6 @@ def _run_from_cli(
     mode = cache_mode or settings.cache_mode or "rw"
     if dry_run and mode == "rw":
         mode = "read"  # a dry run writes nothing, not even a new cache directory
-    cache = open_cache(
-        project.root, cache_dir or settings.cache_dir, size_limit=settings.cache_size,
-        mode=mode, on_warning=reporter.warning,
-    )
     runtime = runtime_of(settings.runtime, project.root)
     executor = executor or settings.executor or "thread"
     address = dask_address or settings.dask_address or os.environ.get("DASK_SCHEDULER_ADDRESS")
@@ -446,7 +508,14 @@ def _run_from_cli(
         except OSError as exc:  # a read-only checkout, a full disk: run without a record
             reporter.warning(f"this run is not recorded under .taskrun/runs: {exc}")
     error = ""
+    cache: Any = None
     try:
+        # Opened inside the try that closes it: anything that raised between the two (a
+        # failing probe, the run record) once leaked it (a ResourceWarning on 3.13).
+        cache = open_cache(
+            project.root, cache_dir or settings.cache_dir, size_limit=settings.cache_size,
+            mode=mode, on_warning=reporter.warning,
+        )
         if dry_run:
             from taskrun.scheduler import Scheduler
 
@@ -471,7 +540,8 @@ def _run_from_cli(
     finally:
         # Also on errors and Ctrl-C: the live view must be erased before the message.
         reporter.close()
-        cache.close()
+        if cache is not None:
+            cache.close()
         echo.close()
         if recorder is not None:
             recorder.close(error)
