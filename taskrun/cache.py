@@ -28,6 +28,7 @@ diskcache (its constructor writes to the database), so it writes nothing at all.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import errno
@@ -805,6 +806,20 @@ class Cache:
         The caller must ``release()`` it (or use it as a context manager).
         """
         return self._acquire(fingerprint, blocking=False)
+
+    def wait_lock(self, fingerprint: str) -> concurrent.futures.Future[HeldLock]:
+        """The per-fingerprint lock, once free, from a thread that blocks for it (no polling).
+
+        See :meth:`FingerprintLocks.wait`; :func:`taskrun.locks.abandon` gives it up.
+        """
+        _check_name(fingerprint, "fingerprint")
+        if self._dc is None:
+            done: concurrent.futures.Future[HeldLock] = concurrent.futures.Future()
+            done.set_result(HeldLock(fingerprint, None))
+            return done
+        if self._locks is None:
+            self._locks = FingerprintLocks(self._directory / "locks")
+        return self._locks.wait(fingerprint)
 
     def _acquire(self, fingerprint: str, *, blocking: bool) -> HeldLock | None:
         _check_name(fingerprint, "fingerprint")

@@ -37,7 +37,6 @@ __all__ = ["ExplainItem", "RunResult", "Scheduler", "TaskResult"]
 
 EventSink = Callable[[ev.Event], None]
 _BATCH = 256  # perf: entries written per transaction at most (see _flush)
-_POLL = 0.05  # perf: how often parked tasks (another process holds their lock) look again
 T = TypeVar("T")
 
 
@@ -168,6 +167,7 @@ class _Node:
         "error",
         "forced",
         "future",
+        "wait",
         "target",
         "hint",
         "latest",
@@ -198,6 +198,7 @@ class _Node:
         self.error = ""
         self.forced = False
         self.future: cf.Future[Any] | None = None
+        self.wait: cf.Future[Any] | None = None  # the lock another process holds, once free
         self.target = target
         self.hint = ""
         self.latest: Any = None  # the task's newest cache entry, when a miss looked it up
@@ -233,7 +234,8 @@ class Scheduler:
     _digest_warned: set[str] = field(default_factory=set, init=False)
     _ready: deque[_Node] = field(default_factory=deque, init=False)
     _waiting: dict[str, int] = field(default_factory=dict, init=False)  # deps not done yet
-    _parked: list[_Node] = field(default_factory=list, init=False)
+    _queued: deque[_Node] = field(default_factory=deque, init=False)  # misses without a slot
+    _parked: dict[cf.Future[Any], _Node] = field(default_factory=dict, init=False)
     _running: dict[cf.Future[Any], _Node] = field(default_factory=dict, init=False)
     _calls: dict[str, Any] = field(default_factory=dict, init=False)
     _stopping: bool = field(default=False, init=False)
@@ -508,7 +510,9 @@ class Scheduler:
             if not running and not parked and not self._timers and not self._ready:
                 return True
             self._flush()  # before waiting: store what is finished
-            timeout = _POLL if parked else 0.5
+            # Parked tasks wait on their lock's future as running ones on theirs: no
+            # polling (the 0.5 s timeout only keeps Ctrl-C responsive).
+            timeout = 0.5
             if self._timers:
                 timeout = min(timeout, max(0.0, self._timers[0][0] - time.monotonic()))
             if deadline is not None:
@@ -517,13 +521,15 @@ class Scheduler:
                     return False
                 timeout = min(timeout, left)
             done, _ = cf.wait(
-                [*running, self._wake, *self._mapper.wakers()],
+                [*running, *parked, self._wake, *self._mapper.wakers()],
                 timeout=timeout,
                 return_when=cf.FIRST_COMPLETED,
             )
             for future in done:
                 if future is self._wake:
                     self._wake = cf.Future()  # seen; a later cancel() resolves the new one
+                elif future in parked:
+                    self._unpark(parked.pop(future), future)
                 elif future in running:
                     self._collect(future)
             self._mapper.drain()  # items yielded by generators still running
@@ -534,12 +540,14 @@ class Scheduler:
             self._stop(node.name)
 
     def _advance(self) -> None:
-        """Decide every task whose dependencies are done; submit the misses."""
-        # Parked tasks first: the other process may have finished and stored the entry.
-        for node in list(self._parked):
-            if self._try_lock(node):
-                self._parked.remove(node)
-                self._decide_locked(node)
+        """Decide every task whose dependencies are done; start misses while slots are free.
+
+        A miss takes its fingerprint's lock only when it gets a slot: locking every ready
+        miss at once made a second run on the same cache park all of them and wait, where
+        it could have computed its share. And nothing waits in an executor's queue, so
+        after a failure (fail-fast) no queued call can still start.
+        """
+        self._start_queued()
         ready = self._ready
         fresh: set[str] = set()  # fingerprinted by _prefetch for this very decision
         while ready:
@@ -565,12 +573,47 @@ class Scheduler:
                 self._fingerprint(node, self._upstream_digests(node, deps))
             if self._lookup(node):
                 continue
-            if not self._try_lock(node):
-                node.state = "parked"
-                self._parked.append(node)
-                self.on_event(ev.TaskWaiting(node.name))
+            self._queued.append(node)
+            self._start_queued()
+
+    def _free_slots(self) -> bool:
+        slots = getattr(self.executor, "slots", self.executor.jobs)
+        return slots is None or len(self._running) < slots
+
+    def _start_queued(self) -> None:
+        """Start queued misses while there are free slots; after a halt, only rule tasks."""
+        queued = self._queued
+        while queued and self._free_slots():
+            node = queued.popleft()
+            if node.state != "pending":
                 continue
-            self._decide_locked(node)
+            if self._halt and node.spec.run_if not in self._halt_rules:
+                self._skip(node, self._halt)  # queued behind a failure: never started
+                continue
+            if self._try_lock(node):
+                self._decide_locked(node)
+                continue
+            # Another process computes it: go on with other tasks; a helper thread sleeps
+            # until the lock is free (see _unpark).
+            node.state = "parked"
+            node.wait = self.cache.wait_lock(node.fp)
+            self._parked[node.wait] = node
+            self.on_event(ev.TaskWaiting(node.name))
+
+    def _unpark(self, node: _Node, wait: cf.Future[Any]) -> None:
+        """The other process released a parked task's lock: hit, normally, else run it."""
+        node.wait = None
+        node.state = "pending"
+        try:
+            node.lock = wait.result()
+        except OSError as exc:
+            self._warn(f"cannot wait for the lock of '{node.name}' ({exc}); running it", node)
+        if self._lookup(node):
+            self._release_lock(node)
+        else:  # queued again, first in line, without holding its lock until it has a slot
+            self._release_lock(node)
+            self._queued.appendleft(node)
+            self._start_queued()
 
     def _prefetch(self, fresh: set[str]) -> None:
         """Fingerprint the ready wave; fetch its local misses from the remote in one batch.
@@ -674,7 +717,7 @@ class Scheduler:
             node.lock = None
 
     def _decide_locked(self, node: _Node) -> None:
-        # Holding the lock: another process may have stored the entry while we waited.
+        # Holding the lock: another process may have stored the entry while it was queued.
         if node.lock is not None and self._lookup(node):
             self._release_lock(node)
             return
@@ -1188,8 +1231,11 @@ class Scheduler:
             if node.state == "retrying":
                 self._cancelled(node, self._halt, None)
         self._timers.clear()
-        for node in self._parked:
-            self._release_lock(node)
+        from taskrun.locks import abandon
+
+        for future, node in self._parked.items():
+            abandon(future)  # a lock taken later is released at once
+            node.wait = None
             node.state = "pending"
             self._ready.append(node)
         self._parked.clear()

@@ -122,6 +122,16 @@ class Executor(ABC):
             return io.StringIO()
         return self.feed.sink_for(call.task)
 
+    @property
+    def slots(self) -> int | None:
+        """How many calls the scheduler keeps in flight at once; None: no limit.
+
+        The scheduler submits a call only when it has a slot, so that nothing waits in an
+        executor's queue holding its fingerprint's lock, and fail-fast has nothing queued
+        to drop.
+        """
+        return self.jobs
+
     @abstractmethod
     def submit(self, call: Call) -> concurrent.futures.Future[Outcome]:
         """Start (or queue) ``call``; the future resolves to its :class:`Outcome`."""

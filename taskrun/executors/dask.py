@@ -171,6 +171,11 @@ class DaskExecutor(Executor):
         self._quiet = False
 
     @property
+    def slots(self) -> int | None:
+        # An external cluster's size sets the parallelism, which `jobs` does not know.
+        return self.jobs if self.address is None else None
+
+    @property
     def scheduler_address(self) -> str | None:
         """The address of the scheduler in use (the local cluster's too); None before connecting."""
         if self._client is None:
