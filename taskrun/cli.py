@@ -1,7 +1,7 @@
 """The ``taskrun`` command line: a thin click layer.
 
 This is the one place where errors become exit codes: 0 success, 1 a task failed,
-2 a definition/usage/invocation error, 130 interrupted. Heavy modules (the scheduler,
+2 a definition/usage/invocation error, 130 interrupted, 143 terminated (SIGTERM). Heavy modules (the scheduler,
 the cache, cloudpickle) are imported inside the commands that need them, so that
 ``taskrun list`` and ``--help`` start fast.
 """
@@ -63,7 +63,7 @@ def main(ctx: click.Context, task_file: Path | None, directory: Path | None) -> 
 
     \b
     Exit codes: 0 success, 1 a task failed, 2 a definition, usage or
-    invocation error, 130 interrupted.
+    invocation error, 130 interrupted, 143 terminated (SIGTERM).
     Shell completion (bash; zsh and fish alike):
       eval "$(_TASKRUN_COMPLETE=bash_source taskrun)"
     """
