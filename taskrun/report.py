@@ -545,8 +545,11 @@ class ConsoleReporter(PlainReporter):
         except (AttributeError, OSError, ValueError):
             pass
         if columns <= 0 or lines <= 0:  # not a terminal, or one that never set its size
+            # shutil's answer can be 0x0 too on Python 3.10 (it asks the same terminal;
+            # 3.11 falls back to 80x24 there), which cut every line to 10 characters.
             fallback = shutil.get_terminal_size()
-            columns, lines = columns or fallback.columns, lines or fallback.lines
+            columns = columns or fallback.columns or 80
+            lines = lines or fallback.lines or 24
         return columns, lines
 
     def _erase(self) -> str:
