@@ -1,9 +1,9 @@
 """The ``taskrun`` command line: a thin click layer.
 
 This is the one place where errors become exit codes: 0 success, 1 a task failed,
-2 a definition/usage/invocation error, 130 interrupted, 143 terminated (SIGTERM). Heavy modules (the scheduler,
-the cache, cloudpickle) are imported inside the commands that need them, so that
-``taskrun list`` and ``--help`` start fast.
+2 a definition/usage/invocation error, 130 interrupted, 143 terminated (SIGTERM). Heavy
+modules (the scheduler, the cache, cloudpickle) are imported inside the commands that need
+them, so that ``taskrun list`` and ``--help`` start fast.
 """
 
 from __future__ import annotations
@@ -76,6 +76,12 @@ def main(ctx: click.Context, task_file: Path | None, directory: Path | None) -> 
             raise UsageError(f"-C {directory}: no such directory")
         base = (base / directory).resolve()
     ctx.obj = _Where(base, task_file)
+
+
+def _owns_process() -> bool:
+    """Whether this process is the ``taskrun`` command (``python -m taskrun`` or the
+    console script), not a program that calls :func:`main` in-process (CliRunner)."""
+    return getattr(sys.modules.get("__main__"), "main", None) is main
 
 
 def _project(ctx: click.Context) -> Any:
@@ -295,7 +301,10 @@ def run_cmd(ctx: click.Context, targets: tuple[str, ...], assignments: tuple[str
 
     plain, inline_assignments = _split_targets(targets)
     project = _project(ctx)
-    code = run_from_cli(project, plain, [*assignments, *inline_assignments], **kwargs)
+    code = run_from_cli(
+        project, plain, [*assignments, *inline_assignments], own_process=_owns_process(),
+        **kwargs,
+    )
     ctx.exit(code)
 
 

@@ -327,3 +327,21 @@ def test_concurrent_runs_share_the_work(tmp_path: Path) -> None:
     for summary in summaries:
         assert summary["total"] == 6 and summary["cached"] + summary["ran"] == 6
         assert summary["failed"] == 0 and summary["skipped"] == 0
+
+
+def test_the_cli_in_process_leaves_the_callers_children_alone(tmp_path: Path) -> None:
+    """Only the `taskrun` command sweeps its children: a program calling the CLI keeps its own."""
+    from click.testing import CliRunner
+
+    from taskrun.cli import main
+
+    mark = marker()
+    mine = subprocess.Popen(["sleep", mark])
+    try:
+        root = project(tmp_path, "from taskrun import task\n\n@task\ndef a() -> int:\n    return 1\n")
+        result = CliRunner().invoke(main, ["-C", str(root), "run"])
+        assert result.exit_code == 0, result.output
+        assert mine.poll() is None and survivors(mark) == [mine.pid]
+    finally:
+        mine.kill()
+        mine.wait()
