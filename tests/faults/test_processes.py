@@ -338,7 +338,8 @@ def test_the_cli_in_process_leaves_the_callers_children_alone(tmp_path: Path) ->
     mark = marker()
     mine = subprocess.Popen(["sleep", mark])
     try:
-        root = project(tmp_path, "from taskrun import task\n\n@task\ndef a() -> int:\n    return 1\n")
+        source = "from taskrun import task\n\n@task\ndef a() -> int:\n    return 1\n"
+        root = project(tmp_path, source)
         result = CliRunner().invoke(main, ["-C", str(root), "run"])
         assert result.exit_code == 0, result.output
         assert mine.poll() is None and survivors(mark) == [mine.pid]
