@@ -234,7 +234,7 @@ def test_fail_fast_starts_nothing_after_a_failure(tmp_path: Path, executor: str)
     assert not (root / "ran-second").exists() and not (root / "ran-third").exists()
     events = [json.loads(line) for line in out.splitlines()]
     skipped = {e["task"]: e["reason"] for e in events if e["event"] == "skipped"}
-    reason = "not started: 'first' failed (use --keep-going to go on)"
+    reason = "stopped after 'first' failed (use --keep-going to go on)"
     assert skipped == {"second": reason, "third": reason}
     assert [e["task"] for e in events if e["event"] == "started"] == ["first"]
 
