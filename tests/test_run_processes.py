@@ -72,12 +72,20 @@ SLOW = """
 
 def test_two_processes_on_one_cache_compute_once(tmp_path: Path) -> None:
     """Two taskrun processes sharing a cache: one computes, the other waits and hits."""
-    root = project(tmp_path, SLOW)
+    gated = "while not os.path.exists('release'):\n            time.sleep(0.02)"
+    source = SLOW.replace("time.sleep(1.5)", gated).replace("import time", "import os, time")
+    root = project(tmp_path, source)
     first = start(root, "run", "slow")
-    wait_for(root / "started")
-    second = start(root, "run", "slow")
+    try:
+        wait_for(root / "started")
+        second = start(root, "run", "slow")
+        assert second.stdout is not None
+        waiting = second.stdout.readline()  # the first run holds the task until released
+    finally:
+        (root / "release").touch()
     out1, err1 = first.communicate(timeout=60)
     out2, err2 = second.communicate(timeout=60)
+    out2 = waiting + out2
     assert first.returncode == 0, err1
     assert second.returncode == 0, err2
     assert (root / "runs.log").read_text().split() == ["slow"]
