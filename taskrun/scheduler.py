@@ -576,20 +576,37 @@ class Scheduler:
             self._queued.append(node)
             self._start_queued()
 
-    def _free_slots(self) -> bool:
-        slots = getattr(self.executor, "slots", self.executor.jobs)
-        return slots is None or len(self._running) < slots
+    def _free_slots(self, node: _Node) -> bool:
+        """Whether the executor ``node`` would run on has a slot for it now."""
+        executor = self._mapper.executor(node)
+        slots = getattr(executor, "slots", executor.jobs)
+        if slots is None:
+            return True
+        # Per executor: a streaming generator on its own executor takes none of -j's slots.
+        busy = sum(1 for n in self._running.values() if self._mapper.executor(n) is executor)
+        return busy < slots
 
     def _start_queued(self) -> None:
-        """Start queued misses while there are free slots; after a halt, only rule tasks."""
+        """Start queued misses, first in first out, while their executor has a free slot.
+
+        After a halt (fail-fast, cancel) the queued misses that may not start are skipped
+        at once. perf: the head of the queue without a slot stops the walk, so each call
+        costs what it starts, not the length of the queue.
+        """
         queued = self._queued
-        while queued and self._free_slots():
-            node = queued.popleft()
+        if self._halt and queued:
+            for node in [n for n in queued if n.spec.run_if not in self._halt_rules]:
+                if node.state == "pending":
+                    self._skip(node, self._halt)  # queued behind a failure: never started
+            self._queued = queued = deque(n for n in queued if n.state == "pending")
+        while queued:
+            node = queued[0]
             if node.state != "pending":
+                queued.popleft()
                 continue
-            if self._halt and node.spec.run_if not in self._halt_rules:
-                self._skip(node, self._halt)  # queued behind a failure: never started
-                continue
+            if not self._free_slots(node):
+                break
+            queued.popleft()
             if self._try_lock(node):
                 self._decide_locked(node)
                 continue
