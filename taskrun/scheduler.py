@@ -235,6 +235,7 @@ class Scheduler:
     _ready: deque[_Node] = field(default_factory=deque, init=False)
     _waiting: dict[str, int] = field(default_factory=dict, init=False)  # deps not done yet
     _queued: deque[_Node] = field(default_factory=deque, init=False)  # misses without a slot
+    _announced: set[str] = field(default_factory=set, init=False)  # told queued, not started
     _parked: dict[cf.Future[Any], _Node] = field(default_factory=dict, init=False)
     _running: dict[cf.Future[Any], _Node] = field(default_factory=dict, init=False)
     _calls: dict[str, Any] = field(default_factory=dict, init=False)
@@ -575,6 +576,10 @@ class Scheduler:
                 continue
             self._queued.append(node)
             self._start_queued()
+            if node.state == "pending":  # waits for a slot: queued, not started
+                node.reasons = self._why(node)
+                self._announced.add(node.name)
+                self.on_event(ev.TaskQueued(node.name, node.reasons, node.attempt))
 
     def _free_slots(self, node: _Node) -> bool:
         """Whether the executor ``node`` would run on has a slot for it now."""
@@ -738,7 +743,8 @@ class Scheduler:
         if node.lock is not None and self._lookup(node):
             self._release_lock(node)
             return
-        node.reasons = self._why(node)
+        if node.name not in self._announced:
+            node.reasons = self._why(node)
         try:
             kwargs = self._arguments(node)
         except _UpstreamReload as reload:
@@ -797,7 +803,10 @@ class Scheduler:
 
         node.state = "running"
         node.calls += 1
-        self.on_event(ev.TaskQueued(node.name, node.reasons, node.attempt))
+        if node.name in self._announced:
+            self._announced.discard(node.name)  # told when it joined the queue
+        else:
+            self.on_event(ev.TaskQueued(node.name, node.reasons, node.attempt))
         ex = self._executor(node)
         if not (getattr(ex, "announces_start", False) and getattr(ex, "feed", None) is not None):
             # The executor does not say when a slot is free: count it as started now.
