@@ -28,10 +28,12 @@ runs) and the channel's reader threads (which only queue bytes).
 from __future__ import annotations
 
 import collections.abc as cabc
+import contextlib
 import enum
 import os
 import pathlib
 import queue
+import socket
 import string
 import threading
 import typing
@@ -357,7 +359,13 @@ class ItemChannel:
         except Exception:  # noqa: BLE001 - EOF: the generator ended (or its worker died)
             pass
         finally:
-            conn.close()
+            # Only this thread closes its connection: close() merely shuts the socket down
+            # (under the lock), so the descriptor is never closed twice — a second close
+            # could hit a descriptor number the process has meanwhile reused.
+            with self._lock:
+                if conn in self._conns:
+                    self._conns.remove(conn)
+                conn.close()
 
     def take(self) -> list[tuple[str, int, bytes]]:
         """Everything queued so far; ``wake`` is renewed first, so nothing is missed."""
@@ -378,10 +386,13 @@ class ItemChannel:
 
         with self._lock:
             self._closed = True
-            conns, self._conns = self._conns, []
+            for conn in self._conns:
+                # Wake the reader with EOF; it closes the connection itself.
+                with contextlib.suppress(OSError), socket.socket(
+                    fileno=os.dup(conn.fileno())
+                ) as sock:
+                    sock.shutdown(socket.SHUT_RDWR)
         self._listener.close()
-        for conn in conns:
-            conn.close()
         shutil.rmtree(self._dir, ignore_errors=True)
 
 
