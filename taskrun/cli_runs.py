@@ -60,18 +60,7 @@ def runs_cmd(ctx: click.Context, limit: int | None, as_json: bool) -> None:
 
     records = list_runs(_runs_dir(ctx))[:limit]
     if as_json:
-        doc = [
-            {
-                "id": r.id,
-                "state": r.state,
-                "started": r.started,
-                "elapsed": r.elapsed,
-                "command": r.header.get("command", []),
-                "summary": r.summary,
-                "line": r.line(),
-            }
-            for r in records
-        ]
+        doc = [r.brief() for r in records]
         click.echo(json.dumps(doc, indent=2))
         return
     if not records:

@@ -318,6 +318,18 @@ class RunRecord:
             text += ", " + ", ".join(busy)
         return text + f" after {self.elapsed:.1f}s"
 
+    def brief(self) -> dict[str, Any]:
+        """The run as one row of a list (`taskrun runs --json`, `/api/runs`)."""
+        return {
+            "id": self.id,
+            "state": self.state,
+            "started": self.started,
+            "elapsed": self.elapsed,
+            "command": self.header.get("command", []),
+            "summary": self.summary,
+            "line": self.line(),
+        }
+
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id,

@@ -100,18 +100,7 @@ class _Handler(BaseHTTPRequestHandler):
         from taskrun.runs import find_run, list_runs
 
         if path == "/api/runs":
-            doc = [
-                {
-                    "id": r.id,
-                    "state": r.state,
-                    "started": r.started,
-                    "elapsed": r.elapsed,
-                    "command": r.header.get("command", []),
-                    "summary": r.summary,
-                    "line": r.line(),
-                }
-                for r in list_runs(self.runs_dir)
-            ]
+            doc = [r.brief() for r in list_runs(self.runs_dir)]
             return HTTPStatus.OK, _json(doc), "application/json"
         if path == "/api/runs/current":
             record = self._current()
