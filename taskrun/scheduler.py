@@ -853,6 +853,10 @@ class Scheduler:
         self._done(node)
         node.error = outcome.error
         node.duration = outcome.duration
+        if not self.keep_going and not self._halt:
+            # Fail-fast: cancel first, then tell. A call a worker took up meanwhile is then
+            # reported (started, cancelled) before the failure, never as started after it.
+            self._stop(node.name)
         self.on_event(
             ev.TaskFailedEvent(
                 node.name,

@@ -173,8 +173,10 @@ class ThreadExecutor(Executor):
                     heapq.heappush(self._deadlines, (deadline, next(self._seq), run))
                     self._start_watchdog_locked()
                     self._timers.notify()
-            if self.feed is not None:
-                self.feed.started(job.call.task)
+                if self.feed is not None:
+                    # Under the lock: a cancel() that comes after this call was taken up
+                    # also comes after its `started` event, so events keep their order.
+                    self.feed.started(job.call.task)
             outcome = run_here(
                 job.call, run.sink, interruptible=False, cancel=run.cancel, groups=run.groups
             )
