@@ -273,6 +273,7 @@ class Cache:
         self._outcomes: dict[str, bool] = {}  # fingerprint -> hit, for the run's hit rate
         self._dc: diskcache.Cache | None = None
         self._reader: StoreReader | None = None
+        self._closed = False  # a product loaded after close() opens and closes its own read
         self._locks: FingerprintLocks | None = None  # opened on the first lock
         self._volume: int | None = None  # the store's size when last measured
         self._written = 0  # bytes stored by this object since then
@@ -395,6 +396,7 @@ class Cache:
         # then checkpoints and deletes cache.db-wal and -shm, and a later read-mode run
         # can open the database immutable, writing nothing (a read-only connection to a
         # WAL database would rewrite -shm).
+        self._closed = True
         if self._reader is not None:
             self._reader.close()
         if self._dc is not None:
@@ -570,6 +572,10 @@ class Cache:
     def _load(self, meta: EntryMeta, digest: str) -> object:
         fp = meta.fingerprint
         raw = self._reader.read(fp) if self._reader is not None else None
+        if self._closed and self._reader is not None:
+            # A lazy product (RunResult.products) read after the run closed its cache: the
+            # read reopened a connection, which must not be left to the garbage collector.
+            self._reader.close()
         if raw is None:
             raise IntegrityError(
                 f"cache entry {fp} of task '{meta.task}' vanished before "
