@@ -40,6 +40,7 @@ import math
 import os
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -114,7 +115,7 @@ class Feed:
 # -- the task's side --------------------------------------------------------------------------
 
 
-class Channel:
+class Channel(ABC):
     """Where :func:`progress` reports for the call running here; throttles, then sends."""
 
     def __init__(self) -> None:
@@ -129,8 +130,9 @@ class Channel:
         self._last = now
         self.send(done, total, message, time.time())
 
+    @abstractmethod
     def send(self, done: float, total: float | None, message: str, when: float) -> None:
-        raise NotImplementedError
+        """Deliver one progress report (subclasses: in the driver, or across a process)."""
 
 
 _here = threading.local()  # .channel: the channel of the call this thread runs (workers)
