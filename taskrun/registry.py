@@ -877,13 +877,18 @@ class Registry:
             self._replacement_spec(original, fn, (deps or {}).get(task))
             for original, (task, fn) in zip(originals, replacements.items(), strict=True)
         ]
+        saved_by_fn = dict(self._by_fn)
         for spec in swapped:
             self._tasks[spec.name] = spec
+            # A replacement answers to its task's name while it stands in, so a later
+            # (nested) override or a deps= list can name the fake as well as the original.
+            self._by_fn.setdefault(spec.fn, spec.name)
         try:
             yield swapped
         finally:
             for original in originals:
                 self._tasks[original.name] = original
+            self._by_fn = saved_by_fn
 
     def _replacement_spec(
         self, original: TaskSpec, replacement: Callable[..., Any], deps: Any

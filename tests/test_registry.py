@@ -548,6 +548,24 @@ def test_nested_overrides_unwind_in_order(pipeline: Registry) -> None:
         assert pipeline.get("count").fn is one
 
 
+def test_nested_overrides_of_dependent_tasks(pipeline: Registry, tmp_path: Path) -> None:
+    """Overriding the upstream, then (inside) its consumer, keeps the edge between the fakes."""
+
+    def fake_download(url: str = "http://example.invalid") -> str:
+        return "abc"
+
+    def fake_count(download: str, top: int = 3) -> int:
+        return len(download) * 10 + top
+
+    with pipeline.override("download", fake_download), pipeline.override("count", fake_count):
+        assert pipeline.get("count").deps[0].task == "download"
+        assert pipeline.get(fake_download).name == "download"
+        result = taskrun.run(["count"], registry=pipeline, cache_dir=tmp_path / "cache")
+        assert result.products["count"] == 33
+    with pytest.raises(UsageError):
+        pipeline.get(fake_download)
+
+
 @pytest.mark.parametrize("signature", ["download: str, top: int = 4) -> int",
                                        "download: str, top: int) -> int"])
 def test_override_accepts_other_defaults(
