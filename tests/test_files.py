@@ -24,6 +24,7 @@ from taskrun.files import (
     clean_outputs,
     content_digest,
     file_digest,
+    hashing,
     project_relative,
     restore_outputs,
     tree_digest,
@@ -46,20 +47,20 @@ def xxh(data: bytes) -> str:
 def hash_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Every file read by the hasher, in order."""
     calls: list[str] = []
-    real = files._hash_file
+    real = hashing._hash_file
 
     def counting(path: str) -> str:
         calls.append(path)
         return real(path)
 
-    monkeypatch.setattr(files, "_hash_file", counting)
+    monkeypatch.setattr(hashing, "_hash_file", counting)
     return calls
 
 
 @pytest.fixture
 def later(monkeypatch: pytest.MonkeyPatch) -> None:
     """Hashing happens 10 s after the files were written, so stat entries are settled."""
-    monkeypatch.setattr(files, "_now_ns", lambda: time.time_ns() + 10_000_000_000)
+    monkeypatch.setattr(hashing, "_now_ns", lambda: time.time_ns() + 10_000_000_000)
 
 
 # --------------------------------------------------------------------------- File / Dir
@@ -126,7 +127,7 @@ def test_file_digest_is_xxh3_128_of_bytes(tmp_path: Path) -> None:
 
 def test_large_file_is_hashed_in_chunks(tmp_path: Path) -> None:
     """A file larger than one read chunk hashes like its whole bytes."""
-    data = os.urandom(files._CHUNK * 2 + 12345)
+    data = os.urandom(hashing._CHUNK * 2 + 12345)
     path = write(tmp_path / "big.bin", data)
     assert file_digest(path) == xxh(data)
     assert file_digest(path, stat_cache=StatCache(None)) == xxh(data)
