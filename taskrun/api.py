@@ -27,7 +27,15 @@ if TYPE_CHECKING:  # perf: `import taskrun` must not import the scheduler
     from taskrun.registry import Registry
     from taskrun.scheduler import RunResult
 
-__all__ = ["ExecutorName", "OptionValues", "RunHandle", "RunStatus", "Target", "run", "start"]
+__all__ = [
+    "ExecutorName",
+    "OptionValues",
+    "RunHandle",
+    "RunStatus",
+    "Target",
+    "run",
+    "start",
+]
 
 #: A target: a task's name or the task function itself.
 Target = str | Callable[..., Any]
@@ -77,8 +85,6 @@ def run(
     before anything runs; task failures do not raise, they are in the result
     (``result.ok``).
     """
-    from taskrun.project import prepare_run
-
     result: RunResult = prepare_run(
         targets, options=options, registry=registry, root=root, jobs=jobs,
         executor=executor, cache_dir=cache_dir, cache_size=cache_size, cache_mode=cache_mode,
@@ -171,9 +177,66 @@ def start(targets: Any = (), **kwargs: Any) -> RunHandle:
 
     Definition and invocation errors raise here, before anything runs.
     """
-    from taskrun.project import prepare_run
-
     handle = RunHandle()
     go = prepare_run(targets, on_scheduler=handle._attach, **kwargs)
     handle._launch(go)
     return handle
+
+
+def prepare_run(
+    targets: Target | Sequence[Target] = (),
+    *,
+    options: Mapping[Any, Any] | None = None,
+    registry: Registry | None = None,
+    root: Path | str | None = None,
+    jobs: int | None = None,
+    executor: str = "thread",
+    cache_dir: Path | str | None = None,
+    cache_size: int | str | None = None,
+    cache_mode: str = "rw",
+    force: Sequence[Target] = (),
+    force_all: bool = False,
+    keep_going: bool = False,
+    runtime: RuntimeSettings | None = None,
+    on_event: Callable[[Any], None] | None = None,
+    remote_cache: str | None = None,
+    remote_mode: str | None = None,
+    external: Mapping[str, Path | str] | None = None,
+    on_scheduler: Callable[[Any], None] | None = None,
+) -> Callable[[], Any]:
+    """Validate a run now (errors raise here); return the function that runs it.
+
+    What :func:`taskrun.run` and :func:`taskrun.start` share; see ``taskrun.run``.
+    """
+    from taskrun.config import parse_size, require_posix
+    from taskrun.files import external_roots
+    from taskrun.invocation import invoke
+    from taskrun.project import execute, open_cache, runtime_of
+    from taskrun.registry import default_registry
+
+    require_posix()
+    registry = registry if registry is not None else default_registry
+    if isinstance(targets, str) or callable(targets):
+        targets = [targets]
+    if root is None:
+        module = registry.module
+        root = Path(module.__file__).parent if module and module.__file__ else Path.cwd()
+    root = Path(root).resolve()
+    with external_roots(external or {}):
+        invocation = invoke(registry, list(targets), root=root, options=options)
+    size = parse_size(cache_size, where="cache_size=") if cache_size is not None else None
+    names = [t if isinstance(t, str) else registry.name_of(t) for t in force]
+    cache = open_cache(root, cache_dir, size_limit=size, mode=cache_mode)
+    facts = runtime_of(runtime, root)
+
+    def go() -> Any:
+        try:
+            return execute(
+                invocation, jobs=jobs, executor=executor, cache=cache, runtime=facts,
+                force=names, force_all=force_all, keep_going=keep_going, on_event=on_event,
+                remote_cache=remote_cache, remote_mode=remote_mode, on_scheduler=on_scheduler,
+            )
+        finally:
+            cache.close()
+
+    return go

@@ -297,7 +297,7 @@ def run_cmd(ctx: click.Context, targets: tuple[str, ...], assignments: tuple[str
 
     With no TARGETS: the `default` of [tool.taskrun], else every task nothing depends on.
     """
-    from taskrun.project import run_from_cli
+    from taskrun.cli_run import run_from_cli
 
     plain, inline_assignments = _split_targets(targets)
     project = _project(ctx)

@@ -475,16 +475,16 @@ def test_pyproject_settings_apply(
     run_cli: RunCli, tmp_path: Path, write_project: WriteProject, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """[tool.taskrun]: jobs, executor, cache dir and size, default target, option values."""
-    import taskrun.project as project
+    import taskrun.cli_run as cli_run
 
     sizes: list[object] = []
-    real = project.open_cache
+    real = cli_run.open_cache
 
     def spy(*args: object, **kw: object) -> object:
         sizes.append(kw.get("size_limit"))
         return real(*args, **kw)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(project, "open_cache", spy)
+    monkeypatch.setattr(cli_run, "open_cache", spy)
     root = write_project(tmp_path, PROJECT, SETTINGS, files={"data/in.txt": "x\n"})
     result = run_cli(root, "run", "--json")
     assert result.exit_code == 0, result.output
