@@ -327,7 +327,7 @@ def explain_cmd(ctx: click.Context, targets: tuple[str, ...], assignments: tuple
     old value -> new value. Runs nothing and writes nothing.
     """
     from taskrun.project import open_cache, runtime_of
-    from taskrun.report import explain_json, explain_lines
+    from taskrun.report_explain import explain_json, explain_lines
     from taskrun.scheduler import Scheduler
 
     plain, inline_assignments = _split_targets(targets)
