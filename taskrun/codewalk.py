@@ -104,19 +104,44 @@ def code_parts(
     root: pathlib.Path,
     digest: Callable[[Any], str],
     memo: SourceMemo | None = None,
+    shared: dict[Any, Any] | None = None,
 ) -> dict[str, str]:
     """Return ``{name: digest}`` for ``fn`` (first, under its qualname) and what it uses.
 
     ``digest`` hashes a value canonically and raises FingerprintError for values that
-    have no canonical form (such constants are not tracked).
+    have no canonical form (such constants are not tracked). ``shared`` (one dict per run,
+    with the same ``root`` and ``digest``) remembers the walk of each code object, so
+    functions that share their code (tasks made in a loop) are walked once; module
+    globals are read when a code object is first walked in the run.
     """
     target = inspect.unwrap(fn)
     if memo is None:
         memo = _PROCESS_MEMO
         memo.checked.clear()  # no run to scope it to: look at the files again every time
     walker = _CodeWalker(root, getattr(target, "__module__", "") or "", digest, memo)
-    walker.function(target, target.__qualname__, top=True)
+    key = _shared_key(target) if shared is not None else None
+    if key is None:
+        walker.function(target, target.__qualname__, top=True)
+        return dict(walker.parts)
+    # perf: tasks made by a factory share one code object; what the walk finds before the
+    # closure depends only on the code, the module's globals, and the names below, so it
+    # is walked once per run. The closure's values differ per function: walked each time.
+    base = shared.get(key)
+    if base is None:
+        walker.function(target, target.__qualname__, top=True, closure=False)
+        # The globals dict is kept alive with the entry, so its id() cannot be reused.
+        shared[key] = (dict(walker.parts), target.__globals__)
+    else:
+        walker.parts = dict(base[0])
+    walker.closure(target, target.__qualname__)
     return dict(walker.parts)
+
+
+def _shared_key(fn: Any) -> tuple[Any, ...] | None:
+    """What a function's code walk (its closure aside) depends on; None: not shareable."""
+    if not isinstance(fn, types.FunctionType):
+        return None
+    return (fn.__code__, id(fn.__globals__), fn.__module__, fn.__qualname__, fn.__doc__)
 
 
 def _source(code: types.CodeType, checked: set[str]) -> str:
@@ -346,7 +371,9 @@ class _CodeWalker:
         # A namespace package (a directory without __init__.py) has only __path__.
         return any(self.owns(os.path.join(p, "__init__.py")) for p in _paths(module))
 
-    def function(self, fn: types.FunctionType, key: str, *, top: bool = False) -> None:
+    def function(
+        self, fn: types.FunctionType, key: str, *, top: bool = False, closure: bool = True
+    ) -> None:
         if key in self.parts:
             return
         self.parts[key] = ""  # claim the slot first: cycle-safe, and keeps fn first
@@ -370,7 +397,12 @@ class _CodeWalker:
             names = {n for n in names if n in globals_used or n not in locals_bound}
         for name in sorted(names):
             self.global_name(fn.__globals__, fn.__module__ or "", name, chains)
-        for name, cell in zip(code.co_freevars, fn.__closure__ or (), strict=False):
+        if closure:
+            self.closure(fn, key)
+
+    def closure(self, fn: types.FunctionType, key: str) -> None:
+        """Digest the values ``fn``'s closure holds (they differ per function object)."""
+        for name, cell in zip(fn.__code__.co_freevars, fn.__closure__ or (), strict=False):
             try:
                 value = cell.cell_contents
             except ValueError:  # an empty cell: not bound yet

@@ -51,6 +51,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
+import inspect
 import operator
 import os
 import pathlib
@@ -62,7 +63,7 @@ from typing import Any, Protocol
 
 import xxhash
 
-from taskrun.codewalk import SourceMemo, _resolved, code_parts
+from taskrun.codewalk import SourceMemo, _resolved, _shared_key, code_parts
 from taskrun.digests import canonical_form, digester_of
 from taskrun.errors import FingerprintError
 from taskrun.files import Dir, File
@@ -751,14 +752,40 @@ class CodeFingerprint:
 
 
 def code_fingerprint(
-    fn: Callable[..., Any], *, root: pathlib.Path, memo: SourceMemo | None = None
+    fn: Callable[..., Any],
+    *,
+    root: pathlib.Path,
+    memo: SourceMemo | None = None,
+    shared: dict[Any, Any] | None = None,
 ) -> CodeFingerprint:
     """Fingerprint ``fn``'s source and the project code under ``root`` that it uses.
 
     Comments, docstrings and the task's decorators do not count; a helper's body or a
     module constant does. Standard library, installed packages and other tasks are left
-    out (other tasks are covered by their product digests).
+    out (other tasks are covered by their product digests). ``shared``: a dict kept for
+    one run (one ``root``), in which functions sharing a code object share their walk
+    (see :func:`taskrun.codewalk.code_parts`); their closures' values still count.
     """
+    if shared is not None:
+        # perf: a function without a closure is fully described by what code_parts keys
+        # its walk by; tasks made in a loop then cost one dict look-up here.
+        target = inspect.unwrap(fn)  # a wrapper's code says nothing of what it wraps
+        key = _shared_key(target)
+        if key is not None and not target.__code__.co_freevars:
+            done = shared.get(("fingerprint", key))
+            if done is None:
+                done = shared[("fingerprint", key)] = _code_fingerprint(fn, root, memo, shared)
+            result: CodeFingerprint = done
+            return result
+    return _code_fingerprint(fn, root, memo, shared)
+
+
+def _code_fingerprint(
+    fn: Callable[..., Any],
+    root: pathlib.Path,
+    memo: SourceMemo | None,
+    shared: dict[Any, Any] | None,
+) -> CodeFingerprint:
     base = _resolved(pathlib.Path(root))
 
     anchors = _anchors(root)
@@ -776,7 +803,7 @@ def code_fingerprint(
         hasher.update(out)
         return hasher.hexdigest()
 
-    parts = code_parts(fn, root=base, digest=digest, memo=memo)
+    parts = code_parts(fn, root=base, digest=digest, memo=memo, shared=shared)
     return CodeFingerprint(digest=value_digest(parts), parts=parts)
 
 

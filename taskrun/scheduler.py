@@ -230,6 +230,7 @@ class Scheduler:
     rng: random.Random = field(default_factory=random.Random)  # retry jitter
     _nodes: dict[str, _Node] = field(default_factory=dict, init=False)
     _code: dict[Any, Any] = field(default_factory=dict, init=False)
+    _code_walks: dict[Any, Any] = field(default_factory=dict, init=False)  # see code_parts
     # Types whose products fell back to pickle digests: warned about once per run.
     _digest_warned: set[str] = field(default_factory=set, init=False)
     _ready: deque[_Node] = field(default_factory=deque, init=False)
@@ -299,12 +300,15 @@ class Scheduler:
         if key not in self._code:
             from taskrun.fingerprint import code_fingerprint
 
-            code = code_fingerprint(spec.fn, root=self.root, memo=self.source_memo)
+            code = code_fingerprint(
+                spec.fn, root=self.root, memo=self.source_memo, shared=self._code_walks
+            )
             digest = code.digest
             if spec.override:
                 # An override never shares entries with the real task, even at equal code.
                 digest = f"override:{spec.override}:{digest}"
-            self._code[key] = (digest, dict(code.parts))
+            # perf: parts are read-only; tasks sharing a code object share one dict.
+            self._code[key] = (digest, code.parts)
         result: tuple[str, Mapping[str, str]] = self._code[key]
         return result
 

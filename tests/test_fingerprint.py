@@ -765,6 +765,43 @@ def test_closure_values_count(load: Loader) -> None:
     assert one.digest != two.digest
 
 
+def test_shared_walks_keep_closure_values_apart(load: Loader) -> None:
+    """Functions sharing a code object share one walk per run, but not their closures."""
+    tasks = """
+    LIMIT = 3
+
+    def helper(x):
+        return x + LIMIT
+
+    def make(n, f):
+        def report():
+            return f(n) * 2
+        return report
+
+    def plain():
+        def report():
+            return helper(1)
+        return report
+
+    report_one = make(1, helper)
+    report_two = make(2, helper)
+    report_abs = make(1, abs)
+    plain_one, plain_two = plain(), plain()
+    """
+    module = load({"tasks": tasks})
+    names = ["report_one", "report_two", "report_abs", "plain_one", "plain_two"]
+    alone = {n: _fingerprint(module, n) for n in names}
+    shared: dict[Any, Any] = {}
+    together = {
+        n: code_fingerprint(getattr(module, n), root=module.ROOT, shared=shared) for n in names
+    }
+    assert together == alone  # digests and parts, in the same order
+    assert [list(together[n].parts) for n in names] == [list(alone[n].parts) for n in names]
+    assert len({alone[n].digest for n in names[:3]}) == 3
+    assert alone["plain_one"] == alone["plain_two"]
+    assert together["plain_one"] is together["plain_two"]  # walked once
+
+
 def test_lambdas_and_factory_made_helpers_are_kept_apart(load: Loader) -> None:
     """Helpers sharing a qualname (lambdas, factory products) are each tracked."""
     tasks = """
