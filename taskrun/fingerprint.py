@@ -530,6 +530,20 @@ def _anchors(root: pathlib.Path | str | None) -> tuple[str, ...]:
     """The texts of the project root an absolute path may start with (given, resolved)."""
     if root is None:
         return ()
+    text = os.fspath(root)
+    if text[:1] == "/":
+        # perf: asked for every value digest with a root; a relative root depends on the
+        # working directory, so only absolute ones are remembered.
+        return _absolute_anchors(text)
+    return _compute_anchors(text)
+
+
+@functools.lru_cache(maxsize=64)
+def _absolute_anchors(root: str) -> tuple[str, ...]:
+    return _compute_anchors(root)
+
+
+def _compute_anchors(root: str) -> tuple[str, ...]:
     given = pathlib.Path(root)
     if not given.is_absolute():
         given = given.absolute()
@@ -596,6 +610,10 @@ def value_digest(
     hasher = xxhash.xxh3_128()
     encode_into(hasher, value, hash_path=hash_path, root=root)
     return hasher.hexdigest()
+
+
+# The first two parts of every task fingerprint, encoded once.
+_TASK_HEAD = encode("taskrun.task") + encode(SCHEME_VERSION)
 
 
 def product_digest(
@@ -826,11 +844,30 @@ class FingerprintInputs:
     outputs: tuple[str, ...] = ()
 
 
+# perf: option values are mostly small scalars repeated across tasks (defaults); their
+# digests do not depend on the root or on files (strings starting with "/" might).
+# Floats are left out: 0.0 and -0.0 are equal dict keys with different encodings.
+_SCALAR_DIGESTS: dict[tuple[type, object], str] = {}
+_SCALARS = (int, bool, type(None))
+
+
 def _option_digests(
     inputs: FingerprintInputs, hash_path: HashPath | None, root: pathlib.Path | None
 ) -> dict[str, str]:
     digests = {}
+    memo = _SCALAR_DIGESTS
     for name, value in inputs.options.items():
+        t = type(value)
+        if t in _SCALARS or (t is str and value[:1] != "/" and len(value) < 256):
+            key = (t, value)
+            found = memo.get(key)
+            if found is None:
+                found = value_digest(value)
+                if len(memo) >= 4096:
+                    memo.clear()
+                memo[key] = found
+            digests[name] = found
+            continue
         try:
             # A default such as Path(__file__).parent / "out" is under the root: relative.
             digests[name] = value_digest(value, hash_path=hash_path, root=root)
@@ -848,6 +885,15 @@ def task_fingerprint(
     root: pathlib.Path | None = None,
 ) -> str:
     """Return the task's fingerprint: xxh3-128 of the canonical encoding of its inputs."""
+    parts = _task_parts(inputs, _option_digests(inputs, hash_path, root))
+    fast = _fast_task_encoding(parts)
+    if fast is not None:
+        return xxhash.xxh3_128_hexdigest(fast)
+    return value_digest(parts)
+
+
+def _task_parts(inputs: FingerprintInputs, options: dict[str, str]) -> tuple[Any, ...]:
+    """What a task's fingerprint is the value digest of (pinned by the golden tests)."""
     # Options enter as their value digests (the same ones describe() shows), so the
     # fingerprint changes exactly when some part that diff() compares changes.
     parts: tuple[Any, ...] = (
@@ -855,7 +901,7 @@ def task_fingerprint(
         SCHEME_VERSION,
         inputs.task,
         inputs.code,
-        _option_digests(inputs, hash_path, root),
+        options,
         dict(inputs.upstream),
         dict(inputs.inputs),
         dict(inputs.env),
@@ -863,7 +909,55 @@ def task_fingerprint(
     )
     if inputs.outputs:  # appended only when declared: other tasks' fingerprints stay as they were
         parts += (("outputs", inputs.outputs),)
-    return value_digest(parts)
+    return parts
+
+
+# perf: the strings of task fingerprints (names, digests, runtime facts) repeat across
+# the tasks of a run: each upstream product digest is encoded once, by its first
+# consumer, not by every consumer.
+_ENCODED_STR: dict[str, bytes] = {}
+
+
+def _encoded_str(text: str) -> bytes:
+    b = _ENCODED_STR.get(text)
+    if b is None:
+        raw = text.encode("utf-8", "surrogatepass")
+        b = _HDR(_T_STR, len(raw)) + raw
+        if len(_ENCODED_STR) >= 1 << 16:
+            _ENCODED_STR.clear()
+        _ENCODED_STR[text] = b
+    return b
+
+
+def _fast_task_encoding(parts: tuple[Any, ...]) -> bytes | None:
+    """``encode(parts)`` for the usual shape (str keys, str or None values), else None.
+
+    The same bytes as the general encoder (tests compare the two), without its per-value
+    dispatch: a warm run computes one fingerprint per task and little else.
+    """
+    out = [_HDR(_T_TUPLE, len(parts)), _TASK_HEAD]
+    enc = _encoded_str
+    for text in parts[2:4]:
+        if type(text) is not str:
+            return None
+        out.append(enc(text))
+    for d in parts[4:9]:
+        items = []
+        for k, v in d.items():
+            if type(k) is not str:
+                return None
+            if type(v) is str:
+                items.append((enc(k), enc(v)))
+            elif v is None:
+                items.append((enc(k), _NONE))
+            else:
+                return None
+        items.sort(key=_first)  # distinct str keys: distinct encodings, no ties
+        out.append(_HDR(_T_DICT, len(items)))
+        out.extend(b for item in items for b in item)
+    if len(parts) > 9:
+        out.append(encode(parts[9]))
+    return b"".join(out)
 
 
 def describe(

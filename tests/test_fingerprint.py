@@ -170,6 +170,45 @@ def test_golden_task_fingerprint() -> None:
     assert task_fingerprint(GOLDEN_INPUTS, hash_path=_fixed_hash) == GOLDEN_TASK_FINGERPRINT
 
 
+_names = st.text(min_size=0, max_size=12)
+_digests = st.one_of(_names, st.sampled_from(["0" * 32, "f" * 32, "skipped:x", "failed:"]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    task=_names,
+    code=_digests,
+    options=st.dictionaries(_names, st.one_of(st.integers(), st.booleans(), st.none(), _names)),
+    upstream=st.dictionaries(_names, _digests, max_size=4),
+    inputs=st.dictionaries(_names, _digests, max_size=3),
+    env=st.dictionaries(_names, st.one_of(st.none(), _names), max_size=3),
+    runtime=st.dictionaries(_names, _names, max_size=3),
+    outputs=st.lists(_names, max_size=3).map(tuple),
+)
+def test_task_fingerprint_fast_path_matches_the_encoding(**fields: Any) -> None:
+    """The fast encoding of task fingerprints gives the general encoder's digest."""
+    from taskrun.fingerprint import _fast_task_encoding, _option_digests, _task_parts
+
+    inputs = FingerprintInputs(code_parts={}, **fields)
+    parts = _task_parts(inputs, _option_digests(inputs, None, None))
+    fast = _fast_task_encoding(parts)
+    assert fast == encode(parts)
+    assert task_fingerprint(inputs) == value_digest(parts)
+    assert all(value_digest(v) == d for v, d in zip(
+        inputs.options.values(), parts[4].values(), strict=True
+    ))
+
+
+def test_task_fingerprint_fast_path_leaves_other_values_to_the_encoder() -> None:
+    """A part the fast path does not know (a non-str value) goes the general way."""
+    from taskrun.fingerprint import _fast_task_encoding, _option_digests, _task_parts
+
+    inputs = dataclasses.replace(GOLDEN_INPUTS, upstream={"sources": 1})  # type: ignore[dict-item]
+    parts = _task_parts(inputs, _option_digests(inputs, _fixed_hash, None))
+    assert _fast_task_encoding(parts) is None
+    assert task_fingerprint(inputs, hash_path=_fixed_hash) == value_digest(parts)
+
+
 # --------------------------------------------------------------------------- encoding
 
 DISTINCT = [
