@@ -15,6 +15,7 @@ that.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -53,10 +54,10 @@ def run(
     registry: Registry | None = None,
     root: Path | str | None = None,
     jobs: int | None = None,
-    executor: ExecutorName = "thread",
+    executor: ExecutorName | None = None,
     cache_dir: Path | str | None = None,
     cache_size: int | str | None = None,
-    cache_mode: Literal["rw", "read", "off"] = "rw",
+    cache_mode: Literal["rw", "read", "off"] | None = None,
     force: Sequence[Target] = (),
     force_all: bool = False,
     keep_going: bool = False,
@@ -65,6 +66,7 @@ def run(
     remote_cache: str | None = None,
     remote_mode: Literal["rw", "read", "off"] | None = None,
     external: Mapping[str, Path | str] | None = None,
+    project_settings: bool = True,
 ) -> RunResult:
     """Run ``targets`` (task names or task functions) and what they need.
 
@@ -79,6 +81,13 @@ def run(
     ``external`` declares folders outside the project by name, as ``[tool.taskrun]
     external`` does (``{"data": "/data/shared"}``).
 
+    Like ``taskrun run``, it reads ``[tool.taskrun]`` from the ``pyproject.toml`` beside
+    the task file (else in ``root``): option values, default targets, jobs, executor,
+    cache directory, size and mode, runtime facts, external folders and the remote cache.
+    An argument given here wins over the file, as the command line does; option values
+    merge (``options`` over ``[tool.taskrun.options]``). ``project_settings=False`` reads
+    no file.
+
     Returns a :class:`~taskrun.scheduler.RunResult`: ``result.tasks[name].state`` is
     ran/cached/failed/skipped/cancelled, ``result.products[name]`` a target's product and
     ``result.product(name_or_task)`` any task's. Definition and invocation errors raise
@@ -90,7 +99,7 @@ def run(
         executor=executor, cache_dir=cache_dir, cache_size=cache_size, cache_mode=cache_mode,
         force=force, force_all=force_all, keep_going=keep_going, runtime=runtime,
         on_event=on_event, remote_cache=remote_cache, remote_mode=remote_mode,
-        external=external,
+        external=external, project_settings=project_settings,
     )()
     return result
 
@@ -190,10 +199,10 @@ def prepare_run(
     registry: Registry | None = None,
     root: Path | str | None = None,
     jobs: int | None = None,
-    executor: str = "thread",
+    executor: str | None = None,
     cache_dir: Path | str | None = None,
     cache_size: int | str | None = None,
-    cache_mode: str = "rw",
+    cache_mode: str | None = None,
     force: Sequence[Target] = (),
     force_all: bool = False,
     keep_going: bool = False,
@@ -203,12 +212,13 @@ def prepare_run(
     remote_mode: str | None = None,
     external: Mapping[str, Path | str] | None = None,
     on_scheduler: Callable[[Any], None] | None = None,
+    project_settings: bool = True,
 ) -> Callable[[], Any]:
     """Validate a run now (errors raise here); return the function that runs it.
 
     What :func:`taskrun.run` and :func:`taskrun.start` share; see ``taskrun.run``.
     """
-    from taskrun.config import parse_size, require_posix
+    from taskrun.config import Settings, load_settings, parse_size, require_posix
     from taskrun.files import external_roots
     from taskrun.invocation import invoke
     from taskrun.project import execute, open_cache, runtime_of
@@ -218,16 +228,32 @@ def prepare_run(
     registry = registry if registry is not None else default_registry
     if isinstance(targets, str) or callable(targets):
         targets = [targets]
-    if root is None:
-        module = registry.module
-        root = Path(module.__file__).parent if module and module.__file__ else Path.cwd()
-    root = Path(root).resolve()
-    with external_roots(external or {}):
-        invocation = invoke(registry, list(targets), root=root, options=options)
+    module = registry.module
+    task_file = Path(module.__file__) if module and module.__file__ else None
+    root = Path(root if root is not None else task_file.parent if task_file else Path.cwd())
+    root = root.resolve()
+    settings = Settings(root=root, task_file=task_file or root / "tasks.py")
+    if project_settings:  # the pyproject.toml beside the task file, as the CLI reads it
+        settings = load_settings(task_file.resolve() if task_file else root / "tasks.py")
+    executor = executor or settings.executor or "thread"
+    address = settings.dask_address or os.environ.get("DASK_SCHEDULER_ADDRESS")
+    dask_options = {"address": address} if executor == "dask" and address else None
+    with external_roots({**settings.external, **(external or {})}):
+        invocation = invoke(
+            registry, list(targets), root=root, options=options, config=settings.options,
+            default_targets=settings.default,
+        )
     size = parse_size(cache_size, where="cache_size=") if cache_size is not None else None
     names = [t if isinstance(t, str) else registry.name_of(t) for t in force]
-    cache = open_cache(root, cache_dir, size_limit=size, mode=cache_mode)
-    facts = runtime_of(runtime, root)
+    cache = open_cache(
+        root, cache_dir or settings.cache_dir,
+        size_limit=size if size is not None else settings.cache_size,
+        mode=cache_mode or settings.cache_mode or "rw",
+    )
+    facts = runtime_of(runtime if runtime is not None else settings.runtime, root)
+    jobs = jobs or settings.jobs
+    remote_cache = remote_cache or settings.remote_cache
+    remote_mode = remote_mode or settings.remote_mode
 
     def go() -> Any:
         try:
@@ -235,6 +261,7 @@ def prepare_run(
                 invocation, jobs=jobs, executor=executor, cache=cache, runtime=facts,
                 force=names, force_all=force_all, keep_going=keep_going, on_event=on_event,
                 remote_cache=remote_cache, remote_mode=remote_mode, on_scheduler=on_scheduler,
+                executor_options=dask_options, dask_options=dask_options,
             )
         finally:
             cache.close()

@@ -102,6 +102,49 @@ def test_options_accept_the_command_line_forms(write_project: Any, tmp_path: Pat
         taskrun.run(total, registry=reg, options={"scale": "lots"})
 
 
+SETTINGS = """
+[tool.taskrun]
+default = ["total"]
+cache-dir = "elsewhere"
+executor = "inline"
+
+[tool.taskrun.options]
+n = 5
+
+[tool.taskrun.options.total]
+scale = 2.0
+"""
+
+
+def test_run_reads_tool_taskrun_like_the_cli(write_project: Any, tmp_path: Path) -> None:
+    """[tool.taskrun] gives default targets, option values, cache dir and executor;
+    arguments win over it, option by option; project_settings=False reads no file."""
+    from taskrun.loader import load_task_file
+
+    root = write_project(tmp_path / "p", PIPELINE, SETTINGS)
+    reg = load_task_file(root / "tasks.py")
+    result = taskrun.run(registry=reg)  # no target: the default one
+    assert result.products == {"total": 20.0}  # sum(range(5)) * 2.0
+    assert (root / "elsewhere").is_dir() and not (root / ".taskrun" / "cache").exists()
+    assert taskrun.run(registry=reg).names("cached") == ["numbers", "total"]
+    assert taskrun.run(registry=reg, options={"scale": 1.0}).products == {"total": 10.0}
+    assert taskrun.run(registry=reg, options={"numbers.n": 3}).products == {"total": 6.0}
+    ignored = taskrun.run("total", registry=reg, project_settings=False)
+    assert ignored.products == {"total": 3.0}  # the tasks' own defaults
+    assert (root / ".taskrun" / "cache").is_dir()
+
+
+def test_run_reports_a_bad_tool_taskrun(write_project: Any, tmp_path: Path) -> None:
+    """A setting the CLI would refuse is refused by taskrun.run too, naming the file."""
+    from taskrun.loader import load_task_file
+
+    root = write_project(tmp_path / "p", PIPELINE, '[tool.taskrun]\nexecutor = "threads"\n')
+    reg = load_task_file(root / "tasks.py")
+    with pytest.raises(taskrun.TaskrunError, match=r"pyproject.toml.*'thread'"):
+        taskrun.run("total", registry=reg)
+    assert taskrun.run("total", registry=reg, project_settings=False).ok
+
+
 HELPER_TASKS = """
     import helpers
     from taskrun import task
