@@ -38,7 +38,6 @@ import json
 import os
 import pathlib
 import sqlite3
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
@@ -47,6 +46,7 @@ from typing import IO, Final, Literal
 import cloudpickle
 import diskcache
 
+from taskrun.atomic import atomic_write
 from taskrun.cache_format import (
     KIND_BLOB,
     KIND_ENTRY,
@@ -137,23 +137,6 @@ def shared_mode(directory: pathlib.Path) -> int:
         return (directory.stat().st_mode & 0o666) | 0o600
     except OSError:
         return 0o644
-
-
-def _atomic_write(path: pathlib.Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        # mkstemp makes the file 0600; a cache directory shared by a team (group-writable,
-        # setgid) must stay readable by the others, so take the directory's bits.
-        os.fchmod(fd, shared_mode(path.parent))
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)  # readers see the old file or the new one, never half of one
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def _stream(raw: bytes | pathlib.Path) -> IO[bytes]:
@@ -863,7 +846,13 @@ class Cache:
         data = {"format": 1, "recorded": time.time(), "used": names, "hits": hits,
                 "misses": misses, "completed": True}
         try:
-            _atomic_write(self._directory / _LAST_RUN, json.dumps(data, indent=1).encode())
+            # Durable: gc --keep-last-run trusts it. A cache directory shared by a team
+            # (group-writable, setgid) must stay readable by the others: its bits.
+            path = self._directory / _LAST_RUN
+            atomic_write(
+                path, json.dumps(data, indent=1).encode(), durable=True,
+                mode=shared_mode(path.parent),
+            )
         except OSError as exc:
             self._warn(f"could not record this run in {self._directory / _LAST_RUN}: {exc}")
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 
+from taskrun.atomic import atomic_write
 from taskrun.errors import UsageError
 
 __all__ = ["register"]
@@ -235,9 +236,7 @@ def report_cmd(ctx: click.Context, run: str | None, output: Path) -> None:
 
     record = find_run(_runs_dir(ctx), run)
     html = render_report(record)
-    tmp = output.with_name(f".{output.name}.tmp")
-    tmp.write_text(html, encoding="utf-8")
-    tmp.replace(output)  # never a half-written page
+    atomic_write(output, html.encode("utf-8"), durable=False)  # never a half-written page
     click.echo(f"wrote {output} (run {record.id}, {record.state})")
 
 

@@ -21,7 +21,6 @@ import pathlib
 import re
 import sys
 import sysconfig
-import tempfile
 import textwrap
 import types
 from collections.abc import Callable, Iterator, Mapping
@@ -29,6 +28,7 @@ from typing import Any
 
 import xxhash
 
+from taskrun.atomic import atomic_write
 from taskrun.errors import FingerprintError
 
 __all__ = ["SourceMemo", "code_parts"]
@@ -73,20 +73,12 @@ class SourceMemo:
         if self.path is None or not self.dirty:
             return
         self.dirty = False
-        try:
-            # A read-only checkout or a full disk must still build: the memo only saves
-            # re-parsing, so a memo that cannot be written is simply not written.
+        data = json.dumps({"header": self._HEADER, "items": self.items}).encode()
+        # A read-only checkout or a full disk must still build: the memo only saves
+        # re-parsing, so a memo that cannot be written is simply not written.
+        with contextlib.suppress(OSError):
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".memo-")
-        except OSError:
-            return
-        try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump({"header": self._HEADER, "items": self.items}, fh)
-            os.replace(tmp, self.path)
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+            atomic_write(self.path, data, durable=False)
 
 
 _PROCESS_MEMO = SourceMemo()

@@ -54,6 +54,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Final, Literal
 
+from taskrun.atomic import atomic_write
 from taskrun.cache_format import KIND_ENTRY, is_digest, open_envelope, seal
 from taskrun.cache_values import EntryMeta, meta_json
 from taskrun.errors import ConfigError, IntegrityError, UsageError, did_you_mean
@@ -790,12 +791,8 @@ def _describe(exc: BaseException) -> str:
 def write_stats(directory: pathlib.Path, stats: RemoteStats) -> None:
     """Record the run's remote numbers beside the local cache (for ``cache info``)."""
     path = directory / STATS_FILE
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with contextlib.suppress(OSError):
-        tmp.write_text(json.dumps(stats.to_dict(), indent=1), encoding="utf-8")
-        os.replace(tmp, path)
-    with contextlib.suppress(OSError):
-        tmp.unlink()
+    with contextlib.suppress(OSError):  # informational: a run never fails for it
+        atomic_write(path, json.dumps(stats.to_dict(), indent=1).encode(), durable=False)
 
 
 def read_stats(directory: pathlib.Path) -> RemoteStats | None:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import xxhash
 
+from taskrun.atomic import atomic_write
 from taskrun.errors import FingerprintError
 
 __all__ = ["StatCache", "content_digest", "file_digest", "tree_digest"]
@@ -173,15 +174,12 @@ class StatCache:
             "entries": {k: [*sig, d] for k, (sig, d) in entries.items()},
         }
         data = json.dumps(payload, separators=(",", ":")).encode()
-        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_bytes(data)
-            os.replace(tmp, self.path)
+            atomic_write(self.path, data, durable=False)  # a lost file costs re-hashing
         except OSError:
             # A read-only checkout must still build: the stat cache only saves re-reads.
             self._dirty = True
-            tmp.unlink(missing_ok=True)
 
 
 def file_digest(path: Path | str, *, stat_cache: StatCache | None = None) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path, PurePosixPath
 
 import xxhash
 
+from taskrun.atomic import publish, temp_beside
 from taskrun.errors import CacheError, IntegrityError, TaskFailed, UsageError
 from taskrun.files import hashing
 from taskrun.files.hashing import StatCache
@@ -217,7 +218,7 @@ def restore_outputs(
             _make_parents(root_abs, rel, made_dirs)
             pending.append((_write_temp(target, data, mode), target))
         for tmp, target in pending:
-            os.replace(tmp, target)
+            publish(tmp, target, durable=False)
         pending.clear()
         for rel, mode in to_chmod:
             os.chmod(os.path.join(root_abs, rel), mode)
@@ -300,15 +301,13 @@ def _make_parents(root_abs: str, rel: str, made: list[str]) -> None:
 
 
 def _write_temp(target: str, data: bytes, mode: int) -> str:
-    directory, name = os.path.split(target)
-    tmp = os.path.join(directory, f".{name}.taskrun-{os.getpid()}-{os.urandom(4).hex()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    # Staged: every file of the entry is written before any is renamed into place.
+    fd, tmp = temp_beside(target, mode=mode)
     try:
         with open(fd, "wb", closefd=True) as f:
             f.write(data)
             # perf: no fsync: a file torn by a crash fails its digest on the next hit and
             # is restored again; fsync per file would dominate restoring many small files.
-            os.fchmod(f.fileno(), mode)
     except BaseException:
         _unlink_quiet(tmp)
         raise
