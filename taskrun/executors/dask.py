@@ -56,8 +56,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
-import heapq
-import itertools
 import os
 import threading
 import time
@@ -82,6 +80,7 @@ from taskrun.executors.base import (
 )
 from taskrun.executors.shipping import Parcels, ShipError, write_back
 from taskrun.executors.trampoline import decode_result, encode_call
+from taskrun.executors.watchdog import Watchdog
 from taskrun.streaming import TAIL_INTERVAL, FileTail, logging_setup
 
 __all__ = ["DaskExecutor"]
@@ -146,7 +145,6 @@ class DaskExecutor(Executor):
         self.connect_timeout = connect_timeout
         self.ship_files = ship_files
         self._lock = threading.Lock()
-        self._timers = threading.Condition(self._lock)  # a deadline was added, or closing
         self._connect_lock = threading.Lock()  # held while connecting and while closing
         self._client: Any = None  # distributed.Client
         self._cluster: Any = None  # distributed.LocalCluster, when we own one
@@ -155,9 +153,10 @@ class DaskExecutor(Executor):
         self._claims: remote.ClaimMode = "file" if self.address is None else "scheduler"
         self._revoked_files: list[str] = []  # claim files the driver made, removed at shutdown
         self._jobs: dict[str, _Job] = {}  # by Dask key: submitted, not yet settled
-        self._deadlines: list[tuple[float, int, _Job]] = []
-        self._seq = itertools.count()
-        self._watchdog: threading.Thread | None = None
+        self._watchdog = Watchdog[_Job](
+            self._lock, "taskrun-dask-watchdog",
+            expire_locked=self._expire_locked, on_expired=self._expired,
+        )
         self._tailer: threading.Thread | None = None
         self._done: list[tuple[_Job, Any]] = []  # finished Dask futures, for the collector
         self._has_done = threading.Condition(self._lock)
@@ -330,7 +329,7 @@ class DaskExecutor(Executor):
                     return
                 self._closed = True
                 jobs = self._take_unsettled_locked()
-                self._timers.notify_all()
+                self._watchdog.close_locked()
                 self._has_done.notify_all()
                 collector = self._collector
             # Kill hung tasks first: a worker stuck in a task would hold up closing the cluster.
@@ -453,14 +452,7 @@ class DaskExecutor(Executor):
                     )
                     self._tailer.start()
             if job.call.timeout is not None:
-                deadline = time.monotonic() + job.call.timeout
-                heapq.heappush(self._deadlines, (deadline, next(self._seq), job))
-                if self._watchdog is None:
-                    self._watchdog = threading.Thread(
-                        target=self._watch, name="taskrun-dask-watchdog", daemon=True
-                    )
-                    self._watchdog.start()
-                self._timers.notify()
+                self._watchdog.add_locked(job.call.timeout, job)
 
     def _finished(self, job: _Job, dask_future: Any) -> None:
         """The Dask future is done (in Dask's callback thread): hand it to the collector."""
@@ -656,25 +648,17 @@ class DaskExecutor(Executor):
 
     # -- stopping calls -------------------------------------------------------------------
 
-    def _watch(self) -> None:
-        """The watchdog thread: stop calls that pass their deadline, as timed out."""
-        while True:
-            expired: list[_Job] = []
-            with self._lock:
-                while not expired:
-                    if self._closed:
-                        return
-                    now = time.monotonic()
-                    while self._deadlines and self._deadlines[0][0] <= now:
-                        _, _, job = heapq.heappop(self._deadlines)
-                        if not job.settled:
-                            job.settled = True
-                            self._jobs.pop(job.key, None)
-                            expired.append(job)
-                    if not expired:
-                        wait = self._deadlines[0][0] - now if self._deadlines else None
-                        self._timers.wait(wait)
-            self._stop(expired, "timeout")
+    def _expire_locked(self, job: _Job) -> bool:
+        """At its deadline (watchdog, lock held): take a call that is still unsettled."""
+        if job.settled:
+            return False
+        job.settled = True
+        self._jobs.pop(job.key, None)
+        return True
+
+    def _expired(self, jobs: list[_Job]) -> None:
+        """Stop the calls the watchdog expired, as timed out (without the lock)."""
+        self._stop(jobs, "timeout")
 
     def _stop(self, jobs: list[_Job], why: _Stop) -> None:
         """Stop ``jobs`` (already marked settled) and resolve their futures.

@@ -20,7 +20,6 @@ so one stuck task (the very thing a timeout is for) would hang the process on th
 from __future__ import annotations
 
 import concurrent.futures
-import heapq
 import itertools
 import threading
 import time
@@ -38,6 +37,7 @@ from taskrun.executors.base import (
     timed_out_outcome,
 )
 from taskrun.executors.local import LocalSession, run_here
+from taskrun.executors.watchdog import Watchdog
 from taskrun.shell import ProcessGroups
 
 __all__ = ["ThreadExecutor"]
@@ -78,15 +78,15 @@ class ThreadExecutor(Executor):
         super().__init__(jobs)
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)  # a call was queued, or closing
-        self._timers = threading.Condition(self._lock)  # a deadline was added, or closing
         self._queue: deque[_Job] = deque()
         self._running: set[_Running] = set()
-        self._deadlines: list[tuple[float, int, _Running]] = []
-        self._seq = itertools.count()
         self._names = itertools.count(1)
         self.thread_prefix = f"taskrun-thread{next(_executors)}"  # names its threads
         self._live = 0  # worker threads not abandoned
-        self._watchdog: threading.Thread | None = None
+        self._watchdog = Watchdog[_Running](
+            self._lock, f"{self.thread_prefix}-watchdog",
+            expire_locked=self._expire_locked, on_expired=self._expired,
+        )
         self._closed = False
         self._session = LocalSession()
         self._groups = ProcessGroups()  # every call's, so shutdown kills what tasks left
@@ -115,7 +115,7 @@ class ThreadExecutor(Executor):
             self._closed = True
             pending = self._take_pending_locked()
             self._work.notify_all()
-            self._timers.notify_all()
+            self._watchdog.close_locked()
         _settle_cancelled(pending)
         self._groups.kill()  # what tasks left running (`cmd &`) does not outlive the run
         self._session.close()
@@ -169,10 +169,7 @@ class ThreadExecutor(Executor):
                 )
                 self._running.add(run)
                 if job.call.timeout is not None:
-                    deadline = time.monotonic() + job.call.timeout
-                    heapq.heappush(self._deadlines, (deadline, next(self._seq), run))
-                    self._start_watchdog_locked()
-                    self._timers.notify()
+                    self._watchdog.add_locked(job.call.timeout, run)
                 if self.feed is not None:
                     # Under the lock: a cancel() that comes after this call was taken up
                     # also comes after its `started` event, so events keep their order.
@@ -186,41 +183,26 @@ class ThreadExecutor(Executor):
             if mine:
                 settle(job.future, outcome)
 
-    def _start_watchdog_locked(self) -> None:
-        if self._watchdog is None:
-            self._watchdog = threading.Thread(
-                target=self._watch, name=f"{self.thread_prefix}-watchdog", daemon=True
-            )
-            self._watchdog.start()
+    def _expire_locked(self, run: _Running) -> bool:
+        """At its deadline (watchdog, lock held): abandon a call still running."""
+        if run.settled:
+            return False
+        run.settled = True
+        self._running.discard(run)
+        self._abandon_locked(run.worker)
+        run.groups.kill()
+        return True
 
-    def _watch(self) -> None:
-        """The watchdog thread: resolve calls that pass their deadline as timed out."""
-        while True:
-            expired: list[_Running] = []
-            with self._lock:
-                while not expired:
-                    if self._closed:
-                        return
-                    now = time.monotonic()
-                    while self._deadlines and self._deadlines[0][0] <= now:
-                        _, _, run = heapq.heappop(self._deadlines)
-                        if not run.settled:
-                            run.settled = True
-                            self._running.discard(run)
-                            self._abandon_locked(run.worker)
-                            run.groups.kill()
-                            expired.append(run)
-                    if not expired:
-                        wait = self._deadlines[0][0] - now if self._deadlines else None
-                        self._timers.wait(wait)
-            for run in expired:
-                duration = time.perf_counter() - run.started
-                _finish(run.sink)
-                output = run.sink.getvalue()
-                settle(
-                    run.job.future,
-                    timed_out_outcome(run.job.call, output=output, duration=duration),
-                )
+    def _expired(self, runs: list[_Running]) -> None:
+        """Resolve the calls the watchdog expired as timed out (without the lock)."""
+        for run in runs:
+            duration = time.perf_counter() - run.started
+            _finish(run.sink)
+            output = run.sink.getvalue()
+            settle(
+                run.job.future,
+                timed_out_outcome(run.job.call, output=output, duration=duration),
+            )
 
 
 def _finish(sink: Any) -> None:
