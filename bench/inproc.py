@@ -18,6 +18,16 @@
     persisted stat cache loaded from disk, walked, flushed). The OS page cache is warm in
     every case: dropping it would need root and would disturb the machine's other users.
 
+``python bench/inproc.py warm --dir D --tasks 5000 --reps N``
+    The warm per-task cost in one process (issue 16): a layered graph of 5000 tasks made
+    by a factory (``workloads.factory_tasks_py``), its cache filled by one untimed run;
+    then, timed apart, loading the task file (``taskrun.loader.load_task_file``: executing
+    it, registering every task) and a warm ``taskrun.run(registry=..., executor="inline",
+    jobs=1)`` in which every task is a hit (checked). The same for a 100-task graph,
+    alternately, so that per task = (T(5000) - T(100)) / 4900 leaves out what a run costs
+    whatever its size (opening the cache, runtime facts). Interpreter start-up and imports
+    are not in it (they happen once, before).
+
 Each prints one JSON object ``{"case": [seconds, ...], ...}`` on stdout. The cases of one
 benchmark are timed alternately, one repetition at a time.
 """
@@ -204,6 +214,46 @@ def bench_files(directory: Path, files: int, reps: int) -> dict[str, list[float]
     )
 
 
+WARM_SMALL = 100  # the fixed-cost baseline of bench_warm
+
+
+def bench_warm(directory: Path, tasks: int, reps: int) -> dict[str, list[float]]:
+    """Load + warm run of TASKS factory-made cached tasks, against a 100-task baseline."""
+    import taskrun
+    from taskrun.loader import load_task_file
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from workloads import factory_tasks_py, make_graph, write
+
+    paths: dict[int, Path] = {}
+    for n in (tasks, WARM_SMALL):
+        d = directory / f"warm-{n}"
+        write(d, [("tasks.py", factory_tasks_py(make_graph("layered", n)))])
+        paths[n] = d / "tasks.py"
+        taskrun.run(registry=load_task_file(paths[n]), executor="inline", jobs=1)  # cold
+
+    def once(n: int, out: dict[str, list[float]]) -> None:
+        gc.collect()
+        t0 = time.perf_counter()
+        registry = load_task_file(paths[n])
+        t1 = time.perf_counter()
+        result = taskrun.run(registry=registry, executor="inline", jobs=1)
+        t2 = time.perf_counter()
+        states = {t.state for t in result.tasks.values()}
+        if len(result.tasks) != n or states != {"cached"}:
+            raise SystemExit(f"warm run of {n} tasks was not all cached: {sorted(states)}")
+        out.setdefault(f"warm-{n}/load", []).append(t1 - t0)
+        out.setdefault(f"warm-{n}/run", []).append(t2 - t1)
+
+    out: dict[str, list[float]] = {}
+    once(tasks, {})  # untimed: byte-code of the task files, the source memo, first touches
+    once(WARM_SMALL, {})
+    for rep in range(reps):
+        for n in (tasks, WARM_SMALL) if rep % 2 == 0 else (WARM_SMALL, tasks):
+            once(n, out)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -216,8 +266,14 @@ def main(argv: list[str] | None = None) -> None:
     f.add_argument("--dir", type=Path, required=True)
     f.add_argument("--files", type=int, default=10_000)
     f.add_argument("--reps", type=int, default=5)
+    w = sub.add_parser("warm")
+    w.add_argument("--dir", type=Path, required=True)
+    w.add_argument("--tasks", type=int, default=5000)
+    w.add_argument("--reps", type=int, default=5)
     args = parser.parse_args(argv)
-    if args.what == "hash":
+    if args.what == "warm":
+        out = bench_warm(args.dir, args.tasks, args.reps)
+    elif args.what == "hash":
         out = bench_hash(args.reps, args.size)
     elif args.what == "digests":
         out = bench_digests(args.reps)

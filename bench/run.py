@@ -7,6 +7,7 @@ Usage (from the repository root, with ``pip install -e '.[bench]'`` done once)::
     python bench/run.py --only 'noop/layered-5000*' --reps 7
     python bench/run.py --json results.json
     python bench/run.py --profile noop/layered-5000/warm   # pyinstrument report
+    python bench/run.py --only 'gen/*,inproc/*,sched/*'    # issue 16's table only
 
 Nothing is installed: the suite runs the ``taskrun``, ``doit`` and ``snakemake`` found next
 to this interpreter (or on PATH), as real subprocesses timed with ``time.perf_counter``
@@ -19,6 +20,10 @@ a tool that silently did nothing cannot win.
 Workload names, for ``--only`` (a glob; several may be given, comma-separated)::
 
     noop/<independent|chain|layered>-<100|1000|5000>   phases: cold, warm, changed
+    gen/layered-<1000|5000|20000>                       idiomatic forms: taskrun factory
+                                                        vs doit generator (issue 16)
+    inproc/warm-5000                                    warm µs/task in one process
+    sched/skewed-j2                                     makespan: critical path vs FIFO
     cpu/<inline|thread|process>                         -j 1 against -j 2
     hash/product                                        512 MiB bytes; 100,000 dicts
     hash/digests                                        1M-row DataFrame; 100 MB array
@@ -157,11 +162,22 @@ class Taskrun(Tool):
         return timed(self.command(phase), self.dir)
 
     def counts(self, run: Run) -> tuple[int, int]:
-        lines = run.stdout.splitlines()
-        return (
-            sum(line.startswith("ran ") for line in lines),
-            sum(line.startswith("cached ") for line in lines),
-        )
+        # The closing summary ("5000 tasks: 4999 cached, 1 ran, 0 failed in ..."): plain
+        # output lists each ran task but summarises cached ones.
+        m = _SUMMARY.search(run.stdout)
+        if m is None:
+            raise BenchError(f"no summary line in taskrun's output:\n{run.stdout[-2000:]}")
+        return int(m.group("ran")), int(m.group("cached"))
+
+
+_SUMMARY = re.compile(r"^\d+ tasks?: (?P<cached>\d+) cached, (?P<ran>\d+) ran, ", re.M)
+
+
+class TaskrunFactory(Taskrun):
+    """taskrun on a tasks.py whose tasks come from a factory in a loop (issue 16)."""
+
+    def write(self) -> None:
+        wl.write(self.dir, [("tasks.py", wl.factory_tasks_py(self.graph))])
 
 
 class Doit(Tool):
@@ -187,6 +203,13 @@ class Doit(Tool):
             sum(line.startswith(". ") for line in lines),
             sum(line.startswith("-- ") for line in lines),
         )
+
+
+class DoitGenerator(Doit):
+    """doit on its idiomatic generator form: one ``task_t`` yielding every node (issue 16)."""
+
+    def write(self) -> None:
+        wl.write(self.dir, [("dodo.py", wl.gen_dodo_py(self.graph))])
 
 
 class Snakemake(Tool):
@@ -260,14 +283,17 @@ def _exes() -> dict[str, str | None]:
     return {name: _exe(name) for name in ("taskrun", "doit", "snakemake")}
 
 
-def noop_bench(shape: str, n: int, *, snakemake: bool) -> Bench:
-    name = f"noop/{shape}-{n}"
+def noop_bench(
+    shape: str, n: int, *, snakemake: bool, prefix: str = "noop",
+    contestants: Sequence[type[Tool]] = (Taskrun, Doit),
+) -> Bench:
+    name = f"{prefix}/{shape}-{n}"
 
     def measure(tmp: Path, reps: int, results: Results) -> None:
         graph = wl.make_graph(shape, n)
         exes = _exes()
         tools: list[Tool] = []
-        classes: list[type[Tool]] = [Taskrun, Doit] + ([Snakemake] if snakemake else [])
+        classes: list[type[Tool]] = [*contestants] + ([Snakemake] if snakemake else [])
         for cls in classes:
             exe = exes[cls.name]
             if exe is None:
@@ -445,6 +471,65 @@ def startup_bench() -> Bench:
     return Bench(name, measure)
 
 
+def gen_bench(n: int) -> Bench:
+    """The layered graph in each tool's idiomatic form: a taskrun factory, doit's generator."""
+    return noop_bench("layered", n, snakemake=False, prefix="gen",
+                      contestants=(TaskrunFactory, DoitGenerator))
+
+
+GEN_SIZES = (1000, 5000, 20000)
+GEN_SIZES_QUICK = (1000, 5000)
+
+
+def warm_inproc_bench(n: int = 5000) -> Bench:
+    """µs per task of a warm ``taskrun.run`` in one process (issue 16's fourth target)."""
+    name = f"inproc/warm-{n}"
+
+    def measure(tmp: Path, reps: int, results: Results) -> None:
+        _inproc(["warm", "--dir", str(tmp / "inproc-warm"), "--tasks", str(n),
+                 "--reps", str(max(reps, 5))], name, results)
+
+    return Bench(name, measure)
+
+
+SCHEDULES = ("critical-path", "fifo")
+
+
+def skewed_bench() -> Bench:
+    """Makespan at -j 2 of a skewed graph: critical-path order against FIFO (issue 16).
+
+    ``critical-path`` is taskrun's order, weighted by the durations of the last recorded
+    run; ``fifo`` is the order before it (``TASKRUN_SCHEDULE=fifo``, a benchmarking aid).
+    Makespan = the run's own elapsed time from its ``--json`` summary.
+    """
+    name = "sched/skewed-j2"
+
+    def measure(tmp: Path, reps: int, results: Results) -> None:
+        exe = _exes()["taskrun"]
+        if exe is None:
+            results.problems.append(f"{name}: taskrun not installed; skipped")
+            return
+        d = tmp / "skewed"
+        wl.write(d, [("tasks.py", wl.skewed_tasks_py())])
+        timed([exe, "list"], d)
+        base = [exe, "run", "-j", "2", "--executor", "thread", "--json"]
+        timed(base, d)  # records every task's duration in .taskrun/runs
+        for rep in range(max(reps, 3)):
+            for mode in SCHEDULES if rep % 2 == 0 else SCHEDULES[::-1]:
+                env = {"TASKRUN_SCHEDULE": "fifo"} if mode == "fifo" else None
+                run = timed([*base, "--force-all"], d, env)
+                summary = [json.loads(line) for line in run.stdout.splitlines()
+                           if line.startswith("{") and '"summary"' in line]
+                if not summary or summary[-1].get("ran") != summary[-1].get("total"):
+                    results.problems.append(f"{name} {mode} rep {rep}: not every task ran")
+                    continue
+                makespan = float(summary[-1]["elapsed"])
+                results.add(name, "makespan", mode, makespan)
+                log(f"  {name:<22} {mode:<26} {makespan:8.3f} s")
+
+    return Bench(name, measure)
+
+
 def all_benches(quick: bool) -> list[Bench]:
     sizes = (100, 1000) if quick else (100, 1000, 5000)
     # Quick: Snakemake (1-3 s a run) only on the layered graph, the process executor only.
@@ -456,6 +541,8 @@ def all_benches(quick: bool) -> list[Bench]:
         benches.append(noop_bench("layered", 5000, snakemake=False))
     benches += [cpu_bench(e) for e in (("process",) if quick else ("inline", "thread", "process"))]
     benches += [hash_bench(), digests_bench(), files_bench(), startup_bench()]
+    benches += [gen_bench(n) for n in (GEN_SIZES_QUICK if quick else GEN_SIZES)]
+    benches += [warm_inproc_bench(), skewed_bench()]
     return benches
 
 
@@ -527,6 +614,98 @@ def targets(r: Results) -> list[Target]:
         Target("warm tree_digest, 10,000 files, stat cache",
                r.median("files/tree-10k", "tree", "warm"), 0.3, "max", " s"),
     ]
+
+
+def warm_us_per_task(r: Results, n: int = 5000) -> float | None:
+    """In-process warm cost per task: (T(n) - T(100)) / (n - 100), load + run, in µs."""
+    w = f"inproc/warm-{n}"
+    parts = [r.median(w, f"warm-{k}", part) for k in (n, 100) for part in ("load", "run")]
+    if any(x is None for x in parts):
+        return None
+    big_load, big_run, small_load, small_run = parts  # type: ignore[misc]
+    return ((big_load + big_run) - (small_load + small_run)) / (n - 100) * 1e6
+
+
+def targets16(r: Results) -> list[Target]:
+    """Issue 16's targets: ratios against doit's generator form, measured in the same run."""
+
+    def vs_doit(n: int, phase: str) -> float | None:
+        w = f"gen/layered-{n}"
+        return _ratio(r.median(w, phase, "taskrun"), r.median(w, phase, "doit"))
+
+    sk = "sched/skewed-j2"
+    return [
+        Target("warm 5,000 layered: taskrun factory / doit generator", vs_doit(5000, "warm"),
+               0.35, "max"),
+        Target("warm 20,000 layered: taskrun factory / doit generator", vs_doit(20000, "warm"),
+               0.35, "max"),
+        Target("cold 5,000 layered, inline: taskrun factory / doit generator",
+               vs_doit(5000, "cold"), 0.8, "max"),
+        Target("warm per-task cost in-process (5,000 tasks)", warm_us_per_task(r), 40.0, "max",
+               " µs"),
+        Target("skewed-duration graph at -j 2: makespan critical path / FIFO",
+               _ratio(r.median(sk, "makespan", "critical-path"), r.median(sk, "makespan", "fifo")),
+               0.8, "max"),
+    ]
+
+
+def _phase_table(r: Results, prefix: str, title: str, peers: Sequence[str]) -> list[str]:
+    """Median seconds and ratios for every PREFIX/SHAPE-N workload measured."""
+    ws = sorted(
+        {w for (w, _, _) in r.samples if w.startswith(prefix + "/")},
+        key=lambda w: (int(w.rsplit("-", 1)[1]),
+                       wl.SHAPES.index(w[len(prefix) + 1:].rsplit("-", 1)[0])),
+    )
+    if not ws:
+        return []
+    head = " | ".join(peers)
+    out = [title, "", f"| workload | phase | taskrun | {head} | "
+           + " | ".join(f"taskrun/{p}" for p in peers) + " |",
+           "|---|---|---:|" + "---:|" * (2 * len(peers))]
+    for w in ws:
+        for phase in ("cold", "warm", "changed"):
+            t = r.median(w, phase, "taskrun")
+            ms = [r.median(w, phase, p) for p in peers]
+            out.append(
+                f"| {w[len(prefix) + 1:]} | {phase} | {_fmt(t)} | "
+                + " | ".join(_fmt(m) for m in ms) + " | "
+                + " | ".join(_fmt_ratio(_ratio(t, m)) for m in ms) + " |"
+            )
+    return [*out, ""]
+
+
+def report16(r: Results) -> list[str]:
+    """Issue 16's tables: idiomatic forms, in-process warm cost, skewed makespan, targets."""
+    out = _phase_table(
+        r, "gen", "### Idiomatic forms: taskrun factory-made tasks.py against doit's generator "
+        "`task_t` (median seconds; ratio = taskrun / doit, lower is better)", ["doit"],
+    )
+    if ("inproc/warm-5000", "warm-5000", "run") in r.samples:
+        out += ["### Warm per-task cost in one process (median seconds)", "",
+                "| tasks | load the task file | warm `taskrun.run` | together |",
+                "|---:|---:|---:|---:|"]
+        for n in (5000, 100):
+            a = r.median("inproc/warm-5000", f"warm-{n}", "load")
+            b = r.median("inproc/warm-5000", f"warm-{n}", "run")
+            both = a + b if a is not None and b is not None else None
+            out.append(f"| {n} | {_fmt(a, 4)} | {_fmt(b, 4)} | {_fmt(both, 4)} |")
+        us = warm_us_per_task(r)
+        out += ["", f"Per task, (T(5000) - T(100)) / 4900: "
+                f"{'—' if us is None else f'{us:.1f} µs'}.", ""]
+    sk = "sched/skewed-j2"
+    if (sk, "makespan", "fifo") in r.samples:
+        cp = r.median(sk, "makespan", "critical-path")
+        out += ["### Skewed durations at -j 2, thread executor: makespan by start order "
+                "(median seconds of the run's own elapsed time)", "",
+                "| order | makespan | / FIFO |", "|---|---:|---:|"]
+        fifo = r.median(sk, "makespan", "fifo")
+        for mode in SCHEDULES:
+            m = r.median(sk, "makespan", mode)
+            out.append(f"| {mode} | {_fmt(m)} | {_fmt_ratio(_ratio(m, fifo))} |")
+        out += ["", f"(critical path / FIFO: {_fmt_ratio(_ratio(cp, fifo))})", ""]
+    out += ["### Targets (issue 16)", "", "| target | limit | measured | verdict |",
+            "|---|---|---|---|", *[t.line() for t in targets16(r)], ""]
+    return out
 
 
 def report(r: Results) -> str:
@@ -641,6 +820,7 @@ def report(r: Results) -> str:
             m = r.median(su, "list", label)
             out.append(f"| `{label}` | {_fmt(m, 4)} | {_fmt_ratio(_ratio(m, py))} |")
         out.append("")
+    out += report16(r)
     out += ["### Targets (issue 8)", "", "| target | limit | measured | verdict |"]
     out.append("|---|---|---|---|")
     out += [t.line() for t in targets(r)]
@@ -696,17 +876,19 @@ def _commit() -> str:
 
 def profile(spec: str, out: Path) -> None:
     """Run taskrun under pyinstrument for one no-op workload phase (noop/SHAPE-N/PHASE)."""
-    m = re.fullmatch(r"noop/(\w+)-(\d+)/(cold|warm|changed)", spec)
+    m = re.fullmatch(r"(noop|gen)/(\w+)-(\d+)/(cold|warm|changed)", spec)
     if not m:
         raise SystemExit(
-            f"--profile takes noop/SHAPE-N/PHASE, e.g. noop/layered-5000/warm; got {spec!r}"
+            "--profile takes noop/SHAPE-N/PHASE or gen/layered-N/PHASE, e.g."
+            f" gen/layered-5000/warm; got {spec!r}"
         )
-    shape, n, phase = m.group(1), int(m.group(2)), m.group(3)
+    kind, shape, n, phase = m.group(1), m.group(2), int(m.group(3)), m.group(4)
     exe = _exes()["taskrun"]
     if exe is None:
         raise SystemExit("taskrun is not installed")
     with tempfile.TemporaryDirectory(prefix="taskrun-profile-") as tmp:
-        tool = Taskrun(exe, Path(tmp), wl.make_graph(shape, n))
+        cls = TaskrunFactory if kind == "gen" else Taskrun
+        tool = cls(exe, Path(tmp), wl.make_graph(shape, n))
         tool.write()
         tool.prime()
         if phase != "cold":
@@ -775,7 +957,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", metavar="GLOB", help="only workloads matching GLOB[,GLOB...]")
     parser.add_argument("--reps", type=int, default=None, help="repetitions (default 5; quick 2)")
     parser.add_argument("--json", type=Path, metavar="FILE", help="write every sample as JSON")
-    parser.add_argument("--profile", metavar="noop/SHAPE-N/PHASE",
+    parser.add_argument("--profile", metavar="noop|gen/SHAPE-N/PHASE",
                         help="profile taskrun on one workload with pyinstrument instead")
     parser.add_argument("--profile-out", type=Path, default=Path("bench-profile.txt"))
     parser.add_argument("--list", action="store_true", help="list workload names and exit")
@@ -809,7 +991,7 @@ def main(argv: list[str] | None = None) -> int:
         doc["machine"] = machine()
         doc["targets"] = [
             {"label": t.label, "value": t.value, "limit": t.limit, "kind": t.kind, "met": t.met}
-            for t in targets(results)
+            for t in [*targets(results), *targets16(results)]
         ]
         args.json.write_text(json.dumps(doc, indent=2))
     return 1 if results.problems else 0
