@@ -235,7 +235,11 @@ class Scheduler:
     _digest_warned: set[str] = field(default_factory=set, init=False)
     _ready: deque[_Node] = field(default_factory=deque, init=False)
     _waiting: dict[str, int] = field(default_factory=dict, init=False)  # deps not done yet
-    _queued: deque[_Node] = field(default_factory=deque, init=False)  # misses without a slot
+    # Misses without a slot, longest remaining path first (taskrun.priority).
+    _queued: Any = field(default=None, init=False)  # priority.ReadyQueue[_Node]
+    _paths: dict[str, float] | None = field(default=None, init=False)  # see _priority
+    _weight: float = field(default=1.0, init=False)  # of a task with no recorded duration
+    _weights: dict[str, float] = field(default_factory=dict, init=False)
     _announced: set[str] = field(default_factory=set, init=False)  # told queued, not started
     _parked: dict[cf.Future[Any], _Node] = field(default_factory=dict, init=False)
     _running: dict[cf.Future[Any], _Node] = field(default_factory=dict, init=False)
@@ -266,8 +270,10 @@ class Scheduler:
                     self._nodes[dep.task].consumers += 1
             node.forced = self.force_all or node.name in self.force
         from taskrun.mapping import Mapper
+        from taskrun.priority import ReadyQueue
 
         self._mapper = Mapper(self)
+        self._queued = ReadyQueue(self._priority)
         self._check_places()
 
     def _check_places(self) -> None:
@@ -552,10 +558,19 @@ class Scheduler:
         it could have computed its share. And nothing waits in an executor's queue, so
         after a failure (fail-fast) no queued call can still start.
         """
-        self._start_queued()
         ready = self._ready
         fresh: set[str] = set()  # fingerprinted by _prefetch for this very decision
-        while ready:
+        misses: list[_Node] = []
+        while True:
+            if not ready:
+                # The whole ready wave is decided before any of it starts, so that the
+                # queue can start the most critical miss first (taskrun.priority). An
+                # inline executor runs them here, which may make more tasks ready.
+                self._enqueue(misses)
+                misses = []
+                if not ready:
+                    return
+                continue
             if self.remote is not None and self.remote.active and ready[0].name not in fresh:
                 self._prefetch(fresh)  # the wave that is ready now, in one batch
             node = ready.popleft()
@@ -578,12 +593,18 @@ class Scheduler:
                 self._fingerprint(node, self._upstream_digests(node, deps))
             if self._lookup(node):
                 continue
-            self._queued.append(node)
-            self._start_queued()
-            if node.state == "pending":  # waits for a slot: queued, not started
-                node.reasons = self._why(node)
-                self._announced.add(node.name)
-                self.on_event(ev.TaskQueued(node.name, node.reasons, node.attempt))
+            misses.append(node)
+
+    def _enqueue(self, misses: list[_Node]) -> None:
+        """Queue the misses of a ready wave, start what has a slot, announce the rest."""
+        for miss in misses:
+            self._queued.append(miss)
+        self._start_queued()
+        for miss in misses:
+            if miss.state == "pending":  # waits for a slot: queued, not started
+                miss.reasons = self._why(miss)
+                self._announced.add(miss.name)
+                self.on_event(ev.TaskQueued(miss.name, miss.reasons, miss.attempt))
 
     def _free_slots(self, node: _Node) -> bool:
         """Whether the executor ``node`` would run on has a slot for it now."""
@@ -596,20 +617,24 @@ class Scheduler:
         return busy < slots
 
     def _start_queued(self) -> None:
-        """Start queued misses, first in first out, while their executor has a free slot.
+        """Start queued misses, most critical first, while their executor has a free slot.
 
-        After a halt (fail-fast, cancel) the queued misses that may not start are skipped
-        at once. perf: the head of the queue without a slot stops the walk, so each call
-        costs what it starts, not the length of the queue.
+        After a halt (fail-fast, cancel; also one a miss started here causes) the queued
+        misses that may not start are skipped at once. perf: the head of the queue
+        without a slot stops the walk, so each call costs what it starts, not the length
+        of the queue.
         """
         queued = self._queued
-        if self._halt and queued:
-            for node in [n for n in queued if n.spec.run_if not in self._halt_rules]:
-                if node.state == "pending":
-                    self._skip(node, self._halt)  # queued behind a failure: never started
-            self._queued = queued = deque(n for n in queued if n.state == "pending")
+        halted = ""
         while queued:
-            node = queued[0]
+            if self._halt and self._halt != halted:
+                halted = self._halt
+                for node in [n for n in queued if n.spec.run_if not in self._halt_rules]:
+                    if node.state == "pending":
+                        self._skip(node, self._halt)  # queued behind a failure: never started
+                queued.keep(lambda n: n.state == "pending")
+                continue
+            node = queued.peek()
             if node.state != "pending":
                 queued.popleft()
                 continue
@@ -618,6 +643,8 @@ class Scheduler:
             queued.popleft()
             if self._try_lock(node):
                 self._decide_locked(node)
+                if self._ready:
+                    break  # it ran inline and made tasks ready: decide them before choosing
                 continue
             # Another process computes it: go on with other tasks; a helper thread sleeps
             # until the lock is free (see _unpark).
@@ -625,6 +652,35 @@ class Scheduler:
             node.wait = self.cache.wait_lock(node.fp)
             self._parked[node.wait] = node
             self.on_event(ev.TaskWaiting(node.name))
+
+    def _priority(self, node: _Node) -> float:
+        """NODE's longest remaining path, weighted by recorded durations (taskrun.priority).
+
+        Computed for the whole plan the first time the queue must choose (never in a run
+        that has no choice to make); 0 for every task with ``TASKRUN_SCHEDULE=fifo``.
+        """
+        if self._paths is None:
+            from taskrun.priority import fifo_requested, remaining_paths
+            from taskrun.runs import RUNS_DIR, recorded_durations
+
+            if fifo_requested():
+                self._paths = {}
+            else:
+                self._weights = recorded_durations(self.root / RUNS_DIR)
+                order = self.invocation.order
+                nodes = self._nodes
+                self._paths, self._weight = remaining_paths(
+                    order, lambda n: nodes[n].dependents, self._weights
+                )
+        if not self._paths:
+            return 0.0
+        found = self._paths.get(node.name)
+        if found is not None:
+            return found
+        own = self._weights.get(node.name, self._weight)
+        # An item call goes on along its mapped task's path, after the mapped task.
+        after = self._nodes[node.item.mapped].dependents if node.item else node.dependents
+        return own + max((self._priority(self._nodes[d]) for d in after), default=0.0)
 
     def _unpark(self, node: _Node, wait: cf.Future[Any]) -> None:
         """The other process released a parked task's lock: hit, normally, else run it."""
