@@ -289,7 +289,9 @@ def _complete_assignments(
               envvar="TASKRUN_REMOTE_MODE",
               help="rw (default: fetch and upload), read (fetch only, e.g. pull requests), off.")
 @click.option("-q", "--quiet", count=True, help="Less output (-qq: failures and errors only).")
-@click.option("-v", "--verbose", count=True, help="More output (cached tasks, starts).")
+@click.option(
+    "-v", "--verbose", count=True, help="More output: every cached task, starts, sh() commands."
+)
 @click.pass_context
 def run_cmd(ctx: click.Context, targets: tuple[str, ...], assignments: tuple[str, ...],
             **kwargs: Any) -> None:

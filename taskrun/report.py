@@ -215,6 +215,11 @@ class PlainReporter(Reporter):
 
     A task's output comes as ``TASK | line`` while it runs; its progress as a line at most
     every :attr:`PROGRESS_EVERY` seconds per task (and its first and last report).
+
+    Cache hits are counted, not listed: consecutive hits become one ``cached   N tasks``
+    line, written before the next line of any other kind (and before a task starts, so a
+    CI log shows them before a long wait). A hit that restored files keeps a line of its
+    own, since it wrote to the project. ``-v`` lists every hit, one line each.
     """
 
     PROGRESS_EVERY = 5.0  # seconds between two progress lines of one task, at least
@@ -224,17 +229,39 @@ class PlainReporter(Reporter):
         self._streamed: set[str] = set()  # tasks whose output came as output events
         self._rates: dict[str, _Rate] = {}
         self._said: dict[str, float] = {}  # task -> time.monotonic() of its last progress line
+        self._hits: list[str] = []  # cache hits not written yet (see the class docstring)
 
     color = False  # FORCE_COLOR: colour the lines (still no cursor movement)
 
     def handle(self, event: ev.Event) -> None:
-        for line in self.lines(event):
+        if isinstance(event, ev.TaskCached) and self.counts_cached(event):
+            self._hits.append(event.task)
+            return
+        lines = self.lines(event)
+        if self._hits and (lines or isinstance(event, ev.TaskStarted)):
+            lines = [self._hits_line(), *lines]
+        for line in lines:
             text = printable(line.text)
             if self.color and line.tone and text:
                 import click
 
                 text = click.style(text, **_TONES[line.tone])
             self.write(text)
+
+    def counts_cached(self, event: ev.TaskCached) -> bool:
+        """Whether a hit is counted into a ``cached   N tasks`` line instead of listed."""
+        return self.quiet < 1 and not self.verbose and not event.restored
+
+    def _hits_line(self) -> Line:
+        hits, self._hits = self._hits, []
+        if len(hits) == 1:
+            return Line(f"cached   {hits[0]}", "dim")
+        return Line(f"cached   {len(hits)} tasks", "dim")
+
+    def close(self) -> None:
+        super().close()
+        if self._hits:  # a run that ended without a summary (it should not happen)
+            self.write(printable(self._hits_line().text))
 
     def lines(self, event: ev.Event) -> list[Line]:
         """The permanent lines for ``event`` at this reporter's verbosity."""
@@ -337,6 +364,7 @@ class PlainReporter(Reporter):
         return out
 
     def show_cached(self) -> bool:
+        """Whether a cache hit that is not counted (see :meth:`counts_cached`) gets a line."""
         return self.quiet < 1
 
     def prints_output(self) -> bool:

@@ -103,9 +103,11 @@ def test_run_cold_then_all_cached(run_cli: RunCli, proj: Path) -> None:
     reset(proj)
     second = run_cli(proj, "run")
     assert second.exit_code == 0, second.output
+    assert second.output.splitlines()[:-1] == ["cached   2 tasks"]  # counted, not listed
     assert "2 tasks: 2 cached, 0 ran, 0 failed" in second.output
-    assert "cached   numbers" in second.output and "cached   report" in second.output
     assert ran(proj) == []
+    verbose = run_cli(proj, "run", "-v")
+    assert "cached   numbers" in verbose.output and "cached   report" in verbose.output
 
 
 def test_task_output_is_shown_with_its_task_name(run_cli: RunCli, proj: Path) -> None:

@@ -157,7 +157,7 @@ def test_gc_keep_last_run_keeps_exactly_the_used_entries(project: Path, run_cli)
     assert result.exit_code == 0, result.output
     assert "removed 3 entries" in result.stdout
     assert set(cached(cache_of(project))) == last_used(project)
-    assert run_cli(project, "run", "-o", "n=9").stdout.count("cached ") == 3
+    assert run_cli(project, "run", "-v", "-o", "n=9").stdout.count("cached ") == 3
 
 
 def test_gc_max_age(project: Path, run_cli) -> None:
