@@ -126,6 +126,7 @@ def blob_count(cache_dir: Path) -> int:
 
 
 def assert_all_cached(proc: subprocess.CompletedProcess[str]) -> None:
+    """Every task was a hit, by name (the run had -v: plain output only counts hits)."""
     n = len(TASK_NAMES)
     assert f"{n} tasks: {n} cached, 0 ran, 0 failed" in proc.stdout, proc.stdout
     states = {line.split()[1].rstrip(","): line.split()[0]
@@ -180,7 +181,7 @@ def test_second_job_at_another_path_reports_every_task_cached(
     assert f"imported {len(TASK_NAMES)} entries" in imported.stdout
     for name in TASK_NAMES:
         assert f" {name} " in imported.stdout  # "took     <task> <fingerprint>"
-    second = taskrun(root, "run", env=env)
+    second = taskrun(root, "run", "-v", env=env)  # -v: every hit by name
     assert_all_cached(second)
     for rel, data in job_a.outputs.items():
         assert (root / rel).read_bytes() == data, rel
@@ -190,7 +191,9 @@ def test_restoring_the_cache_directory_itself_also_hits(job_a: JobA, tmp_path: P
     """The actions/cache route (the directory saved and restored as is) hits every task."""
     root = checkout(job_a.source, tmp_path / "elsewhere" / "proj")
     shutil.copytree(job_a.cache_dir, root / ".taskrun" / "cache")
-    second = taskrun(root, "run", env=job_b_env(tmp_path / "home", TASKRUN_CACHE_MODE="read"))
+    second = taskrun(
+        root, "run", "-v", env=job_b_env(tmp_path / "home", TASKRUN_CACHE_MODE="read")
+    )
     assert_all_cached(second)
     assert (root / "build" / "report.txt").read_bytes() == job_a.outputs["build/report.txt"]
 
@@ -228,7 +231,7 @@ def test_second_job_as_another_user_hits_every_task(job_a: JobA) -> None:
         os.chown(base / "home", nobody.pw_uid, nobody.pw_gid)
         user = (nobody.pw_uid, nobody.pw_gid)
         taskrun(root, "cache", "import", str(archive), env=env, user=user)
-        assert_all_cached(taskrun(root, "run", env=env, user=user))
+        assert_all_cached(taskrun(root, "run", "-v", env=env, user=user))
         assert (root / "build" / "report.txt").stat().st_uid == nobody.pw_uid
     finally:
         shutil.rmtree(base, ignore_errors=True)
@@ -366,7 +369,7 @@ def test_gc_keep_last_run_leaves_exactly_the_used_entries(job_a: JobA, tmp_path:
     gc = taskrun(root, "cache", "gc", "--keep-last-run", env=env)
     assert "removed" in gc.stdout
     assert set(entries(cache_dir)) == used
-    assert_all_cached(taskrun(root, "run", env=env))
+    assert_all_cached(taskrun(root, "run", "-v", env=env))
 
 
 # --------------------------------------------------------------------------- shared directory

@@ -256,7 +256,7 @@ def make_copy(where: Path) -> Path:
 
 def run(run_cli, root: Path, *args: str, key: str | None = KEY, ok: bool = True):  # type: ignore[no-untyped-def]
     env = {"TASKRUN_CACHE_KEY": key, "TASKRUN_REMOTE_CACHE": None, "TASKRUN_REMOTE_MODE": None}
-    result = run_cli(root, "run", *args, env=env)
+    result = run_cli(root, "run", "-v", *args, env=env)  # -v: every cache hit by name
     if ok:
         assert result.exit_code == 0, result.output
     return result
