@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import workloads as wl  # noqa: E402
+import workloads as wl
 
 MAPPED = '''
 from taskrun import task

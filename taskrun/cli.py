@@ -221,7 +221,7 @@ def _complete_tasks(ctx: click.Context, param: click.Parameter, incomplete: str)
 
     try:
         tasks = _completion_project(ctx).registry.tasks
-    except Exception:  # completion must never print a traceback into the shell
+    except Exception:  # noqa: BLE001 - completion must never print a traceback into the shell
         return []
     return [
         CompletionItem(name, help=spec.summary)
@@ -239,7 +239,7 @@ def _complete_assignments(
         return []
     try:
         tasks = _completion_project(ctx).registry.tasks
-    except Exception:
+    except Exception:  # noqa: BLE001 - completion must never print a traceback into the shell
         return []
     items = []
     for spec in tasks.values():

@@ -440,7 +440,7 @@ def _check_task_name(ctx: click.Context, task: str, cached: Sequence[str]) -> No
     base, task_file = _where(ctx)
     try:
         tasks: Sequence[str] = list(Project.load(base, task_file).registry.tasks)
-    except Exception:  # no task file, or one that does not import: the cache's names only
+    except Exception:  # noqa: BLE001 - no task file, or a broken one: cache names only
         tasks = []
     if task in tasks:
         return

@@ -259,7 +259,7 @@ def _has(obj: Any, name: str) -> bool:
     """hasattr that survives objects whose __getattr__ raises anything."""
     try:
         return hasattr(obj, name)
-    except Exception:
+    except Exception:  # noqa: BLE001 - hasattr runs the object's own __getattr__, any code
         return False
 
 
@@ -270,7 +270,7 @@ def _is_task(obj: Any) -> bool:
 def _paths(module: types.ModuleType) -> list[str]:
     try:
         return [str(p) for p in getattr(module, "__path__", ())]
-    except Exception:
+    except Exception:  # noqa: BLE001 - a module's __path__ may be any object; unreadable: none
         return []
 
 
@@ -484,7 +484,7 @@ class _CodeWalker:
         for attr in attrs:
             try:
                 nxt = getattr(obj, attr)
-            except Exception:  # a dynamic attribute we cannot see statically
+            except Exception:  # noqa: BLE001 - a dynamic attribute we cannot see statically
                 return
             if isinstance(nxt, types.ModuleType):
                 if not self.owns_module(nxt):

@@ -24,15 +24,15 @@ __all__ = [
     "check_disjoint_outputs",
     "check_inputs_match",
     "check_outputs_avoid",
-    "optional",
-    "reaches",
-    "under",
     "compile_pattern",
     "expand",
     "expand_globs",
     "fill_template",
+    "optional",
+    "reaches",
     "split_relative",
     "template_fields",
+    "under",
     "walk_files",
 ]
 
@@ -374,9 +374,12 @@ def check_disjoint_outputs(specs: Mapping[str, Sequence[str]]) -> None:
         for k in range(len(pattern.prefix) + 1):
             for i in by_prefix.get(pattern.prefix[:k], ()):
                 pair = (min(i, j), max(i, j))
-                if compiled[i][0] != task and pair not in clashes:
-                    if _patterns_meet(pattern, compiled[i][1]):
-                        clashes.add(pair)
+                if (
+                    compiled[i][0] != task
+                    and pair not in clashes
+                    and _patterns_meet(pattern, compiled[i][1])
+                ):
+                    clashes.add(pair)
     if clashes:
         lines = [
             f"  - task '{compiled[i][0]}' output '{compiled[i][1].text}' and task "
@@ -385,10 +388,11 @@ def check_disjoint_outputs(specs: Mapping[str, Sequence[str]]) -> None:
         ]
         raise DefinitionError(
             "\n".join(
-                ["tasks declare overlapping outputs:", *lines]
-                + [
+                [
+                    "tasks declare overlapping outputs:",
+                    *lines,
                     "(a pattern that names a directory covers every file beneath it); give "
-                    "each task its own files or directory, or narrow the globs"
+                    "each task its own files or directory, or narrow the globs",
                 ]
             )
         )

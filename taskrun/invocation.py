@@ -128,13 +128,13 @@ def invoke(
                 kind = "" if opt.type.name in exc.message else f", type {opt.type.name}"
                 problems.append(Problem(where, f"{exc.message} (from {source}{kind})"))
                 continue
-            except Exception as exc:  # a custom type raising something of its own
+            except Exception as exc:  # noqa: BLE001 - a custom type raising something of its own
                 problems.append(Problem(where, f"{exc} (from {source})"))
                 continue
             values[name][opt.name], sources[name][opt.name] = value, source
-        if spec.map is None and any("{" in p for p in spec.outputs):
-            if len(values[name]) == len(spec.options):
-                _check_outputs(spec, values[name], problems)
+        templated = spec.map is None and any("{" in p for p in spec.outputs)
+        if templated and len(values[name]) == len(spec.options):
+            _check_outputs(spec, values[name], problems)
         _check_external_inputs(spec, problems)
     skipped = _conditions(planned, values, problems)
     if problems:
@@ -233,7 +233,7 @@ def _conditions(
             continue  # no condition, or an option already has a problem
         try:
             go, reason = evaluate_when(spec.when, values[name])
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - when= is user code; what it raises is reported
             problems.append(Problem(
                 f"when= of task '{name}' ({spec.where})",
                 f"raised {type(exc).__name__}: {exc}; fix the condition",
@@ -414,7 +414,7 @@ def _from_cli(
     out: dict[tuple[str, str], tuple[Any, bool | None]] = {}
     # _spread keeps the first value it sees for an option: walk qualified values first,
     # and each kind from the last to the first, so the last one written wins.
-    for task, option, value in sorted(reversed(parsed), key=lambda p: p[0] is None):
+    for task, option, value in sorted(parsed, key=lambda p: p[0] is None):
         _spread(task, option, value, True, "-o", registry, planned, problems, out,
                 strict_task=True, targets_ok=targets_ok)
     return out

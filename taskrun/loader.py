@@ -65,7 +65,7 @@ def load_task_file(path: Path) -> Registry:
         line = (exc.text or "").rstrip()
         pointer = f"\n    {line}" if line else ""
         raise DefinitionError(f"{where}: syntax error: {exc.msg}{pointer}") from None
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - the task file is user code; any error names its line
         frames = [
             f for f in traceback.extract_tb(exc.__traceback__) if f.filename == str(path)
         ] or traceback.extract_tb(exc.__traceback__)[-1:]

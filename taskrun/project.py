@@ -95,9 +95,9 @@ def mark_state_dir(root: Path) -> None:
         (".gitignore", "# taskrun's local state and cache; never commit it\n*\n"),
         ("CACHEDIR.TAG", _CACHEDIR_TAG),
     ):
-        with contextlib.suppress(OSError):  # exists already, or cannot be written
-            with open(state / name, "x", encoding="utf-8") as fh:
-                fh.write(text)
+        # exists already, or cannot be written
+        with contextlib.suppress(OSError), open(state / name, "x", encoding="utf-8") as fh:
+            fh.write(text)
 
 
 def runtime_of(settings: RuntimeSettings | None, root: Path | None = None) -> dict[str, str]:

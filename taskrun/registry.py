@@ -708,12 +708,12 @@ class Registry:
                 raise
             try:
                 return typing.get_type_hints(fn, localns=dict(frame.f_locals))
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - annotations are user code
                 raise DefinitionError(
                     f"{label}: its annotations could not be evaluated ({exc}); define the"
                     " types used in annotations before the task"
                 ) from None
-        except Exception as exc:  # a forward reference to nothing, and friends
+        except Exception as exc:  # noqa: BLE001 - a forward reference to nothing, and friends
             raise DefinitionError(
                 f"{label}: its annotations could not be evaluated ({exc}); define the types"
                 " used in annotations before the task"

@@ -653,7 +653,7 @@ class RemoteCache:
                     started = time.perf_counter()
                     try:
                         self._upload_one(item)
-                    except Exception as exc:  # any store error: the remote is off
+                    except Exception as exc:  # noqa: BLE001 - any store error: the remote is off
                         self._fail(_describe(exc))
                     with self._lock:
                         self.stats.upload_seconds += time.perf_counter() - started
@@ -758,9 +758,9 @@ class RemoteCache:
         wanted = {o.digest for m in kept.values() for o in m.outputs}
         old = now - _GRACE
         for obj in self.store.list(ENTRIES):
-            if obj.key[len(ENTRIES) :] not in kept and obj.modified < old:
-                if obj.key[len(ENTRIES) :] not in removed:
-                    self.store.delete(obj.key)
+            fp = obj.key[len(ENTRIES) :]
+            if fp not in kept and fp not in removed and obj.modified < old:
+                self.store.delete(obj.key)
         removed_blobs = 0
         for obj in self.store.list(BLOBS):
             if obj.key[len(BLOBS) :] not in wanted and obj.modified < old:

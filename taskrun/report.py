@@ -439,7 +439,7 @@ class ConsoleReporter(PlainReporter):
         with self._lock:
             try:
                 super().__call__(event)
-            except Exception:
+            except Exception:  # noqa: BLE001 - a display must never fail the run
                 # Never fail the run for the sake of a display: drop the live view and
                 # print this event as a plain line.
                 self._give_up()
@@ -546,7 +546,7 @@ class ConsoleReporter(PlainReporter):
                 try:
                     if self._running or self._waiting:
                         self._emit(self._erase() + self._live_text())
-                except Exception:
+                except Exception:  # noqa: BLE001 - a display error drops the live view, not the run
                     self._give_up()
                     return
 
@@ -555,7 +555,7 @@ class ConsoleReporter(PlainReporter):
             try:
                 if self._drawn:
                     self._emit(self._erase())
-            except Exception:
+            except Exception:  # noqa: BLE001 - erasing a failed display: nothing to add
                 pass
             self._live = False
             self._drawn = 0

@@ -24,6 +24,7 @@ The newest :data:`KEEP_RUNS` records are kept (``keep-runs`` in ``[tool.taskrun]
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -157,10 +158,9 @@ class RunRecorder:
 
     def _flush_locked(self) -> None:
         if self._file is not None and self._dirty:
-            try:
+            # A full disk must not fail the run: the record is best effort.
+            with contextlib.suppress(OSError):
                 self._file.flush()
-            except OSError:  # a full disk must not fail the run: the record is best effort
-                pass
             self._dirty = False
 
     def _flush_loop(self) -> None:

@@ -833,7 +833,7 @@ class Scheduler:
         if not node.has_value:
             try:
                 node.value = node.entry.load()
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - unpickling runs the product's code
                 raise _UpstreamReload(
                     node, f"its cached product could not be loaded ({exc})"
                 ) from None
@@ -1002,7 +1002,7 @@ class Scheduler:
 
         try:
             payload = cloudpickle.dumps(value)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - pickling runs the product's code
             self._warn(f"the product of '{node.name}' cannot be pickled ({exc}); not cached", node)
             return False, False
         # The newest entry _why() read before the task ran (no second read of the cache).
@@ -1080,9 +1080,12 @@ class Scheduler:
             up = self._nodes[name]
             if up.state == "failed":
                 return f"upstream '{name}' failed"
-            if up.state == "skipped" and up.error.startswith("upstream '"):
-                if up.error.endswith("' failed"):
-                    return up.error
+            if (
+                up.state == "skipped"
+                and up.error.startswith("upstream '")
+                and up.error.endswith("' failed")
+            ):
+                return up.error
         return self._halt
 
     def _close(self, completed: bool = True) -> None:
@@ -1202,7 +1205,7 @@ class Scheduler:
         """A task that called taskrun.skip() in an earlier run: skip it again from the cache."""
         try:
             marker = entry.load()
-        except Exception:  # an unreadable entry is a miss like any other
+        except Exception:  # noqa: BLE001 - an unreadable entry is a miss like any other
             return False
         node.entry = entry
         self._skip(node, marker.reason, cached=True)

@@ -254,10 +254,8 @@ def _collect(
 
 def kill_group(pgid: int) -> None:
     """SIGKILL every process of group ``pgid`` (gone already: nothing to do)."""
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _group_alive(pgid: int) -> bool:
@@ -425,8 +423,6 @@ def kill_children(keep: Sequence[int] = ()) -> int:
                     os.kill(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
-        try:
+        with contextlib.suppress(ChildProcessError):  # reaped by its Popen meanwhile
             os.waitpid(pid, 0)
-        except ChildProcessError:  # reaped by its Popen meanwhile
-            pass
     return killed

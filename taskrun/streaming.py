@@ -36,6 +36,7 @@ cannot catch), while worker processes capture at the descriptor level.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import math
 import os
 import threading
@@ -404,10 +405,8 @@ class CallbackChannel(Channel):
         self._send = send
 
     def send(self, done: float, total: float | None, message: str, when: float) -> None:
-        try:
+        with contextlib.suppress(Exception):  # progress is a display: never fail the task for it
             self._send(done, total, message, when)
-        except Exception:  # noqa: BLE001 - progress is a display: never fail the task for it
-            pass
 
 
 # -- logging in worker processes ------------------------------------------------------------

@@ -118,6 +118,7 @@ class _Scalar(TaskType):
         if self.pytype is bytes and isinstance(value, (bytearray, memoryview)):
             return bytes(value)
         self.fail(value, f"{self._article()} (got {type(value).__name__})")
+        return None
 
     def _article(self) -> str:
         return f"an {self.name}" if self.name[0] in "aeiou" else f"a {self.name}"
@@ -161,6 +162,7 @@ class _Bool(TaskType):
         if isinstance(value, bool):
             return value
         self.fail(value, "a bool (true or false)")
+        return None
 
     def _parse(self, text: str) -> Any:
         word = text.strip().lower()
@@ -169,6 +171,7 @@ class _Bool(TaskType):
         if word in self._FALSE:
             return False
         self.fail(text, "a bool (true/false, yes/no, on/off, 1/0)")
+        return None
 
     def format(self, value: Any) -> str:
         return "true" if value else "false"
@@ -233,6 +236,7 @@ class LiteralType(TaskType):
 
         hint = did_you_mean(str(value), [str(c) for c in self.choices])
         self.fail(value, self.doc + hint)
+        return None
 
     def _parse(self, text: str) -> Any:
         for choice in self.choices:
@@ -322,9 +326,9 @@ class ListType(_Container):
 def _json_item(kind: TaskType, value: Any) -> Any:
     """An item of a container's JSON text form: numbers and booleans stay JSON numbers and
     booleans (``[1, 2, 3]``, not ``["1", "2", "3"]``); parse takes both forms."""
-    if isinstance(value, (bool, int, float)) and not isinstance(value, enum.Enum):
-        if not isinstance(value, float) or value == value and abs(value) != float("inf"):
-            return value
+    finite = not isinstance(value, float) or (value == value and abs(value) != float("inf"))
+    if isinstance(value, (bool, int, float)) and not isinstance(value, enum.Enum) and finite:
+        return value
     return kind.format(value)
 
 
@@ -426,7 +430,7 @@ class DefinedType(TaskType):
         if self.predicate is not None:
             try:
                 ok = self.predicate(value)
-            except Exception as exc:  # a predicate that raises is a failed check, with why
+            except Exception as exc:  # noqa: BLE001 - a raising predicate fails the check
                 self.fail(value, f"{self._expected()} (its predicate raised {exc!r})")
             if not ok:
                 self.fail(value, self._expected())
@@ -437,7 +441,7 @@ class DefinedType(TaskType):
             return self.check(self.parent.parse(text, root=root), root=root)
         try:
             value = self.custom_parse(text)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - user's parse: its error is the reason
             self.fail(text, f"{self._expected()} ({self.name}'s parse raised {exc!r})")
         return self.check(value, root=root)
 
@@ -533,6 +537,7 @@ class ClassType(TaskType):
         if isinstance(value, self.cls):
             return value
         self.fail(value, f"a {self.name} (got {class_name(type(value))})")
+        return None
 
 
 class SetType(TaskType):
@@ -627,6 +632,7 @@ class UnionType(TaskType):
             except TypeCheckError as exc:
                 problems.append(exc.message)
         self.fail(value, f"any of {self.name} ({'; '.join(problems)})")
+        return None
 
 
 def resolve_annotation(annotation: Any, *, product: bool = False) -> TaskType:

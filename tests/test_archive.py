@@ -172,7 +172,7 @@ def test_absolute_member_is_refused(archive: pathlib.Path, dest: Cache) -> None:
     assert_untouched(dest)
 
 
-@pytest.mark.parametrize("link_type, kind", [(tarfile.SYMTYPE, "symlink"),
+@pytest.mark.parametrize(("link_type", "kind"), [(tarfile.SYMTYPE, "symlink"),
                                              (tarfile.LNKTYPE, "hard link")])
 def test_link_member_is_refused(archive: pathlib.Path, dest: Cache, link_type: bytes,
                                 kind: str) -> None:

@@ -410,7 +410,7 @@ def two_projects(tmp_path: Path) -> Iterator[tuple[Path, Path, Path]]:
         (root / "tasks.py").write_text(SLOW_TASKS)
         (root / "pyproject.toml").write_text(f'[tool.taskrun.options]\nwho = "{who}"\n')
         roots.append(root)
-    yield roots[0], roots[1], shared
+    return roots[0], roots[1], shared
 
 
 def test_two_concurrent_writers_share_one_cache_dir(two_projects: tuple[Path, Path, Path]) -> None:

@@ -26,14 +26,14 @@ pytest.importorskip(
     "distributed", reason="the dask extra is not installed: pip install 'taskrun[dask]'"
 )
 
-import test_executors as suite  # noqa: E402 - its task module, helpers and fixtures
+import test_executors as suite
 
-from taskrun.errors import UsageError  # noqa: E402
-from taskrun.executors import Executor, make_executor  # noqa: E402
-from taskrun.executors import shipping as shipping_module  # noqa: E402
-from taskrun.executors.base import Call  # noqa: E402
-from taskrun.executors.dask import DaskExecutor  # noqa: E402
-from taskrun.files import File  # noqa: E402
+from taskrun.errors import UsageError
+from taskrun.executors import Executor, make_executor
+from taskrun.executors import shipping as shipping_module
+from taskrun.executors.base import Call
+from taskrun.executors.dask import DaskExecutor
+from taskrun.files import File
 
 gone, make_call, run, wait_until = suite.gone, suite.make_call, suite.run, suite.wait_until
 project, release, tasks = suite.project, suite.release, suite.tasks  # the same fixtures
@@ -395,13 +395,13 @@ def test_exiting_the_with_block_on_an_error_cancels(
 ) -> None:
     """An exception out of the with block cancels pending calls."""
     pidfile = tmp_path / "pid"
-    with pytest.raises(RuntimeError):
-        with client_of as ex:
-            future = ex.submit(
-                make_call(tasks.hang, project, pidfile=str(pidfile), release=str(release))
-            )
-            assert wait_until(pidfile.exists)
-            raise RuntimeError("stop")
+    # PT012 on purpose: the test is what an exception raised inside the executor's block does.
+    with pytest.raises(RuntimeError), client_of as ex:  # noqa: PT012
+        future = ex.submit(
+            make_call(tasks.hang, project, pidfile=str(pidfile), release=str(release))
+        )
+        assert wait_until(pidfile.exists)
+        raise RuntimeError("stop")
     assert future.result(timeout=10).cancelled
 
 

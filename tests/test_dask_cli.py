@@ -28,11 +28,13 @@ pytest.importorskip(
     "distributed", reason="the dask extra is not installed: pip install 'taskrun[dask]'"
 )
 
-import distributed  # noqa: E402
-import test_executors as suite  # noqa: E402 - its task module, helpers and fixtures
+import contextlib
 
-from taskrun.executors.dask import DaskExecutor  # noqa: E402
-from taskrun.project import open_cache  # noqa: E402
+import distributed
+import test_executors as suite
+
+from taskrun.executors.dask import DaskExecutor
+from taskrun.project import open_cache
 
 make_call, run, wait_until = suite.make_call, suite.run, suite.wait_until
 project, release, tasks = suite.project, suite.release, suite.tasks  # the same fixtures
@@ -99,10 +101,8 @@ class Cluster:
 
     def stop(self) -> None:
         for proc in [*self.workers, self.scheduler]:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             proc.wait(timeout=30)
 
 

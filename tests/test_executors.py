@@ -470,13 +470,13 @@ def test_exiting_the_with_block_on_an_error_cancels(
 ) -> None:
     """An exception out of the with block cancels pending calls."""
     pidfile = tmp_path / "pid"
-    with pytest.raises(RuntimeError):
-        with make_executor(parallel_name, 1) as ex:
-            future = ex.submit(
-                make_call(tasks.hang, project, pidfile=str(pidfile), release=str(release))
-            )
-            assert wait_until(pidfile.exists)
-            raise RuntimeError("stop")
+    # PT012 on purpose: the test is what an exception raised inside the executor's block does.
+    with pytest.raises(RuntimeError), make_executor(parallel_name, 1) as ex:  # noqa: PT012
+        future = ex.submit(
+            make_call(tasks.hang, project, pidfile=str(pidfile), release=str(release))
+        )
+        assert wait_until(pidfile.exists)
+        raise RuntimeError("stop")
     assert future.result(timeout=10).cancelled
 
 
@@ -735,10 +735,9 @@ def test_traceback_drops_taskruns_own_frames() -> None:
 
     outcome = call_function("t", user, {}, interruptible=False)
     assert "in user" in outcome.traceback and "base.py" not in outcome.traceback
-    try:
+    with pytest.raises(KeyError) as raised:
         user()
-    except KeyError as exc:
-        assert "in user" in format_user_traceback(exc)
+    assert "in user" in format_user_traceback(raised.value)
 
 
 # -- make_executor --------------------------------------------------------------------------

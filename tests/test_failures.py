@@ -110,7 +110,7 @@ def test_rule_against_upstream_state(tmp_path: Path, upstream: str, rule: str) -
     executor = "thread" if upstream == "cancelled" else "inline"
     reg = matrix(upstream, rule)
     targets = ["probe", "boom"] if upstream == "cancelled" else ["probe"]
-    kw: dict[str, Any] = dict(registry=reg, root=tmp_path, executor=executor, jobs=2)
+    kw: dict[str, Any] = {"registry": reg, "root": tmp_path, "executor": executor, "jobs": 2}
     if upstream == "cached":
         first = taskrun.run(["up"], **kw)
         assert first.state("up") == "ran"
@@ -189,7 +189,7 @@ def cleanup_graph(fail: bool) -> Registry:
 
 def test_rule_task_fed_by_success_is_cached(tmp_path: Path) -> None:
     """An always task over good upstreams is cached like any task."""
-    kw: dict[str, Any] = dict(registry=cleanup_graph(False), root=tmp_path, executor="inline")
+    kw: dict[str, Any] = {"registry": cleanup_graph(False), "root": tmp_path, "executor": "inline"}
     assert taskrun.run(["cleanup"], **kw).state("cleanup") == "ran"
     again = taskrun.run(["cleanup"], **kw)
     assert again.state("cleanup") == "cached" and again.products["cleanup"] == "ran"
@@ -198,7 +198,7 @@ def test_rule_task_fed_by_success_is_cached(tmp_path: Path) -> None:
 
 def test_rule_task_fed_by_a_failure_is_never_cached(tmp_path: Path) -> None:
     """What a failure fed runs again next time: the failure may not happen again."""
-    kw: dict[str, Any] = dict(registry=cleanup_graph(True), root=tmp_path, executor="inline")
+    kw: dict[str, Any] = {"registry": cleanup_graph(True), "root": tmp_path, "executor": "inline"}
     events: list[Any] = []
     first = taskrun.run(["cleanup"], on_event=events.append, **kw)
     assert first.state("cleanup") == "ran" and first.products["cleanup"] == "failed"
@@ -288,7 +288,7 @@ def test_skip_ends_the_task_as_skipped_with_its_reason(tmp_path: Path, executor:
 
 def test_skip_is_cached_like_a_product(tmp_path: Path) -> None:
     """The next run skips from the cache without calling the task; a new option reruns it."""
-    kw: dict[str, Any] = dict(registry=skipping(), root=tmp_path, executor="inline")
+    kw: dict[str, Any] = {"registry": skipping(), "root": tmp_path, "executor": "inline"}
     taskrun.run(["ship", "log"], **kw)
     events: list[Any] = []
     again = taskrun.run(["ship", "log"], on_event=events.append, **kw)
@@ -310,7 +310,7 @@ def test_skip_is_not_swallowed_by_except_exception(tmp_path: Path) -> None:
         def careful() -> int:
             try:
                 taskrun.skip("not today")
-            except Exception:
+            except Exception:  # noqa: BLE001 - on purpose: skip() must pass a task's blind except
                 return 0
             return 1
 
@@ -386,7 +386,7 @@ def test_when_that_raises_is_an_invocation_error(tmp_path: Path) -> None:
         def job(n: int = 0) -> None:
             note("job")
 
-    with pytest.raises(InvocationError, match="when= of task 'job'.*ZeroDivisionError"):
+    with pytest.raises(InvocationError, match=r"when= of task 'job'.*ZeroDivisionError"):
         taskrun.run(["job"], registry=reg, root=tmp_path)
     assert called(tmp_path) == []
 
@@ -422,7 +422,7 @@ def test_outcome_without_a_rule_is_an_error(registry: Registry) -> None:
 
 def test_unknown_rule_suggests_the_right_one(registry: Registry) -> None:
     """run_if= takes one of three words; a typo gets did-you-mean."""
-    with pytest.raises(DefinitionError, match="run_if='allways'.*did you mean 'always'"):
+    with pytest.raises(DefinitionError, match=r"run_if='allways'.*did you mean 'always'"):
 
         @taskrun.task(run_if="allways")  # type: ignore[arg-type]
         def job() -> None: ...
@@ -685,9 +685,11 @@ def test_override_keeps_the_contract(tmp_path: Path) -> None:
     def wrong(mirror: int = 0) -> str:
         return ""
 
-    with pytest.raises(DefinitionError, match="override of task 'download'.*option 'mirror'"):
-        with reg.override("download", wrong):
-            pass
+    with (
+        pytest.raises(DefinitionError, match=r"override of task 'download'.*option 'mirror'"),
+        reg.override("download", wrong),
+    ):
+        pass
 
 
 def test_override_results_never_mix_with_the_real_tasks(tmp_path: Path) -> None:
@@ -702,7 +704,7 @@ def test_override_results_never_mix_with_the_real_tasks(tmp_path: Path) -> None:
     def fake() -> str:
         return "fake"
 
-    kw: dict[str, Any] = dict(registry=reg, root=tmp_path, executor="inline")
+    kw: dict[str, Any] = {"registry": reg, "root": tmp_path, "executor": "inline"}
     assert taskrun.run(["data"], **kw).products["data"] == "real"
     with reg.override("data", fake):
         faked = taskrun.run(["data"], **kw)
@@ -801,7 +803,7 @@ def test_executor_hint_places_tasks_across_two_executors(
 
 def test_unknown_executor_hint_is_a_definition_error(registry: Registry) -> None:
     """executor= takes one of the four names; a typo gets did-you-mean."""
-    with pytest.raises(DefinitionError, match="executor='proces'.*did you mean 'process'"):
+    with pytest.raises(DefinitionError, match=r"executor='proces'.*did you mean 'process'"):
 
         @taskrun.task(executor="proces")  # type: ignore[arg-type]
         def job() -> None: ...

@@ -230,9 +230,9 @@ def test_flush_writes_settled_entries_only(tmp_path: Path, later: None) -> None:
 
 def test_digest_of_missing_file_is_fingerprint_error(tmp_path: Path) -> None:
     """Hashing a missing file is a FingerprintError naming it."""
-    with pytest.raises(FingerprintError, match="nope.txt"):
+    with pytest.raises(FingerprintError, match=r"nope\.txt"):
         file_digest(tmp_path / "nope.txt")
-    with pytest.raises(FingerprintError, match="nope.txt"):
+    with pytest.raises(FingerprintError, match=r"nope\.txt"):
         StatCache(None).digest(tmp_path / "nope.txt")
 
 
@@ -338,7 +338,7 @@ def test_capture_collects_outputs_and_products(
 def test_capture_fails_when_declared_output_missing(tmp_path: Path) -> None:
     """A literal declared output the task did not write fails the task."""
     write(tmp_path / "build/other.txt", "")
-    with pytest.raises(OutputError, match="declared output 'build/report.txt' was not produced"):
+    with pytest.raises(OutputError, match=r"declared output 'build/report\.txt' was not produced"):
         capture_outputs(["build/report.txt", "build/*.o"], tmp_path, task="report")
 
 
@@ -460,7 +460,7 @@ def test_restore_missing_blob_is_specific_error(tmp_path: Path) -> None:
 
 def test_restore_corrupt_blob_is_integrity_error(tmp_path: Path) -> None:
     """A blob whose bytes do not match the recorded digest is refused."""
-    with pytest.raises(IntegrityError, match="a.txt"):
+    with pytest.raises(IntegrityError, match=r"a\.txt"):
         restore_outputs([("a.txt", xxh(b"a"), 0o644)], tmp_path, lambda d: b"tampered")
     assert list(tmp_path.iterdir()) == []
 

@@ -649,7 +649,7 @@ def test_code_parts_name_the_function_helpers_and_constants(load: Loader) -> Non
     module = load({"helpers": HELPERS, "tasks": TASKS})
     parts = _fingerprint(module).parts
     p = module.PREFIX
-    assert list(parts)[0] == "report"
+    assert next(iter(parts)) == "report"
     assert set(parts) == {
         "report",
         "local_helper",
@@ -1106,7 +1106,7 @@ def test_missing_probe_command_says_not_found() -> None:
 def test_hung_probe_times_out(monkeypatch: pytest.MonkeyPatch) -> None:
     """A probe that does not finish in time fails instead of hanging the run."""
     monkeypatch.setattr(taskrun.runtime, "_PROBE_TIMEOUT", 0.5)
-    with pytest.raises(ProbeError, match="did not finish within 0.5 s"):
+    with pytest.raises(ProbeError, match=r"did not finish within 0\.5 s"):
         runtime_facts(probes={"slow": f'{PY} -c "import time; time.sleep(30)"'})
 
 

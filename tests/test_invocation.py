@@ -18,7 +18,7 @@ def tasks(registry: Registry) -> Registry:
     positive = define_type("PositiveInt", int, lambda v: v > 0, doc="an integer above 0")
 
     @task
-    def sources(root: Dir = Dir("src")) -> list[File]:  # noqa: B008
+    def sources(root: Dir = Dir("src")) -> list[File]:
         raise AssertionError("invocation must not run tasks")
 
     @task(deps=[sources], outputs=["build/report.txt"])
@@ -337,7 +337,7 @@ def test_invocation_is_frozen(tasks: Registry, tmp_path: Path) -> None:
 @pytest.fixture
 def path_task(registry: Registry) -> Registry:
     @task
-    def read(path: File = File("data.txt")) -> None: ...  # noqa: B008
+    def read(path: File = File("data.txt")) -> None: ...
 
     return registry
 
@@ -364,7 +364,7 @@ def test_parse_assignment() -> None:
     assert parse_assignment("report.top=5") == ("report", "top", "5")
     assert parse_assignment("top=a=b") == (None, "top", "a=b")
     assert parse_assignment(" top =") == (None, "top", "")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="is not OPTION=VALUE"):
         parse_assignment("=5")
 
 
@@ -372,7 +372,7 @@ def test_file_default_is_normalized_like_a_given_value(registry: Registry, tmp_p
     """A File default is relative-normalized against the root, as a -o value would be."""
 
     @task
-    def read(path: File = File("./data/../data.txt")) -> None: ...  # noqa: B008
+    def read(path: File = File("./data/../data.txt")) -> None: ...
 
     assert run_invoke(registry, tmp_path, ["read"]).options["read"]["path"] == File("data.txt")
 
@@ -381,7 +381,7 @@ def test_file_default_outside_the_root_is_a_problem(registry: Registry, tmp_path
     """A default leading out of the project is caught before anything runs."""
 
     @task
-    def read(path: File = File("../outside.txt")) -> None: ...  # noqa: B008
+    def read(path: File = File("../outside.txt")) -> None: ...
 
     (problem,) = problems_of(registry, tmp_path, ["read"])
     assert "outside the project root" in problem and "(from default" in problem

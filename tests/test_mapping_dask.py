@@ -15,13 +15,13 @@ import pytest
 
 pytest.importorskip("distributed", reason="the Dask executor needs taskrun[dask]")
 
-import test_mapping as cases  # noqa: E402 - the projects of the main mapping tests
+import test_mapping as cases
 
-from taskrun import events as ev  # noqa: E402
-from taskrun.executors.dask import DaskExecutor  # noqa: E402
-from taskrun.invocation import invoke  # noqa: E402
-from taskrun.loader import load_task_file  # noqa: E402
-from taskrun.project import execute, open_cache, runtime_of  # noqa: E402
+from taskrun import events as ev
+from taskrun.executors.dask import DaskExecutor
+from taskrun.invocation import invoke
+from taskrun.loader import load_task_file
+from taskrun.project import execute, open_cache, runtime_of
 
 pytestmark = pytest.mark.slow  # a cluster takes a second or two to start
 

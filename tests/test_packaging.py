@@ -61,7 +61,7 @@ def test_license_is_mit() -> None:
 
 def test_windows_is_refused_with_the_reason() -> None:
     """On Windows taskrun says it needs POSIX and points at WSL; elsewhere it is silent."""
-    with pytest.raises(UsageError, match="POSIX systems only.*WSL"):
+    with pytest.raises(UsageError, match=r"POSIX systems only.*WSL"):
         require_posix("win32")
     require_posix("linux")
     require_posix("darwin")

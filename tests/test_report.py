@@ -43,9 +43,9 @@ class Broken(io.StringIO):
 
 
 def finished(**kw: object) -> ev.RunFinished:
-    values: dict[str, object] = dict(
-        total=2, cached=1, ran=1, failed=0, skipped=0, elapsed=1.25, saved=4.0
-    )
+    values: dict[str, object] = {
+        "total": 2, "cached": 1, "ran": 1, "failed": 0, "skipped": 0, "elapsed": 1.25, "saved": 4.0
+    }
     values.update(kw)
     return ev.RunFinished(**values)  # type: ignore[arg-type]
 

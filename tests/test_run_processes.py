@@ -83,7 +83,7 @@ def test_two_processes_on_one_cache_compute_once(tmp_path: Path) -> None:
         waiting = second.stdout.readline()  # the first run holds the task until released
     finally:
         (root / "release").touch()
-    out1, err1 = first.communicate(timeout=60)
+    _out1, err1 = first.communicate(timeout=60)
     out2, err2 = second.communicate(timeout=60)
     out2 = waiting + out2
     assert first.returncode == 0, err1

@@ -73,13 +73,13 @@ def test_sh_runs_in_cwd(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
 
 def test_sh_timeout_kills_and_raises() -> None:
     """A command running past its timeout is killed and reported."""
-    with pytest.raises(ShellError, match="timed out after 0.2s"):
+    with pytest.raises(ShellError, match=r"timed out after 0\.2s"):
         sh("sleep 10", timeout=0.2)
 
 
 def test_sh_unstartable_command_raises() -> None:
     """A program that cannot be started is a ShellError naming it, even with check=False."""
-    with pytest.raises(ShellError, match="no-such-program-xyz.*could not be started"):
+    with pytest.raises(ShellError, match=r"no-such-program-xyz.*could not be started"):
         sh(["no-such-program-xyz"], check=False)
 
 

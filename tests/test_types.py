@@ -195,7 +195,7 @@ def test_a_raising_predicate_is_a_failed_check_that_says_why() -> None:
     """A predicate that raises fails the value and shows the exception."""
     reg = Registry()
     odd = reg.define_type("Odd", int, lambda v: 1 / 0)
-    with pytest.raises(TypeCheckError, match="Odd.*ZeroDivisionError"):
+    with pytest.raises(TypeCheckError, match=r"Odd.*ZeroDivisionError"):
         odd.check(3)
 
 

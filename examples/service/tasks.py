@@ -6,6 +6,7 @@ and through them everything else. See README.md.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -68,10 +69,8 @@ def stop_service(
     if not start_service.ok:
         return f"nothing to stop (start_service {start_service.state})"
     pid = start_service.value["pid"]
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
     (STATE / "service.stopped").write_text(f"{pid} after tests {integration_tests.state}\n")
     return f"stopped {pid} (tests {integration_tests.state})"
 

@@ -15,6 +15,7 @@ process-based ones, so they import nothing but the standard library.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import os
 import time
 import traceback
@@ -171,7 +172,7 @@ def describe_exception(exc: BaseException) -> str:
         name = f"{module}.{name}"
     try:
         text = str(exc).strip()
-    except Exception:  # a broken __str__ must not hide the failure it describes
+    except Exception:  # noqa: BLE001 - a broken __str__ must not hide the failure it describes
         text = "<exception str() failed>"
     lines = [line for line in text.splitlines() if line.strip()]
     if not lines:
@@ -274,7 +275,5 @@ def resolved(outcome: Outcome) -> concurrent.futures.Future[Outcome]:
 
 def settle(future: concurrent.futures.Future[Outcome], outcome: Outcome) -> None:
     """Resolve ``future`` unless the caller cancelled it meanwhile."""
-    try:
+    with contextlib.suppress(concurrent.futures.InvalidStateError):
         future.set_result(outcome)
-    except concurrent.futures.InvalidStateError:
-        pass

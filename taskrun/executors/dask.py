@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
 import os
 import threading
@@ -686,10 +687,8 @@ class DaskExecutor(Executor):
         client = self._client
         futures = [f for job in jobs for f in (job.dask_future, job.scattered) if f is not None]
         if client is not None and futures:
-            try:
+            with contextlib.suppress(Exception):  # lost connection: nothing left to cancel
                 client.cancel(futures, force=True)
-            except Exception:  # noqa: BLE001, S110 - lost connection: nothing left to cancel
-                pass
         for job in jobs:
             output, duration = outputs.get(job.token, ""), _since(job.started)
             if why == "timeout":

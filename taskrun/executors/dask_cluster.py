@@ -9,6 +9,7 @@ stops. Nothing here runs on the workers (that is :mod:`taskrun.executors.dask_re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
@@ -61,11 +62,11 @@ def start_local_cluster(jobs: int) -> tuple[Any, Any]:
                 scheduler_kwargs={"dashboard": False},
                 silence_logs=logging.CRITICAL,  # the workers too: we report for them
             )
-    except Exception as exc:  # noqa: BLE001 - whatever stops it, the run cannot go on
+    except Exception as exc:  # whatever stops it, the run cannot go on
         raise UsageError(f"cannot start a local Dask cluster: {describe_exception(exc)}") from exc
     try:
         client = distributed.Client(cluster, set_as_default=False)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # whatever Dask raises, the cluster is closed and we stop
         cluster.close()
         raise UsageError(
             f"cannot connect to the local Dask cluster: {describe_exception(exc)}"
@@ -153,10 +154,8 @@ def kill_worker(pid: int) -> None:
     except psutil.Error:
         return
     for proc in family:
-        try:
+        with contextlib.suppress(psutil.Error):
             proc.kill()
-        except psutil.Error:
-            pass
 
 
 _quiet_lock = threading.Lock()

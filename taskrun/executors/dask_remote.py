@@ -35,8 +35,8 @@ from taskrun.executors.trampoline import run_pickled
 from taskrun.streaming import CallbackChannel, clear_channel, set_channel, use_logging_setup
 
 __all__ = [
-    "REVOKED",
     "PROGRESS_TOPIC",
+    "REVOKED",
     "TOPIC",
     "ClaimMode",
     "FilesMode",
@@ -112,10 +112,8 @@ def read_text(path: str) -> str | None:
 
 def unlink(path: str) -> None:
     """Remove the file at ``path`` if it is there."""
-    try:
+    with contextlib.suppress(OSError):
         os.unlink(path)
-    except OSError:
-        pass
 
 
 def read_claim(path: str) -> str:
@@ -168,7 +166,7 @@ def run_on_worker(
         if refused == REVOKED:
             return ("cancelled", "", [])
         if refused:
-            first = (refused.split(" ") + ["", ""])[1] or "unknown"
+            first = [*refused.split(" "), "", ""][1] or "unknown"
             return (
                 "crashed",
                 f"the Dask worker that ran the task died ({first}), and Dask"

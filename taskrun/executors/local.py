@@ -233,16 +233,12 @@ class LocalSession:
                 STREAMS.release()
                 self._streams = False
             if self._saved_cwd:
-                try:
+                with contextlib.suppress(OSError):  # gone meanwhile: nothing sensible to go back to
                     os.chdir(self._saved_cwd)
-                except OSError:  # gone meanwhile: nothing sensible to go back to
-                    pass
             self._saved_cwd = None
             for path in self._added_paths:
-                try:
+                with contextlib.suppress(ValueError):
                     sys.path.remove(path)
-                except ValueError:
-                    pass
             self._added_paths.clear()
 
 

@@ -34,6 +34,7 @@ traceback ``faulthandler`` writes on a fatal signal or on the SIGTERM sent at a 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import faulthandler
 import itertools
 import json
@@ -284,16 +285,13 @@ class ProcessExecutor(Executor):
         if self.feed is not None:
             # Empty the capture file before the call starts, so that what the tail reads
             # is this call's (the worker truncates it again when it starts the call).
-            try:
+            with contextlib.suppress(OSError):
                 os.truncate(worker.capture_path, 0)
-            except OSError:
-                pass
             worker.tail = FileTail(worker.capture_path, job.call.task, self.feed)
             self.feed.started(job.call.task)
-        try:
+        # It died while idle: its connection reads EOF next and the call fails.
+        with contextlib.suppress(OSError):
             worker.conn.send((job.payload, job.call.cwd, logging_setup()))
-        except OSError:
-            pass  # it died while idle: its connection reads EOF next and the call fails
         if worker.ready:
             self._arm(worker)
 
@@ -504,10 +502,8 @@ def _drain(worker: _Worker) -> None:
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)  # each worker leads its own session, so its group id is its pid
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _exited(proc: subprocess.Popen[bytes]) -> bool:
@@ -538,16 +534,12 @@ def _bury(worker: _Worker, *, patience: float, kill_group: bool = True) -> str:
         _signal_group(proc.pid, signal.SIGKILL)
     if kill_group:
         _signal_group(proc.pid, signal.SIGKILL)
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):  # pragma: no cover - unkillable (D state)
         proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:  # pragma: no cover - unkillable (D state)
-        pass
     worker.conn.close()
     output = _read(worker.capture_path)
-    try:
+    with contextlib.suppress(OSError):
         os.unlink(worker.capture_path)
-    except OSError:
-        pass
     return output
 
 
@@ -617,10 +609,8 @@ def _watch_parent(parent: int, capture_path: str) -> None:
         # The driver cannot clean up after us any more: remove our file (and the folder,
         # once the last worker has removed its own).
         for remove, path in ((os.unlink, capture_path), (os.rmdir, os.path.dirname(capture_path))):
-            try:
+            with contextlib.suppress(OSError):
                 remove(path)
-            except OSError:
-                pass
         GROUPS.kill()
         os.killpg(0, signal.SIGKILL)
 

@@ -5,6 +5,7 @@ The glob syntax and the overlap check live in :mod:`taskrun.globs`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import stat
@@ -230,10 +231,8 @@ def restore_outputs(
             for tmp, _ in pending:
                 _unlink_quiet(tmp)
             for d in reversed(made_dirs):
-                try:
+                with contextlib.suppress(OSError):
                     os.rmdir(d)
-                except OSError:
-                    pass
     written = tuple(rel for rel, _, _ in to_write) + tuple(rel for rel, _ in to_chmod)
     return RestoreReport(len(written), unchanged, tuple(sorted(written)))
 
@@ -315,10 +314,8 @@ def _write_temp(target: str, data: bytes, mode: int) -> str:
 
 
 def _unlink_quiet(path: str) -> None:
-    try:
+    with contextlib.suppress(OSError):
         os.unlink(path)
-    except OSError:
-        pass
 
 
 # --------------------------------------------------------------------------- clean
@@ -351,22 +348,16 @@ def clean_outputs(
     if not dry_run:
         emptied: set[str] = set()
         for rel in sorted(found):
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(root_abs, rel))
-            except FileNotFoundError:
-                pass
             emptied.update(str(p) for p in PurePosixPath(rel).parents if str(p) != ".")
         # Deepest first, so a parent is tried after its children; only directories that
         # held a removed file, so an empty directory of the user's own is left alone.
         for rel in sorted(emptied, key=lambda d: (-d.count("/"), d)):
-            try:
+            with contextlib.suppress(OSError):  # not empty: something not declared lives there
                 os.rmdir(os.path.join(root_abs, rel))
-            except OSError:
-                pass  # not empty: something not declared lives there
         for top in dirs:
             for directory, _, _ in sorted(os.walk(top), key=lambda w: -len(w[0])):
-                try:
+                with contextlib.suppress(OSError):  # not empty: something not declared lives there
                     os.rmdir(directory)
-                except OSError:
-                    pass  # not empty: something not declared lives there
     return [PurePosixPath(p) for p in sorted(found)]

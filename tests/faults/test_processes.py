@@ -8,6 +8,7 @@ synchronise on files the tasks write, never on sleeps.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -58,10 +59,8 @@ def assert_none_survive(mark: str, patience: float = 10.0) -> None:
         time.sleep(0.05)
         left = survivors(mark)
     for pid in left:  # clean up after a failure: these are this test's own processes
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     assert not left, f"processes with {mark} survived: {left}"
 
 
@@ -103,7 +102,7 @@ def test_sh_timeout_kills_what_the_command_started() -> None:
     from taskrun.shell import sh
 
     mark = marker()
-    with pytest.raises(ShellError, match="timed out after 0.5s"):
+    with pytest.raises(ShellError, match=r"timed out after 0\.5s"):
         sh(f"sleep {mark}; echo done", timeout=0.5, echo=False)
     assert_none_survive(mark)
 
@@ -289,7 +288,7 @@ def test_waiting_for_another_process_does_not_spin(tmp_path: Path) -> None:
         cpu1, wall1 = cpu_seconds(second.pid), time.monotonic()
     finally:
         (root / "go").touch()
-    out1, err1 = first.communicate(timeout=60)
+    _out1, err1 = first.communicate(timeout=60)
     out2, err2 = second.communicate(timeout=60)
     assert first.returncode == 0 and second.returncode == 0, (err1, err2)
     assert "cached   slow" in out2
