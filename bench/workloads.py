@@ -55,10 +55,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
+    "LAYERED_CODE",
     "LAYERS",
     "SHAPES",
     "Graph",
-    "LAYERED_CODE",
     "cpu_tasks_py",
     "dodo_py",
     "factory_tasks_py",
