@@ -395,13 +395,14 @@ def test_exiting_the_with_block_on_an_error_cancels(
 ) -> None:
     """An exception out of the with block cancels pending calls."""
     pidfile = tmp_path / "pid"
-    # PT012 on purpose: the test is what an exception raised inside the executor's block does.
-    with pytest.raises(RuntimeError), client_of as ex:  # noqa: PT012
-        future = ex.submit(
-            make_call(tasks.hang, project, pidfile=str(pidfile), release=str(release))
-        )
-        assert wait_until(pidfile.exists)
-        raise RuntimeError("stop")
+    # An exception raised inside the executor's block is the test (PT012, SIM117).
+    with pytest.raises(RuntimeError):  # noqa: PT012, SIM117
+        with client_of as ex:
+            future = ex.submit(
+                make_call(tasks.hang, project, pidfile=str(pidfile), release=str(release))
+            )
+            assert wait_until(pidfile.exists)
+            raise RuntimeError("stop")
     assert future.result(timeout=10).cancelled
 
 
