@@ -293,7 +293,7 @@ def _complete_assignments(
     "-v", "--verbose", count=True, help="More output: every cached task, starts, sh() commands."
 )
 @click.pass_context
-def run_cmd(ctx: click.Context, targets: tuple[str, ...], assignments: tuple[str, ...],
+def run_cmd(ctx: click.Context, /, targets: tuple[str, ...], assignments: tuple[str, ...],
             **kwargs: Any) -> None:
     """Run TARGETS and what they need, reusing every valid cached result.
 

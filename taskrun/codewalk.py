@@ -112,7 +112,7 @@ def code_parts(
         memo.checked.clear()  # no run to scope it to: look at the files again every time
     walker = _CodeWalker(root, getattr(target, "__module__", "") or "", digest, memo)
     key = _shared_key(target) if shared is not None else None
-    if key is None:
+    if key is None or shared is None:
         walker.function(target, target.__qualname__, top=True)
         return dict(walker.parts)
     # perf: tasks made by a factory share one code object; what the walk finds before the
@@ -220,10 +220,10 @@ def _normalize(
             attrs: list[str] = []
             base: ast.AST = node
             while type(base) is ast.Attribute:
-                attrs.append(base.attr)  # type: ignore[attr-defined]
-                base = base.value  # type: ignore[attr-defined]
+                attrs.append(base.attr)
+                base = base.value
             if type(base) is ast.Name:
-                chains.setdefault(base.id, []).append(attrs[::-1])  # type: ignore[attr-defined]
+                chains.setdefault(base.id, []).append(attrs[::-1])
         elif kind in _BODIES:
             body = node.body  # type: ignore[attr-defined]
             if (

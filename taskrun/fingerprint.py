@@ -413,7 +413,7 @@ class _Encoder:
             if v.is_absolute() and self.anchors:
                 rel = self.relative(v)
                 if rel is not None:
-                    v = rel  # type: ignore[assignment]
+                    v = rel
             self.content_path(v)
         elif isinstance(v, pathlib.PurePath):
             if v.is_absolute():
@@ -856,6 +856,7 @@ def _option_digests(
 ) -> dict[str, str]:
     digests = {}
     memo = _SCALAR_DIGESTS
+    value: Any  # an option's value: checked against its type, any object
     for name, value in inputs.options.items():
         t = type(value)
         if t in _SCALARS or (t is str and value[:1] != "/" and len(value) < 256):

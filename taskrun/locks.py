@@ -39,7 +39,7 @@ _RANGE_FILE = "fingerprints.lock"
 
 def _ofd(fd: int, kind: int, offset: int, *, wait: bool) -> bool:
     """Set or clear one byte-range open-file-description lock; False if it is taken."""
-    cmd = fcntl.F_OFD_SETLKW if wait else fcntl.F_OFD_SETLK  # type: ignore[attr-defined]
+    cmd = fcntl.F_OFD_SETLKW if wait else fcntl.F_OFD_SETLK
     try:
         fcntl.fcntl(fd, cmd, _FLOCK.pack(kind, os.SEEK_SET, offset, 1, 0))
     except (BlockingIOError, PermissionError):

@@ -222,8 +222,8 @@ def _signature(fn: Callable[..., Any]) -> Any:
         return inspect.signature(fn)
     n_pos, n_kw = code.co_argcount, code.co_kwonlyargcount
     names = code.co_varnames[: n_pos + n_kw]
-    defaults = fn.__defaults__ or ()  # type: ignore[attr-defined]
-    kwdefaults = fn.__kwdefaults__ or {}  # type: ignore[attr-defined]
+    defaults = fn.__defaults__ or ()
+    kwdefaults = fn.__kwdefaults__ or {}
     first_default = n_pos - len(defaults)
     params: dict[str, Any] = {}
     for i, name in enumerate(names):

@@ -609,7 +609,7 @@ class Scheduler:
     def _free_slots(self, node: _Node) -> bool:
         """Whether the executor ``node`` would run on has a slot for it now."""
         executor = self._mapper.executor(node)
-        slots = getattr(executor, "slots", executor.jobs)
+        slots: int | None = getattr(executor, "slots", executor.jobs)
         if slots is None:
             return True
         # Per executor: a streaming generator on its own executor takes none of -j's slots.

@@ -144,11 +144,12 @@ class _Scalar(TaskType):
         if self.pytype is float:
             return repr(value)
         if self.pytype is bytes:
+            data: bytes = value
             try:
-                text = value.decode("utf-8")
+                text = data.decode("utf-8")
             except UnicodeDecodeError:
-                return "hex:" + value.hex()
-            return "hex:" + value.hex() if text.startswith("hex:") else text
+                return "hex:" + data.hex()
+            return "hex:" + data.hex() if text.startswith("hex:") else text
         return str(value)
 
 
@@ -206,7 +207,8 @@ class _PathType(TaskType):
         return value if type(value) is self.pytype else self.pytype(value)
 
     def format(self, value: Any) -> str:
-        return value.as_posix()
+        path: pathlib.PurePath = value
+        return path.as_posix()
 
 
 class LiteralType(TaskType):

@@ -100,7 +100,7 @@ class _Streams:
                     out = RoutedStream(out)
                 if not isinstance(err, RoutedStream):
                     err = RoutedStream(err)
-                sys.stdout, sys.stderr = out, err  # type: ignore[assignment]
+                sys.stdout, sys.stderr = out, err
                 self._installed = (out, err)
                 self._handlers = _route_handlers(out, err)
                 _ROUTED_POPEN.install()

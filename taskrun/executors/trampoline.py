@@ -68,11 +68,13 @@ def _code_reduce(code: types.CodeType) -> Any:
 _CLOUDPICKLE_CODE_REDUCE = getattr(cloudpickle.cloudpickle, "_code_reduce", None)
 
 
-class _Pickler(cloudpickle.Pickler):
+# cloudpickle ships no type information (its Pickler is Any to mypy): subclassing it is
+# what this module is for.
+class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
     """cloudpickle's pickler, except that code keeps its file name (see _code_reduce)."""
 
     if _CLOUDPICKLE_CODE_REDUCE is not None:
-        dispatch_table = ChainMap(  # type: ignore[assignment]
+        dispatch_table = ChainMap(
             {types.CodeType: _code_reduce}, cloudpickle.Pickler.dispatch_table
         )
 
@@ -332,7 +334,7 @@ def _open_capture(capture: Capture, path: str | None) -> _Capture:
 def _unbuffered_text(fd: int) -> TextIO:
     raw = io.FileIO(fd, "w", closefd=False)
     return io.TextIOWrapper(
-        raw,  # type: ignore[arg-type]  # a raw file works, and is what makes it unbuffered
+        raw,  # a raw file works, and is what makes it unbuffered
         encoding="utf-8",
         errors="backslashreplace",
         line_buffering=True,

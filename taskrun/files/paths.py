@@ -53,15 +53,15 @@ class Dir(_ConcretePath):  # type: ignore[valid-type,misc]
 
     __slots__ = ()
 
-    def iterdir(self) -> Iterator[File | Dir]:  # type: ignore[override]
+    def iterdir(self) -> Iterator[File | Dir]:
         """The entries of this directory, typed as File or Dir."""
         return map(_typed, super().iterdir())
 
-    def glob(self, pattern: str, *args: Any, **kwargs: Any) -> Iterator[File | Dir]:  # type: ignore[override]
+    def glob(self, pattern: str, *args: Any, **kwargs: Any) -> Iterator[File | Dir]:
         """Entries matching PATTERN (pathlib syntax), typed as File or Dir."""
         return map(_typed, super().glob(pattern, *args, **kwargs))
 
-    def rglob(self, pattern: str, *args: Any, **kwargs: Any) -> Iterator[File | Dir]:  # type: ignore[override]
+    def rglob(self, pattern: str, *args: Any, **kwargs: Any) -> Iterator[File | Dir]:
         """Entries matching PATTERN at any depth, typed as File or Dir."""
         return map(_typed, super().rglob(pattern, *args, **kwargs))
 
