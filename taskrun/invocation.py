@@ -414,7 +414,8 @@ def _from_cli(
     out: dict[tuple[str, str], tuple[Any, bool | None]] = {}
     # _spread keeps the first value it sees for an option: walk qualified values first,
     # and each kind from the last to the first, so the last one written wins.
-    for task, option, value in sorted(parsed, key=lambda p: p[0] is None):
+    # C414 on purpose: the sort is stable, so reversing before it is what puts the last first.
+    for task, option, value in sorted(reversed(parsed), key=lambda p: p[0] is None):  # noqa: C414
         _spread(task, option, value, True, "-o", registry, planned, problems, out,
                 strict_task=True, targets_ok=targets_ok)
     return out
