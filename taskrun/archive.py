@@ -41,7 +41,10 @@ __all__ = ["ExportReport", "ImportReport", "export_archive", "import_archive"]
 
 MANIFEST: Final = "manifest.json"
 FORMAT: Final = "taskrun-cache-archive"
-VERSION: Final = 1
+# 2: entries may be format-2 envelopes (TRC2, a hit head before the meta); version 1
+# archives (TRC1 entries only) are still imported. An older taskrun refuses version 2.
+VERSION: Final = 2
+_READABLE_VERSIONS: Final = (1, 2)
 _MEMBER = re.compile(r"(entries|blobs)/([0-9a-f]{32})\Z")
 _CHUNK = 2**20
 _TAR_SLACK = 2**20  # tar headers and padding on top of the envelopes themselves
@@ -145,7 +148,7 @@ def export_archive(cache: Cache, path: pathlib.Path | str,
                         manifest_blobs[digest] = {"digest": _digest(blob)}
                     continue
                 skipped.append((fp, "an output blob is missing (evicted?)"))
-            manifest = {"format": FORMAT, "version": VERSION, "envelope": "TRC1",
+            manifest = {"format": FORMAT, "version": VERSION, "envelope": "TRC2",
                         "signed": cache.signed, "entries": manifest_entries,
                         "blobs": manifest_blobs}
             _add(tar, MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
@@ -273,8 +276,9 @@ def _check(cache: Cache, unpacked: _Unpacked
         if manifest_member is None:
             raise ValueError("missing")
         manifest = json.loads(manifest_member[0].read_bytes())  # at most MAX_MANIFEST
-        if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
-            raise ValueError(f"not a {FORMAT} version {VERSION}")
+        version = manifest.get("version")
+        if manifest.get("format") != FORMAT or version not in _READABLE_VERSIONS:
+            raise ValueError(f"not a {FORMAT} of version 1 or 2 (version {version!r})")
         listed = {f"entries/{fp}": v["digest"] for fp, v in manifest["entries"].items()}
         listed |= {f"blobs/{d}": v["digest"] for d, v in manifest["blobs"].items()}
     except (ValueError, KeyError, TypeError, AttributeError) as exc:

@@ -50,13 +50,16 @@ from taskrun.atomic import atomic_write
 from taskrun.cache_format import (
     KIND_BLOB,
     KIND_ENTRY,
+    HitHead,
     Opened,
     StoreReader,
     audit_store,
     blob_digest,
+    entry_head,
     is_digest,
     open_envelope,
     seal,
+    split_entry_meta,
     value_files_on_disk,
 )
 from taskrun.cache_values import (
@@ -199,15 +202,46 @@ def _hold_writers(directory: pathlib.Path) -> int | None:
     return fd
 
 
+def _head_of(meta: EntryMeta) -> HitHead:
+    return HitHead(
+        meta.fingerprint, meta.compute_time, len(meta.outputs), meta.task, meta.product_digest
+    )
+
+
 class Entry:
-    """A verified cache hit. The product is unpickled only by :meth:`load`."""
+    """A verified cache hit. The product is unpickled only by :meth:`load`.
 
-    __slots__ = ("_cache", "_digest", "meta")
+    ``fingerprint``, ``task``, ``product_digest``, ``compute_time`` and ``outputs`` are
+    what a hit uses; ``meta`` (the full metadata, with the fingerprint's components) is
+    read again and parsed only when asked for: perf, a warm run parses no JSON.
+    """
 
-    def __init__(self, cache: Cache, meta: EntryMeta, digest: str) -> None:
-        self.meta = meta
+    __slots__ = (
+        "_cache", "_digest", "_meta", "compute_time", "fingerprint", "product_digest", "task"
+    )
+
+    def __init__(
+        self, cache: Cache, head: HitHead, digest: str, meta: EntryMeta | None = None
+    ) -> None:
         self._cache = cache
         self._digest = digest
+        self._meta = meta
+        self.fingerprint = head.fingerprint
+        self.task = head.task
+        self.product_digest = head.product_digest
+        self.compute_time = head.compute_time
+
+    @property
+    def meta(self) -> EntryMeta:
+        """The entry's full metadata (re-read and parsed on first use)."""
+        if self._meta is None:
+            self._meta = self._cache._meta_of(self.fingerprint, self._digest, self.task)
+        return self._meta
+
+    @property
+    def outputs(self) -> tuple[OutputRecord, ...]:
+        """The output files the entry restores."""
+        return self._meta.outputs if self._meta is not None else ()
 
     def load(self) -> object:
         """Re-read, re-verify and unpickle the product.
@@ -215,10 +249,10 @@ class Entry:
         Raises IntegrityError when the entry is gone, changed or fails its checks since
         the lookup, and CacheError when a verified payload cannot be unpickled.
         """
-        return self._cache._load(self.meta, self._digest)
+        return self._cache._load(self.fingerprint, self.task, self._digest)
 
     def __repr__(self) -> str:
-        return f"<Entry {self.meta.task} {self.meta.fingerprint}>"
+        return f"<Entry {self.task} {self.fingerprint}>"
 
 
 # --------------------------------------------------------------------------- the cache
@@ -513,14 +547,40 @@ class Cache:
         return self._entry_meta(fp, opened), opened
 
     def _entry_meta(self, fp: str, opened: Opened) -> EntryMeta:
+        raw, head = opened.meta, None
+        if opened.version == 2:
+            head, raw = split_entry_meta(raw)
         try:
-            data = json.loads(opened.meta)
+            data = json.loads(raw)
         except ValueError as exc:
             raise IntegrityError(f"entry metadata is not JSON: {exc}") from None
         meta = EntryMeta.from_dict(data)
         if meta.fingerprint != fp:
             raise IntegrityError(f"entry for {meta.fingerprint} is stored under {fp}")
+        if head is not None and head != _head_of(meta):
+            raise IntegrityError("entry hit head does not match its metadata")
         return meta
+
+    def _hit_head(self, fp: str, opened: Opened) -> tuple[HitHead, EntryMeta | None]:
+        """What a hit needs: from the hit head alone when the entry has no output files
+        (perf: no JSON parse), else from the full metadata (legacy entries too)."""
+        if opened.version == 2:
+            head, _ = split_entry_meta(opened.meta)
+            if head.fingerprint != fp:
+                raise IntegrityError(f"entry for {head.fingerprint} is stored under {fp}")
+            if not head.outputs:
+                return head, None
+        meta = self._entry_meta(fp, opened)
+        return _head_of(meta), meta
+
+    def _meta_of(self, fp: str, digest: str, task: str) -> EntryMeta:
+        """The full metadata of an entry a lookup verified (for Entry.meta)."""
+        got = self._read_entry(fp) if self._reader is not None else None
+        if got is None or got[1].digest != digest:
+            raise IntegrityError(
+                f"cache entry {fp} of task '{task}' vanished or changed since lookup"
+            )
+        return got[0]
 
     def _entry_or_warn(self, fp: str) -> tuple[EntryMeta, Opened] | None:
         try:
@@ -552,8 +612,7 @@ class Cache:
             + ("; removed" if removed else "")
         )
 
-    def _load(self, meta: EntryMeta, digest: str) -> object:
-        fp = meta.fingerprint
+    def _load(self, fp: str, task: str, digest: str) -> object:
         raw = self._reader.read(fp) if self._reader is not None else None
         if self._closed and self._reader is not None:
             # A lazy product (RunResult.products) read after the run closed its cache: the
@@ -561,7 +620,7 @@ class Cache:
             self._reader.close()
         if raw is None:
             raise IntegrityError(
-                f"cache entry {fp} of task '{meta.task}' vanished before "
+                f"cache entry {fp} of task '{task}' vanished before "
                 "it was loaded (evicted or removed)"
             )
         try:
@@ -569,15 +628,15 @@ class Cache:
         except IntegrityError as exc:
             if self._dc is not None:
                 self._dc.delete(fp)
-            raise IntegrityError(f"cache entry {fp} of task '{meta.task}': {exc}") from None
+            raise IntegrityError(f"cache entry {fp} of task '{task}': {exc}") from None
         if opened.digest != digest:
-            raise IntegrityError(f"cache entry {fp} of task '{meta.task}' changed since lookup")
+            raise IntegrityError(f"cache entry {fp} of task '{task}' changed since lookup")
         try:
             # Only verified bytes reach here: digest (and signature when keyed) checked above.
             return cloudpickle.loads(memoryview(raw)[opened.payload_offset :])
         except Exception as exc:
             raise CacheError(
-                f"cannot unpickle the cached product of task '{meta.task}' ({fp}): {exc!r}"
+                f"cannot unpickle the cached product of task '{task}' ({fp}): {exc!r}"
             ) from exc
 
     # ---- the run's interface
@@ -589,12 +648,37 @@ class Cache:
         through ``on_warning``, removed (mode rw) and treated as a miss.
         """
         _check_name(fingerprint, "fingerprint")
-        got = self._entry_or_warn(fingerprint)
-        hit = got is not None and not self._missing_blobs(got[0])
+        got: tuple[HitHead, EntryMeta | None, Opened] | None = None
+        if self._reader is not None:
+            try:
+                stream = self._reader.open(fingerprint)
+                if stream is not None:
+                    with stream:
+                        opened = open_envelope(
+                            stream, kind=KIND_ENTRY, name=fingerprint, key=self._key
+                        )
+                    got = (*self._hit_head(fingerprint, opened), opened)
+            except IntegrityError as exc:
+                self._discard("entry", fingerprint, str(exc))
+        hit = got is not None and (got[1] is None or not self._missing_blobs(got[1]))
         self._outcomes[fingerprint] = hit
         if got is None or not hit:
             return None  # a missing blob was evicted: a plain miss, store() will replace it
-        return Entry(self, got[0], got[1].digest)
+        return Entry(self, got[0], got[2].digest, got[1])
+
+    def prime(self, fingerprints: Collection[str]) -> None:
+        """Read the entries of ``fingerprints`` in one query; each next lookup() uses it.
+
+        perf: the scheduler primes a ready wave before it decides it. A primed row serves
+        one look-up only, and :meth:`unprime` drops the rest, so a later look-up (after a
+        lock or a wait for another process) reads the database again.
+        """
+        if self._reader is not None and fingerprints:
+            self._reader.prime(fingerprints)
+
+    def unprime(self) -> None:
+        if self._reader is not None:
+            self._reader.unprime()
 
     def store(
         self,
@@ -648,7 +732,14 @@ class Cache:
                         "path inside the project"
                     )
             meta = dataclasses.replace(meta, size=len(payload))
-            envelope = seal(KIND_ENTRY, meta.fingerprint, meta_json(meta), payload, self._key)
+            envelope = seal(
+                KIND_ENTRY,
+                meta.fingerprint,
+                entry_head(_head_of(meta)) + meta_json(meta),
+                payload,
+                self._key,
+                version=2,
+            )
             sealed.append((meta, envelope, blobs))
             self._outcomes[meta.fingerprint] = False
         results: list[StoreResult] = []

@@ -3,7 +3,7 @@
 Every entry and blob the cache stores is an envelope::
 
     offset size
-    0      4    magic b"TRC1"
+    0      4    magic b"TRC1", or b"TRC2" for an entry whose meta starts with a hit head
     4      1    kind: b"E" entry, b"B" blob
     5      1    flags: bit 0 = signed
     6      1    reserved (0)
@@ -19,6 +19,13 @@ under another name. :func:`open_envelope` checks lengths, digest and signature, 
 before anyone parses the meta, let alone unpickles the payload; with a key set, an
 unsigned envelope is refused. A blob's meta is empty, so its envelope digest is the
 digest of its bytes: its content address (:func:`blob_digest`).
+
+Format 2 (``TRC2``, entries only) puts what a cache hit reads before the meta JSON, in a
+fixed binary *hit head* (:func:`entry_head`): the fingerprint, the compute time, the
+number of output files, the task name and the product digest. A hit on an entry without
+output files reads that and never parses the JSON. Entries in format 1 (``TRC1``, meta
+JSON only, as earlier versions wrote them) are still read, the old way; blobs stay
+``TRC1``.
 
 :class:`StoreReader` reads values straight from diskcache's SQLite database, read-only,
 because ``diskcache.Cache.get`` unpickles rows stored in its pickle mode (and a cache
@@ -48,6 +55,7 @@ import stat
 import struct
 import tempfile
 import threading
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import IO, Any, Final
 
@@ -59,25 +67,35 @@ from taskrun.errors import CacheError, IntegrityError
 __all__ = [
     "KIND_BLOB",
     "KIND_ENTRY",
+    "HitHead",
     "Opened",
     "StoreReader",
     "audit_store",
     "blob_digest",
+    "entry_head",
     "is_digest",
     "open_envelope",
     "seal",
+    "split_entry_meta",
 ]
 
 KIND_ENTRY: Final = b"E"
 KIND_BLOB: Final = b"B"
 _HEX32 = re.compile(r"[0-9a-f]{32}\Z")
 _MAGIC = b"TRC1"
+_MAGIC_V2 = b"TRC2"  # entries with a hit head before their meta JSON
+_MAGICS = {_MAGIC: 1, _MAGIC_V2: 2}
+# The hit head: fingerprint (16 raw bytes), compute time, output count, then the task
+# name and the product digest, each as a big-endian u16 length and UTF-8.
+_HIT_HEAD = struct.Struct(">16sdI")
+_HIT_TEXT = struct.Struct(">H")
 _FLAG_SIGNED = 0x01
 _HEADER = struct.Struct(">4scBxIQ16s")
 _SIG_LEN = 32
 _SIG_DOMAIN = b"taskrun-cache-envelope\x00"
 _MAX_META = 64 * 2**20  # a header claiming more is corrupt, not a reason to allocate it
 _CHUNK = 2**20
+_NOT_PRIMED: Final = object()
 _VALUE_FILE = re.compile(r"[0-9a-f]{2}/[0-9a-f]{2}/[0-9a-f]{28}\.val\Z")
 
 
@@ -102,6 +120,46 @@ class Opened:
     digest: str  # hex of the envelope's xxh3-128
     payload_offset: int
     size: int
+    version: int = 1  # 2: an entry whose meta starts with a hit head (entry_head)
+
+
+@dataclass(frozen=True, slots=True)
+class HitHead:
+    """What a cache hit needs of an entry, read without parsing its meta JSON."""
+
+    fingerprint: str
+    compute_time: float
+    outputs: int  # how many output files the entry restores
+    task: str
+    product_digest: str
+
+
+def entry_head(head: HitHead) -> bytes:
+    """The binary hit head that starts a format-2 entry's meta (before its JSON)."""
+    task = head.task.encode("utf-8")
+    digest = head.product_digest.encode("utf-8")
+    return b"".join((
+        _HIT_HEAD.pack(bytes.fromhex(head.fingerprint), head.compute_time, head.outputs),
+        _HIT_TEXT.pack(len(task)), task, _HIT_TEXT.pack(len(digest)), digest,
+    ))
+
+
+def split_entry_meta(meta: bytes) -> tuple[HitHead, bytes]:
+    """A format-2 entry meta's hit head and the JSON after it; IntegrityError if bad."""
+    try:
+        fp, compute_time, outputs = _HIT_HEAD.unpack_from(meta)
+        at = _HIT_HEAD.size
+        texts = []
+        for _ in range(2):
+            (n,) = _HIT_TEXT.unpack_from(meta, at)
+            at += _HIT_TEXT.size
+            if at + n > len(meta):
+                raise ValueError("a text runs past the meta")
+            texts.append(meta[at : at + n].decode("utf-8"))
+            at += n
+    except (struct.error, ValueError) as exc:
+        raise IntegrityError(f"entry hit head is malformed ({exc})") from None
+    return HitHead(fp.hex(), compute_time, outputs, texts[0], texts[1]), meta[at:]
 
 
 def _signer(key: bytes, kind: bytes, name: str, meta: bytes, payload_len: int) -> hmac.HMAC:
@@ -113,8 +171,13 @@ def _signer(key: bytes, kind: bytes, name: str, meta: bytes, payload_len: int) -
     return signer
 
 
-def seal(kind: bytes, name: str, meta: bytes, payload: bytes, key: bytes | None) -> bytes:
-    """The envelope of ``meta`` and ``payload`` stored under ``name``, signed if ``key``."""
+def seal(
+    kind: bytes, name: str, meta: bytes, payload: bytes, key: bytes | None, *, version: int = 1
+) -> bytes:
+    """The envelope of ``meta`` and ``payload`` stored under ``name``, signed if ``key``.
+
+    ``version=2`` (entries only) marks ``meta`` as starting with a hit head.
+    """
     digest = xxhash.xxh3_128(meta)
     digest.update(payload)
     flags, sig = 0, b""
@@ -122,7 +185,8 @@ def seal(kind: bytes, name: str, meta: bytes, payload: bytes, key: bytes | None)
         signer = _signer(key, kind, name, meta, len(payload))
         signer.update(payload)
         flags, sig = _FLAG_SIGNED, signer.digest()
-    header = _HEADER.pack(_MAGIC, kind, flags, len(meta), len(payload), digest.digest())
+    magic = _MAGIC_V2 if version == 2 and kind == KIND_ENTRY else _MAGIC
+    header = _HEADER.pack(magic, kind, flags, len(meta), len(payload), digest.digest())
     return b"".join((header, sig, meta, payload))
 
 
@@ -138,10 +202,13 @@ def open_envelope(stream: IO[bytes], *, kind: bytes, name: str, key: bytes | Non
     magic, got_kind, flags, meta_len, payload_len, digest = _HEADER.unpack(
         _read_exact(stream, _HEADER.size, "header")
     )
-    if magic != _MAGIC:
+    version = _MAGICS.get(magic)
+    if version is None:
         raise IntegrityError("not a taskrun cache envelope (bad magic)")
     if got_kind != kind:
         raise IntegrityError(f"wrong kind {got_kind!r}, expected {kind!r}")
+    if version == 2 and kind != KIND_ENTRY:
+        raise IntegrityError(f"format 2 is for entries, not kind {kind!r}")
     if flags & ~_FLAG_SIGNED:
         raise IntegrityError(f"unknown flags {flags:#x}")
     signed = bool(flags & _FLAG_SIGNED)
@@ -169,7 +236,7 @@ def open_envelope(stream: IO[bytes], *, kind: bytes, name: str, key: bytes | Non
     if signer is not None and not hmac.compare_digest(signer.digest(), sig):
         raise IntegrityError("bad signature (signed with another key, or tampered with)")
     offset = _HEADER.size + len(sig) + meta_len
-    return Opened(meta, digest.hex(), offset, offset + payload_len)
+    return Opened(meta, digest.hex(), offset, offset + payload_len, version)
 
 
 # --------------------------------------------------------------------------- reading
@@ -185,6 +252,8 @@ class StoreReader:
         self._conn: sqlite3.Connection | None = None
         self._immutable = False
         self._lock = threading.Lock()
+        # Rows read ahead by prime(), each used by the next open() of its key only.
+        self._primed: dict[str, Any] = {}
 
     def _connect(self, *, immutable: bool) -> sqlite3.Connection:
         flag = "mode=ro&immutable=1" if immutable else "mode=ro"
@@ -239,11 +308,14 @@ class StoreReader:
         records; anything else is an IntegrityError, so a crafted cache directory cannot
         make a reader hang on a FIFO or read ``/dev/zero`` until memory runs out.
         """
-        rows = self._query("SELECT mode, filename, value, size FROM Cache"
-                           " WHERE key = ? AND raw = 1", (key,))
-        if not rows:
+        row = self._primed.pop(key, _NOT_PRIMED) if self._primed else _NOT_PRIMED
+        if row is _NOT_PRIMED:
+            rows = self._query("SELECT mode, filename, value, size FROM Cache"
+                               " WHERE key = ? AND raw = 1", (key,))
+            row = rows[0] if rows else None
+        if row is None:
             return None
-        mode, filename, value, size = rows[0]
+        mode, filename, value, size = row
         if mode == diskcache.core.MODE_RAW and isinstance(value, bytes):
             return io.BytesIO(value)
         if mode == diskcache.core.MODE_BINARY and isinstance(filename, str):
@@ -251,6 +323,28 @@ class StoreReader:
                 raise IntegrityError(f"stored under an unexpected file name {filename!r}")
             return open_value_file(self._directory, filename, size)
         raise IntegrityError(f"stored in diskcache mode {mode} (not plain bytes); not read")
+
+    def prime(self, keys: Collection[str]) -> None:
+        """Read the rows of ``keys`` in one query (per 500); the next open() of each uses it.
+
+        perf: one query per ready wave instead of one per task. A primed row serves one
+        open() only, and unprime() drops the rest, so no later look-up (after taking a
+        lock, after waiting for another process) sees an old answer.
+        """
+        keys = list(keys)
+        found: dict[str, Any] = dict.fromkeys(keys)
+        for i in range(0, len(keys), 500):
+            chunk = keys[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            for key, *row in self._query(
+                "SELECT key, mode, filename, value, size FROM Cache"
+                f" WHERE raw = 1 AND key IN ({marks})", tuple(chunk)
+            ):
+                found[key] = tuple(row)
+        self._primed.update(found)
+
+    def unprime(self) -> None:
+        self._primed.clear()
 
     def read(self, key: str) -> bytes | None:
         stream = self.open(key)

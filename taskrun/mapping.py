@@ -811,7 +811,7 @@ class Mapper:
             summary = (f"{run} of {len(seen)} items would run", f"{cached} cached")
             yield ev.Planned(node.name, "mapped", summary), node
             return
-        node.digest = combine_digests([e.meta.product_digest for e in entries])
+        node.digest = combine_digests([e.product_digest for e in entries])
         self._planned[node.name] = entries
         yield ev.Planned(node.name, "cached", (f"{cached} items cached",), ""), node
 

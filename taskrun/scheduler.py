@@ -467,7 +467,7 @@ class Scheduler:
                 entry = self.cache.lookup(node.fp)
             if entry is not None:
                 assumed[node.name] = "cached"
-                node.digest, node.entry = entry.meta.product_digest, entry
+                node.digest, node.entry = entry.product_digest, entry
                 yield ev.Planned(node.name, "cached", (), node.fp), node
             elif waiting:
                 assumed[node.name] = "ran"
@@ -735,13 +735,13 @@ class Scheduler:
         entry = self.cache.lookup(node.fp)
         if entry is None:
             return False
-        if entry.meta.product_digest.startswith(_SKIPPED):
+        if entry.product_digest.startswith(_SKIPPED):
             return self._cached_skip(node, entry)
         restored = 0
-        if entry.meta.outputs:
+        if entry.outputs:
             from taskrun.files import restore_outputs
 
-            changed = self._changed_product_file(node, entry.meta.outputs)
+            changed = self._changed_product_file(node, entry.outputs)
             if changed:
                 # A File product that is not a declared output may be the user's own file
                 # (an input the task points at); never overwrite it: run the task instead.
@@ -750,7 +750,7 @@ class Scheduler:
 
             try:
                 report = restore_outputs(
-                    [(o.path, o.digest, o.mode) for o in entry.meta.outputs],
+                    [(o.path, o.digest, o.mode) for o in entry.outputs],
                     self.root,
                     self.cache.get_blob,
                     stat_cache=self.stat_cache,
@@ -764,14 +764,14 @@ class Scheduler:
                 return False
             restored = getattr(report, "restored", 0)
         node.entry = entry
-        node.digest = entry.meta.product_digest
+        node.digest = entry.product_digest
         node.state = "cached"
         self._done(node)
-        node.duration = entry.meta.compute_time
+        node.duration = entry.compute_time
         for dep in node.spec.deps:
             if dep.passed:
                 self._consumed(self._nodes[dep.task])
-        self.on_event(ev.TaskCached(node.name, saved=entry.meta.compute_time, restored=restored))
+        self.on_event(ev.TaskCached(node.name, saved=entry.compute_time, restored=restored))
         return True
 
     def _changed_product_file(self, node: _Node, records: Any) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import pathlib
@@ -748,3 +749,92 @@ def test_a_relative_directory_opens_in_every_mode(
         writer.store(meta_for(fp_of(1)), b"x")
     with Cache(pathlib.Path("rel"), mode="read") as reader:
         assert reader.lookup(fp_of(1)) is not None
+
+
+# ---- format 2: the hit head, legacy entries, primed look-ups
+
+
+def _legacy_store(directory: pathlib.Path, meta: EntryMeta, payload: bytes, key=None) -> None:
+    """Store an entry the way taskrun did before format 2 (TRC1, meta JSON only)."""
+    from taskrun.cache_format import KIND_ENTRY, seal
+    from taskrun.cache_values import meta_json
+
+    meta = dataclasses.replace(meta, size=len(payload))
+    raw_set(directory, meta.fingerprint, seal(KIND_ENTRY, meta.fingerprint, meta_json(meta),
+                                              payload, key))
+
+
+def test_entries_are_stored_in_format_2_with_a_hit_head(cache: Cache, cache_dir) -> None:
+    """A new entry is a TRC2 envelope whose hit head gives what a hit reads."""
+    from taskrun.cache_format import split_entry_meta
+
+    fp = fp_of("v2")
+    cache.store(meta_for(fp, task="build", product_digest="d" * 32), cloudpickle.dumps(7))
+    raw = raw_get(cache_dir, fp)
+    assert raw[:4] == b"TRC2"
+    entry = cache.lookup(fp)
+    assert entry is not None
+    assert (entry.fingerprint, entry.task, entry.product_digest, entry.compute_time) == (
+        fp, "build", "d" * 32, 1.5
+    )
+    assert entry.outputs == () and entry.load() == 7
+    assert entry.meta.components == {"option": {"n": 1}}  # parsed only when asked for
+    opened_meta = raw[35 : 35 + int.from_bytes(raw[7:11], "big")]
+    head, rest = split_entry_meta(opened_meta)
+    assert head.fingerprint == fp and rest.startswith(b"{")
+
+
+def test_legacy_format_1_entries_still_hit(cache_dir: pathlib.Path, warned) -> None:
+    """An entry written before format 2 (TRC1) is read the old way: a hit, outputs too."""
+    data = b"old output"
+    fp = fp_of("legacy")
+    with Cache(cache_dir, on_warning=warned.append) as c:
+        c.put_blob(data)
+    _legacy_store(cache_dir, meta_for(fp, outputs=(output("out.txt", data),)),
+                  cloudpickle.dumps("old"))
+    with Cache(cache_dir, on_warning=warned.append) as c:
+        entry = c.lookup(fp)
+        assert entry is not None and entry.load() == "old"
+        assert [o.path for o in entry.outputs] == ["out.txt"]
+        assert c.verify().problems == ()
+    assert warned == []
+
+
+def test_a_hit_head_that_disagrees_with_the_metadata_is_refused(cache_dir, warned) -> None:
+    """A TRC2 entry whose head and JSON disagree is corrupt: a miss, never a hit."""
+    from taskrun.cache_format import KIND_ENTRY, HitHead, entry_head, seal
+    from taskrun.cache_values import meta_json
+
+    fp = fp_of("liar")
+    meta = meta_for(fp, outputs=())
+    head = HitHead(fp, 1.5, 1, "t", "p")  # claims an output the JSON does not have
+    raw_set(cache_dir, fp, seal(KIND_ENTRY, fp, entry_head(head) + meta_json(meta),
+                                cloudpickle.dumps(1), None, version=2))
+    with Cache(cache_dir, on_warning=warned.append) as c:
+        assert c.lookup(fp) is None
+    assert any("hit head does not match" in w for w in warned)
+
+
+def test_a_hit_head_under_another_fingerprint_is_refused(cache_dir, warned) -> None:
+    """A TRC2 entry copied under another key is a miss, like a format-1 one."""
+    with Cache(cache_dir, on_warning=warned.append) as c:
+        c.store(meta_for(fp_of("a")), cloudpickle.dumps(1))
+    raw_set(cache_dir, fp_of("b"), raw_get(cache_dir, fp_of("a")))
+    with Cache(cache_dir, on_warning=warned.append) as c:
+        assert c.lookup(fp_of("b")) is None
+    assert any("is stored under" in w for w in warned)
+
+
+def test_a_primed_answer_serves_one_lookup_only(cache: Cache, cache_dir) -> None:
+    """prime() reads ahead for the next lookup of each key; later ones read again."""
+    fp = fp_of("primed")
+    cache.prime([fp])  # absent when primed
+    with Cache(cache_dir) as other:
+        other.store(meta_for(fp), cloudpickle.dumps(1))
+    assert cache.lookup(fp) is None  # the primed answer
+    assert cache.lookup(fp) is not None  # read again
+    cache.prime([fp, fp_of("other")])
+    cache.unprime()
+    with Cache(cache_dir) as other:
+        other.clear()
+    assert cache.lookup(fp) is None  # unprime() dropped the read-ahead
