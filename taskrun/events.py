@@ -7,7 +7,8 @@ read (``option 'style' changed: 'plain' -> 'fancy'``).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import functools
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
 __all__ = [
@@ -43,7 +44,23 @@ class Event:
     kind: ClassVar[str] = "event"
 
     def to_json(self) -> dict[str, Any]:
-        return {"event": self.kind, **asdict(self)}
+        # perf: asdict() deep-copies field by field; a run record writes one event per
+        # task, nearly all of scalars. Same dict, same key order; anything else: asdict.
+        out: dict[str, Any] = {"event": self.kind}
+        for name in _field_names(type(self)):
+            value = getattr(self, name)
+            if type(value) not in _SCALARS:
+                return {"event": self.kind, **asdict(self)}
+            out[name] = value
+        return out
+
+
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(cls))
 
 
 @dataclass(frozen=True, slots=True)

@@ -166,6 +166,44 @@ class TaskSpec:
         return tuple(fill_template(p, texts) for p in self.outputs)
 
 
+# perf: tasks made in a loop pass the same settings (usually none); what they give is a
+# pure function of those arguments, remembered here (errors are never remembered).
+_SETTINGS_MEMO: dict[Any, dict[str, Any]] = {}
+_NOT_SETTINGS = frozenset({"name", "deps", "map"})
+
+
+def _settings_memo(
+    read: Callable[[Mapping[str, Any], str], dict[str, Any]],
+    kwargs: Mapping[str, Any],
+    label: str,
+) -> dict[str, Any]:
+    key: Any = (read.__name__, *sorted(
+        (k, type(v), v) for k, v in kwargs.items() if k not in _NOT_SETTINGS
+    ))
+    try:
+        found = _SETTINGS_MEMO.get(key)
+    except TypeError:  # an unhashable value (a list): read it every time
+        return read(kwargs, label)
+    if found is None:
+        found = read(kwargs, label)
+        if len(_SETTINGS_MEMO) >= 1024:
+            _SETTINGS_MEMO.clear()
+        _SETTINGS_MEMO[key] = found
+    return dict(found)
+
+
+def _doc(fn: Callable[..., Any]) -> str:
+    """``inspect.getdoc(fn) or ""``; perf: without its search for an inherited docstring
+    where there can be none (a function not defined in a class)."""
+    doc = fn.__doc__
+    if isinstance(doc, str):
+        return inspect.cleandoc(doc)
+    qualname = getattr(fn, "__qualname__", "")
+    if doc is None and ("." not in qualname or "<locals>" in qualname):
+        return ""
+    return inspect.getdoc(fn) or ""
+
+
 def _where(fn: Callable[..., Any]) -> tuple[str, int]:
     code = getattr(fn, "__code__", None)
     if code is None:
@@ -476,7 +514,7 @@ class Registry:
             deps, deps_ok = [], False
         failure_settings: dict[str, Any] = {}
         try:
-            failure_settings = read_failure_settings(kwargs, label)
+            failure_settings = _settings_memo(read_failure_settings, kwargs, label)
         except DefinitionError as exc:
             problems.append(exc.message)
         mapped = None
@@ -544,7 +582,7 @@ class Registry:
             except UnsupportedAnnotation as exc:
                 problems.append(f"{label}: return annotation: {exc}")
         try:
-            settings = self._read_settings(kwargs, label)
+            settings = _settings_memo(self._read_settings, kwargs, label)
         except DefinitionError as exc:
             problems.append(exc.message)
         if failure_settings.get("when") is not None:
@@ -557,7 +595,7 @@ class Registry:
         spec = TaskSpec(
             name=name,
             fn=fn,
-            doc=inspect.getdoc(fn) or "",
+            doc=_doc(fn),
             options=tuple(options),
             deps=dep_specs,
             product=product,
@@ -579,10 +617,15 @@ class Registry:
         param: str, hints: Mapping[str, Any], settings: Mapping[str, Any], label: str
     ) -> None:
         """A dependency's parameter is ``Outcome[T]`` exactly when the task has a rule."""
-        from taskrun.outcome import Outcome
-
         rule = settings.get("run_if", "succeeded")
         hint = hints.get(param)
+        if rule == "succeeded" and (hint is None or type(hint) is type):
+            # perf: a plain class is no Outcome, and is what a dependency usually says.
+            from taskrun.outcome import Outcome
+
+            if hint is not Outcome:
+                return
+        from taskrun.outcome import Outcome
         is_outcome = hint is Outcome or typing.get_origin(hint) is Outcome
         if rule != "succeeded" and hint is not None and not is_outcome:
             raise DefinitionError(
