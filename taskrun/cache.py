@@ -664,7 +664,9 @@ class Cache:
         self._outcomes[fingerprint] = hit
         if got is None or not hit:
             return None  # a missing blob was evicted: a plain miss, store() will replace it
-        return Entry(self, got[0], got[2].digest, got[1])
+        entry = Entry(self, got[0], got[2].digest, got[1])
+        entry.fingerprint = fingerprint  # perf: the caller's string, not a second copy
+        return entry
 
     def prime(self, fingerprints: Collection[str]) -> None:
         """Read the entries of ``fingerprints`` in one query; each next lookup() uses it.

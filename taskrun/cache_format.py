@@ -53,6 +53,7 @@ import re
 import sqlite3
 import stat
 import struct
+import sys
 import tempfile
 import threading
 from collections.abc import Collection
@@ -159,7 +160,9 @@ def split_entry_meta(meta: bytes) -> tuple[HitHead, bytes]:
             at += n
     except (struct.error, ValueError) as exc:
         raise IntegrityError(f"entry hit head is malformed ({exc})") from None
-    return HitHead(fp.hex(), compute_time, outputs, texts[0], texts[1]), meta[at:]
+    # perf: task names are interned (the registry's are too): 20,000 hits share them.
+    head = HitHead(fp.hex(), compute_time, outputs, sys.intern(texts[0]), texts[1])
+    return head, meta[at:]
 
 
 def _signer(key: bytes, kind: bytes, name: str, meta: bytes, payload_len: int) -> hmac.HMAC:

@@ -498,6 +498,8 @@ class Registry:
             raise DefinitionError(f"@task at {where} must decorate a function (got {fn!r})")
         name = kwargs.get("name")
         name = fn.__name__ if name is None else name
+        if type(name) is str:
+            name = sys.intern(name)  # perf: shared with the cache's entries (memory)
         label = f"task '{name}' ({where})"
         if not isinstance(name, str) or not _NAME_RE.match(name):
             raise DefinitionError(

@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
+from types import MappingProxyType
 from typing import Any, TypeVar, overload
 
 from taskrun import events as ev
@@ -143,6 +144,9 @@ class ExplainItem:
     latest: str | None  # fingerprint of the newest entry recorded for the task
 
 
+_NOTHING: Mapping[str, Any] = MappingProxyType({})
+
+
 class _Node:
     """Mutable bookkeeping for one task during one run (driver thread only)."""
 
@@ -185,7 +189,7 @@ class _Node:
         self.state = "pending"
         self.fp = ""
         self.inputs: Any = None
-        self.described: dict[str, Any] = {}
+        self.described: dict[str, Any] | None = None  # perf: made for misses only
         self.digest = ""
         self.value: Any = None
         self.has_value = False
@@ -324,9 +328,10 @@ class Scheduler:
 
         spec = node.spec
         code, parts = self._code_of(spec)
-        files = {}
+        files: Mapping[str, str] = _NOTHING
         if spec.inputs:
             inside = [p for p in spec.inputs if not p.startswith(("/", "@"))]
+            files = {}
             for rel in expand_globs(inside, self.root):
                 files[rel.as_posix()] = file_digest(self.root / rel, stat_cache=self.stat_cache)
             for pattern in spec.inputs:
@@ -336,13 +341,14 @@ class Scheduler:
             task=spec.name,
             code=code,
             code_parts=parts,
-            options=dict(self.invocation.options[spec.name]),
+            # perf: read-only mappings are shared, not copied per task (memory at 20k tasks).
+            options=self.invocation.options[spec.name],
             upstream=dict(upstream) if node.item is None else {
                 **upstream, node.item.slot: node.item.digest
             },
             inputs=files,
-            env={name: os.environ.get(name) for name in spec.env},
-            runtime=dict(self.runtime),
+            env={name: os.environ.get(name) for name in spec.env} if spec.env else _NOTHING,
+            runtime=self.runtime,
             outputs=spec.outputs_for(self.invocation.options[spec.name]),
         )
 
@@ -376,11 +382,11 @@ class Scheduler:
 
         node.inputs = self._inputs_of(node, upstream)
         node.fp = task_fingerprint(node.inputs, hash_path=self._hash_path, root=self.root)
-        node.described = {}
+        node.described = None
 
     def _described(self, node: _Node) -> dict[str, Any]:
         """The fingerprint's components as data; perf: only misses and explain need it."""
-        if not node.described:
+        if node.described is None:
             from taskrun.fingerprint import describe
 
             node.described = describe(node.inputs, hash_path=self._hash_path, root=self.root)
@@ -772,6 +778,7 @@ class Scheduler:
             restored = getattr(report, "restored", 0)
         node.entry = entry
         node.digest = entry.product_digest
+        node.inputs = None  # perf: a hit needs its fingerprint's parts no more (memory)
         node.state = "cached"
         self._done(node)
         node.duration = entry.compute_time
