@@ -341,6 +341,9 @@ class Cache:
                 size_limit=self._size_limit,
                 eviction_policy="least-recently-stored",
                 tag_index=True,
+                # perf: diskcache's own culling runs a volume query on every set(); the
+                # size limit is enforced once per stored batch instead (_cull).
+                cull_limit=0,
                 **_PINNED_SETTINGS,
             )
         except (OSError, sqlite3.Error) as exc:
@@ -756,10 +759,16 @@ class Cache:
                         for digest, data in blobs.items():
                             self._write_blob(digest, data=data)
             with dc.transact():
-                for meta, envelope, _ in sealed:
-                    results.append(
-                        self._store_one(dc, meta, envelope, meta.fingerprint in replace)
-                    )
+                # perf: the entries already there, read in one query (no other writer can
+                # commit while this transaction holds the write lock).
+                self.prime([meta.fingerprint for meta, _, _ in sealed])
+                try:
+                    for meta, envelope, _ in sealed:
+                        results.append(
+                            self._store_one(dc, meta, envelope, meta.fingerprint in replace)
+                        )
+                finally:
+                    self.unprime()
             self._cull()
         except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
             tasks = ", ".join(sorted({m.task for m, _, _ in sealed}))
@@ -802,13 +811,14 @@ class Cache:
             return
         envelope = envelope or seal(KIND_BLOB, digest, b"", data, self._key)
         self._dc.set(digest, envelope, tag=_TAG_BLOB)
+        self._written += len(envelope)
 
     def _cull(self) -> None:
         assert self._dc is not None and self._reader is not None
-        # diskcache culls at most ten items per set(); one large store can leave it over.
-        # perf: the volume is a SUM over the whole table; ask for it only when what this
-        # object wrote since it last looked could have taken the cache past its limit.
-        if self._volume is None or self._volume + self._written > self._size_limit:
+        # diskcache's own culling is off (cull_limit=0: it asked for the volume on every
+        # set()); the limit is enforced here, once per stored batch. perf: nothing was
+        # written since the last look, nothing to ask; else three cheap statements.
+        if self._volume is None or self._written:
             self._volume = self._reader.volume()
             self._written = 0
             if self._volume > self._size_limit:
@@ -1313,5 +1323,6 @@ class Cache:
                 current = self.latest(task)
                 if current is None or current.created <= m.created:
                     dc.set(_pointer_key(task), m.fingerprint.encode("ascii"), tag=_TAG_TASK)
+        self._written += 1  # whatever was adopted: look at the volume (_cull)
         self._cull()
         return tuple(taken), tuple(present)

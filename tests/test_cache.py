@@ -472,6 +472,18 @@ def test_size_limit_keeps_the_volume_bounded(cache_dir: pathlib.Path) -> None:
         assert c.info().entries < 25
 
 
+def test_size_limit_counts_output_blobs(cache_dir: pathlib.Path) -> None:
+    """Output blobs count toward the size limit too (it is checked once per stored batch)."""
+    limit = 400_000
+    with Cache(cache_dir, size_limit=limit) as c:
+        for n in range(25):
+            data = os.urandom(40_000)
+            meta = meta_for(fp_of(n), outputs=(output(f"o{n}.bin", data),))
+            c.store_many([(meta, cloudpickle.dumps(n), {blob_digest(data): data})])
+            assert c.info().size_bytes <= limit
+        assert c.lookup(fp_of(24)) is not None
+
+
 def test_gc_max_age(cache: Cache) -> None:
     """gc(max_age=) removes exactly the entries created longer ago."""
     now = time.time()
