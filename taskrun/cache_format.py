@@ -311,7 +311,7 @@ class StoreReader:
         records; anything else is an IntegrityError, so a crafted cache directory cannot
         make a reader hang on a FIFO or read ``/dev/zero`` until memory runs out.
         """
-        row = self._primed.pop(key, _NOT_PRIMED) if self._primed else _NOT_PRIMED
+        row: Any = self._primed.pop(key, _NOT_PRIMED) if self._primed else _NOT_PRIMED
         if row is _NOT_PRIMED:
             rows = self._query("SELECT mode, filename, value, size FROM Cache"
                                " WHERE key = ? AND raw = 1", (key,))

@@ -7,7 +7,6 @@ read (``option 'style' changed: 'plain' -> 'fancy'``).
 
 from __future__ import annotations
 
-import functools
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
@@ -58,9 +57,14 @@ class Event:
 _SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
-@functools.cache
-def _field_names(cls: type) -> tuple[str, ...]:
-    return tuple(f.name for f in fields(cls))
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _field_names(cls: type[Event]) -> tuple[str, ...]:
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in fields(cls))
+    return names
 
 
 @dataclass(frozen=True, slots=True)
