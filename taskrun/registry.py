@@ -168,6 +168,11 @@ class TaskSpec:
 
 # perf: tasks made in a loop pass the same settings (usually none); what they give is a
 # pure function of those arguments, remembered here (errors are never remembered).
+_TASK_ARGUMENTS = frozenset({
+    "name", "deps", "inputs", "outputs", "env", "version", "cache", "retries", "timeout",
+    *_FAILURE_SETTINGS,
+    "map",
+})
 _SETTINGS_MEMO: dict[Any, dict[str, Any]] = {}
 _NOT_SETTINGS = frozenset({"name", "deps", "map"})
 
@@ -482,12 +487,8 @@ class Registry:
     def _build_spec(self, fn: Callable[..., Any], kwargs: dict[str, Any]) -> TaskSpec:
         file, line = _where(fn)
         where = f"{file}:{line}"
-        allowed = {
-            "name", "deps", "inputs", "outputs", "env", "version", "cache", "retries", "timeout",
-            *_FAILURE_SETTINGS,
-            "map",
-        }
-        unknown = sorted(set(kwargs) - allowed)
+        allowed = _TASK_ARGUMENTS
+        unknown = sorted(kwargs.keys() - allowed)
         if unknown:
             hint = did_you_mean(unknown[0], allowed)
             raise DefinitionError(
@@ -561,7 +562,7 @@ class Registry:
                 problems.append(exc.message)
         params = set(sig.parameters)
         dep_specs = tuple(DepSpec(param, dep, param in params) for param, dep in deps)
-        generator = inspect.isgeneratorfunction(fn)
+        generator = bool(fn.__code__.co_flags & inspect.CO_GENERATOR)  # a plain function
         if mapped is not None and mapped[0] not in params:
             problems.append(
                 f"{label}: map= passes each item of '{mapped[1]}' to parameter"
