@@ -310,6 +310,33 @@ def test_console_live_lines_fit_a_narrow_terminal() -> None:
     reporter.close()
 
 
+def test_console_live_lines_use_80_columns_when_the_terminal_says_0x0(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A terminal that never set its size (0x0, and shutil says 0x0 too, as on Python
+    3.10) gets 80x24: live lines are not cut to 10 characters."""
+    import os
+    import shutil
+
+    class SizedTty(Tty):
+        def fileno(self) -> int:
+            return 1
+
+    zero = os.terminal_size((0, 0))
+    monkeypatch.setattr(os, "get_terminal_size", lambda *a: zero)
+    monkeypatch.setattr(shutil, "get_terminal_size", lambda *a, **k: zero)
+    out = SizedTty()
+    reporter = ConsoleReporter(out, color=False)
+    reporter.TICK = 3600
+    name = "a_task_with_a_rather_long_name"
+    reporter(ev.RunStarted(tasks=(name,), targets=(name,), jobs=1, executor="thread"))
+    reporter(ev.TaskStarted(name, ("no entry",)))
+    live = screen(out.getvalue())
+    assert live[-2].split() == [name, "0.0s"]
+    assert live[-1] == "[0/1] 1 running"
+    reporter.close()
+
+
 def test_console_caps_the_live_view_to_the_terminal_height() -> None:
     """Many tasks in flight on a short terminal: the rest are counted, not drawn."""
     reporter, out = console(size=(80, 5))
