@@ -38,6 +38,7 @@ import json
 import os
 import pathlib
 import sqlite3
+import threading
 import time
 import warnings
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
@@ -107,6 +108,72 @@ _PINNED_SETTINGS: Final = {
     k: v for k, v in diskcache.core.DEFAULT_SETTINGS.items() if k.startswith(("sqlite_", "disk_"))
 }
 _LAST_RUN = "last-run.json"
+
+
+class _Diskcache(diskcache.Cache):
+    """diskcache whose :meth:`close` closes the connection of every thread that used it.
+
+    diskcache keeps one SQLite connection per thread and closes only the calling thread's,
+    so a cache opened on one thread and closed on another (``taskrun.start``, the thread
+    executor, a lock waiter) left connections to the garbage collector: "unclosed
+    database" ResourceWarnings on Python 3.13. Here connections are made with
+    ``check_same_thread=False`` (each is still used by its own thread only) and recorded,
+    so that ``close`` closes them all, whichever thread calls it; a thread that uses the
+    cache again afterwards gets a new connection. ``_con`` otherwise mirrors diskcache 5.
+    """
+
+    def __init__(self, *args: object, **settings: object) -> None:
+        self._opened: list[sqlite3.Connection] = []
+        self._opened_lock = threading.Lock()
+        self._generation = 0  # bumped by close(): connections of older ones are closed
+        try:
+            super().__init__(*args, **settings)
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def _con(self) -> sqlite3.Connection:
+        local = self._local
+        pid = os.getpid()
+        forked = getattr(local, "pid", pid) != pid
+        if forked:
+            self.close()  # the parent's connections are not this process's to use
+        if forked or getattr(local, "generation", None) != self._generation:
+            local.__dict__.pop("con", None)
+            local.pid = pid
+            local.generation = self._generation
+        con: sqlite3.Connection | None = getattr(local, "con", None)
+        if con is None:
+            con = sqlite3.connect(
+                os.path.join(self._directory, diskcache.core.DBNAME),
+                timeout=self._timeout,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            with self._opened_lock:
+                self._opened.append(con)
+            local.con = con
+            # Per-connection pragmas are kept in the Settings table (none before it exists).
+            try:
+                settings = con.execute("SELECT key, value FROM Settings").fetchall()
+            except sqlite3.OperationalError:
+                pass
+            else:
+                for key, value in settings:
+                    if key.startswith("sqlite_"):
+                        self.reset(key, value, update=False)
+        return con
+
+    def close(self) -> None:
+        with self._opened_lock:
+            opened, self._opened = self._opened, []
+            self._generation += 1
+        for con in opened:
+            con.close()
+        local = getattr(self, "_local", None)  # absent if __init__ failed early
+        if local is not None:
+            local.__dict__.pop("con", None)
 
 
 class CacheWarning(UserWarning):
@@ -336,7 +403,7 @@ class Cache:
             # least-recently-stored: a read never writes (LRU would update on every hit).
             # The sqlite_/disk_ settings are given explicitly so that values stored in
             # a database restored from elsewhere never reach a PRAGMA.
-            self._dc = diskcache.Cache(
+            self._dc = _Diskcache(
                 str(self._directory),
                 size_limit=self._size_limit,
                 eviction_policy="least-recently-stored",
