@@ -174,6 +174,30 @@ def _s3_defaults(timeout: float) -> dict[str, Any]:
     }
 
 
+S3FS_FLOOR: Final = (2024, 12)  # the first s3fs whose pipe_file(mode="create") is conditional
+
+
+def _require_conditional_put(url: str) -> None:
+    """ConfigError when the installed s3fs would overwrite where it should create.
+
+    Older s3fs releases accept ``pipe_file(mode="create")`` and silently overwrite: the
+    remote cache's write-once rule would no longer hold.
+    """
+    import s3fs  # url_to_fs imported it for this URL
+
+    version = str(getattr(s3fs, "__version__", ""))
+    try:
+        found = tuple(int(part) for part in version.split(".")[:2])
+    except ValueError:
+        return  # a development build: trust it
+    if found < S3FS_FLOOR:
+        raise ConfigError(
+            f"the remote cache {url} needs s3fs >= {S3FS_FLOOR[0]}.{S3FS_FLOOR[1]} (its "
+            f"conditional writes keep entries write-once); s3fs {version} is installed: "
+            "pip install -U 'taskrun[remote]'"
+        )
+
+
 def _epoch(info: Mapping[str, Any]) -> float:
     for name in ("LastModified", "mtime", "created", "updated", "last_modified"):
         value = info.get(name)
@@ -222,6 +246,8 @@ class FsspecStore(Store):
             ) from None
         except ValueError as exc:
             raise ConfigError(f"the remote cache URL {url!r} is not usable: {exc}") from None
+        if protocol in ("s3", "s3a"):
+            _require_conditional_put(url)
         self.url = url
         self.fs = fs
         self.protocol = protocol

@@ -25,6 +25,7 @@ import pytest
 from taskrun.cache import Cache, EntryMeta
 from taskrun.cache_format import KIND_ENTRY, blob_digest, seal
 from taskrun.cache_values import meta_json
+from taskrun.errors import ConfigError
 from taskrun.remote import FsspecStore, LocalStore, RemoteCache, Store
 
 pytest.importorskip("fsspec")
@@ -210,6 +211,20 @@ def test_store_never_replaces_a_value(store: Store) -> None:
     assert store.put(f"entries/{FP}", first) is True
     assert store.put(f"entries/{FP}", second) is False
     assert store.get(f"entries/{FP}") == first
+
+
+def test_an_s3fs_that_cannot_create_exclusively_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """s3fs before 2024.12 overwrites on pipe_file(mode="create"): an S3 remote needs a
+    newer one, said with the fix (the write-once test above fails on 2024.6)."""
+    import s3fs
+
+    monkeypatch.setattr(s3fs, "__version__", "2024.10.0")
+    with pytest.raises(ConfigError, match=r"needs s3fs >= 2024\.12.*2024\.10\.0.*pip install"):
+        FsspecStore("s3://some-bucket/prefix")
+    monkeypatch.setattr(s3fs, "__version__", "2024.12.0")
+    assert FsspecStore("s3://some-bucket/prefix").protocol == "s3"
 
 
 def test_concurrent_writers_of_one_key_leave_one_valid_object(store: Store) -> None:
