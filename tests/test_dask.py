@@ -40,6 +40,11 @@ project, release, tasks = suite.project, suite.release, suite.tasks  # the same 
 
 pytestmark = pytest.mark.slow  # a cluster takes a second or two to start
 
+# How long a test waits for a file, a future or a worker before it calls the wait hung.
+# Only a guard against hangs: every wait ends as soon as its event happens, so on a loaded
+# machine (a worker process restarting after a kill can take many seconds) it must be long.
+PATIENCE = 120.0
+
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[DaskExecutor]:
@@ -50,9 +55,19 @@ def cluster() -> Iterator[DaskExecutor]:
     ex.shutdown()
 
 
+def both_workers(ex: DaskExecutor) -> None:
+    """Wait until the cluster runs its two workers again: a test before may have killed
+    one (a timeout, a crash), and its nanny's replacement takes a while to start. Two
+    calls that must run at once would otherwise both be queued on the one worker left."""
+    client = ex._client
+    assert client is not None
+    client.wait_for_workers(2, timeout=PATIENCE)
+
+
 @pytest.fixture
 def executor(cluster: DaskExecutor) -> DaskExecutor:
-    """The module's executor; nothing submitted before is still pending."""
+    """The module's executor, both workers running; nothing submitted before is pending."""
+    both_workers(cluster)
     return cluster
 
 
@@ -73,7 +88,7 @@ def occupy(ex: Executor, tasks: ModuleType, root: Path, folder: Path, release: P
         futures.append(
             ex.submit(make_call(tasks.hang, root, pidfile=str(pidfile), release=str(release)))
         )
-    assert wait_until(lambda: all((folder / f"busy{i}").exists() for i in range(2)), 30)
+    assert wait_until(lambda: all((folder / f"busy{i}").exists() for i in range(2)), PATIENCE)
     return futures
 
 
@@ -222,7 +237,7 @@ def test_each_attempt_runs_even_with_equal_arguments(
     append = namespace["append"]
     first = executor.submit(make_call(append, project, path=str(log)))  # type: ignore[arg-type]
     second = executor.submit(make_call(append, project, path=str(log)))  # type: ignore[arg-type]
-    assert first.result(30).ok and second.result(30).ok
+    assert first.result(PATIENCE).ok and second.result(PATIENCE).ok
     assert log.read_text() == "xx"
 
 
@@ -237,7 +252,7 @@ def test_timeout_stops_a_hung_task_and_the_run_goes_on(
     assert outcome.timed_out and not outcome.ok
     assert outcome.error == "timed out after 0.5s"
     assert "hanging" in outcome.output
-    assert wait_until(lambda: gone(int(pidfile.read_text())))
+    assert wait_until(lambda: gone(int(pidfile.read_text())), PATIENCE)
     assert run(executor, tasks.add, project, a=1, b=1).value == 2
 
 
@@ -291,16 +306,16 @@ def test_calls_queued_on_a_dying_worker_are_sent_again(
     trigger = tmp_path / "trigger"
     with DaskExecutor(1) as ex:  # one worker: Dask queues the marks on the one that dies
         dying = ex.submit(make_call(namespace["die_when"], project, path=str(trigger)))
-        assert wait_until((tmp_path / "trigger.started").exists, 30)
+        assert wait_until((tmp_path / "trigger.started").exists, PATIENCE)
         marks = [
             ex.submit(make_call(tasks.mark, project, path=str(tmp_path / f"m{i}")))
             for i in range(3)
         ]
         (worker,) = ex._cluster.scheduler.workers.values()
-        assert wait_until(lambda: len(worker.processing) >= 2)  # marks wait on that worker
+        assert wait_until(lambda: len(worker.processing) >= 2, PATIENCE)  # marks queued there
         trigger.write_text("x")
-        assert dying.result(30).crashed
-        outcomes = [f.result(30) for f in marks]
+        assert dying.result(PATIENCE).crashed
+        outcomes = [f.result(PATIENCE) for f in marks]
     assert all(o.ok for o in outcomes), [o.error for o in outcomes]
     assert all((tmp_path / f"m{i}").exists() for i in range(3))
 
@@ -332,13 +347,14 @@ def test_two_calls_run_at_once(
     executor: Executor, tasks: ModuleType, project: Path, tmp_path: Path
 ) -> None:
     """With two workers, two calls that wait for each other both finish."""
+    both_workers(cast(DaskExecutor, executor))
     a = executor.submit(
         make_call(tasks.rendezvous, project, me="a", other="b", folder=str(tmp_path))
     )
     b = executor.submit(
         make_call(tasks.rendezvous, project, me="b", other="a", folder=str(tmp_path))
     )
-    assert (a.result(30).value, b.result(30).value) == ("a", "b")
+    assert (a.result(PATIENCE).value, b.result(PATIENCE).value) == ("a", "b")
 
 
 def test_concurrent_tasks_get_only_their_own_output(
@@ -349,7 +365,7 @@ def test_concurrent_tasks_get_only_their_own_output(
         executor.submit(make_call(tasks.partner, project, me=me, rounds=3, folder=str(tmp_path)))
         for me in ("a", "b")
     ]
-    a, b = (f.result(30) for f in futures)
+    a, b = (f.result(PATIENCE) for f in futures)
     assert a.ok and b.ok, (a.error, b.error)
     assert (a.output, b.output) == ("a0\na1\na2\n", "b0\nb1\nb2\n")
 
@@ -365,14 +381,14 @@ def test_cancel_resolves_running_and_queued_calls(
     ]
     executor.cancel()
     for future in running:
-        outcome = future.result(timeout=10)
+        outcome = future.result(PATIENCE)
         assert outcome.cancelled and outcome.error == "cancelled while it ran"
         assert "hanging" in outcome.output
     for future in queued:
-        outcome = future.result(timeout=10)
+        outcome = future.result(PATIENCE)
         assert outcome.cancelled and outcome.error == "cancelled before it started"
     for i in range(2):
-        assert wait_until(lambda i=i: gone(int((tmp_path / f"busy{i}").read_text())))
+        assert wait_until(lambda i=i: gone(int((tmp_path / f"busy{i}").read_text())), PATIENCE)
     assert run(executor, tasks.add, project, a=1, b=2).value == 3  # still usable
     assert not list(tmp_path.glob("m*"))
 
@@ -385,7 +401,7 @@ def test_a_future_cancelled_by_the_caller_is_skipped(
     second = executor.submit(make_call(tasks.mark, project, path=str(tmp_path / "m")))
     assert second.cancel()
     release.write_text("x")
-    assert all(f.result(timeout=30).ok for f in busy)
+    assert all(f.result(PATIENCE).ok for f in busy)
     assert run(executor, tasks.mark, project, path=str(tmp_path / "after")).ok
     assert second.cancelled() and not (tmp_path / "m").exists()
 
@@ -401,9 +417,9 @@ def test_exiting_the_with_block_on_an_error_cancels(
             future = ex.submit(
                 make_call(tasks.hang, project, pidfile=str(pidfile), release=str(release))
             )
-            assert wait_until(pidfile.exists)
+            assert wait_until(pidfile.exists, PATIENCE)
             raise RuntimeError("stop")
-    assert future.result(timeout=10).cancelled
+    assert future.result(PATIENCE).cancelled
 
 
 def test_submit_after_shutdown_is_a_usage_error(
@@ -511,7 +527,7 @@ def test_shipped_call_runs_on_a_copy_and_its_outputs_come_back(
     shipping: DaskExecutor, jobs: ModuleType, project: Path
 ) -> None:
     """Inputs, a File option and a helper module reach the worker; the output file comes back."""
-    outcome = shipping.submit(build_call(jobs, project)).result(30)
+    outcome = shipping.submit(build_call(jobs, project)).result(PATIENCE)
     assert outcome.ok, outcome.error + outcome.traceback
     value: Any = outcome.value
     assert value["file"] == File("build/out.txt")
@@ -544,7 +560,7 @@ def test_a_big_input_is_sent_to_the_cluster_once(
         )
         for _ in range(3)
     ]
-    outcomes = [f.result(30) for f in [shipping.submit(c) for c in calls]]
+    outcomes = [f.result(PATIENCE) for f in [shipping.submit(c) for c in calls]]
     assert [o.value for o in outcomes] == [1 << 20] * 3, [o.error for o in outcomes]
     assert scattered == [1 << 20]
 
@@ -567,7 +583,7 @@ def test_by_default_files_are_shipped_to_workers_that_see_another_project(
 ) -> None:
     """Asked before the first call, workers that see another task file get the files shipped."""
     monkeypatch.setattr(client_of, "_stamp", lambda call: (jobs.__file__, 1, 1))
-    outcome = client_of.submit(build_call(jobs, project)).result(30)
+    outcome = client_of.submit(build_call(jobs, project)).result(PATIENCE)
     assert outcome.ok, outcome.error
     assert cast(dict, outcome.value)["cwd"] != str(project)
     assert (project / "build" / "out.txt").read_text() == "10\n20\n30\n"
@@ -579,8 +595,8 @@ def test_a_worker_without_the_project_sends_the_call_back_to_be_shipped(
     """A worker that does not see the project (though the driver thought so) gets it shipped."""
     monkeypatch.setattr(client_of, "_workers_see", lambda call: True)
     monkeypatch.setattr(client_of, "_stamp", lambda call: (jobs.__file__, 1, 1))
-    first = client_of.submit(build_call(jobs, project)).result(30)
-    second = client_of.submit(build_call(jobs, project, n=2)).result(30)
+    first = client_of.submit(build_call(jobs, project)).result(PATIENCE)
+    second = client_of.submit(build_call(jobs, project, n=2)).result(PATIENCE)
     assert first.ok and second.ok, (first.error, second.error)
     assert {cast(dict, o.value)["cwd"] for o in (first, second)}.isdisjoint({str(project)})
     assert (project / "build" / "out.txt").read_text() == "10\n20\n"
@@ -592,7 +608,7 @@ def test_never_shipping_fails_a_call_the_worker_cannot_run_in_place(
     """ship_files=False: a worker that sees another task file refuses the call, as before."""
     with DaskExecutor(1, address=cluster.scheduler_address, ship_files=False) as ex:
         monkeypatch.setattr(ex, "_stamp", lambda call: (jobs.__file__, 1, 1))
-        outcome = ex.submit(build_call(jobs, project)).result(30)
+        outcome = ex.submit(build_call(jobs, project)).result(PATIENCE)
     assert not outcome.ok and "is not the one the driver loaded" in outcome.error
     assert not (project / "build").exists()
 
@@ -605,7 +621,7 @@ def test_files_lost_with_a_dead_worker_are_sent_again(
     call = Call("size", jobs.size, {"path": "data/big.bin"}, str(project), None,
                 inputs=("data/big.bin",))  # fmt: skip
     with DaskExecutor(1, ship_files=True) as ex:
-        assert ex.submit(call).result(30).value == 1 << 20
+        assert ex.submit(call).result(PATIENCE).value == 1 << 20
         assert run(ex, tasks.die, project, code=3).crashed
         # The driver may not have heard of the loss yet when it sends the next call: say the
         # lost copy is alive once, so that Dask refuses the call ("lost dependencies").
@@ -616,6 +632,6 @@ def test_files_lost_with_a_dead_worker_are_sent_again(
             return len(asked) == 1 or alive(handle)
 
         ex._parcels._alive = lying_once  # type: ignore[method-assign]
-        outcome = ex.submit(call).result(30)
+        outcome = ex.submit(call).result(PATIENCE)
     assert outcome.ok and outcome.value == 1 << 20, outcome.error
     assert len(asked) == 2  # the call was sent again, with the input scattered afresh

@@ -57,7 +57,7 @@ class TaskError(Exception):
     pass
 
 
-def wait_for(path, limit=20.0):
+def wait_for(path, limit=60.0):
     end = time.monotonic() + limit
     while not os.path.exists(path):
         if time.monotonic() > end:
