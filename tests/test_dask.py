@@ -75,6 +75,7 @@ def executor(cluster: DaskExecutor) -> DaskExecutor:
 def client_of(cluster: DaskExecutor) -> Iterator[DaskExecutor]:
     """A second executor, connected by address to the module's cluster (an 'external' one)."""
     assert cluster.scheduler_address is not None
+    both_workers(cluster)
     ex = DaskExecutor(2, address=cluster.scheduler_address)
     yield ex
     ex.shutdown()
@@ -506,6 +507,7 @@ def jobs(project: Path) -> ModuleType:
 @pytest.fixture
 def shipping(cluster: DaskExecutor) -> Iterator[DaskExecutor]:
     """An executor on the module's cluster that always ships files (as if it could not share)."""
+    both_workers(cluster)
     ex = DaskExecutor(2, address=cluster.scheduler_address, ship_files=True)
     yield ex
     ex.shutdown()
