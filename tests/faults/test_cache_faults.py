@@ -6,6 +6,7 @@ failure, not a stuck suite); no test sleeps.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -64,7 +65,8 @@ def cache_dir(root: Path) -> Path:
 
 def value_file(root: Path, tag: str) -> Path:
     """The value file of the (only) row with TAG."""
-    with sqlite3.connect(cache_dir(root) / "cache.db") as conn:
+    # closing(): a connection's own `with` ends a transaction, it does not close it.
+    with contextlib.closing(sqlite3.connect(cache_dir(root) / "cache.db")) as conn:
         rows = conn.execute(
             "SELECT filename FROM Cache WHERE tag = ? AND filename IS NOT NULL", (tag,)
         ).fetchall()
