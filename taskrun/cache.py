@@ -110,7 +110,7 @@ _PINNED_SETTINGS: Final = {
 _LAST_RUN = "last-run.json"
 
 
-class _Diskcache(diskcache.Cache):
+class _Diskcache(diskcache.Cache):  # type: ignore[misc]  # diskcache has no types
     """diskcache whose :meth:`close` closes the connection of every thread that used it.
 
     diskcache keeps one SQLite connection per thread and closes only the calling thread's,
