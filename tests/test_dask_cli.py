@@ -31,13 +31,10 @@ pytest.importorskip(
 import contextlib
 
 import distributed
-import test_executors as suite
+from executor_support import gone, make_call, run, wait_until
 
 from taskrun.executors.dask import DaskExecutor
 from taskrun.project import open_cache
-
-make_call, run, wait_until = suite.make_call, suite.run, suite.wait_until
-project, release, tasks = suite.project, suite.release, suite.tasks  # the same fixtures
 
 pytestmark = pytest.mark.slow  # real clusters take seconds to start
 
@@ -438,7 +435,7 @@ def test_cli_interrupt_on_a_local_cluster_leaves_no_worker(tmp_path: Path) -> No
     """Ctrl-C with a local cluster: exit 130, and the worker that ran the task is gone."""
     result, worker = interrupt(write_project(tmp_path / "p"), "-j", "1")
     assert result.returncode == 130, result.stderr
-    assert worker != 0 and wait_until(lambda: suite.gone(worker))
+    assert worker != 0 and wait_until(lambda: gone(worker))
 
 
 def test_cli_worker_without_taskrun_is_a_usage_error(tmp_path: Path) -> None:
