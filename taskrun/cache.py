@@ -803,7 +803,8 @@ class Cache:
                         f"task '{meta.task}' output {o.path!r} is not a relative "
                         "path inside the project"
                     )
-            meta = dataclasses.replace(meta, size=len(payload))
+            if meta.size != len(payload):
+                meta = dataclasses.replace(meta, size=len(payload))
             envelope = seal(
                 KIND_ENTRY,
                 meta.fingerprint,

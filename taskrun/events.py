@@ -48,9 +48,12 @@ class Event:
         out: dict[str, Any] = {"event": self.kind}
         for name in _field_names(type(self)):
             value = getattr(self, name)
-            if type(value) not in _SCALARS:
+            kind = type(value)
+            if kind not in _SCALARS and not (
+                kind is tuple and all(type(v) in _SCALARS for v in value)
+            ):
                 return {"event": self.kind, **asdict(self)}
-            out[name] = value
+            out[name] = value  # a tuple of scalars: asdict would make an equal copy
         return out
 
 
