@@ -641,7 +641,9 @@ class Cache:
             if not head.outputs:
                 return head, None
         meta = self._entry_meta(fp, opened)
-        return _head_of(meta), meta
+        # A format-1 entry without outputs is kept as lean as a format-2 one (memory: the
+        # components are re-read only if asked for, see Entry.meta).
+        return _head_of(meta), meta if meta.outputs else None
 
     def _meta_of(self, fp: str, digest: str, task: str) -> EntryMeta:
         """The full metadata of an entry a lookup verified (for Entry.meta)."""

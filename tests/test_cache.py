@@ -805,10 +805,15 @@ def test_legacy_format_1_entries_still_hit(cache_dir: pathlib.Path, warned) -> N
         c.put_blob(data)
     _legacy_store(cache_dir, meta_for(fp, outputs=(output("out.txt", data),)),
                   cloudpickle.dumps("old"))
+    plain = fp_of("legacy-plain")
+    _legacy_store(cache_dir, meta_for(plain), cloudpickle.dumps("plain"))
     with Cache(cache_dir, on_warning=warned.append) as c:
         entry = c.lookup(fp)
         assert entry is not None and entry.load() == "old"
         assert [o.path for o in entry.outputs] == ["out.txt"]
+        lean = c.lookup(plain)
+        assert lean is not None and lean.outputs == () and lean.load() == "plain"
+        assert lean.meta.components == {"option": {"n": 1}}  # re-read when asked for
         assert c.verify().problems == ()
     assert warned == []
 
