@@ -104,6 +104,9 @@ def _base_env() -> dict[str, str]:
     # A user's Python caches byte-code; this sandbox sets PYTHONDONTWRITEBYTECODE, which
     # would make every run recompile the tools' modules and the generated task files.
     env.pop("PYTHONDONTWRITEBYTECODE", None)
+    # ... and PYTHONUNBUFFERED, which makes every line of every tool's output a system call
+    # (a user's Python buffers a pipe).
+    env.pop("PYTHONUNBUFFERED", None)
     env["NO_COLOR"] = "1"
     return env
 

@@ -139,3 +139,64 @@ def test_json_still_has_an_event_per_hit(project: Path) -> None:
     assert sorted(e["task"] for e in events if e["event"] == "cached") == sorted(
         [f"leaf{i}" for i in range(10)] + ["total", "writer"]
     )
+
+
+WAITS = """
+import pathlib
+import time
+
+from taskrun import task
+
+
+@task
+def a() -> int:
+    return 1
+
+
+@task(deps=[a])
+def b(a: int) -> int:
+    return a
+
+
+@task(deps=[b])
+def waits(b: int) -> int:
+    while not pathlib.Path("go").exists():  # the test creates it once it has read "ran b"
+        time.sleep(0.01)
+    return b
+"""
+
+
+def test_lines_reach_the_pipe_while_the_next_task_runs(tmp_path: Path) -> None:
+    """Lines written back to back are flushed soon, not held until the run ends."""
+    import selectors
+    import time
+
+    (tmp_path / "tasks.py").write_text(WAITS)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "taskrun", "run", "--executor", "inline", "-j", "1"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.stdout is not None
+    received = b""
+    try:
+        with selectors.DefaultSelector() as sel:
+            sel.register(proc.stdout, selectors.EVENT_READ)
+            deadline = time.monotonic() + 60  # a hang guard only; it normally takes 0.1 s
+            while b"\nran      b " not in received:
+                assert sel.select(timeout=max(0.0, deadline - time.monotonic())), received
+                chunk = os.read(proc.stdout.fileno(), 65536)  # unbuffered: what has arrived
+                assert chunk, f"the run ended early: {received!r}"
+                received += chunk
+        assert proc.poll() is None  # 'waits' is still running: the line came before the end
+        (tmp_path / "go").touch()
+        rest, _ = proc.communicate(timeout=60)
+    finally:
+        (tmp_path / "go").touch()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0
+    assert b"3 tasks: 0 cached, 3 ran, 0 failed" in rest
