@@ -511,6 +511,9 @@ class ConsoleReporter(PlainReporter):
     def show_cached(self) -> bool:
         return self.verbose > 0
 
+    # A terminal shows each line as it comes (when it cannot draw, it writes plain lines).
+    write = Reporter.write
+
     def prints_output(self) -> bool:
         return False  # shown under the running task, then whole when it has finished
 

@@ -315,6 +315,7 @@ def test_plain_prints_output_lines_as_they_come_and_not_again() -> None:
     reporter = PlainReporter(out)
     reporter(ev.TaskOutput("b", "hello", 0.0))
     reporter(ev.TaskRan("b", 0.1, ("no entry",), output="hello\n"))
+    reporter.close()  # lines may wait up to PlainReporter.FLUSH_EVERY before they are written
     assert out.getvalue().splitlines() == ["b | hello", "ran      b (0.10s): no entry"]
 
 
@@ -324,6 +325,7 @@ def test_plain_progress_lines_are_throttled() -> None:
     reporter = PlainReporter(out)
     for done in range(1, 11):
         reporter(ev.TaskProgress("p", done, 10, "files", 100.0 + done))
+    reporter.close()
     lines = out.getvalue().splitlines()
     assert lines == [
         "progress p 1/10 (10%) files",
