@@ -37,7 +37,9 @@ import io
 import json
 import os
 import pathlib
+import shutil
 import sqlite3
+import stat
 import threading
 import time
 import warnings
@@ -250,6 +252,7 @@ def _read_only_error(exc: BaseException) -> bool:
 
 _FULL = "no space left on the device"
 _ORPHAN_GRACE = 3600.0  # seconds: an unindexed value file this old is no store in flight
+_IMPORT_DIRS = ".import-*"  # archive import's temporary directories (archive.import_archive)
 _WRITERS = "writers"  # locks/writers: held shared by every process that has the cache open rw
 
 
@@ -597,6 +600,32 @@ class Cache:
                     if not alone and path.lstat().st_mtime > cutoff:
                         continue
                     path.unlink()
+                except OSError:
+                    continue
+                removed += 1
+                freed += size
+        return removed, freed
+
+    def _sweep_imports(self) -> tuple[int, int]:
+        """Remove what killed archive imports left; return (directories, bytes).
+
+        An import streams members into ``.import-*`` beside the database and removes it
+        when it ends, but not when it is killed. An import in progress has the cache open
+        for writing, so while another process does, only directories untouched for an
+        hour are removed; alone, all of them. Symlinks are never followed.
+        """
+        removed = freed = 0
+        with self._alone() as alone:
+            cutoff = time.time() - _ORPHAN_GRACE
+            for path in sorted(self._directory.glob(_IMPORT_DIRS)):
+                try:
+                    st = path.lstat()
+                    if not stat.S_ISDIR(st.st_mode) or (not alone and st.st_mtime > cutoff):
+                        continue
+                    size = sum(
+                        p.lstat().st_size for p in path.rglob("*") if not p.is_dir()
+                    )
+                    shutil.rmtree(path)
                 except OSError:
                     continue
                 removed += 1
@@ -1140,9 +1169,11 @@ class Cache:
                 removed_orphans=sum(1 for name in found if name not in left),
             )
         self._sweep_orphans()
+        imports, import_bytes = self._sweep_imports()
         left = self._orphans()
         orphans = sum(1 for name in found if name not in left)
         orphan_bytes = sum(size for name, size in found.items() if name not in left)
+        orphan_bytes += import_bytes
         for fp in doomed:
             dc.delete(fp)
             del metas[fp]
@@ -1164,6 +1195,7 @@ class Cache:
             kept=len(metas),
             freed_bytes=max(0, before - self._reader.volume()) + orphan_bytes,
             removed_orphans=orphans,
+            removed_imports=imports,
         )
 
     def _sweep_blobs(self, keep: Iterable[EntryMeta]) -> int:

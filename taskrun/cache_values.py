@@ -175,6 +175,7 @@ class GcReport:
     kept: int
     freed_bytes: int
     removed_orphans: int = 0  # value files no index row named (left by rollbacks and kills)
+    removed_imports: int = 0  # temporary directories of archive imports that were killed
 
 
 @dataclass(frozen=True, slots=True)

@@ -323,6 +323,7 @@ def gc_cmd(
         "removed": list(report.removed),
         "removed_blobs": report.removed_blobs,
         "removed_orphans": report.removed_orphans,
+        "removed_imports": report.removed_imports,
         "kept": report.kept,
         "freed": report.freed_bytes,
         "size": info.size_bytes,
@@ -335,6 +336,8 @@ def gc_cmd(
             f"{_n(report.removed_blobs, 'output blob')}"
             + (f" and {_n(report.removed_orphans, 'orphaned value file')}"
                if report.removed_orphans else "")
+            + (f" and {_n(report.removed_imports, 'unfinished import')}"
+               if report.removed_imports else "")
             + "; "
             f"kept {_n(report.kept, 'entry')} ({_human(info.size_bytes)}); "
             f"freed {_human(report.freed_bytes)}"

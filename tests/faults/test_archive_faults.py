@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,42 @@ def test_archive_member_past_the_cache_size_is_refused_early(tmp_path: Path) -> 
     assert proc.returncode == 1, proc.stderr
     refused = json.loads(proc.stdout)["refused"]
     assert any("more than the cache can hold" in r["reason"] for r in refused), refused
+
+
+def test_gc_removes_what_a_killed_import_left(tmp_path: Path) -> None:
+    """kill -9 of `taskrun cache import` while it unpacks leaves its .import-* directory
+    beside the database; the next `cache gc` removes it (and says so), nothing else."""
+    archive = bomb(tmp_path / "bomb.tar.gz", 1)  # unpacks for a while before it is refused
+    cache = tmp_path / "cache"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKRUN_")}
+    base = [sys.executable, "-m", "taskrun", "cache"]
+    killed = False
+    for _attempt in range(3):  # an import that ended before the kill does not count
+        proc = subprocess.Popen(
+            [*base, "import", str(archive), "--cache-dir", str(cache)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=tmp_path,
+        )
+        try:
+            # Synchronised on the file the import writes: a member being unpacked.
+            while proc.poll() is None and not any(
+                p.is_file() and p.stat().st_size > 2**20 for p in cache.glob(".import-*/**/*")
+            ):
+                time.sleep(0.005)
+            if proc.poll() is None:
+                proc.kill()
+                killed = True
+        finally:
+            proc.wait(timeout=TIMEOUT)
+        if killed:
+            break
+    assert killed, "the import always ended before it could be killed"
+    left = list(cache.glob(".import-*"))
+    assert left, "a killed import left nothing to sweep"
+    gc = subprocess.run(
+        [*base, "gc", "--cache-dir", str(cache), "--json"],
+        capture_output=True, text=True, timeout=TIMEOUT, env=env, cwd=tmp_path,
+    )
+    assert gc.returncode == 0, gc.stderr
+    report = json.loads(gc.stdout)
+    assert report["removed_imports"] == len(left) and report["freed"] > 2**20, report
+    assert not list(cache.glob(".import-*")) and (cache / "cache.db").is_file()
