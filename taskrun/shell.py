@@ -22,7 +22,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -36,6 +36,7 @@ __all__ = [
     "collecting_groups",
     "kill_children",
     "kill_group",
+    "kill_journaled",
     "sh",
 ]
 
@@ -258,6 +259,25 @@ def kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
+def kill_journaled(path: str) -> int:
+    """Kill the groups the journal ``path`` lists as live (see ProcessGroups.keep_journal),
+    then remove it. Returns how many groups were listed live."""
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            lines = f.read().split()
+    except OSError:
+        return 0
+    live: set[int] = set()
+    for line in lines:
+        if line[1:].isdigit():
+            (live.add if line[0] == "+" else live.discard)(int(line[1:]))
+    for pgid in live:
+        kill_group(pgid)
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+    return len(live)
+
+
 def _group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
@@ -282,6 +302,32 @@ class ProcessGroups:
         self._children: set[ProcessGroups] = set()
         self._parent: ProcessGroups | None = None
         self._closed = False
+        self._journal: str | None = None  # see keep_journal
+
+    def keep_journal(self, path: str) -> None:
+        """Also note this registry's groups (and its children's) in the file ``path``.
+
+        ``+pgid`` when a group is added, ``-pgid`` when it is gone or killed: what another
+        process reads with :func:`kill_journaled` after this one died without killing
+        them (a process worker SIGKILLed, or crashed; its commands run in sessions of
+        their own, so killing the worker's group does not reach them).
+        """
+        self._journal = path
+
+    def _note(self, sign: str, pgids: Collection[int]) -> None:
+        root = self
+        while root._parent is not None:
+            root = root._parent
+        if root._journal is None or not pgids:
+            return
+        text = "".join(f"{sign}{pgid}\n" for pgid in pgids)
+        with contextlib.suppress(OSError):  # a lost note costs a cleanup, never the call
+            fd = os.open(root._journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                         0o600)
+            try:
+                os.write(fd, text.encode("ascii"))
+            finally:
+                os.close(fd)
 
     def child(self) -> ProcessGroups:
         """A registry for one call, killed with this one."""
@@ -300,20 +346,24 @@ class ProcessGroups:
             if self._closed:
                 return False
             self._pgids.add(pgid)
-            return True
+        self._note("+", (pgid,))
+        return True
 
     def settled(self, pgid: int) -> None:
         """The command that leads ``pgid`` was reaped: forget the group unless strays remain."""
         if not _group_alive(pgid):
             with self._lock:
                 self._pgids.discard(pgid)
+            self._note("-", (pgid,))
 
     def done(self) -> None:
         """The owner call ended: detach from the parent, unless groups live on (killed later)."""
         with self._lock:
-            self._pgids = {p for p in self._pgids if _group_alive(p)}
+            gone = {p for p in self._pgids if not _group_alive(p)}
+            self._pgids -= gone
             idle = not self._pgids and not self._children
             parent = self._parent
+        self._note("-", gone)
         if idle and parent is not None:
             with parent._lock:
                 parent._children.discard(self)
@@ -326,6 +376,7 @@ class ProcessGroups:
             children, self._children = self._children, set()
         for pgid in pgids:
             kill_group(pgid)
+        self._note("-", pgids)
         return len(pgids) + sum(sub.kill() for sub in children)
 
     def reopen(self) -> None:

@@ -64,7 +64,7 @@ from taskrun.executors.base import (
     timed_out_outcome,
 )
 from taskrun.executors.trampoline import decode_result, encode_call, run_pickled
-from taskrun.shell import GROUPS
+from taskrun.shell import GROUPS, kill_journaled
 from taskrun.streaming import (
     TAIL_INTERVAL,
     CallbackChannel,
@@ -534,6 +534,9 @@ def _bury(worker: _Worker, *, patience: float, kill_group: bool = True) -> str:
         _signal_group(proc.pid, signal.SIGKILL)
     if kill_group:
         _signal_group(proc.pid, signal.SIGKILL)
+    # The groups of its sh() commands are sessions of their own: a worker that died
+    # without killing them (SIGKILLed past its grace period, crashed) left them running.
+    kill_journaled(_journal(worker.capture_path))
     with contextlib.suppress(subprocess.TimeoutExpired):  # pragma: no cover - unkillable (D state)
         proc.wait(timeout=10)
     worker.conn.close()
@@ -541,6 +544,11 @@ def _bury(worker: _Worker, *, patience: float, kill_group: bool = True) -> str:
     with contextlib.suppress(OSError):
         os.unlink(worker.capture_path)
     return output
+
+
+def _journal(capture_path: str) -> str:
+    """Where the worker with ``capture_path`` notes its sh() groups (ProcessGroups.keep_journal)."""
+    return capture_path + ".groups"
 
 
 def _read(path: str) -> str:
@@ -567,6 +575,7 @@ def worker_main(fd: int, capture_path: str) -> None:
     signal.signal(signal.SIGTERM, _on_sigterm)
     # ... after faulthandler wrote where the task was stuck (it chains to the handler).
     faulthandler.register(signal.SIGTERM, file=sys.stderr, all_threads=False, chain=True)
+    GROUPS.keep_journal(_journal(capture_path))
     _watch_parent(os.getppid(), capture_path)
     conn.send_bytes(_HELLO)
     sending = threading.Lock()  # the task's threads may report progress while we answer

@@ -171,6 +171,50 @@ def test_task_timeout_kills_its_commands_at_once(tmp_path: Path, executor: str) 
     assert "timed out after 1s" in out + err
 
 
+DYING = """
+    import os, signal, time
+    from pathlib import Path
+    from taskrun import task, sh
+
+    @task(timeout=1)
+    def deaf() -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the worker cannot die of SIGTERM
+        sh("sleep {mark} & touch started; wait")
+
+    @task
+    def crash() -> None:
+        sh("sleep {mark} >/dev/null 2>&1 & touch started")
+        os._exit(3)  # the worker dies without killing what its task started
+
+    @task
+    def after() -> None:
+        while not Path("started").exists():
+            time.sleep(0.02)
+        Path("after-started").touch()
+        while not Path("release").exists():
+            time.sleep(0.02)
+"""
+
+
+@pytest.mark.parametrize(
+    ("how", "says"), [("deaf", "timed out after 1s"), ("crash", "exited with code 3")]
+)
+def test_a_worker_that_dies_unclean_leaves_no_commands(tmp_path: Path, how: str, says: str) -> None:
+    """A process worker SIGKILLed after ignoring SIGTERM past its grace period, or one that
+    crashes, had its sh() commands (sessions of their own) killed too, while the run goes on."""
+    mark = marker()
+    root = project(tmp_path, DYING.format(mark=mark))
+    proc = start(root, "run", how, "after", "-j", "2", "--keep-going", "--executor", "process")
+    try:
+        wait_for(root / "after-started", proc)
+        assert_none_survive(mark)  # while taskrun still runs the other task
+    finally:
+        (root / "release").touch()
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, (out, err)
+    assert says in out + err, (out, err)
+
+
 STRAY = """
     import subprocess
     from taskrun import task, sh
