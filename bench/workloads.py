@@ -141,7 +141,8 @@ def dodo_py(graph: Graph) -> str:
         "import os",
         "from doit.tools import config_changed",
         "",
-        "_OPT = dict(kv.split('=') for kv in os.environ.get('BENCH_OPTIONS', '').split(',') if kv)",
+        "_OPT = dict(kv.split('=') for kv in"
+        " os.environ.get('BENCH_OPTIONS', '').split(',') if kv)",
         "",
         "",
         "def _noop(x):",
@@ -224,7 +225,8 @@ def gen_dodo_py(graph: Graph) -> str:
         "import os",
         "from doit.tools import config_changed",
         "",
-        "_OPT = dict(kv.split('=') for kv in os.environ.get('BENCH_OPTIONS', '').split(',') if kv)",
+        "_OPT = dict(kv.split('=') for kv in"
+        " os.environ.get('BENCH_OPTIONS', '').split(',') if kv)",
         _layered_code(graph),
         "",
         "def _noop(x):",

@@ -118,40 +118,41 @@ def export_archive(cache: Cache, path: pathlib.Path | str,
     skipped: list[tuple[str, str]] = []
     # Durable: CI uploads the archive as soon as the command returns. Not mkstemp's
     # 0600: the directory's bits, so a team can read it.
-    # SIM117: to be joined into one with statement once #16b's edit of this block lands.
-    with atomic_file(path, durable=True, mode=shared_mode(path.parent)) as f:  # noqa: SIM117
-        with gzip.GzipFile(filename="", mode="wb", fileobj=f, mtime=0) as gz, \
-                tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
-            # perf: streamed member by member; only one envelope is in memory at a time.
-            for fp in wanted:
-                got = cache.read_entry_envelope(fp)
-                if got is None:
-                    skipped.append((fp, "not in the cache (or unusable)"))
+    with (
+        atomic_file(path, durable=True, mode=shared_mode(path.parent)) as f,
+        gzip.GzipFile(filename="", mode="wb", fileobj=f, mtime=0) as gz,
+        tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
+    ):
+        # perf: streamed member by member; only one envelope is in memory at a time.
+        for fp in wanted:
+            got = cache.read_entry_envelope(fp)
+            if got is None:
+                skipped.append((fp, "not in the cache (or unusable)"))
+                continue
+            meta, raw = got
+            outputs = sorted({o.digest for o in meta.outputs})
+            new_blobs = {}
+            for digest in outputs:
+                if digest in manifest_blobs:
                     continue
-                meta, raw = got
-                outputs = sorted({o.digest for o in meta.outputs})
-                new_blobs = {}
-                for digest in outputs:
-                    if digest in manifest_blobs:
-                        continue
-                    blob = cache.read_blob_envelope(digest)
-                    if blob is None:
-                        break
-                    new_blobs[digest] = blob
-                else:
-                    _add(tar, f"entries/{fp}", raw)
-                    manifest_entries[fp] = {"task": meta.task, "digest": _digest(raw),
-                                            "product_digest": meta.product_digest,
-                                            "blobs": outputs}
-                    for digest, blob in sorted(new_blobs.items()):
-                        _add(tar, f"blobs/{digest}", blob)
-                        manifest_blobs[digest] = {"digest": _digest(blob)}
-                    continue
-                skipped.append((fp, "an output blob is missing (evicted?)"))
-            manifest = {"format": FORMAT, "version": VERSION, "envelope": "TRC2",
-                        "signed": cache.signed, "entries": manifest_entries,
-                        "blobs": manifest_blobs}
-            _add(tar, MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
+                blob = cache.read_blob_envelope(digest)
+                if blob is None:
+                    break
+                new_blobs[digest] = blob
+            else:
+                _add(tar, f"entries/{fp}", raw)
+                manifest_entries[fp] = {"task": meta.task, "digest": _digest(raw),
+                                        "product_digest": meta.product_digest,
+                                        "blobs": outputs}
+                for digest, blob in sorted(new_blobs.items()):
+                    _add(tar, f"blobs/{digest}", blob)
+                    manifest_blobs[digest] = {"digest": _digest(blob)}
+                continue
+            skipped.append((fp, "an output blob is missing (evicted?)"))
+        manifest = {"format": FORMAT, "version": VERSION, "envelope": "TRC2",
+                    "signed": cache.signed, "entries": manifest_entries,
+                    "blobs": manifest_blobs}
+        _add(tar, MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
     return ExportReport(path, tuple(manifest_entries), tuple(manifest_blobs), tuple(skipped),
                         path.stat().st_size)
 
@@ -244,9 +245,11 @@ def _unpack(path: pathlib.Path, into: pathlib.Path, limit: int) -> _Unpacked:
                         while chunk := stream.read(_CHUNK):
                             total += len(chunk)
                             if total > _budget(limit, counted.count):
-                                raise _Refused([(name, (
+                                why = (
                                     f"expands past {MAX_RATIO}:1 (decompression bomb?); "
-                                    f"{total} bytes from {counted.count} compressed"))])
+                                    f"{total} bytes from {counted.count} compressed"
+                                )
+                                raise _Refused([(name, why)])
                             hasher.update(chunk)
                             f.write(chunk)
                     out.members[name] = (target, hasher.hexdigest())

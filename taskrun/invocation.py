@@ -378,7 +378,8 @@ def _spread(
             if strict_task:
                 problems.append(Problem(
                     f"{source} '{where}'",
-                    f"task '{task}' is not part of this run; add it as a target or drop the value",
+                    f"task '{task}' is not part of this run;"
+                    " add it as a target or drop the value",
                 ))
             return
         out.setdefault((task, option), (value, is_text))

@@ -743,7 +743,9 @@ def test_cli_override_runs_a_replacement_without_its_upstream(
     """--override TASK=module:function swaps the task for one run; its upstream is dropped."""
     fakes = "fakes_cli_ok"
     write_project(tmp_path, CLI_TASKS, files={
-        f"{fakes}.py": "def fake_download(mirror: str = 'main') -> str:\n    return 'offline'\n",
+        f"{fakes}.py": (
+            "def fake_download(mirror: str = 'main') -> str:\n    return 'offline'\n"
+        ),
     })
     result = run_cli(tmp_path, "run", "count", "--override", f"download={fakes}:fake_download")
     assert result.exit_code == 0, result.output
