@@ -350,13 +350,9 @@ def explain_cmd(ctx: click.Context, targets: tuple[str, ...], assignments: tuple
     finally:
         cache.close()
     if as_json:
-        doc = explain_json(items)
-        doc["warnings"] = warnings
-        click.echo(json.dumps(doc, indent=2, default=str))
+        click.echo(json.dumps(explain_json(items, warnings), indent=2, default=str))
         return
-    for message in warnings:
-        click.echo(f"warning  {message}")
-    for line in explain_lines(items):
+    for line in explain_lines(items, warnings):
         click.echo(line)
 
 

@@ -8,7 +8,7 @@ decides nothing.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from taskrun.report import _reasons, printable
@@ -46,9 +46,10 @@ def change_text(change: Any) -> str:
     return f"{text}: {_short(change.old)} -> {_short(change.new)}"
 
 
-def explain_lines(items: Any) -> list[str]:
-    """``taskrun explain`` as text: each task, hit or run, and what changed, value by value."""
-    out: list[str] = []
+def explain_lines(items: Any, warnings: Sequence[str] = ()) -> list[str]:
+    """``taskrun explain`` as text: the cache's WARNINGS first, then each task, hit or run,
+    and what changed, value by value."""
+    out: list[str] = [f"warning  {message}" for message in warnings]
     for item in items:
         changes = [change_text(c) for c in item.changes]
         if item.action == "mapped":
@@ -86,8 +87,9 @@ def explain_lines(items: Any) -> list[str]:
     return [printable(line) for line in out]
 
 
-def explain_json(items: Any) -> dict[str, Any]:
-    """``taskrun explain --json``: every task with its changes as kind, name, old, new."""
+def explain_json(items: Any, warnings: Sequence[str] = ()) -> dict[str, Any]:
+    """``taskrun explain --json``: every task with its changes as kind, name, old, new, and
+    the cache's WARNINGS."""
     tasks = [
         {
             "task": item.task,
@@ -105,4 +107,4 @@ def explain_json(items: Any) -> dict[str, Any]:
     cached = sum(1 for t in tasks if t["action"] == "cached")
     skip = sum(1 for t in tasks if t["action"] == "skip")
     run = sum(1 for t in tasks if t["action"] == "run")
-    return {"tasks": tasks, "cached": cached, "run": run, "skip": skip}
+    return {"tasks": tasks, "cached": cached, "run": run, "skip": skip, "warnings": list(warnings)}

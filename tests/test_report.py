@@ -487,6 +487,15 @@ def test_explain_json_carries_kind_name_old_new() -> None:
     json.dumps(doc)
 
 
+def test_explain_renders_the_caches_warnings_first_and_as_data() -> None:
+    """The cache's warnings open the text (control characters removed) and are a JSON list."""
+    lines = explain_lines([item("a", "cached", latest="e" * 32)], ["entry x is corrupt\x1b[2J"])
+    assert lines[:2] == ["warning  entry x is corrupt", "a: cached"]
+    doc = explain_json([item("a", "cached")], ["entry x is corrupt"])
+    assert doc["warnings"] == ["entry x is corrupt"]
+    assert explain_json([])["warnings"] == []
+
+
 def test_console_counts_the_items_of_a_mapped_task() -> None:
     """A mapped task in progress shows `compile done/items`; its items replace it in the count."""
     reporter, out = console()
