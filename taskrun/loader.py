@@ -26,6 +26,7 @@ from types import ModuleType
 
 from taskrun.errors import DefinitionError, TaskrunError
 from taskrun.files import external_roots
+from taskrun.modules import project_module_names
 from taskrun.registry import DefinitionErrors, Registry
 from taskrun.types import register_module_alias
 
@@ -89,30 +90,9 @@ def load_task_file(path: Path) -> Registry:
     return registry
 
 
-_TASKRUN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
 def _modules_under(root: Path | str, names: set[str]) -> list[str]:
     """Those of ``names`` (in ``sys.modules``) that are the project's own Python files."""
-    prefix = os.path.join(os.path.abspath(root), "")
-    # A virtualenv inside the project, or taskrun's own checkout as the project, is not
-    # "the project's modules": forgetting installed packages (C extensions) breaks them.
-    keep = tuple(
-        os.path.join(os.path.abspath(p), "")
-        for p in {sys.prefix, sys.exec_prefix, sys.base_prefix, _TASKRUN_DIR}
-    )
-    found = []
-    for n in names:
-        file = getattr(sys.modules.get(n), "__file__", None)
-        if not file:
-            continue
-        file = os.path.abspath(file)
-        if not file.startswith(prefix) or file.startswith(keep):
-            continue
-        if f"{os.sep}site-packages{os.sep}" in file or f"{os.sep}dist-packages{os.sep}" in file:
-            continue
-        found.append(n)
-    return found
+    return project_module_names(root, names)
 
 
 @contextlib.contextmanager

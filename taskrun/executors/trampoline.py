@@ -32,6 +32,7 @@ import cloudpickle
 
 from taskrun.executors.base import Call, Outcome, call_function, describe_exception
 from taskrun.executors.local import STREAMS, routed_to
+from taskrun.modules import project_module_names
 
 __all__ = ["decode_result", "encode_call", "run_pickled", "run_pickled_then"]
 
@@ -213,26 +214,8 @@ def _enter_project(cwd: str) -> None:
 
 def _forget_modules_under(root: str) -> None:
     """Drop the project's own pure-Python modules (those under ``root``) from sys.modules."""
-    prefix = os.path.join(os.path.abspath(root), "")
-    # A virtualenv inside the project, or taskrun's own checkout as the project, is not
-    # "the project's modules": re-importing installed packages (C extensions) breaks them.
-    keep = tuple(
-        os.path.join(os.path.abspath(p), "")
-        for p in {sys.prefix, sys.exec_prefix, sys.base_prefix, _TASKRUN_DIR}
-    )
-    for name, module in list(sys.modules.items()):
-        path = getattr(module, "__file__", None)
-        if not path or not path.endswith(".py"):
-            continue
-        path = os.path.abspath(path)
-        if not path.startswith(prefix) or path.startswith(keep):
-            continue
-        if f"{os.sep}site-packages{os.sep}" in path or f"{os.sep}dist-packages{os.sep}" in path:
-            continue
+    for name in project_module_names(root, list(sys.modules), pure_python=True):
         del sys.modules[name]
-
-
-_TASKRUN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class _Capture:
