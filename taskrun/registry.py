@@ -702,6 +702,8 @@ class Registry:
                 f" (got {type(deps).__name__})"
             )
         out: list[tuple[str, str]] = []
+        params: set[str] = set()  # perf: sets, not a scan of `out` per dependency
+        names: set[str] = set()
         for param, dep in items:
             if isinstance(dep, str):
                 obj = f"the task object {dep}" if dep.isidentifier() else "the task object"
@@ -726,13 +728,15 @@ class Registry:
                     f"{label}: {param!r} cannot name a parameter for dependency '{dep_name}';"
                     " use deps={'valid_name': task}"
                 )
-            if any(p == param for p, _ in out):
+            if param in params:
                 raise DefinitionError(
                     f"{label}: two dependencies are passed to parameter '{param}';"
                     " rename one with deps={'other_name': task}"
                 )
-            if any(d == dep_name for _, d in out):
+            if dep_name in names:
                 raise DefinitionError(f"{label}: dependency '{dep_name}' is listed twice")
+            params.add(param)
+            names.add(dep_name)
             out.append((param, dep_name))
         return out
 
