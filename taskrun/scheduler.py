@@ -633,6 +633,7 @@ class Scheduler:
         """
         queued = self._queued
         halted = ""
+        seen = len(self._ready)
         while queued:
             if self._halt and self._halt != halted:
                 halted = self._halt
@@ -650,8 +651,10 @@ class Scheduler:
             queued.popleft()
             if self._try_lock(node):
                 self._decide_locked(node)
-                if self._ready:
-                    break  # it ran inline and made tasks ready: decide them before choosing
+                if len(self._ready) > seen:  # it ran inline and made tasks ready
+                    if self._outranked(seen):
+                        break  # one of them is more critical: decide it first
+                    seen = len(self._ready)
                 continue
             # Another process computes it: go on with other tasks; a helper thread sleeps
             # until the lock is free (see _unpark).
@@ -659,6 +662,18 @@ class Scheduler:
             node.wait = self.cache.wait_lock(node.fp)
             self._parked[node.wait] = node
             self.on_event(ev.TaskWaiting(node.name))
+
+    def _outranked(self, since: int) -> bool:
+        """Whether a task made ready (``_ready[since:]``, by an inline call) goes first.
+
+        If not, the queue goes on, and the newly ready tasks are decided together later as
+        one wave (perf: one batched read for the wave, not one per task).
+        """
+        if not self._queued:
+            return True
+        head = self._priority(self._queued.peek())
+        ready = self._ready
+        return any(self._priority(ready[i]) > head for i in range(since, len(ready)))
 
     def _priority(self, node: _Node) -> float:
         """NODE's longest remaining path, weighted by recorded durations (taskrun.priority).
