@@ -280,6 +280,70 @@ def _signature(fn: Callable[..., Any]) -> Any:
     return _Signature(params)
 
 
+@dataclass(frozen=True, slots=True)
+class _SpecTemplate:
+    """What a successful ``@task`` read that its name, deps and defaults do not change.
+
+    perf: tasks made in a loop by a factory share their code object, annotations and
+    settings; the second and later ones reuse this instead of reading signature,
+    annotations, option types, product and settings again. Per task, the name, the
+    dependencies (resolved against the registry) and the option defaults (checked against
+    their types) are still read and validated. A template exists only for a definition
+    that had no problem, so every error is reported by the full path, as before.
+    """
+
+    keep: tuple[Any, ...]  # the objects whose ids are in the key, kept alive
+    doc: str
+    params: frozenset[str]
+    #: (name, type, position among the parameters; keyword-only from n_pos on)
+    options: tuple[tuple[str, TaskType, int], ...]
+    n_pos: int
+    product: TaskType
+    generator: bool
+    settings: dict[str, Any]
+    failure_settings: dict[str, Any]
+
+
+def _template_key(fn: Callable[..., Any], kwargs: Mapping[str, Any]) -> Any:
+    """The key of FN's spec template, or None when FN takes the full path every time.
+
+    Everything a definition reads besides its name, deps and defaults is in the key: the
+    code object (parameters, generator flag), its globals, qualname and docstring (an
+    inherited docstring is looked up through them), the annotation values by identity
+    (those objects and the globals are kept alive by the template), and the settings by
+    value. Not eligible: a signature the fast reader does not handle (see
+    ``_signature``), string annotations (their meaning depends on where they are
+    evaluated), ``map=``, and unhashable settings.
+    """
+    if type(fn) is not pytypes.FunctionType or kwargs.get("map") is not None:
+        return None
+    code = fn.__code__
+    if code.co_flags & (inspect.CO_VARARGS | inspect.CO_VARKEYWORDS) or code.co_posonlyargcount:
+        return None
+    attrs = fn.__dict__  # what hasattr finds on a function (its type has neither)
+    if "__signature__" in attrs or "__wrapped__" in attrs:
+        return None
+    doc = fn.__doc__
+    if doc is not None and type(doc) is not str:
+        return None
+    annotations = fn.__annotations__
+    if any(isinstance(a, str) for a in annotations.values()):
+        return None
+    key = (
+        code,
+        id(fn.__globals__),
+        fn.__qualname__,
+        doc,
+        tuple([(k, id(v)) for k, v in annotations.items()]),
+        tuple(sorted([(k, type(v), v) for k, v in kwargs.items() if k not in _NOT_SETTINGS])),
+    )
+    try:
+        hash(key)
+    except TypeError:  # an unhashable setting (a list)
+        return None
+    return key
+
+
 def _caller_where() -> str:
     """``file:line`` of the first caller outside taskrun itself."""
     frame = _caller_frame()
@@ -303,6 +367,9 @@ class Registry:
         #: The project's own modules the task file imported (``helpers.py``), by name; put
         #: back in ``sys.modules`` only while the project runs (see loader.project_context).
         self.project_modules: dict[str, ModuleType] = {}
+        #: perf: what a successful definition read from its code object, annotations and
+        #: settings, reused by the next task with the same ones (see _SpecTemplate).
+        self._templates: dict[Any, _SpecTemplate] = {}
 
     # -- definition ------------------------------------------------------------------
     @overload
@@ -507,6 +574,11 @@ class Registry:
                 f"{label}: name {name!r} is not valid; use letters, digits, _ and -,"
                 " starting with a letter or _"
             )
+        template_key = _template_key(fn, kwargs)
+        if template_key is not None:
+            spec = self._spec_from_template(template_key, fn, kwargs, name, file, line, label)
+            if spec is not None:
+                return spec
         # Every problem of this task is gathered, so one edit/rerun cycle fixes them all.
         problems: list[str] = []
         deps_ok = True
@@ -613,7 +685,85 @@ class Registry:
             from taskrun.mapping import check_output_templates
 
             check_output_templates(spec, label)
+        elif template_key is not None:
+            self._remember_template(template_key, fn, sig, spec, deps, settings, failure_settings)
         return spec
+
+    def _remember_template(
+        self,
+        key: Any,
+        fn: Callable[..., Any],
+        sig: Any,
+        spec: TaskSpec,
+        deps: Sequence[tuple[str, str]],
+        settings: dict[str, Any],
+        failure_settings: dict[str, Any],
+    ) -> None:
+        code = fn.__code__
+        names = list(sig.parameters)
+        n_pos = code.co_argcount
+        self._templates[(key, tuple([param for param, _ in deps]))] = _SpecTemplate(
+            keep=(fn.__globals__, *fn.__annotations__.values()),
+            doc=spec.doc,
+            params=frozenset(names),
+            options=tuple((o.name, o.type, names.index(o.name)) for o in spec.options),
+            n_pos=n_pos,
+            product=spec.product,
+            generator=spec.generator,
+            settings=settings,
+            failure_settings=failure_settings,
+        )
+
+    def _spec_from_template(
+        self,
+        key: Any,
+        fn: Callable[..., Any],
+        kwargs: Mapping[str, Any],
+        name: str,
+        file: str,
+        line: int,
+        label: str,
+    ) -> TaskSpec | None:
+        """FN's spec from the template of an earlier task like it; None when there is
+        none or when anything of this task is wrong (the full path then says what)."""
+        try:
+            deps = self._read_deps(kwargs.get("deps", ()), label)
+        except DefinitionError:
+            return None
+        template = self._templates.get((key, tuple([param for param, _ in deps])))
+        if template is None:
+            return None
+        defaults = fn.__defaults__ or ()
+        kwdefaults = fn.__kwdefaults__ or {}
+        first_default = template.n_pos - len(defaults)
+        options: list[OptionSpec] = []
+        for opt_name, otype, pos in template.options:
+            if pos >= template.n_pos:
+                default = kwdefaults.get(opt_name, MISSING)
+            else:
+                default = defaults[pos - first_default] if pos >= first_default else MISSING
+            if default is not MISSING:
+                if callable(default) and not isinstance(default, (type, TaskType)):
+                    return None
+                try:
+                    default = otype.check(default)
+                except TypeCheckError:
+                    return None
+            options.append(OptionSpec(opt_name, otype, default))
+        params = template.params
+        return TaskSpec(
+            name=name,
+            fn=fn,
+            doc=template.doc,
+            options=tuple(options),
+            deps=tuple([DepSpec(param, dep, param in params) for param, dep in deps]),
+            product=template.product,
+            file=file,
+            line=line,
+            generator=template.generator,
+            **template.settings,
+            **template.failure_settings,
+        )
 
     @staticmethod
     def _check_dep_annotation(

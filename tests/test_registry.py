@@ -613,3 +613,94 @@ def test_override_refuses_a_different_contract(
         assert word in message
     assert "same options and return annotation" in message
     assert pipeline.get("count").fn.__name__ == "count"
+
+
+# -- tasks made in a loop: the spec template per code object -------------------------------
+
+
+def _factory_specs(registry: Registry, *, templates: bool) -> list[Any]:
+    """Tasks made by a factory: shared code, per-task name, deps, defaults, annotations."""
+    import dataclasses
+
+    if not templates:
+        registry._templates = _NoTemplates()  # type: ignore[assignment]
+
+    def make(i: int, ps: list[Any], kind: type, default: Any) -> Any:
+        if ps:
+
+            @task(name=f"n{i}", deps={"a": ps[0], "b": ps[-1]}, retries=1)
+            def node(a: int, b: int, x: kind = default, *, y: int = i) -> kind:  # type: ignore[valid-type]
+                return x
+
+        else:
+
+            @task(name=f"n{i}", retries=1)
+            def node(x: kind = default, *, y: int = i) -> kind:  # type: ignore[valid-type]
+                return x
+
+        return node
+
+    with registry.activate():
+        made: list[Any] = []
+        for i in range(6):
+            kind, default = (int, i) if i % 2 else (str, f"s{i}")
+            made.append(make(i, made[-2:] if i >= 2 else [], kind, default))
+    return [dataclasses.replace(registry.get(f"n{i}"), fn=None) for i in range(6)]
+
+
+class _NoTemplates(dict):  # type: ignore[type-arg]
+    """A template store that keeps nothing: every task takes the full path."""
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        pass
+
+
+def test_tasks_made_in_a_loop_keep_their_own_name_deps_defaults_and_types() -> None:
+    """The template per code object gives the same specs as reading each task in full."""
+    registry = Registry()
+    with_templates = _factory_specs(registry, templates=True)
+    without = _factory_specs(Registry(), templates=False)
+    assert with_templates == without
+    # n4 and n5 were made from the templates n2 and n3 left (str and int forms).
+    assert len(registry._templates) == 4
+    n3, n4 = with_templates[3], with_templates[4]
+    assert [(d.param, d.task) for d in n3.deps] == [("a", "n1"), ("b", "n2")]
+    assert [(d.param, d.task) for d in n4.deps] == [("a", "n2"), ("b", "n3")]
+    assert [(o.name, o.type.name, o.default) for o in n3.options] == [
+        ("x", "int", 3),
+        ("y", "int", 3),
+    ]
+    assert [(o.name, o.type.name, o.default) for o in n4.options] == [
+        ("x", "str", "s4"),
+        ("y", "int", 4),
+    ]
+    assert n3.product.name == "int" and n4.product.name == "str"
+    assert n3.retries == n4.retries == 1
+
+
+def test_a_task_made_in_a_loop_is_still_checked_after_the_first(registry: Registry) -> None:
+    """A later task of the same code with a bad default or dependency gets the full message."""
+
+    def make(name: str, default: Any, deps: Any = ()) -> Any:
+        @task(name=name, deps=deps)
+        def node(x: int = default) -> int:
+            return x
+
+        return node
+
+    with registry.activate():
+        first = make("first", 1)
+        make("second", 2, [first])
+        with pytest.raises(DefinitionError) as info:
+            make("third", "ten", [first])
+        assert "task 'third' (" in info.value.message
+        assert "default of option 'x' fails its type int" in info.value.message
+        with pytest.raises(DefinitionError) as info:
+            make("fourth", 4, [first, first])
+        assert "task 'fourth' (" in info.value.message
+        assert "two dependencies are passed to parameter 'first'" in info.value.message
+        with pytest.raises(DefinitionError) as info:
+            make("bad name", 5)
+        assert "name 'bad name' is not valid" in info.value.message
+    assert list(registry.tasks) == ["first", "second"]
+    assert registry.get("second").options[0].default == 2
