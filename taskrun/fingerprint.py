@@ -936,29 +936,68 @@ def _fast_task_encoding(parts: tuple[Any, ...]) -> bytes | None:
     The same bytes as the general encoder (tests compare the two), without its per-value
     dispatch: a warm run computes one fingerprint per task and little else.
     """
-    out = [_HDR(_T_TUPLE, len(parts)), _TASK_HEAD]
+    task, code = parts[2], parts[3]
+    if type(task) is not str or type(code) is not str:
+        return None
     enc = _encoded_str
-    for text in parts[2:4]:
-        if type(text) is not str:
-            return None
-        out.append(enc(text))
-    for d in parts[4:9]:
-        items = []
-        for k, v in d.items():
-            if type(k) is not str:
-                return None
-            if type(v) is str:
-                items.append((enc(k), enc(v)))
-            elif v is None:
-                items.append((enc(k), _NONE))
-            else:
-                return None
-        items.sort(key=_first)  # distinct str keys: distinct encodings, no ties
-        out.append(_HDR(_T_DICT, len(items)))
-        out.extend(b for item in items for b in item)
+    # perf: the option digests and the runtime facts repeat across the tasks of a run:
+    # their encodings are remembered by value; the upstream digests differ per task.
+    options, runtime = _fast_dict_memo(parts[4]), _fast_dict_memo(parts[8])
+    upstream, files, env = _fast_dict(parts[5]), _fast_dict(parts[6]), _fast_dict(parts[7])
+    if options is None or runtime is None or upstream is None or files is None or env is None:
+        return None
+    out = [_HDR(_T_TUPLE, len(parts)), _TASK_HEAD, enc(task), enc(code)]
+    out += (options, upstream, files, env, runtime)
     if len(parts) > 9:
         out.append(encode(parts[9]))
     return b"".join(out)
+
+
+_EMPTY_DICT = _HDR(_T_DICT, 0)
+
+
+def _fast_dict(d: Mapping[Any, Any]) -> bytes | None:
+    """``encode(d)`` for str keys and str or None values, else None."""
+    if not d:
+        return _EMPTY_DICT
+    enc = _encoded_str
+    items = []
+    for k, v in d.items():
+        if type(k) is not str:
+            return None
+        if type(v) is str:
+            items.append((enc(k), enc(v)))
+        elif v is None:
+            items.append((enc(k), _NONE))
+        else:
+            return None
+    items.sort()  # distinct str keys: distinct encodings, so the keys alone decide
+    return _HDR(_T_DICT, len(items)) + b"".join([b for item in items for b in item])
+
+
+_DICT_ENCODINGS: dict[tuple[tuple[Any, Any], ...], bytes] = {}
+
+
+def _fast_dict_memo(d: Mapping[Any, Any]) -> bytes | None:
+    """``_fast_dict(d)``, remembered by d's items (the value, never the object).
+
+    Equal items of other types (a str subclass) must not share an encoding: the types
+    are checked on every use, which is cheaper than encoding.
+    """
+    key = tuple(d.items())
+    found = _DICT_ENCODINGS.get(key)
+    if found is not None:
+        for k, v in key:
+            if type(k) is not str or (type(v) is not str and v is not None):
+                return _fast_dict(d)
+    else:
+        found = _fast_dict(d)
+        if found is None:
+            return None
+        if len(_DICT_ENCODINGS) >= 4096:
+            _DICT_ENCODINGS.clear()
+        _DICT_ENCODINGS[key] = found
+    return found
 
 
 def describe(

@@ -193,10 +193,26 @@ def test_task_fingerprint_fast_path_matches_the_encoding(**fields: Any) -> None:
     parts = _task_parts(inputs, _option_digests(inputs, None, None))
     fast = _fast_task_encoding(parts)
     assert fast == encode(parts)
+    assert _fast_task_encoding(parts) == fast  # options and runtime from the memo now
     assert task_fingerprint(inputs) == value_digest(parts)
     assert all(value_digest(v) == d for v, d in zip(
         inputs.options.values(), parts[4].values(), strict=True
     ))
+
+
+def test_remembered_dict_encodings_are_not_shared_with_equal_values_of_other_types() -> None:
+    """The option and runtime encodings are remembered by value; a str subclass equal to a
+    remembered str still gets the general encoder's bytes."""
+    from taskrun.fingerprint import _fast_dict_memo
+
+    class Text(str):
+        pass
+
+    plain = {"python": "cpython-3.12", "platform": "linux-x86_64"}
+    assert _fast_dict_memo(plain) == encode(plain)
+    assert _fast_dict_memo(dict(plain)) == encode(plain)  # remembered
+    assert _fast_dict_memo({"python": Text("cpython-3.12"), "platform": "linux-x86_64"}) is None
+    assert _fast_dict_memo({Text("python"): "cpython-3.12", "platform": "linux-x86_64"}) is None
 
 
 def test_task_fingerprint_fast_path_leaves_other_values_to_the_encoder() -> None:
