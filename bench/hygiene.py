@@ -18,8 +18,7 @@ import taskrun
 from taskrun.loader import load_task_file
 
 TASKS = (
-    "import helpers\nfrom taskrun import task\n\n"
-    "@task\ndef who() -> int:\n    return helpers.WHO\n"
+    "import helpers\nfrom taskrun import task\n\n@task\ndef who() -> int:\n    return helpers.WHO\n"
 )
 
 
@@ -36,7 +35,8 @@ def main() -> None:
         got = taskrun.run("who", registry=reg, cache_mode="off").products["who"]
         wrong += got != i
     left = [
-        n for n in set(sys.modules) - before_mods
+        n
+        for n in set(sys.modules) - before_mods
         if str(getattr(sys.modules[n], "__file__", "") or "").startswith(str(base))
     ]
     print(

@@ -41,7 +41,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import workloads as wl
 
-MAPPED = '''
+MAPPED = """
 from taskrun import task
 
 @task
@@ -51,9 +51,9 @@ def items(n: int = {n}) -> list[int]:
 @task(map={{"item": items}})
 def work(item: int, x: int = 1) -> int:
     return item
-'''
+"""
 
-DODO = '''
+DODO = """
 import os
 from doit.tools import config_changed
 
@@ -71,9 +71,9 @@ def task_work():
         }}
     if not N:
         yield {{"name": None, "actions": None}}
-'''
+"""
 
-STREAM = '''
+STREAM = """
 import time
 from collections.abc import Iterator
 from taskrun import task
@@ -101,7 +101,7 @@ def work_streamed(item: int, ms: float = {work_ms}) -> int:
 def work_listed(item: int, ms: float = {work_ms}) -> int:
     time.sleep(ms / 1000)
     return item
-'''
+"""
 
 
 def env() -> dict[str, str]:
@@ -114,8 +114,13 @@ def env() -> dict[str, str]:
 def timed(cmd: list[str], cwd: Path, extra: dict[str, str] | None = None) -> float:
     t0 = time.perf_counter()
     p = subprocess.run(
-        cmd, cwd=cwd, env={**env(), **(extra or {})}, capture_output=True, text=True,
-        stdin=subprocess.DEVNULL, timeout=3600,
+        cmd,
+        cwd=cwd,
+        env={**env(), **(extra or {})},
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=3600,
     )
     seconds = time.perf_counter() - t0
     if p.returncode != 0:
@@ -166,8 +171,10 @@ def fan_out(n: int, reps: int, tmp: Path) -> None:
             warm = timed(cmd, d, extra)
             times.setdefault((*key, "cold"), []).append(cold)
             times.setdefault((*key, "warm"), []).append(warm)
-            print(f"rep {rep + 1}: {key[0]} n={key[1]}: cold {cold:.2f}s warm {warm:.2f}s",
-                  file=sys.stderr)
+            print(
+                f"rep {rep + 1}: {key[0]} n={key[1]}: cold {cold:.2f}s warm {warm:.2f}s",
+                file=sys.stderr,
+            )
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"\n### Fan-out over {n:,} items (median of {reps}; seconds; -j 1)\n")
     print("| | cold | warm | per item, cold | per item, warm |")
@@ -181,8 +188,10 @@ def fan_out(n: int, reps: int, tmp: Path) -> None:
         print(f"| {tool} | " + " | ".join(row) + " |")
     for phase in ("cold", "warm"):
         mapped = med[("taskrun mapped", n, phase)]
-        print(f"\n{phase}: mapped/static {mapped / med[('taskrun static', n, phase)]:.2f}x,"
-              f" mapped/doit {mapped / med[('doit yield', n, phase)]:.2f}x")
+        print(
+            f"\n{phase}: mapped/static {mapped / med[('taskrun static', n, phase)]:.2f}x,"
+            f" mapped/doit {mapped / med[('doit yield', n, phase)]:.2f}x"
+        )
 
 
 def streaming(m: int, gen_ms: float, work_ms: float, jobs: int, reps: int, tmp: Path) -> None:
@@ -199,8 +208,10 @@ def streaming(m: int, gen_ms: float, work_ms: float, jobs: int, reps: int, tmp: 
             times.setdefault(name, []).append(t)
             print(f"rep {rep + 1}: {name}: {t:.2f}s", file=sys.stderr)
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"\n### Streaming: {m:,} items, generator {gen_ms:g} ms and work {work_ms:g} ms"
-          f" per item, -j {jobs} (median of {reps}; seconds)\n")
+    print(
+        f"\n### Streaming: {m:,} items, generator {gen_ms:g} ms and work {work_ms:g} ms"
+        f" per item, -j {jobs} (median of {reps}; seconds)\n"
+    )
     print("| | seconds |")
     print("|---|---:|")
     for name, t in med.items():
@@ -223,8 +234,7 @@ def main() -> None:
         if args.only in (None, "fan-out"):
             fan_out(args.items, args.reps, Path(tmp))
         if args.only in (None, "streaming"):
-            streaming(args.stream_items, args.gen_ms, args.work_ms, args.jobs, args.reps,
-                      Path(tmp))
+            streaming(args.stream_items, args.gen_ms, args.work_ms, args.jobs, args.reps, Path(tmp))
 
 
 if __name__ == "__main__":

@@ -51,20 +51,33 @@ def free_port() -> int:
 
 def aws_env(endpoint: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "TASKRUN_"))}
-    env.update({
-        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
-        "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-        "AWS_ENDPOINT_URL_S3": endpoint, "NO_PROXY": "127.0.0.1,localhost",
-        "TASKRUN_CACHE_KEY": KEY, "PYTHONDONTWRITEBYTECODE": "1",
-    })
+    env.update(
+        {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_EC2_METADATA_DISABLED": "true",
+            "AWS_CONFIG_FILE": os.devnull,
+            "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+            "AWS_ENDPOINT_URL_S3": endpoint,
+            "NO_PROXY": "127.0.0.1,localhost",
+            "TASKRUN_CACHE_KEY": KEY,
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
+    )
     return env
 
 
 def taskrun(cwd: Path, env: dict[str, str], *args: str) -> tuple[float, str]:
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "taskrun", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=1800)
+    proc = subprocess.run(
+        [sys.executable, "-m", "taskrun", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     took = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"taskrun {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
@@ -84,7 +97,9 @@ def main() -> None:
     env = aws_env(endpoint)
     server = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
     )
     try:
         while True:
@@ -96,9 +111,13 @@ def main() -> None:
             time.sleep(0.05)
         import boto3
 
-        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                     aws_access_key_id="testing", aws_secret_access_key="testing",
-                     ).create_bucket(Bucket="bench")
+        boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        ).create_bucket(Bucket="bench")
         url = "s3://bench/taskrun"
         source = work / "source"
         source.mkdir()
@@ -140,19 +159,27 @@ def main() -> None:
         print()
         print("| how | wall time (s) | ratio | requests | bytes down |")
         print("|---|---|---|---|---|")
-        print(f"| `run --remote-cache` | {remote:.2f} | {remote / imported:.2f} |"
-              f" {last['requests']} | {last['bytes_down']:,} |")
-        print(f"| `cache import` + `run` | {imported:.2f} | 1.00 | - |"
-              f" {archive.stat().st_size:,} (archive) |")
+        print(
+            f"| `run --remote-cache` | {remote:.2f} | {remote / imported:.2f} |"
+            f" {last['requests']} | {last['bytes_down']:,} |"
+        )
+        print(
+            f"| `cache import` + `run` | {imported:.2f} | 1.00 | - |"
+            f" {archive.stat().st_size:,} (archive) |"
+        )
         print()
-        print(f"cold run with upload: {cold:.2f}s ({up['requests']} requests,"
-              f" {up['bytes_up']:,} bytes up, {up['upload_seconds']:.2f}s uploading in the"
-              f" background, {up['finish_seconds']:.2f}s waiting for uploads at the end);"
-              f" the same cold run without a remote: {local_cold:.2f}s")
-        print(f"remote lookups: {last['looked_up']} local misses, {last['hits']} hits,"
-              f" {last['fetch_seconds']:.2f}s waiting for the remote;"
-              f" samples remote={[round(t, 2) for t in times['remote']]}"
-              f" import={[round(t, 2) for t in times['import']]}")
+        print(
+            f"cold run with upload: {cold:.2f}s ({up['requests']} requests,"
+            f" {up['bytes_up']:,} bytes up, {up['upload_seconds']:.2f}s uploading in the"
+            f" background, {up['finish_seconds']:.2f}s waiting for uploads at the end);"
+            f" the same cold run without a remote: {local_cold:.2f}s"
+        )
+        print(
+            f"remote lookups: {last['looked_up']} local misses, {last['hits']} hits,"
+            f" {last['fetch_seconds']:.2f}s waiting for the remote;"
+            f" samples remote={[round(t, 2) for t in times['remote']]}"
+            f" import={[round(t, 2) for t in times['import']]}"
+        )
     finally:
         server.kill()
         server.wait()

@@ -88,7 +88,12 @@ def timed(cmd: Sequence[str], cwd: Path, env: dict[str, str] | None = None) -> R
         full_env.update(env)
     t0 = time.perf_counter()
     p = subprocess.run(
-        list(cmd), cwd=cwd, env=full_env, capture_output=True, text=True, timeout=TIMEOUT,
+        list(cmd),
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
         stdin=subprocess.DEVNULL,
     )
     seconds = time.perf_counter() - t0
@@ -287,7 +292,11 @@ def _exes() -> dict[str, str | None]:
 
 
 def noop_bench(
-    shape: str, n: int, *, snakemake: bool, prefix: str = "noop",
+    shape: str,
+    n: int,
+    *,
+    snakemake: bool,
+    prefix: str = "noop",
     contestants: Sequence[type[Tool]] = (Taskrun, Doit),
 ) -> Bench:
     name = f"{prefix}/{shape}-{n}"
@@ -404,8 +413,9 @@ def _machine_control(d: Path, rep: int, results: Results) -> None:
         if jobs == "1":
             subprocess.run([sys.executable, "spin.py", "2"], cwd=d, env=env, check=True)
         else:
-            procs = [subprocess.Popen([sys.executable, "spin.py", "1"], cwd=d, env=env)
-                     for _ in range(2)]
+            procs = [
+                subprocess.Popen([sys.executable, "spin.py", "1"], cwd=d, env=env) for _ in range(2)
+            ]
             if any(p.wait() for p in procs):
                 raise BenchError("spin.py failed")
         results.add("cpu/machine", f"j{jobs}", "python", time.perf_counter() - t0)
@@ -442,7 +452,8 @@ def files_bench() -> Bench:
     def measure(tmp: Path, reps: int, results: Results) -> None:
         _inproc(
             ["files", "--dir", str(tmp / "files"), "--files", "10000", "--reps", str(max(reps, 5))],
-            "files/tree-10k", results,
+            "files/tree-10k",
+            results,
         )
 
     return Bench("files/tree-10k", measure)
@@ -476,8 +487,9 @@ def startup_bench() -> Bench:
 
 def gen_bench(n: int) -> Bench:
     """The layered graph in each tool's idiomatic form: a taskrun factory, doit's generator."""
-    return noop_bench("layered", n, snakemake=False, prefix="gen",
-                      contestants=(TaskrunFactory, DoitGenerator))
+    return noop_bench(
+        "layered", n, snakemake=False, prefix="gen", contestants=(TaskrunFactory, DoitGenerator)
+    )
 
 
 GEN_SIZES = (1000, 5000, 20000)
@@ -489,8 +501,19 @@ def warm_inproc_bench(n: int = 5000) -> Bench:
     name = f"inproc/warm-{n}"
 
     def measure(tmp: Path, reps: int, results: Results) -> None:
-        _inproc(["warm", "--dir", str(tmp / "inproc-warm"), "--tasks", str(n),
-                 "--reps", str(max(reps, 5))], name, results)
+        _inproc(
+            [
+                "warm",
+                "--dir",
+                str(tmp / "inproc-warm"),
+                "--tasks",
+                str(n),
+                "--reps",
+                str(max(reps, 5)),
+            ],
+            name,
+            results,
+        )
 
     return Bench(name, measure)
 
@@ -521,8 +544,11 @@ def skewed_bench() -> Bench:
             for mode in SCHEDULES if rep % 2 == 0 else SCHEDULES[::-1]:
                 env = {"TASKRUN_SCHEDULE": "fifo"} if mode == "fifo" else None
                 run = timed([*base, "--force-all"], d, env)
-                summary = [json.loads(line) for line in run.stdout.splitlines()
-                           if line.startswith("{") and '"summary"' in line]
+                summary = [
+                    json.loads(line)
+                    for line in run.stdout.splitlines()
+                    if line.startswith("{") and '"summary"' in line
+                ]
                 if not summary or summary[-1].get("ran") != summary[-1].get("total"):
                     results.problems.append(f"{name} {mode} rep {rep}: not every task ran")
                     continue
@@ -538,7 +564,8 @@ def all_benches(quick: bool) -> list[Bench]:
     # Quick: Snakemake (1-3 s a run) only on the layered graph, the process executor only.
     benches = [
         noop_bench(shape, n, snakemake=(n == 100 and (shape == "layered" or not quick)))
-        for n in sizes for shape in wl.SHAPES
+        for n in sizes
+        for shape in wl.SHAPES
     ]
     if quick:
         benches.append(noop_bench("layered", 5000, snakemake=False))
@@ -602,20 +629,39 @@ def targets(r: Results) -> list[Target]:
     hb = r.median("hash/product", "bytes", "taskrun")
     hx = r.median("hash/product", "bytes", "xxh3")
     return [
-        Target("warm run, 5000 layered: taskrun / doit",
-               _ratio(r.median(lay, "warm", "taskrun"), r.median(lay, "warm", "doit")), 0.2, "max"),
-        Target("cold run, 5000 layered, inline: taskrun / doit",
-               _ratio(r.median(lay, "cold", "taskrun"), r.median(lay, "cold", "doit")), 0.5, "max"),
-        Target("`taskrun list` / `doit list` (10 tasks)",
-               _ratio(r.median(su, "list", "taskrun list"), r.median(su, "list", "doit list")),
-               1.0, "max"),
-        Target("`taskrun list` / `python -c pass`",
-               _ratio(r.median(su, "list", "taskrun list"), r.median(su, "list", "python -c pass")),
-               8.0, "max"),
+        Target(
+            "warm run, 5000 layered: taskrun / doit",
+            _ratio(r.median(lay, "warm", "taskrun"), r.median(lay, "warm", "doit")),
+            0.2,
+            "max",
+        ),
+        Target(
+            "cold run, 5000 layered, inline: taskrun / doit",
+            _ratio(r.median(lay, "cold", "taskrun"), r.median(lay, "cold", "doit")),
+            0.5,
+            "max",
+        ),
+        Target(
+            "`taskrun list` / `doit list` (10 tasks)",
+            _ratio(r.median(su, "list", "taskrun list"), r.median(su, "list", "doit list")),
+            1.0,
+            "max",
+        ),
+        Target(
+            "`taskrun list` / `python -c pass`",
+            _ratio(r.median(su, "list", "taskrun list"), r.median(su, "list", "python -c pass")),
+            8.0,
+            "max",
+        ),
         Target("512 MiB bytes product: throughput vs raw xxh3-128", _ratio(hx, hb), 0.5, "min"),
         Target("2 CPU-bound 1 s tasks, process: speed-up -j 2 / -j 1", _ratio(j1, j2), 1.8, "min"),
-        Target("warm tree_digest, 10,000 files, stat cache",
-               r.median("files/tree-10k", "tree", "warm"), 0.3, "max", " s"),
+        Target(
+            "warm tree_digest, 10,000 files, stat cache",
+            r.median("files/tree-10k", "tree", "warm"),
+            0.3,
+            "max",
+            " s",
+        ),
     ]
 
 
@@ -638,17 +684,33 @@ def targets16(r: Results) -> list[Target]:
 
     sk = "sched/skewed-j2"
     return [
-        Target("warm 5,000 layered: taskrun factory / doit generator", vs_doit(5000, "warm"),
-               0.35, "max"),
-        Target("warm 20,000 layered: taskrun factory / doit generator", vs_doit(20000, "warm"),
-               0.35, "max"),
-        Target("cold 5,000 layered, inline: taskrun factory / doit generator",
-               vs_doit(5000, "cold"), 0.8, "max"),
-        Target("warm per-task cost in-process (5,000 tasks)", warm_us_per_task(r), 40.0, "max",
-               " µs"),
-        Target("skewed-duration graph at -j 2: makespan critical path / FIFO",
-               _ratio(r.median(sk, "makespan", "critical-path"), r.median(sk, "makespan", "fifo")),
-               0.8, "max"),
+        Target(
+            "warm 5,000 layered: taskrun factory / doit generator",
+            vs_doit(5000, "warm"),
+            0.35,
+            "max",
+        ),
+        Target(
+            "warm 20,000 layered: taskrun factory / doit generator",
+            vs_doit(20000, "warm"),
+            0.35,
+            "max",
+        ),
+        Target(
+            "cold 5,000 layered, inline: taskrun factory / doit generator",
+            vs_doit(5000, "cold"),
+            0.8,
+            "max",
+        ),
+        Target(
+            "warm per-task cost in-process (5,000 tasks)", warm_us_per_task(r), 40.0, "max", " µs"
+        ),
+        Target(
+            "skewed-duration graph at -j 2: makespan critical path / FIFO",
+            _ratio(r.median(sk, "makespan", "critical-path"), r.median(sk, "makespan", "fifo")),
+            0.8,
+            "max",
+        ),
     ]
 
 
@@ -656,23 +718,32 @@ def _phase_table(r: Results, prefix: str, title: str, peers: Sequence[str]) -> l
     """Median seconds and ratios for every PREFIX/SHAPE-N workload measured."""
     ws = sorted(
         {w for (w, _, _) in r.samples if w.startswith(prefix + "/")},
-        key=lambda w: (int(w.rsplit("-", 1)[1]),
-                       wl.SHAPES.index(w[len(prefix) + 1:].rsplit("-", 1)[0])),
+        key=lambda w: (
+            int(w.rsplit("-", 1)[1]),
+            wl.SHAPES.index(w[len(prefix) + 1 :].rsplit("-", 1)[0]),
+        ),
     )
     if not ws:
         return []
     head = " | ".join(peers)
-    out = [title, "", f"| workload | phase | taskrun | {head} | "
-           + " | ".join(f"taskrun/{p}" for p in peers) + " |",
-           "|---|---|---:|" + "---:|" * (2 * len(peers))]
+    out = [
+        title,
+        "",
+        f"| workload | phase | taskrun | {head} | "
+        + " | ".join(f"taskrun/{p}" for p in peers)
+        + " |",
+        "|---|---|---:|" + "---:|" * (2 * len(peers)),
+    ]
     for w in ws:
         for phase in ("cold", "warm", "changed"):
             t = r.median(w, phase, "taskrun")
             ms = [r.median(w, phase, p) for p in peers]
             out.append(
-                f"| {w[len(prefix) + 1:]} | {phase} | {_fmt(t)} | "
-                + " | ".join(_fmt(m) for m in ms) + " | "
-                + " | ".join(_fmt_ratio(_ratio(t, m)) for m in ms) + " |"
+                f"| {w[len(prefix) + 1 :]} | {phase} | {_fmt(t)} | "
+                + " | ".join(_fmt(m) for m in ms)
+                + " | "
+                + " | ".join(_fmt_ratio(_ratio(t, m)) for m in ms)
+                + " |"
             )
     return [*out, ""]
 
@@ -680,34 +751,53 @@ def _phase_table(r: Results, prefix: str, title: str, peers: Sequence[str]) -> l
 def report16(r: Results) -> list[str]:
     """Issue 16's tables: idiomatic forms, in-process warm cost, skewed makespan, targets."""
     out = _phase_table(
-        r, "gen", "### Idiomatic forms: taskrun factory-made tasks.py against doit's generator "
-        "`task_t` (median seconds; ratio = taskrun / doit, lower is better)", ["doit"],
+        r,
+        "gen",
+        "### Idiomatic forms: taskrun factory-made tasks.py against doit's generator "
+        "`task_t` (median seconds; ratio = taskrun / doit, lower is better)",
+        ["doit"],
     )
     if ("inproc/warm-5000", "warm-5000", "run") in r.samples:
-        out += ["### Warm per-task cost in one process (median seconds)", "",
-                "| tasks | load the task file | warm `taskrun.run` | together |",
-                "|---:|---:|---:|---:|"]
+        out += [
+            "### Warm per-task cost in one process (median seconds)",
+            "",
+            "| tasks | load the task file | warm `taskrun.run` | together |",
+            "|---:|---:|---:|---:|",
+        ]
         for n in (5000, 100):
             a = r.median("inproc/warm-5000", f"warm-{n}", "load")
             b = r.median("inproc/warm-5000", f"warm-{n}", "run")
             both = a + b if a is not None and b is not None else None
             out.append(f"| {n} | {_fmt(a, 4)} | {_fmt(b, 4)} | {_fmt(both, 4)} |")
         us = warm_us_per_task(r)
-        out += ["", f"Per task, (T(5000) - T(100)) / 4900: "
-                f"{'—' if us is None else f'{us:.1f} µs'}.", ""]
+        out += [
+            "",
+            f"Per task, (T(5000) - T(100)) / 4900: {'—' if us is None else f'{us:.1f} µs'}.",
+            "",
+        ]
     sk = "sched/skewed-j2"
     if (sk, "makespan", "fifo") in r.samples:
         cp = r.median(sk, "makespan", "critical-path")
-        out += ["### Skewed durations at -j 2, thread executor: makespan by start order "
-                "(median seconds of the run's own elapsed time)", "",
-                "| order | makespan | / FIFO |", "|---|---:|---:|"]
+        out += [
+            "### Skewed durations at -j 2, thread executor: makespan by start order "
+            "(median seconds of the run's own elapsed time)",
+            "",
+            "| order | makespan | / FIFO |",
+            "|---|---:|---:|",
+        ]
         fifo = r.median(sk, "makespan", "fifo")
         for mode in SCHEDULES:
             m = r.median(sk, "makespan", mode)
             out.append(f"| {mode} | {_fmt(m)} | {_fmt_ratio(_ratio(m, fifo))} |")
         out += ["", f"(critical path / FIFO: {_fmt_ratio(_ratio(cp, fifo))})", ""]
-    out += ["### Targets (issue 16)", "", "| target | limit | measured | verdict |",
-            "|---|---|---|---|", *[t.line() for t in targets16(r)], ""]
+    out += [
+        "### Targets (issue 16)",
+        "",
+        "| target | limit | measured | verdict |",
+        "|---|---|---|---|",
+        *[t.line() for t in targets16(r)],
+        "",
+    ]
     return out
 
 
@@ -734,8 +824,7 @@ def report(r: Results) -> str:
                 )
         out.append("")
     cpu = [
-        w for w in ("cpu/inline", "cpu/thread", "cpu/process")
-        if (w, "j1", "taskrun") in r.samples
+        w for w in ("cpu/inline", "cpu/thread", "cpu/process") if (w, "j1", "taskrun") in r.samples
     ]
     if cpu:
         out += [
@@ -774,7 +863,8 @@ def report(r: Results) -> str:
             "|---|---:|---|---:|---:|",
             f"| 512 MiB `bytes` | {_fmt(hb, 4)} ({gib / hb:.1f} GiB/s) | raw `xxh3_128(data)` | "
             f"{_fmt(hx, 4)} ({gib / hx:.1f} GiB/s) | {_fmt_ratio(_ratio(hb, hx))} |"
-            if hb and hx else "",
+            if hb and hx
+            else "",
             f"| 100,000 small dicts | {_fmt(dt, 4)} | `xxh3_128(pickle.dumps(lst, 5))` | "
             f"{_fmt(dp, 4)} | {_fmt_ratio(_ratio(dt, dp))} |",
             f"| 100,000 small dicts | {_fmt(dt, 4)} | "
@@ -786,8 +876,7 @@ def report(r: Results) -> str:
         out += [
             "### Canonical digests against raw xxh3 of the same bytes (in-process, median s)",
             "",
-            "| product | taskrun `product_digest` | raw `xxh3_128` of its bytes "
-            "| taskrun / raw |",
+            "| product | taskrun `product_digest` | raw `xxh3_128` of its bytes | taskrun / raw |",
             "|---|---:|---:|---:|",
         ]
         for group, label in (
@@ -806,8 +895,12 @@ def report(r: Results) -> str:
             "",
             "| no stat cache | cold stat cache (incl. flush) | warm stat cache (incl. load) |",
             "|---:|---:|---:|",
-            "| " + " | ".join(_fmt(r.median("files/tree-10k", "tree", c), 4)
-                             for c in ("no-stat-cache", "cold", "warm")) + " |",
+            "| "
+            + " | ".join(
+                _fmt(r.median("files/tree-10k", "tree", c), 4)
+                for c in ("no-stat-cache", "cold", "warm")
+            )
+            + " |",
             "",
         ]
     su = "startup/list-10"
@@ -828,11 +921,15 @@ def report(r: Results) -> str:
     out.append("|---|---|---|---|")
     out += [t.line() for t in targets(r)]
     out.append("")
-    machine_speedup = _ratio(r.median("cpu/machine", "j1", "python"),
-                             r.median("cpu/machine", "j2", "python"))
+    machine_speedup = _ratio(
+        r.median("cpu/machine", "j1", "python"), r.median("cpu/machine", "j2", "python")
+    )
     if machine_speedup is not None:
-        out += [f"The machine's own speed-up for the same two loops in 1 vs 2 bare Python "
-                f"processes, measured alongside: {machine_speedup:.2f}x.", ""]
+        out += [
+            f"The machine's own speed-up for the same two loops in 1 vs 2 bare Python "
+            f"processes, measured alongside: {machine_speedup:.2f}x.",
+            "",
+        ]
     if r.problems:
         out += ["### Problems", ""] + [f"- {p}" for p in r.problems] + [""]
     return "\n".join(out)
@@ -865,10 +962,20 @@ def machine() -> str:
 def _commit() -> str:
     """The repository's commit (and whether taskrun/ had uncommitted changes), if any."""
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE,
-                              capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "taskrun"], cwd=HERE.parent,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=HERE,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "taskrun"],
+            cwd=HERE.parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
     return f"; commit {head}{' + uncommitted taskrun/ changes' if dirty else ''}" if head else ""
@@ -899,14 +1006,53 @@ def profile(spec: str, out: Path) -> None:
         cmd = tool.command(phase)
         session = Path(tmp) / "profile.pyisession"
         t0 = time.perf_counter()
-        timed([sys.executable, "-m", "pyinstrument", "-r", "pyisession", "-o", str(session),
-               "-i", "0.0005", "-m", "taskrun", *cmd[1:]], Path(tmp))
+        timed(
+            [
+                sys.executable,
+                "-m",
+                "pyinstrument",
+                "-r",
+                "pyisession",
+                "-o",
+                str(session),
+                "-i",
+                "0.0005",
+                "-m",
+                "taskrun",
+                *cmd[1:],
+            ],
+            Path(tmp),
+        )
         log(f"profiled {' '.join(cmd)} in {time.perf_counter() - t0:.2f} s (with profiler)")
-        tree = timed([sys.executable, "-m", "pyinstrument", "--load", str(session), "-r", "text",
-                      "--no-color", "--unicode"], Path(tmp)).stdout
+        tree = timed(
+            [
+                sys.executable,
+                "-m",
+                "pyinstrument",
+                "--load",
+                str(session),
+                "-r",
+                "text",
+                "--no-color",
+                "--unicode",
+            ],
+            Path(tmp),
+        ).stdout
         stats = Path(tmp) / "profile.pstats"
-        timed([sys.executable, "-m", "pyinstrument", "--load", str(session), "-r", "pstats",
-               "-o", str(stats)], Path(tmp))
+        timed(
+            [
+                sys.executable,
+                "-m",
+                "pyinstrument",
+                "--load",
+                str(session),
+                "-r",
+                "pstats",
+                "-o",
+                str(stats),
+            ],
+            Path(tmp),
+        )
         flat = _flat(stats)
     out.write_text(
         f"# taskrun profile: {spec}\n# command: {' '.join(cmd)}\n# {machine()}\n"
@@ -934,8 +1080,13 @@ def _flat(pstats_file: Path, top: int = 30) -> str:
     by_cum = sorted(ours, key=lambda kv: -kv[1][3])[:top]
     lines = ["## Self time (top functions, any module)", "", "| self s | function |", "|---:|---|"]
     lines += [f"| {v[2]:.3f} | {where(k)} |" for k, v in by_self]
-    lines += ["", "## Cumulative time (taskrun's functions)", "", "| total s | function |",
-              "|---:|---|"]
+    lines += [
+        "",
+        "## Cumulative time (taskrun's functions)",
+        "",
+        "| total s | function |",
+        "|---:|---|",
+    ]
     lines += [f"| {v[3]:.3f} | {where(k)} |" for k, v in by_cum]
     return "\n".join(lines)
 
@@ -952,16 +1103,23 @@ def _selected(benches: Iterable[Bench], only: str | None) -> list[Bench]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="bench/run.py", description=__doc__.split("\n\n")[0],
+        prog="bench/run.py",
+        description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--quick", action="store_true",
-                        help="N = 100 and 1000 (+ the 5000 layered graph), 2 repetitions")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="N = 100 and 1000 (+ the 5000 layered graph), 2 repetitions",
+    )
     parser.add_argument("--only", metavar="GLOB", help="only workloads matching GLOB[,GLOB...]")
     parser.add_argument("--reps", type=int, default=None, help="repetitions (default 5; quick 2)")
     parser.add_argument("--json", type=Path, metavar="FILE", help="write every sample as JSON")
-    parser.add_argument("--profile", metavar="noop|gen/SHAPE-N/PHASE",
-                        help="profile taskrun on one workload with pyinstrument instead")
+    parser.add_argument(
+        "--profile",
+        metavar="noop|gen/SHAPE-N/PHASE",
+        help="profile taskrun on one workload with pyinstrument instead",
+    )
     parser.add_argument("--profile-out", type=Path, default=Path("bench-profile.txt"))
     parser.add_argument("--list", action="store_true", help="list workload names and exit")
     args = parser.parse_args(argv)

@@ -95,11 +95,24 @@ def run(
     (``result.ok``).
     """
     result: RunResult = prepare_run(
-        targets, options=options, registry=registry, root=root, jobs=jobs,
-        executor=executor, cache_dir=cache_dir, cache_size=cache_size, cache_mode=cache_mode,
-        force=force, force_all=force_all, keep_going=keep_going, runtime=runtime,
-        on_event=on_event, remote_cache=remote_cache, remote_mode=remote_mode,
-        external=external, project_settings=project_settings,
+        targets,
+        options=options,
+        registry=registry,
+        root=root,
+        jobs=jobs,
+        executor=executor,
+        cache_dir=cache_dir,
+        cache_size=cache_size,
+        cache_mode=cache_mode,
+        force=force,
+        force_all=force_all,
+        keep_going=keep_going,
+        runtime=runtime,
+        on_event=on_event,
+        remote_cache=remote_cache,
+        remote_mode=remote_mode,
+        external=external,
+        project_settings=project_settings,
     )()
     return result
 
@@ -240,13 +253,18 @@ def prepare_run(
     dask_options = {"address": address} if executor == "dask" and address else None
     with external_roots({**settings.external, **(external or {})}):
         invocation = invoke(
-            registry, list(targets), root=root, options=options, config=settings.options,
+            registry,
+            list(targets),
+            root=root,
+            options=options,
+            config=settings.options,
             default_targets=settings.default,
         )
     size = parse_size(cache_size, where="cache_size=") if cache_size is not None else None
     names = [t if isinstance(t, str) else registry.name_of(t) for t in force]
     cache = open_cache(
-        root, cache_dir or settings.cache_dir,
+        root,
+        cache_dir or settings.cache_dir,
         size_limit=size if size is not None else settings.cache_size,
         mode=cache_mode or settings.cache_mode or "rw",
     )
@@ -258,10 +276,20 @@ def prepare_run(
     def go() -> Any:
         try:
             return execute(
-                invocation, jobs=jobs, executor=executor, cache=cache, runtime=facts,
-                force=names, force_all=force_all, keep_going=keep_going, on_event=on_event,
-                remote_cache=remote_cache, remote_mode=remote_mode, on_scheduler=on_scheduler,
-                executor_options=dask_options, dask_options=dask_options,
+                invocation,
+                jobs=jobs,
+                executor=executor,
+                cache=cache,
+                runtime=facts,
+                force=names,
+                force_all=force_all,
+                keep_going=keep_going,
+                on_event=on_event,
+                remote_cache=remote_cache,
+                remote_mode=remote_mode,
+                on_scheduler=on_scheduler,
+                executor_options=dask_options,
+                dask_options=dask_options,
             )
         finally:
             cache.close()

@@ -96,8 +96,9 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def export_archive(cache: Cache, path: pathlib.Path | str,
-                   fingerprints: Iterable[str] | None = None) -> ExportReport:
+def export_archive(
+    cache: Cache, path: pathlib.Path | str, fingerprints: Iterable[str] | None = None
+) -> ExportReport:
     """Write the given entries (default: those the last run used) with their blobs.
 
     Entries that are absent, bad or missing a blob are skipped and reported. The file
@@ -109,8 +110,9 @@ def export_archive(cache: Cache, path: pathlib.Path | str,
     if fingerprints is None:
         last = cache.last_run()
         if last is None:
-            raise UsageError(f"no run is recorded in {cache.directory}; run first, "
-                             "or name what to export")
+            raise UsageError(
+                f"no run is recorded in {cache.directory}; run first, or name what to export"
+            )
         fingerprints = last.used
     wanted = sorted(set(fingerprints))
     manifest_entries: dict[str, Any] = {}
@@ -141,20 +143,29 @@ def export_archive(cache: Cache, path: pathlib.Path | str,
                 new_blobs[digest] = blob
             else:
                 _add(tar, f"entries/{fp}", raw)
-                manifest_entries[fp] = {"task": meta.task, "digest": _digest(raw),
-                                        "product_digest": meta.product_digest,
-                                        "blobs": outputs}
+                manifest_entries[fp] = {
+                    "task": meta.task,
+                    "digest": _digest(raw),
+                    "product_digest": meta.product_digest,
+                    "blobs": outputs,
+                }
                 for digest, blob in sorted(new_blobs.items()):
                     _add(tar, f"blobs/{digest}", blob)
                     manifest_blobs[digest] = {"digest": _digest(blob)}
                 continue
             skipped.append((fp, "an output blob is missing (evicted?)"))
-        manifest = {"format": FORMAT, "version": VERSION, "envelope": "TRC2",
-                    "signed": cache.signed, "entries": manifest_entries,
-                    "blobs": manifest_blobs}
+        manifest = {
+            "format": FORMAT,
+            "version": VERSION,
+            "envelope": "TRC2",
+            "signed": cache.signed,
+            "entries": manifest_entries,
+            "blobs": manifest_blobs,
+        }
         _add(tar, MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
-    return ExportReport(path, tuple(manifest_entries), tuple(manifest_blobs), tuple(skipped),
-                        path.stat().st_size)
+    return ExportReport(
+        path, tuple(manifest_entries), tuple(manifest_blobs), tuple(skipped), path.stat().st_size
+    )
 
 
 class _Refused(Exception):
@@ -180,8 +191,12 @@ class _Counting(io.RawIOBase):
 
 
 def _kind(member: tarfile.TarInfo) -> str:
-    for test, name in ((member.issym, "symlink"), (member.islnk, "hard link"),
-                       (member.isdir, "directory"), (member.isdev, "device or fifo")):
+    for test, name in (
+        (member.issym, "symlink"),
+        (member.islnk, "hard link"),
+        (member.isdir, "directory"),
+        (member.isdev, "device or fifo"),
+    ):
         if test():
             return name
     return f"type {member.type!r}"
@@ -217,26 +232,46 @@ def _unpack(path: pathlib.Path, into: pathlib.Path, limit: int) -> _Unpacked:
         with path.open("rb") as raw_file:
             counted = _Counting(raw_file)
             buffered = io.BufferedReader(counted, _CHUNK)
-            with gzip.GzipFile(fileobj=buffered, mode="rb") as gz, \
-                    tarfile.open(fileobj=gz, mode="r|") as tar:
+            with (
+                gzip.GzipFile(fileobj=buffered, mode="rb") as gz,
+                tarfile.open(fileobj=gz, mode="r|") as tar,
+            ):
                 for member in tar:
                     name = member.name
                     if not member.isreg():
                         refused.append((name, f"not a regular file ({_kind(member)})"))
                         continue
                     if name != MANIFEST and not _MEMBER.match(name):
-                        refused.append((name, "unexpected name (only manifest.json, "
-                                              "entries/<hex>, blobs/<hex>)"))
+                        refused.append(
+                            (
+                                name,
+                                "unexpected name (only manifest.json, entries/<hex>, blobs/<hex>)",
+                            )
+                        )
                         continue
                     if name in out.members:
                         refused.append((name, "appears twice"))
                         continue
                     if name == MANIFEST and member.size > MAX_MANIFEST:
-                        raise _Refused([(name, f"{member.size} bytes; a manifest may have "
-                                               f"at most {MAX_MANIFEST}")])
+                        raise _Refused(
+                            [
+                                (
+                                    name,
+                                    f"{member.size} bytes; a manifest may have "
+                                    f"at most {MAX_MANIFEST}",
+                                )
+                            ]
+                        )
                     if total + member.size > limit:
-                        raise _Refused([(name, f"more than {limit} bytes uncompressed, "
-                                               "more than the cache can hold")])
+                        raise _Refused(
+                            [
+                                (
+                                    name,
+                                    f"more than {limit} bytes uncompressed, "
+                                    "more than the cache can hold",
+                                )
+                            ]
+                        )
                     stream = tar.extractfile(member)
                     assert stream is not None  # regular files always have data
                     target = into / f"{len(out.members):08d}"
@@ -269,8 +304,9 @@ def _unpack(path: pathlib.Path, into: pathlib.Path, limit: int) -> _Unpacked:
     return out
 
 
-def _check(cache: Cache, unpacked: _Unpacked
-           ) -> tuple[dict[str, pathlib.Path], dict[str, pathlib.Path], dict[str, EntryMeta]]:
+def _check(
+    cache: Cache, unpacked: _Unpacked
+) -> tuple[dict[str, pathlib.Path], dict[str, pathlib.Path], dict[str, EntryMeta]]:
     """Split members into entries and blobs, checking them against the manifest and cache."""
     refused: list[tuple[str, str]] = []
     members = dict(unpacked.members)
@@ -327,8 +363,7 @@ def import_archive(cache: Cache, path: pathlib.Path | str) -> ImportReport:
     """
     path = pathlib.Path(path)
     if cache.mode != "rw":
-        raise UsageError(f"cannot import: the cache is in '{cache.mode}' mode; "
-                         "use --cache-mode rw")
+        raise UsageError(f"cannot import: the cache is in '{cache.mode}' mode; use --cache-mode rw")
     if not path.is_file():
         raise UsageError(f"no archive at {path}")
     try:
@@ -340,5 +375,6 @@ def import_archive(cache: Cache, path: pathlib.Path | str) -> ImportReport:
         return ImportReport(path, (), (), tuple(exc.problems), 0)
     except IntegrityError as exc:  # the cache changed under us between check and adopt
         return ImportReport(path, (), (), ((path.name, str(exc)),), 0)
-    return ImportReport(path, taken, present, (), len(blobs),
-                        {fp: m.task for fp, m in sorted(metas.items())})
+    return ImportReport(
+        path, taken, present, (), len(blobs), {fp: m.task for fp, m in sorted(metas.items())}
+    )

@@ -260,8 +260,11 @@ def _hold_writers(directory: pathlib.Path) -> int | None:
     """Hold ``locks/writers`` shared: gc removes unindexed value files only when alone."""
     try:
         (directory / "locks").mkdir(exist_ok=True)
-        fd = os.open(directory / "locks" / _WRITERS, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
-                     0o666 & shared_mode(directory))
+        fd = os.open(
+            directory / "locks" / _WRITERS,
+            os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+            0o666 & shared_mode(directory),
+        )
     except OSError:
         return None  # then gc never thinks it is alone: it keeps recent orphans
     try:
@@ -287,7 +290,13 @@ class Entry:
     """
 
     __slots__ = (
-        "_cache", "_digest", "_meta", "compute_time", "fingerprint", "product_digest", "task"
+        "_cache",
+        "_digest",
+        "_meta",
+        "compute_time",
+        "fingerprint",
+        "product_digest",
+        "task",
     )
 
     def __init__(
@@ -498,8 +507,9 @@ class Cache:
             os.close(self._writers)
             self._writers = None
 
-    def _writable(self, action: str, free_first: Callable[[], Iterable[str]] | None = None
-                  ) -> diskcache.Cache:
+    def _writable(
+        self, action: str, free_first: Callable[[], Iterable[str]] | None = None
+    ) -> diskcache.Cache:
         """diskcache, for ``action``; UsageError in read/off mode, CacheError if unwritable.
 
         On a full disk, ``free_first`` names value files that ``action`` removes anyway:
@@ -622,9 +632,7 @@ class Cache:
                     st = path.lstat()
                     if not stat.S_ISDIR(st.st_mode) or (not alone and st.st_mtime > cutoff):
                         continue
-                    size = sum(
-                        p.lstat().st_size for p in path.rglob("*") if not p.is_dir()
-                    )
+                    size = sum(p.lstat().st_size for p in path.rglob("*") if not p.is_dir())
                     shutil.rmtree(path)
                 except OSError:
                     continue
@@ -1045,14 +1053,22 @@ class Cache:
             hits = sum(1 for fp in names if self._outcomes.get(fp))
         if misses is None:
             misses = len(names) - hits
-        data = {"format": 1, "recorded": time.time(), "used": names, "hits": hits,
-                "misses": misses, "completed": True}
+        data = {
+            "format": 1,
+            "recorded": time.time(),
+            "used": names,
+            "hits": hits,
+            "misses": misses,
+            "completed": True,
+        }
         try:
             # Durable: gc --keep-last-run trusts it. A cache directory shared by a team
             # (group-writable, setgid) must stay readable by the others: its bits.
             path = self._directory / _LAST_RUN
             atomic_write(
-                path, json.dumps(data, indent=1).encode(), durable=True,
+                path,
+                json.dumps(data, indent=1).encode(),
+                durable=True,
                 mode=shared_mode(path.parent),
             )
         except OSError as exc:
@@ -1158,8 +1174,10 @@ class Cache:
             # Still no room for the database: what free_first unlinked is all gc can do.
             # Those entries now miss (their files are gone); the next gc with room
             # removes their rows.
-            self._warn("the disk is still full: removed value files only; the index "
-                       "will be tidied by the next gc")
+            self._warn(
+                "the disk is still full: removed value files only; the index "
+                "will be tidied by the next gc"
+            )
             left = self._orphans()
             return GcReport(
                 removed=tuple(sorted(doomed)),
@@ -1397,8 +1415,9 @@ class Cache:
                     )
         for digest, raw in blobs.items():
             if isinstance(raw, pathlib.Path):
-                if not (self._reader.contains(digest, _TAG_BLOB)
-                        and self._verify_blob(digest) is None):
+                if not (
+                    self._reader.contains(digest, _TAG_BLOB) and self._verify_blob(digest) is None
+                ):
                     with raw.open("rb") as f:
                         dc.set(digest, f, read=True, tag=_TAG_BLOB)
             else:

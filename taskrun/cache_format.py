@@ -139,10 +139,15 @@ def entry_head(head: HitHead) -> bytes:
     """The binary hit head that starts a format-2 entry's meta (before its JSON)."""
     task = head.task.encode("utf-8")
     digest = head.product_digest.encode("utf-8")
-    return b"".join((
-        _HIT_HEAD.pack(bytes.fromhex(head.fingerprint), head.compute_time, head.outputs),
-        _HIT_TEXT.pack(len(task)), task, _HIT_TEXT.pack(len(digest)), digest,
-    ))
+    return b"".join(
+        (
+            _HIT_HEAD.pack(bytes.fromhex(head.fingerprint), head.compute_time, head.outputs),
+            _HIT_TEXT.pack(len(task)),
+            task,
+            _HIT_TEXT.pack(len(digest)),
+            digest,
+        )
+    )
 
 
 def split_entry_meta(meta: bytes) -> tuple[HitHead, bytes]:
@@ -260,8 +265,13 @@ class StoreReader:
 
     def _connect(self, *, immutable: bool) -> sqlite3.Connection:
         flag = "mode=ro&immutable=1" if immutable else "mode=ro"
-        return sqlite3.connect(f"{self._db.as_uri()}?{flag}", uri=True, timeout=60,
-                               isolation_level=None, check_same_thread=False)
+        return sqlite3.connect(
+            f"{self._db.as_uri()}?{flag}",
+            uri=True,
+            timeout=60,
+            isolation_level=None,
+            check_same_thread=False,
+        )
 
     def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
         with self._lock:
@@ -313,8 +323,9 @@ class StoreReader:
         """
         row: Any = self._primed.pop(key, _NOT_PRIMED) if self._primed else _NOT_PRIMED
         if row is _NOT_PRIMED:
-            rows = self._query("SELECT mode, filename, value, size FROM Cache"
-                               " WHERE key = ? AND raw = 1", (key,))
+            rows = self._query(
+                "SELECT mode, filename, value, size FROM Cache WHERE key = ? AND raw = 1", (key,)
+            )
             row = rows[0] if rows else None
         if row is None:
             return None
@@ -341,7 +352,8 @@ class StoreReader:
             marks = ",".join("?" * len(chunk))
             for key, *row in self._query(
                 "SELECT key, mode, filename, value, size FROM Cache"
-                f" WHERE raw = 1 AND key IN ({marks})", tuple(chunk)
+                f" WHERE raw = 1 AND key IN ({marks})",
+                tuple(chunk),
             ):
                 found[key] = tuple(row)
         self._primed.update(found)
@@ -372,8 +384,9 @@ class StoreReader:
         return sorted(k for (k,) in rows if isinstance(k, str))
 
     def contains(self, key: str, tag: str) -> bool:
-        return bool(self._query("SELECT 1 FROM Cache WHERE key = ? AND raw = 1 AND tag = ?",
-                                (key, tag)))
+        return bool(
+            self._query("SELECT 1 FROM Cache WHERE key = ? AND raw = 1 AND tag = ?", (key, tag))
+        )
 
     def count(self, tag: str) -> int:
         rows = self._query("SELECT COUNT(*) FROM Cache WHERE raw = 1 AND tag = ?", (tag,))
@@ -393,7 +406,6 @@ class StoreReader:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
-
 
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
@@ -422,19 +434,23 @@ def open_value_file(directory: pathlib.Path, filename: str, size: int) -> IO[byt
     except OSError as exc:
         _close_all(fds)
         # ELOOP: a symlink; ENOTDIR: a file where a directory should be; ENXIO: a socket.
-        raise IntegrityError(f"value file {filename} cannot be opened safely "
-                             f"({exc.strerror}); it is not a plain file") from None
+        raise IntegrityError(
+            f"value file {filename} cannot be opened safely "
+            f"({exc.strerror}); it is not a plain file"
+        ) from None
     fd = fds.pop()
     _close_all(fds)
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
-        raise IntegrityError(f"value file {filename} is not a regular file "
-                             f"(mode {stat.filemode(st.st_mode)})")
+        raise IntegrityError(
+            f"value file {filename} is not a regular file (mode {stat.filemode(st.st_mode)})"
+        )
     if st.st_size != size:
         os.close(fd)
-        raise IntegrityError(f"value file {filename} has {st.st_size} bytes; "
-                             f"the index records {size}")
+        raise IntegrityError(
+            f"value file {filename} has {st.st_size} bytes; the index records {size}"
+        )
     os.set_blocking(fd, True)
     return os.fdopen(fd, "rb")
 
@@ -486,8 +502,10 @@ def _reference_schema() -> frozenset[tuple[str, str, str]]:
     with tempfile.TemporaryDirectory(prefix="taskrun-schema-") as tmp:
         dc = diskcache.Cache(tmp, tag_index=True, eviction_policy="least-recently-stored")
         try:
-            rows = dc._sql("SELECT type, name, sql FROM sqlite_master"
-                           " WHERE type IN ('table', 'trigger', 'view')").fetchall()
+            rows = dc._sql(
+                "SELECT type, name, sql FROM sqlite_master"
+                " WHERE type IN ('table', 'trigger', 'view')"
+            ).fetchall()
         finally:
             dc.close()
     return frozenset((t, n, _normal_sql(q)) for t, n, q in rows)
@@ -530,8 +548,9 @@ def audit_store(directory: pathlib.Path) -> list[str]:
         return [f"cannot open cache.db: {exc}"]
     try:
         # Read the schema text only; nothing in it runs while we look.
-        schema = conn.execute("SELECT type, name, sql FROM sqlite_master"
-                              " WHERE type IN ('table', 'trigger', 'view')").fetchall()
+        schema = conn.execute(
+            "SELECT type, name, sql FROM sqlite_master WHERE type IN ('table', 'trigger', 'view')"
+        ).fetchall()
         if not schema:
             return problems
         reference = _reference_schema()
@@ -544,9 +563,7 @@ def audit_store(directory: pathlib.Path) -> list[str]:
             problem = _setting_problem(key, value)
             if problem:
                 problems.append(problem)
-        for (filename,) in conn.execute(
-            "SELECT filename FROM Cache WHERE filename IS NOT NULL"
-        ):
+        for (filename,) in conn.execute("SELECT filename FROM Cache WHERE filename IS NOT NULL"):
             if not isinstance(filename, str) or not _VALUE_FILE.match(filename):
                 problems.append(f"a row names the file {filename!r}")
                 break

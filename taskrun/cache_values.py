@@ -200,5 +200,3 @@ class VerifyReport:
     def ok(self) -> bool:
         """True when nothing was wrong."""
         return not self.problems
-
-

@@ -49,11 +49,17 @@ class _Group(click.Group):
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
-    "-f", "--file", "task_file", type=click.Path(dir_okay=False, path_type=Path),
+    "-f",
+    "--file",
+    "task_file",
+    type=click.Path(dir_okay=False, path_type=Path),
     help="The task file (default: tasks.py here or in the nearest parent).",
 )
 @click.option(
-    "-C", "--directory", type=click.Path(file_okay=False, path_type=Path), default=None,
+    "-C",
+    "--directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
     help="Run as if taskrun was started in DIR.",
 )
 @click.version_option(package_name="taskrun", prog_name="taskrun")
@@ -230,9 +236,7 @@ def _complete_tasks(ctx: click.Context, param: click.Parameter, incomplete: str)
     ]
 
 
-def _complete_assignments(
-    ctx: click.Context, param: click.Parameter, incomplete: str
-) -> list[Any]:
+def _complete_assignments(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
     from click.shell_completion import CompletionItem
 
     if "=" in incomplete:
@@ -254,47 +258,101 @@ def _complete_assignments(
 # -- run -----------------------------------------------------------------------------------
 @main.command("run", short_help="Run targets and what they need, reusing cached results.")
 @click.argument("targets", nargs=-1, shell_complete=_complete_tasks)
-@click.option("-o", "--option", "assignments", multiple=True, metavar="[TASK.]OPTION=VALUE",
-              shell_complete=_complete_assignments,
-              help="Set an option (unqualified: every planned task that has it).")
-@click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
-              help="Parallel jobs (default: the CPUs this process may use).")
-@click.option("--executor", type=click.Choice(["inline", "thread", "process", "dask"]),
-              default=None, help="Where tasks run (default: thread).")
-@click.option("--dask-address", default=None, metavar="ADDR",
-              help="An existing Dask scheduler (tcp://HOST:PORT).")
-@click.option("--dask-ship-files", type=click.Choice(["auto", "always", "never"]),
-              default="auto", show_default=True,
-              help="Send tasks' files to Dask workers that do not share the project directory.")
-@click.option("--force", "force", multiple=True, metavar="TASK", shell_complete=_complete_tasks,
-              help="Rerun TASK regardless of the cache (repeatable).")
+@click.option(
+    "-o",
+    "--option",
+    "assignments",
+    multiple=True,
+    metavar="[TASK.]OPTION=VALUE",
+    shell_complete=_complete_assignments,
+    help="Set an option (unqualified: every planned task that has it).",
+)
+@click.option(
+    "-j",
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Parallel jobs (default: the CPUs this process may use).",
+)
+@click.option(
+    "--executor",
+    type=click.Choice(["inline", "thread", "process", "dask"]),
+    default=None,
+    help="Where tasks run (default: thread).",
+)
+@click.option(
+    "--dask-address",
+    default=None,
+    metavar="ADDR",
+    help="An existing Dask scheduler (tcp://HOST:PORT).",
+)
+@click.option(
+    "--dask-ship-files",
+    type=click.Choice(["auto", "always", "never"]),
+    default="auto",
+    show_default=True,
+    help="Send tasks' files to Dask workers that do not share the project directory.",
+)
+@click.option(
+    "--force",
+    "force",
+    multiple=True,
+    metavar="TASK",
+    shell_complete=_complete_tasks,
+    help="Rerun TASK regardless of the cache (repeatable).",
+)
 @click.option("--force-all", is_flag=True, help="Rerun every task regardless of the cache.")
 @click.option("--keep-going", is_flag=True, help="Do not stop at the first failure.")
-@click.option("--override", "overrides", multiple=True, metavar="TASK=MODULE:FUNCTION",
-              shell_complete=_complete_tasks,
-              help="Run FUNCTION (importable from the project root) in place of TASK; it may"
-                   " need fewer dependencies (repeatable).")
-@click.option("--dry-run", is_flag=True,
-              help="Say for every task: hit, or run and why; run nothing.")
+@click.option(
+    "--override",
+    "overrides",
+    multiple=True,
+    metavar="TASK=MODULE:FUNCTION",
+    shell_complete=_complete_tasks,
+    help="Run FUNCTION (importable from the project root) in place of TASK; it may"
+    " need fewer dependencies (repeatable).",
+)
+@click.option(
+    "--dry-run", is_flag=True, help="Say for every task: hit, or run and why; run nothing."
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per event, then a summary.")
-@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              envvar="TASKRUN_CACHE_DIR",
-              help="Cache directory (default: [tool.taskrun] cache-dir, else .taskrun/cache).")
-@click.option("--cache-mode", type=click.Choice(["rw", "read", "off"]), default=None,
-              envvar="TASKRUN_CACHE_MODE", help="rw (default), read (never write), off.")
-@click.option("--remote-cache", default=None, metavar="URL", envvar="TASKRUN_REMOTE_CACHE",
-              help="A shared cache behind the local one: any fsspec URL (s3://bucket/prefix,"
-                   " gs://..., file:///...). Needs TASKRUN_CACHE_KEY.")
-@click.option("--remote-mode", type=click.Choice(["rw", "read", "off"]), default=None,
-              envvar="TASKRUN_REMOTE_MODE",
-              help="rw (default: fetch and upload), read (fetch only, e.g. pull requests), off.")
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    envvar="TASKRUN_CACHE_DIR",
+    help="Cache directory (default: [tool.taskrun] cache-dir, else .taskrun/cache).",
+)
+@click.option(
+    "--cache-mode",
+    type=click.Choice(["rw", "read", "off"]),
+    default=None,
+    envvar="TASKRUN_CACHE_MODE",
+    help="rw (default), read (never write), off.",
+)
+@click.option(
+    "--remote-cache",
+    default=None,
+    metavar="URL",
+    envvar="TASKRUN_REMOTE_CACHE",
+    help="A shared cache behind the local one: any fsspec URL (s3://bucket/prefix,"
+    " gs://..., file:///...). Needs TASKRUN_CACHE_KEY.",
+)
+@click.option(
+    "--remote-mode",
+    type=click.Choice(["rw", "read", "off"]),
+    default=None,
+    envvar="TASKRUN_REMOTE_MODE",
+    help="rw (default: fetch and upload), read (fetch only, e.g. pull requests), off.",
+)
 @click.option("-q", "--quiet", count=True, help="Less output (-qq: failures and errors only).")
 @click.option(
     "-v", "--verbose", count=True, help="More output: every cached task, starts, sh() commands."
 )
 @click.pass_context
-def run_cmd(ctx: click.Context, /, targets: tuple[str, ...], assignments: tuple[str, ...],
-            **kwargs: Any) -> None:
+def run_cmd(
+    ctx: click.Context, /, targets: tuple[str, ...], assignments: tuple[str, ...], **kwargs: Any
+) -> None:
     """Run TARGETS and what they need, reusing every valid cached result.
 
     With no TARGETS: the `default` of [tool.taskrun], else every task nothing depends on.
@@ -304,7 +362,10 @@ def run_cmd(ctx: click.Context, /, targets: tuple[str, ...], assignments: tuple[
     plain, inline_assignments = _split_targets(targets)
     project = _project(ctx)
     code = run_from_cli(
-        project, plain, [*assignments, *inline_assignments], own_process=_owns_process(),
+        project,
+        plain,
+        [*assignments, *inline_assignments],
+        own_process=_owns_process(),
         **kwargs,
     )
     ctx.exit(code)
@@ -313,15 +374,31 @@ def run_cmd(ctx: click.Context, /, targets: tuple[str, ...], assignments: tuple[
 # -- explain -------------------------------------------------------------------------------
 @main.command("explain", short_help="Say for each task whether it would hit, and what changed.")
 @click.argument("targets", nargs=-1, shell_complete=_complete_tasks)
-@click.option("-o", "--option", "assignments", multiple=True, metavar="[TASK.]OPTION=VALUE",
-              shell_complete=_complete_assignments, help="Set an option, as for `run`.")
+@click.option(
+    "-o",
+    "--option",
+    "assignments",
+    multiple=True,
+    metavar="[TASK.]OPTION=VALUE",
+    shell_complete=_complete_assignments,
+    help="Set an option, as for `run`.",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON document.")
-@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              envvar="TASKRUN_CACHE_DIR",
-              help="Cache directory (default: [tool.taskrun] cache-dir, else .taskrun/cache).")
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    envvar="TASKRUN_CACHE_DIR",
+    help="Cache directory (default: [tool.taskrun] cache-dir, else .taskrun/cache).",
+)
 @click.pass_context
-def explain_cmd(ctx: click.Context, targets: tuple[str, ...], assignments: tuple[str, ...],
-                as_json: bool, cache_dir: Path | None) -> None:
+def explain_cmd(
+    ctx: click.Context,
+    targets: tuple[str, ...],
+    assignments: tuple[str, ...],
+    as_json: bool,
+    cache_dir: Path | None,
+) -> None:
     """For each task TARGETS need: would it hit, and if not, what changed.
 
     Each part of a task's fingerprint (code, helpers, options, upstream products, input
@@ -339,8 +416,11 @@ def explain_cmd(ctx: click.Context, targets: tuple[str, ...], assignments: tuple
     warnings: list[str] = []
     mode = "off" if settings.cache_mode == "off" else "read"  # read mode never writes
     cache = open_cache(
-        project.root, cache_dir or settings.cache_dir, size_limit=settings.cache_size,
-        mode=mode, on_warning=warnings.append,
+        project.root,
+        cache_dir or settings.cache_dir,
+        size_limit=settings.cache_size,
+        mode=mode,
+        on_warning=warnings.append,
     )
     try:
         runtime = runtime_of(settings.runtime, project.root)
@@ -359,8 +439,14 @@ def explain_cmd(ctx: click.Context, targets: tuple[str, ...], assignments: tuple
 # -- graph ---------------------------------------------------------------------------------
 @main.command("graph", short_help="Print the task graph as dot, mermaid or json.")
 @click.argument("targets", nargs=-1, shell_complete=_complete_tasks)
-@click.option("--format", "fmt", type=click.Choice(["dot", "mermaid", "json"]), default="dot",
-              show_default=True, help="Output format.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["dot", "mermaid", "json"]),
+    default="dot",
+    show_default=True,
+    help="Output format.",
+)
 @click.pass_context
 def graph_cmd(ctx: click.Context, targets: tuple[str, ...], fmt: str) -> None:
     """Print the task graph (of TARGETS and what they need, or of every task).

@@ -100,8 +100,13 @@ def _locate(ctx: click.Context, cache_dir: Path | None) -> _Located:
     directory = chosen if chosen.is_absolute() else root / chosen
     mode = Cache.mode_from_env(settings.cache_mode or "rw")  # type: ignore[arg-type]
     return _Located(
-        directory, root, path, settings.cache_size, mode,
-        settings.remote_cache, settings.remote_mode,
+        directory,
+        root,
+        path,
+        settings.cache_size,
+        mode,
+        settings.remote_cache,
+        settings.remote_mode,
     )
 
 
@@ -334,10 +339,16 @@ def gc_cmd(
         lambda: [
             f"removed {_n(len(report.removed), 'entry')} and "
             f"{_n(report.removed_blobs, 'output blob')}"
-            + (f" and {_n(report.removed_orphans, 'orphaned value file')}"
-               if report.removed_orphans else "")
-            + (f" and {_n(report.removed_imports, 'unfinished import')}"
-               if report.removed_imports else "")
+            + (
+                f" and {_n(report.removed_orphans, 'orphaned value file')}"
+                if report.removed_orphans
+                else ""
+            )
+            + (
+                f" and {_n(report.removed_imports, 'unfinished import')}"
+                if report.removed_imports
+                else ""
+            )
             + "; "
             f"kept {_n(report.kept, 'entry')} ({_human(info.size_bytes)}); "
             f"freed {_human(report.freed_bytes)}"

@@ -138,11 +138,24 @@ def run_from_cli(
     replacements = load_overrides(project, overrides)
     with _sigterm_as_interrupt(), sweep, project.registry.override_many(replacements):
         return _run_from_cli(
-            project, targets, assignments, jobs=jobs, executor=executor,
-            dask_address=dask_address, dask_ship_files=dask_ship_files, force=force,
-            force_all=force_all, keep_going=keep_going, dry_run=dry_run, as_json=as_json,
-            cache_dir=cache_dir, cache_mode=cache_mode, remote_cache=remote_cache,
-            remote_mode=remote_mode, quiet=quiet, verbose=verbose,
+            project,
+            targets,
+            assignments,
+            jobs=jobs,
+            executor=executor,
+            dask_address=dask_address,
+            dask_ship_files=dask_ship_files,
+            force=force,
+            force_all=force_all,
+            keep_going=keep_going,
+            dry_run=dry_run,
+            as_json=as_json,
+            cache_dir=cache_dir,
+            cache_mode=cache_mode,
+            remote_cache=remote_cache,
+            remote_mode=remote_mode,
+            quiet=quiet,
+            verbose=verbose,
         )
 
 
@@ -234,9 +247,14 @@ def _run_from_cli(
         # Every run leaves a record under .taskrun/runs, written as it goes.
         try:
             recorder = record_run(
-                project.root, invocation, settings.keep_runs, executor=executor,
-                jobs=jobs or settings.jobs or os.cpu_count() or 1, runtime=runtime,
-                cache_mode=mode, warn=reporter.warning,
+                project.root,
+                invocation,
+                settings.keep_runs,
+                executor=executor,
+                jobs=jobs or settings.jobs or os.cpu_count() or 1,
+                runtime=runtime,
+                cache_mode=mode,
+                warn=reporter.warning,
             )
             sink = _tee(reporter, recorder)
         except OSError as exc:  # a read-only checkout, a full disk: run without a record
@@ -247,14 +265,20 @@ def _run_from_cli(
         # Opened inside the try that closes it: anything that raised between the two (a
         # failing probe, the run record) once leaked it (a ResourceWarning on 3.13).
         cache = open_cache(
-            project.root, cache_dir or settings.cache_dir, size_limit=settings.cache_size,
-            mode=mode, on_warning=reporter.warning,
+            project.root,
+            cache_dir or settings.cache_dir,
+            size_limit=settings.cache_size,
+            mode=mode,
+            on_warning=reporter.warning,
         )
         if dry_run:
             from taskrun.scheduler import Scheduler
 
             scheduler = Scheduler(
-                invocation, cache=cache, runtime=runtime, force=frozenset(force),
+                invocation,
+                cache=cache,
+                runtime=runtime,
+                force=frozenset(force),
                 force_all=force_all,
             )
             with project.context():
@@ -262,9 +286,17 @@ def _run_from_cli(
                     reporter(item)
             return 0
         result = execute(
-            invocation, jobs=jobs or settings.jobs, executor=executor, cache=cache,
-            runtime=runtime, force=force, force_all=force_all, keep_going=keep_going,
-            on_event=sink, executor_options=options, dask_options=dask_options,
+            invocation,
+            jobs=jobs or settings.jobs,
+            executor=executor,
+            cache=cache,
+            runtime=runtime,
+            force=force,
+            force_all=force_all,
+            keep_going=keep_going,
+            on_event=sink,
+            executor_options=options,
+            dask_options=dask_options,
             remote_cache=remote_cache or settings.remote_cache,
             remote_mode=remote_mode or settings.remote_mode,
         )

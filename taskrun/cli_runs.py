@@ -46,8 +46,14 @@ def _took(seconds: float | None) -> str:
 
 
 @click.command("runs", short_help="List recorded runs, newest first.")
-@click.option("-n", "--last", "limit", type=click.IntRange(min=1), default=None,
-              help="Only the newest N runs.")
+@click.option(
+    "-n",
+    "--last",
+    "limit",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Only the newest N runs.",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON document.")
 @click.pass_context
 def runs_cmd(ctx: click.Context, limit: int | None, as_json: bool) -> None:
@@ -162,8 +168,9 @@ def show_cmd(ctx: click.Context, run: str | None, as_json: bool) -> None:
 
 @click.command("status", short_help="The run in progress in this project, from another shell.")
 @click.option("--watch", is_flag=True, help="Keep showing it until the run ends.")
-@click.option("--json", "as_json", is_flag=True,
-              help="One JSON document (with --watch: one line per change).")
+@click.option(
+    "--json", "as_json", is_flag=True, help="One JSON document (with --watch: one line per change)."
+)
 @click.pass_context
 def status_cmd(ctx: click.Context, watch: bool, as_json: bool) -> None:
     """Show the run in progress in this project: running tasks with their progress and
@@ -190,17 +197,16 @@ def status_cmd(ctx: click.Context, watch: bool, as_json: bool) -> None:
         if as_json:
             click.echo(json.dumps({"running": False, "last": last.to_json()}, default=str))
         else:
-            click.echo(
-                f"no run in progress; the last one: {last.id} ({last.state}), {last.line()}"
-            )
+            click.echo(f"no run in progress; the last one: {last.id} ({last.state}), {last.line()}")
         return
     live = watch and not as_json and is_live_terminal(sys.stdout)
     shown = ""
     drawn = 0
     while True:
         if as_json:
-            text = json.dumps({"running": record.state == "running", "run": record.to_json()},
-                              default=str)
+            text = json.dumps(
+                {"running": record.state == "running", "run": record.to_json()}, default=str
+            )
         else:
             text = "\n".join(_show_text(record, output=3))
         if text != shown:
@@ -223,8 +229,14 @@ def _reload(record: Any) -> Any:
 
 @click.command("report", short_help="Write a standalone HTML page of a run.")
 @click.argument("run", required=False)
-@click.option("-o", "--output", "output", type=click.Path(dir_okay=False, path_type=Path),
-              required=True, help="The HTML file to write.")
+@click.option(
+    "-o",
+    "--output",
+    "output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="The HTML file to write.",
+)
 @click.pass_context
 def report_cmd(ctx: click.Context, run: str | None, output: Path) -> None:
     """Write RUN (default: the last) as one standalone HTML file: a timeline with a lane
@@ -241,8 +253,13 @@ def report_cmd(ctx: click.Context, run: str | None, output: Path) -> None:
 
 
 @click.command("serve", short_help="Serve run records over local HTTP (read-only).")
-@click.option("--port", type=click.IntRange(min=0, max=65535), default=8787, show_default=True,
-              help="The port on 127.0.0.1 (0: any free port, printed).")
+@click.option(
+    "--port",
+    type=click.IntRange(min=0, max=65535),
+    default=8787,
+    show_default=True,
+    help="The port on 127.0.0.1 (0: any free port, printed).",
+)
 @click.pass_context
 def serve_cmd(ctx: click.Context, port: int) -> None:
     """Serve the project's run records on http://127.0.0.1:PORT until Ctrl-C.

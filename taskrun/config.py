@@ -59,10 +59,20 @@ EXECUTORS = ("inline", "thread", "process", "dask")
 CACHE_MODES = ("rw", "read", "off")
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT](?:i?B)?|B)?\s*$", re.IGNORECASE)
 _UNITS = {
-    "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
     # A bare letter, as in `du -h`, `docker --memory` or `sort -S`: powers of 1024.
-    "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40,
+    "k": 2**10,
+    "m": 2**20,
+    "g": 2**30,
+    "t": 2**40,
 }
 
 
@@ -155,8 +165,19 @@ class Settings:
 
 
 _KEYS = {
-    "default", "jobs", "executor", "cache-dir", "cache-size", "cache-mode", "dask-address",
-    "options", "runtime", "remote-cache", "remote-mode", "external", "keep-runs",
+    "default",
+    "jobs",
+    "executor",
+    "cache-dir",
+    "cache-size",
+    "cache-mode",
+    "dask-address",
+    "options",
+    "runtime",
+    "remote-cache",
+    "remote-mode",
+    "external",
+    "keep-runs",
 }
 
 
@@ -219,7 +240,9 @@ def load_settings(task_file: Path) -> Settings:
         raise ConfigError(f"{where}: 'default' must be a list of task names")
     jobs = typed("jobs", int, "a whole number of jobs")
     for key, allowed in (
-        ("executor", EXECUTORS), ("cache-mode", CACHE_MODES), ("remote-mode", CACHE_MODES)
+        ("executor", EXECUTORS),
+        ("cache-mode", CACHE_MODES),
+        ("remote-mode", CACHE_MODES),
     ):
         value = typed(key, str, " or ".join(allowed))
         if value is not None and value not in allowed:
@@ -269,7 +292,7 @@ def _external(value: Any, root: Path, where: str) -> dict[str, Path]:
     if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
         raise ConfigError(
             f'{where} must map names to folders, e.g. external = {{ data = "/data/shared" }},'
-            ' or list folders'
+            " or list folders"
         )
     out: dict[str, Path] = {}
     for name, folder in value.items():

@@ -47,8 +47,22 @@ _REGISTERED: dict[type, Callable[[Any], Any]] = {}
 _LOOKUP: dict[type, Callable[[Any], Any] | None] = {}
 
 # Encodings that register_digest cannot replace: they are the building blocks.
-_BUILTIN = (str, int, float, bool, bytes, bytearray, list, tuple, dict, set, frozenset,
-            type(None), complex, memoryview)
+_BUILTIN = (
+    str,
+    int,
+    float,
+    bool,
+    bytes,
+    bytearray,
+    list,
+    tuple,
+    dict,
+    set,
+    frozenset,
+    type(None),
+    complex,
+    memoryview,
+)
 
 
 def register_digest(cls: type, fn: Callable[[Any], Any]) -> None:
@@ -183,10 +197,7 @@ def _pandas(v: Any, t: type) -> Form | None:
     if pd is None:  # pragma: no cover - a pandas value without pandas imported
         return None
     if isinstance(v, pd.DataFrame):
-        columns = [
-            (_index_key(name), _values(v.iloc[:, i]))
-            for i, name in enumerate(v.columns)
-        ]
+        columns = [(_index_key(name), _values(v.iloc[:, i])) for i, name in enumerate(v.columns)]
         return "pandas.DataFrame", (_index(v.columns), _index(v.index), columns)
     if isinstance(v, pd.Series):
         return "pandas.Series", (_index_key(v.name), _index(v.index), _values(v))

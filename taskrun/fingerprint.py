@@ -1178,7 +1178,10 @@ def diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Change]:
         if change.kind == "option":  # show the values, not their digests
             before, after = old_opts[change.name], new_opts[change.name]
             change = Change(
-                "option", change.name, before["repr"], after["repr"],
+                "option",
+                change.name,
+                before["repr"],
+                after["repr"],
                 _files_changed(before, after) if before["repr"] == after["repr"] else "",
             )
         changes.append(change)

@@ -72,6 +72,7 @@ def as_wildcard(pattern: str) -> str:
 
 def fill_template(pattern: str, values: Mapping[str, str]) -> str:
     """PATTERN with each ``{option}`` replaced by the text of its value, taken literally."""
+
     # A value is a name, not a glob: `*`, `?` and `[` in it match only themselves.
     def value(m: re.Match[str]) -> str:
         text = values.get(m[1])
@@ -93,6 +94,8 @@ def template_regex(pattern: str) -> re.Pattern[str] | None:
             seen = names[i] in names[:i]
             out.append(f"(?P={names[i]})" if seen else f"(?P<{names[i]}>[^/]+)")
     return re.compile("".join(out))
+
+
 _DSTAR = "**"
 
 
@@ -431,16 +434,18 @@ def check_outputs_avoid(
             for directory, what in places.items():
                 if reaches(text, directory):
                     problems.append(
-                        f"  - task '{task}' ({where}) output '{text}' contains {what} "
-                        f"'{directory}'"
+                        f"  - task '{task}' ({where}) output '{text}' contains {what} '{directory}'"
                     )
     if problems:
         raise DefinitionError(
             "\n".join(
-                ["outputs may not contain taskrun's own files (the cache would be stored "
-                 "as an output, restored over itself and cleaned):", *problems,
-                 "narrow the glob (e.g. 'build/out/**' instead of 'build/**'), or move the "
-                 "cache elsewhere (--cache-dir, or cache-dir in [tool.taskrun])"]
+                [
+                    "outputs may not contain taskrun's own files (the cache would be stored "
+                    "as an output, restored over itself and cleaned):",
+                    *problems,
+                    "narrow the glob (e.g. 'build/out/**' instead of 'build/**'), or move the "
+                    "cache elsewhere (--cache-dir, or cache-dir in [tool.taskrun])",
+                ]
             )
         )
 
@@ -526,8 +531,11 @@ def check_inputs_match(
     if problems:
         raise DefinitionError(
             "\n".join(
-                ["input patterns match nothing:", *problems,
-                 "fix the path, or mark a glob that may match nothing: "
-                 "inputs=[optional('logs/*.txt')]"]
+                [
+                    "input patterns match nothing:",
+                    *problems,
+                    "fix the path, or mark a glob that may match nothing: "
+                    "inputs=[optional('logs/*.txt')]",
+                ]
             )
         )

@@ -112,10 +112,15 @@ def invoke(
                 source, (raw, is_text) = found
             else:
                 if opt.required:
-                    problems.append(Problem(where, (
-                        f"is required and has no value; pass -o {name}.{opt.name}=VALUE"
-                        f" ({opt.type.name})" + _task_hint(registry, name, opt.name)
-                    )))
+                    problems.append(
+                        Problem(
+                            where,
+                            (
+                                f"is required and has no value; pass -o {name}.{opt.name}=VALUE"
+                                f" ({opt.type.name})" + _task_hint(registry, name, opt.name)
+                            ),
+                        )
+                    )
                     continue
                 # The default passed its type at definition, but without a root: checking
                 # it again normalizes File/Dir paths as a value from the command line would
@@ -187,12 +192,14 @@ def _check_external_inputs(spec: TaskSpec, problems: list[Problem]) -> None:
         key = external_key(pattern) if pattern.startswith("/") else pattern
         if key is None or external_base(key) is None:
             name = key.partition("/")[0][1:] if key else "data"
-            problems.append(Problem(
-                f"inputs pattern '{pattern}' of task '{spec.name}' ({spec.where})",
-                "is outside the project and under no folder declared in pyproject.toml;"
-                f' declare it: [tool.taskrun] external = {{ {name} = "/path/to/folder" }}'
-                + ("" if pattern.startswith("@") else f" and write '@{name}/...'"),
-            ))
+            problems.append(
+                Problem(
+                    f"inputs pattern '{pattern}' of task '{spec.name}' ({spec.where})",
+                    "is outside the project and under no folder declared in pyproject.toml;"
+                    f' declare it: [tool.taskrun] external = {{ {name} = "/path/to/folder" }}'
+                    + ("" if pattern.startswith("@") else f" and write '@{name}/...'"),
+                )
+            )
 
 
 def _check_outputs(spec: TaskSpec, values: Mapping[str, Any], problems: list[Problem]) -> None:
@@ -212,11 +219,13 @@ def _check_outputs(spec: TaskSpec, values: Mapping[str, Any], problems: list[Pro
             compile_pattern(filled)
         except DefinitionError:
             shown = ", ".join(f"{f}={t!r}" for f, t in (bad or texts).items())
-            problems.append(Problem(
-                f"output pattern '{pattern}' of task '{spec.name}' ({spec.where})",
-                f"with {shown} it is '{filled}', not a path inside the project; use values"
-                " without '/' (or another output pattern)",
-            ))
+            problems.append(
+                Problem(
+                    f"output pattern '{pattern}' of task '{spec.name}' ({spec.where})",
+                    f"with {shown} it is '{filled}', not a path inside the project; use values"
+                    " without '/' (or another output pattern)",
+                )
+            )
 
 
 def _conditions(
@@ -234,10 +243,12 @@ def _conditions(
         try:
             go, reason = evaluate_when(spec.when, values[name])
         except Exception as exc:  # noqa: BLE001 - when= is user code; what it raises is reported
-            problems.append(Problem(
-                f"when= of task '{name}' ({spec.where})",
-                f"raised {type(exc).__name__}: {exc}; fix the condition",
-            ))
+            problems.append(
+                Problem(
+                    f"when= of task '{name}' ({spec.where})",
+                    f"raised {type(exc).__name__}: {exc}; fix the condition",
+                )
+            )
             continue
         if not go:
             skipped[name] = reason
@@ -267,14 +278,16 @@ def _targets(
             shown = t if isinstance(t, str) else getattr(t, "__name__", repr(t))
             source = "" if targets else " (from [tool.taskrun] default)"
             looks_like_a_file = "/" in str(shown) or "." in str(shown)
-            problems.append(Problem(
-                f"target '{shown}'{source}",
-                "is neither a task nor a file a task declares in outputs=;"
-                " `taskrun list` shows the tasks and their outputs"
-                if looks_like_a_file
-                else f"is not a task{did_you_mean(str(shown), registry.tasks)};"
-                " `taskrun list` shows the tasks",
-            ))
+            problems.append(
+                Problem(
+                    f"target '{shown}'{source}",
+                    "is neither a task nor a file a task declares in outputs=;"
+                    " `taskrun list` shows the tasks and their outputs"
+                    if looks_like_a_file
+                    else f"is not a task{did_you_mean(str(shown), registry.tasks)};"
+                    " `taskrun list` shows the tasks",
+                )
+            )
         elif name not in names:
             names.append(name)
     return names
@@ -313,11 +326,14 @@ def _file_target(
     if not found:
         return None
     if len(found) > 1:  # templated patterns may overlap in what they can name
-        problems.append(Problem(
-            f"target '{text}'",
-            "is declared by the outputs of several tasks ("
-            + ", ".join(f"'{n}': '{p}'" for n, p in found) + "); name the task instead",
-        ))
+        problems.append(
+            Problem(
+                f"target '{text}'",
+                "is declared by the outputs of several tasks ("
+                + ", ".join(f"'{n}': '{p}'" for n, p in found)
+                + "); name the task instead",
+            )
+        )
         return ""
     name, pattern = found[0]
     # A mapped task's fields name its item, not options: nothing to read back.
@@ -364,10 +380,12 @@ def _spread(
     if task is not None:
         if task not in registry.tasks:
             hint = did_you_mean(task, registry.tasks)
-            problems.append(Problem(
-                f"{source} '{where}'",
-                f"there is no task '{task}'{hint}; `taskrun list` shows the tasks",
-            ))
+            problems.append(
+                Problem(
+                    f"{source} '{where}'",
+                    f"there is no task '{task}'{hint}; `taskrun list` shows the tasks",
+                )
+            )
             return
         if registry.tasks[task].option(option) is None:
             problems.append(
@@ -376,11 +394,13 @@ def _spread(
             return
         if task not in planned:
             if strict_task:
-                problems.append(Problem(
-                    f"{source} '{where}'",
-                    f"task '{task}' is not part of this run;"
-                    " add it as a target or drop the value",
-                ))
+                problems.append(
+                    Problem(
+                        f"{source} '{where}'",
+                        f"task '{task}' is not part of this run;"
+                        " add it as a target or drop the value",
+                    )
+                )
             return
         out.setdefault((task, option), (value, is_text))
         return
@@ -417,8 +437,19 @@ def _from_cli(
     # and each kind from the last to the first, so the last one written wins.
     # C414 on purpose: the sort is stable, so reversing before it is what puts the last first.
     for task, option, value in sorted(reversed(parsed), key=lambda p: p[0] is None):  # noqa: C414
-        _spread(task, option, value, True, "-o", registry, planned, problems, out,
-                strict_task=True, targets_ok=targets_ok)
+        _spread(
+            task,
+            option,
+            value,
+            True,
+            "-o",
+            registry,
+            planned,
+            problems,
+            out,
+            strict_task=True,
+            targets_ok=targets_ok,
+        )
     return out
 
 
@@ -437,19 +468,19 @@ def _from_api(
     for key, value in options.items():
         name = key if isinstance(key, str) else registry._by_fn.get(key)
         if name is None:
-            problems.append(Problem(
-                f"options[{key!r}]",
-                "is neither a task nor an option name; write {'task.option': value},"
-                " {'option': value} or {task: {'option': value}}",
-            ))
+            problems.append(
+                Problem(
+                    f"options[{key!r}]",
+                    "is neither a task nor an option name; write {'task.option': value},"
+                    " {'option': value} or {task: {'option': value}}",
+                )
+            )
         elif name in registry.tasks and isinstance(value, Mapping):
             qualified += [(name, str(o), v) for o, v in value.items()]
         elif name in registry.tasks and not any(
             s.option(name) is not None for s in registry.tasks.values()
         ):
-            problems.append(
-                Problem(f"options['{name}']", "must be a dict of option -> value")
-            )
+            problems.append(Problem(f"options['{name}']", "must be a dict of option -> value"))
         elif "." in name:
             task, _, option = name.partition(".")
             qualified.append((task, option, value))
@@ -457,11 +488,31 @@ def _from_api(
             plain.append((name, value))
     out: dict[tuple[str, str], tuple[Any, bool | None]] = {}
     for task, option, value in qualified:
-        _spread(task, option, value, None, SOURCE_API, registry, planned, problems, out,
-                strict_task=True)
+        _spread(
+            task,
+            option,
+            value,
+            None,
+            SOURCE_API,
+            registry,
+            planned,
+            problems,
+            out,
+            strict_task=True,
+        )
     for option, value in plain:
-        _spread(None, option, value, None, SOURCE_API, registry, planned, problems, out,
-                strict_task=True)
+        _spread(
+            None,
+            option,
+            value,
+            None,
+            SOURCE_API,
+            registry,
+            planned,
+            problems,
+            out,
+            strict_task=True,
+        )
     return out
 
 
@@ -479,17 +530,39 @@ def _from_config(
     plain = [(k, v) for k, v in config.items() if not (k in registry.tasks and isinstance(v, dict))]
     for task, table in qualified:
         for option, value in table.items():
-            _spread(task, option, value, isinstance(value, str), source, registry, planned,
-                    problems, out, strict_task=False)
+            _spread(
+                task,
+                option,
+                value,
+                isinstance(value, str),
+                source,
+                registry,
+                planned,
+                problems,
+                out,
+                strict_task=False,
+            )
     for option, value in plain:
         if not any(s.option(option) for s in registry.tasks.values()):
             choices = sorted({o.name for s in registry.tasks.values() for o in s.options})
-            problems.append(Problem(
-                f"{source} '{option}'",
-                f"no task has an option '{option}'"
-                f"{did_you_mean(option, [*choices, *registry.tasks])}",
-            ))
+            problems.append(
+                Problem(
+                    f"{source} '{option}'",
+                    f"no task has an option '{option}'"
+                    f"{did_you_mean(option, [*choices, *registry.tasks])}",
+                )
+            )
             continue
-        _spread(None, option, value, isinstance(value, str), source, registry, planned,
-                problems, out, strict_task=False)
+        _spread(
+            None,
+            option,
+            value,
+            isinstance(value, str),
+            source,
+            registry,
+            planned,
+            problems,
+            out,
+            strict_task=False,
+        )
     return out

@@ -388,9 +388,10 @@ class ItemChannel:
             self._closed = True
             for conn in self._conns:
                 # Wake the reader with EOF; it closes the connection itself.
-                with contextlib.suppress(OSError), socket.socket(
-                    fileno=os.dup(conn.fileno())
-                ) as sock:
+                with (
+                    contextlib.suppress(OSError),
+                    socket.socket(fileno=os.dup(conn.fileno())) as sock,
+                ):
                     sock.shutdown(socket.SHUT_RDWR)
         self._listener.close()
         shutil.rmtree(self._dir, ignore_errors=True)

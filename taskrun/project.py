@@ -53,15 +53,17 @@ class Project:
         registry = load_task_file(path)
         return cls(root=path.parent, task_file=path, settings=settings, registry=registry)
 
-    def invoke(
-        self, targets: Sequence[str], assignments: Sequence[str] = ()
-    ) -> Invocation:
+    def invoke(self, targets: Sequence[str], assignments: Sequence[str] = ()) -> Invocation:
         from taskrun.files import external_roots
 
         with external_roots(self.settings.external):
             return invoke(
-                self.registry, targets, root=self.root, assignments=assignments,
-                config=self.settings.options, default_targets=self.settings.default,
+                self.registry,
+                targets,
+                root=self.root,
+                assignments=assignments,
+                config=self.settings.options,
+                default_targets=self.settings.default,
             )
 
     def context(self) -> contextlib.AbstractContextManager[None]:
@@ -105,9 +107,7 @@ def runtime_of(settings: RuntimeSettings | None, root: Path | None = None) -> di
     from taskrun.fingerprint import runtime_facts
 
     s = settings or RuntimeSettings()
-    return runtime_facts(
-        python=s.python, platform=s.platform, env=s.env, probes=s.probes, cwd=root
-    )
+    return runtime_facts(python=s.python, platform=s.platform, env=s.env, probes=s.probes, cwd=root)
 
 
 def open_cache(

@@ -168,11 +168,21 @@ class TaskSpec:
 
 # perf: tasks made in a loop pass the same settings (usually none); what they give is a
 # pure function of those arguments, remembered here (errors are never remembered).
-_TASK_ARGUMENTS = frozenset({
-    "name", "deps", "inputs", "outputs", "env", "version", "cache", "retries", "timeout",
-    *_FAILURE_SETTINGS,
-    "map",
-})
+_TASK_ARGUMENTS = frozenset(
+    {
+        "name",
+        "deps",
+        "inputs",
+        "outputs",
+        "env",
+        "version",
+        "cache",
+        "retries",
+        "timeout",
+        *_FAILURE_SETTINGS,
+        "map",
+    }
+)
 _SETTINGS_MEMO: dict[Any, dict[str, Any]] = {}
 _NOT_SETTINGS = frozenset({"name", "deps", "map"})
 
@@ -182,9 +192,10 @@ def _settings_memo(
     kwargs: Mapping[str, Any],
     label: str,
 ) -> dict[str, Any]:
-    key: Any = (read.__name__, *sorted(
-        (k, type(v), v) for k, v in kwargs.items() if k not in _NOT_SETTINGS
-    ))
+    key: Any = (
+        read.__name__,
+        *sorted((k, type(v), v) for k, v in kwargs.items() if k not in _NOT_SETTINGS),
+    )
     try:
         found = _SETTINGS_MEMO.get(key)
     except TypeError:  # an unhashable value (a list): read it every time
@@ -506,9 +517,7 @@ class Registry:
             )
         if parse is not None and not callable(parse):
             raise DefinitionError(f"type '{name}' at {where}: parse= must be a function of str")
-        defined = DefinedType(
-            name, parent_type, predicate, doc=doc, parse=parse, defined_at=where
-        )
+        defined = DefinedType(name, parent_type, predicate, doc=doc, parse=parse, defined_at=where)
         self._types[name] = defined
         return defined
 
@@ -543,9 +552,7 @@ class Registry:
             try:
                 check_disjoint_outputs({**producers, spec.name: output_globs(spec)})
             except DefinitionError as exc:
-                raise DefinitionError(
-                    f"task '{spec.name}' ({spec.where}): {exc.message}"
-                ) from None
+                raise DefinitionError(f"task '{spec.name}' ({spec.where}): {exc.message}") from None
         self._tasks[spec.name] = spec
         self._by_fn[fn] = spec.name
         with contextlib.suppress(AttributeError, TypeError):
@@ -614,9 +621,7 @@ class Registry:
                 )
                 continue
             if p.kind is p.POSITIONAL_ONLY:
-                problems.append(
-                    f"{label}: parameter '{p.name}' is positional-only; remove the '/'"
-                )
+                problems.append(f"{label}: parameter '{p.name}' is positional-only; remove the '/'")
                 continue
             if p.name in dep_params:
                 try:
@@ -779,6 +784,7 @@ class Registry:
             if hint is not Outcome:
                 return
         from taskrun.outcome import Outcome
+
         is_outcome = hint is Outcome or typing.get_origin(hint) is Outcome
         if rule != "succeeded" and hint is not None and not is_outcome:
             raise DefinitionError(
@@ -789,7 +795,7 @@ class Registry:
         if rule == "succeeded" and is_outcome:
             raise DefinitionError(
                 f"{label}: parameter '{param}' is annotated Outcome, which only tasks with"
-                " a trigger rule receive; add run_if=\"always\" (or \"failed\") to @task,"
+                ' a trigger rule receive; add run_if="always" (or "failed") to @task,'
                 " or annotate it with the product's type"
             )
 
@@ -952,7 +958,7 @@ class Registry:
             if not isinstance(version, (str, int)) or isinstance(version, bool):
                 raise DefinitionError(
                     f"{label}: version= must be a str or int (got {version!r});"
-                    " write e.g. version=\"2\""
+                    ' write e.g. version="2"'
                 )
             version = str(version)
         cache = kwargs.get("cache", True)
@@ -1117,8 +1123,7 @@ class Registry:
             new = probe._build_spec(replacement, kwargs)
         except DefinitionError as exc:
             raise DefinitionError(
-                f"override of task '{original.name}' ({original.where}) by {shown!r}:"
-                f" {exc.message}"
+                f"override of task '{original.name}' ({original.where}) by {shown!r}: {exc.message}"
             ) from None
         below = self.graph.downstream([original.name]) | {original.name}
         if below & {d.task for d in new.deps}:

@@ -801,8 +801,9 @@ class RemoteCache:
         import io
 
         try:
-            opened = open_envelope(io.BytesIO(raw), kind=KIND_ENTRY, name=index_key(fp),
-                                   key=self._key)
+            opened = open_envelope(
+                io.BytesIO(raw), kind=KIND_ENTRY, name=index_key(fp), key=self._key
+            )
             meta = EntryMeta.from_dict(json.loads(opened.meta))
         except (IntegrityError, ValueError):
             return None

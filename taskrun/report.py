@@ -85,7 +85,10 @@ class _Rate:
 
     def update(self, event: ev.TaskProgress) -> None:
         self.done, self.total, self.message, self.when = (
-            event.done, event.total, event.message, event.time,
+            event.done,
+            event.total,
+            event.message,
+            event.time,
         )
 
     def rate(self) -> float | None:
@@ -166,9 +169,7 @@ class Reporter(ABC):
         elif isinstance(event, ev.Planned):
             self.planned.append(event)
         elif isinstance(event, ev.MapExpanded):
-            self.items.update(
-                zip(event.items, ((event.task, k) for k in event.keys), strict=True)
-            )
+            self.items.update(zip(event.items, ((event.task, k) for k in event.keys), strict=True))
         self.handle(event)
 
     @abstractmethod
@@ -189,10 +190,14 @@ class Reporter(ABC):
         if self.planned:
             cached = sum(1 for p in planned if p.action == "cached")
             skip = sum(1 for p in planned if p.action == "skip")
-            self.handle(ev.PlanFinished(
-                total=len(planned), cached=cached, run=len(planned) - cached - skip,
-                skip=skip,
-            ))
+            self.handle(
+                ev.PlanFinished(
+                    total=len(planned),
+                    cached=cached,
+                    run=len(planned) - cached - skip,
+                    skip=skip,
+                )
+            )
 
     def write(self, text: str = "") -> None:
         """Write ``text`` and a newline; a broken stream silences the reporter, never the run."""

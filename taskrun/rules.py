@@ -61,9 +61,7 @@ def when_parameters(fn: Callable[..., Any]) -> tuple[str, ...]:
     return tuple(inspect.signature(fn).parameters)
 
 
-def evaluate_when(
-    fn: Callable[..., Any], options: Mapping[str, Any]
-) -> tuple[bool, str]:
+def evaluate_when(fn: Callable[..., Any], options: Mapping[str, Any]) -> tuple[bool, str]:
     """Call ``when=`` with the options it names; ``(go, reason to skip)``.
 
     Raises whatever the callable raises (the invocation turns it into a problem).
@@ -118,15 +116,19 @@ def _qualified(cls: type[BaseException]) -> str:
 
 def exception_names(exc: BaseException) -> tuple[str, ...]:
     """The qualified names of ``exc``'s classes, its own first (what ``retry_on`` matches)."""
-    return tuple(
-        _qualified(cls) for cls in type(exc).__mro__ if issubclass(cls, BaseException)
-    )
+    return tuple(_qualified(cls) for cls in type(exc).__mro__ if issubclass(cls, BaseException))
 
 
 # -- definition-time checks (the registry calls these while it builds a TaskSpec) -----------
 
 FAILURE_SETTINGS: tuple[str, ...] = (
-    "run_if", "when", "retry_delay", "retry_backoff", "retry_jitter", "retry_on", "executor",
+    "run_if",
+    "when",
+    "retry_delay",
+    "retry_backoff",
+    "retry_jitter",
+    "retry_on",
+    "executor",
 )
 EXECUTORS: tuple[str, ...] = ("inline", "thread", "process", "dask")
 
@@ -157,9 +159,7 @@ def read_failure_settings(kwargs: Mapping[str, Any], label: str) -> dict[str, An
         bad = isinstance(value, bool) or not isinstance(value, (int, float))
         if bad or value < low or (high is not None and value > high):
             bounds = f"between {low:g} and {high:g}" if high is not None else f">= {low:g}"
-            raise DefinitionError(
-                f"{label}: {key}= must be a number {bounds} (got {value!r})"
-            )
+            raise DefinitionError(f"{label}: {key}= must be a number {bounds} (got {value!r})")
         return float(value)
 
     out["retry_delay"] = number("retry_delay", 0.0, 0.0)
@@ -179,8 +179,7 @@ def read_failure_settings(kwargs: Mapping[str, Any], label: str) -> dict[str, An
     retries = kwargs.get("retries", 0)
     if (out["retry_on"] or kwargs.get("retry_delay")) and not retries:
         raise DefinitionError(
-            f"{label}: retry_on= and retry_delay= only matter with retries=; add e.g."
-            " retries=3"
+            f"{label}: retry_on= and retry_delay= only matter with retries=; add e.g. retries=3"
         )
     executor = kwargs.get("executor")
     if executor is not None and executor not in EXECUTORS:

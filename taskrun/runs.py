@@ -525,9 +525,7 @@ def find_run(directory: Path, ref: str | None) -> RunRecord:
     """The run ``ref`` names: an id, a unique prefix of one, or ``last`` (the default)."""
     paths = _paths(directory)
     if not paths:
-        raise UsageError(
-            f"no runs recorded in {directory}; `taskrun run` records each run there"
-        )
+        raise UsageError(f"no runs recorded in {directory}; `taskrun run` records each run there")
     if ref in (None, "", "last"):
         return load_run(paths[0])
     assert ref is not None

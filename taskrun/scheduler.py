@@ -343,9 +343,9 @@ class Scheduler:
             code_parts=parts,
             # perf: read-only mappings are shared, not copied per task (memory at 20k tasks).
             options=self.invocation.options[spec.name],
-            upstream=dict(upstream) if node.item is None else {
-                **upstream, node.item.slot: node.item.digest
-            },
+            upstream=dict(upstream)
+            if node.item is None
+            else {**upstream, node.item.slot: node.item.digest},
             inputs=files,
             env={name: os.environ.get(name) for name in spec.env} if spec.env else _NOTHING,
             runtime=self.runtime,
@@ -371,9 +371,7 @@ class Scheduler:
         base, rest = found
         name = key.partition("/")[0]
         return {
-            f"{name}/{rel.as_posix()}": file_digest(
-                Path(base) / rel, stat_cache=self.stat_cache
-            )
+            f"{name}/{rel.as_posix()}": file_digest(Path(base) / rel, stat_cache=self.stat_cache)
             for rel in expand_globs([rest], Path(base))
         }
 
@@ -1426,5 +1424,3 @@ class _Failure:
     duration: float = 0.0
     traceback: str = ""
     timed_out: bool = False
-
-

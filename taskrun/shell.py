@@ -322,8 +322,9 @@ class ProcessGroups:
             return
         text = "".join(f"{sign}{pgid}\n" for pgid in pgids)
         with contextlib.suppress(OSError):  # a lost note costs a cleanup, never the call
-            fd = os.open(root._journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
-                         0o600)
+            fd = os.open(
+                root._journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600
+            )
             try:
                 os.write(fd, text.encode("ascii"))
             finally:

@@ -175,9 +175,7 @@ def progress(done: float, total: float | None = None, message: str = "") -> None
     always). Outside a running task it does nothing.
     """
     if isinstance(done, bool) or not isinstance(done, (int, float)) or not done >= 0:
-        raise UsageError(
-            f"taskrun.progress(done={done!r}): done must be a number of at least 0"
-        )
+        raise UsageError(f"taskrun.progress(done={done!r}): done must be a number of at least 0")
     if total is not None and (
         isinstance(total, bool) or not isinstance(total, (int, float)) or not total > 0
     ):
@@ -273,7 +271,8 @@ class LineSink(Channel):
         me = threading.current_thread()
         with self._lock:
             ended = [
-                (t, p) for t, p in self._readers
+                (t, p)
+                for t, p in self._readers
                 if t is not me and p is not None and p.returncode is not None
             ]
         for thread, _ in ended:

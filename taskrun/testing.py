@@ -135,8 +135,10 @@ def assert_tasks(
             missing = f" not {sorted(want - got)}" if want - got else ""
             wrong.append(f"{state}:{extra}{missing}")
     if wrong:
-        lines = [f"  {t.name}: {t.state} {'; '.join(t.reasons) or t.error}".rstrip()
-                 for t in result.tasks.values()]
+        lines = [
+            f"  {t.name}: {t.state} {'; '.join(t.reasons) or t.error}".rstrip()
+            for t in result.tasks.values()
+        ]
         raise AssertionError("\n".join(["tasks not as expected: " + ", ".join(wrong), *lines]))
 
 

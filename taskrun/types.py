@@ -562,9 +562,9 @@ class SetType(TaskType):
             items = [self.item.check(v, root=root) for v in value]
         except TypeCheckError as exc:
             raise TypeCheckError(f"an item: {exc.message}", type_name=self.name) from None
-        return value if all(a is b for a, b in zip(items, value, strict=True)) else type(
-            value
-        )(items)
+        return (
+            value if all(a is b for a, b in zip(items, value, strict=True)) else type(value)(items)
+        )
 
 
 class FixedTupleType(TaskType):
@@ -707,9 +707,7 @@ def _resolve(annotation: Any, *, product: bool) -> TaskType:
     if origin is dict and len(args) == 2:
         if args[0] is not str:
             if product:
-                return MappingType(
-                    _resolve(args[0], product=True), _resolve(args[1], product=True)
-                )
+                return MappingType(_resolve(args[0], product=True), _resolve(args[1], product=True))
             raise UnsupportedAnnotation(f"dict keys must be str (got {args[0]!r})")
         return DictType(_resolve(args[1], product=product))
     if origin in (typing.Union, pytypes.UnionType):

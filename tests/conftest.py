@@ -74,7 +74,6 @@ def run_cli() -> RunCli:
     return run
 
 
-
 # -- executors -----------------------------------------------------------------------------
 # One behavioural suite for every executor: a test that takes `executor` runs on inline,
 # thread, process and dask (a LocalCluster of two one-thread worker processes on

@@ -62,7 +62,8 @@ def test_run_has_a_real_signature() -> None:
     assert list(sig.parameters)[:4] == ["targets", "options", "registry", "root"]
     assert {"jobs", "executor", "cache_dir", "force", "keep_going"} <= set(sig.parameters)
     assert all(
-        p.kind is inspect.Parameter.KEYWORD_ONLY for n, p in sig.parameters.items()
+        p.kind is inspect.Parameter.KEYWORD_ONLY
+        for n, p in sig.parameters.items()
         if n != "targets"
     )
     assert sig.return_annotation == "RunResult"
@@ -179,7 +180,8 @@ def test_two_projects_with_a_same_named_helper(
     assert sys.path == path
     assert "helpers" not in sys.modules
     left = [
-        n for n in set(sys.modules) - modules
+        n
+        for n in set(sys.modules) - modules
         if str(getattr(sys.modules[n], "__file__", None) or "").startswith(str(tmp_path))
     ]
     assert left == []

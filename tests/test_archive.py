@@ -25,8 +25,11 @@ def fp_of(n: object) -> str:
 
 def store(cache: Cache, n: int, *, output: bytes | None = None) -> str:
     """Store entry ``n`` (product ``n * 10``), optionally with one output file."""
-    outs = () if output is None else (
-        OutputRecord(f"out/{n}.txt", blob_digest(output), 0o644, len(output)),)
+    outs = (
+        ()
+        if output is None
+        else (OutputRecord(f"out/{n}.txt", blob_digest(output), 0o644, len(output)),)
+    )
     meta = EntryMeta(fp_of(n), f"task{n}", {"n": n}, f"digest{n}", 1.0, time.time(), outs, 0)
     blobs = {} if output is None else {blob_digest(output): output}
     cache.store(meta, cloudpickle.dumps(n * 10), blobs)
@@ -59,8 +62,10 @@ def dest(tmp_path: pathlib.Path):
 
 def members(path: pathlib.Path) -> list[tuple[tarfile.TarInfo, bytes | None]]:
     with tarfile.open(path, "r:gz") as tar:
-        return [(m, tar.extractfile(m).read() if m.isreg() else None)  # type: ignore[union-attr]
-                for m in tar]
+        return [
+            (m, tar.extractfile(m).read() if m.isreg() else None)  # type: ignore[union-attr]
+            for m in tar
+        ]
 
 
 def rewrite(path: pathlib.Path, items: list[tuple[tarfile.TarInfo, bytes | None]]) -> None:
@@ -88,8 +93,9 @@ def test_round_trip_into_a_cache_elsewhere(archive: pathlib.Path, dest: Cache) -
     assert dest.latest("task1") is not None
 
 
-def test_export_names_entries_and_reports_the_missing(source: Cache,
-                                                      tmp_path: pathlib.Path) -> None:
+def test_export_names_entries_and_reports_the_missing(
+    source: Cache, tmp_path: pathlib.Path
+) -> None:
     """Named fingerprints are exported; absent ones are reported as skipped."""
     report = export_archive(source, tmp_path / "x.tgz", [fp_of(2), fp_of(9)])
     assert report.entries == (fp_of(2),)
@@ -153,13 +159,16 @@ def test_flipped_byte_in_an_entry_is_refused(archive: pathlib.Path, dest: Cache)
     assert_untouched(dest)
 
 
-def test_path_escaping_member_is_refused(archive: pathlib.Path, dest: Cache,
-                                         tmp_path: pathlib.Path) -> None:
+def test_path_escaping_member_is_refused(
+    archive: pathlib.Path, dest: Cache, tmp_path: pathlib.Path
+) -> None:
     """An extra ``../evil`` member refuses the archive and writes nothing anywhere."""
     rewrite(archive, [*members(archive), (tarfile.TarInfo("../evil"), b"gotcha")])
     report = import_archive(dest, archive)
-    assert ("../evil", "unexpected name (only manifest.json, entries/<hex>, blobs/<hex>)") \
-        in report.refused
+    assert (
+        "../evil",
+        "unexpected name (only manifest.json, entries/<hex>, blobs/<hex>)",
+    ) in report.refused
     assert report.taken == ()
     assert not (tmp_path / "evil").exists() and not (archive.parent.parent / "evil").exists()
     assert_untouched(dest)
@@ -172,10 +181,12 @@ def test_absolute_member_is_refused(archive: pathlib.Path, dest: Cache) -> None:
     assert_untouched(dest)
 
 
-@pytest.mark.parametrize(("link_type", "kind"), [(tarfile.SYMTYPE, "symlink"),
-                                             (tarfile.LNKTYPE, "hard link")])
-def test_link_member_is_refused(archive: pathlib.Path, dest: Cache, link_type: bytes,
-                                kind: str) -> None:
+@pytest.mark.parametrize(
+    ("link_type", "kind"), [(tarfile.SYMTYPE, "symlink"), (tarfile.LNKTYPE, "hard link")]
+)
+def test_link_member_is_refused(
+    archive: pathlib.Path, dest: Cache, link_type: bytes, kind: str
+) -> None:
     """A symlink or hard link member, even under a valid name, refuses the archive."""
     link = tarfile.TarInfo(f"blobs/{fp_of(7)}")
     link.type = link_type
@@ -192,13 +203,15 @@ def test_wrong_key_is_refused(archive: pathlib.Path, tmp_path: pathlib.Path) -> 
         report = import_archive(other, archive)
         assert not report.ok and report.taken == ()
         assert {reason for _, reason in report.refused} == {
-            "bad signature (signed with another key, or tampered with)"}
+            "bad signature (signed with another key, or tampered with)"
+        }
         assert len(report.refused) == 4  # two entries, two blobs
         assert_untouched(other)
 
 
-def test_unsigned_archive_into_a_keyed_cache_is_refused(dest: Cache,
-                                                        tmp_path: pathlib.Path) -> None:
+def test_unsigned_archive_into_a_keyed_cache_is_refused(
+    dest: Cache, tmp_path: pathlib.Path
+) -> None:
     """An archive exported without a key cannot enter a cache that requires signatures."""
     with Cache(tmp_path / "unsigned") as plain:
         fp = store(plain, 1)
@@ -208,8 +221,9 @@ def test_unsigned_archive_into_a_keyed_cache_is_refused(dest: Cache,
     assert_untouched(dest)
 
 
-def test_member_not_in_the_manifest_is_refused(archive: pathlib.Path, dest: Cache,
-                                               source: Cache) -> None:
+def test_member_not_in_the_manifest_is_refused(
+    archive: pathlib.Path, dest: Cache, source: Cache
+) -> None:
     """A valid envelope smuggled in without a manifest line is refused."""
     got = source.read_entry_envelope(fp_of(2))
     assert got is not None

@@ -773,8 +773,11 @@ def _legacy_store(directory: pathlib.Path, meta: EntryMeta, payload: bytes, key=
     from taskrun.cache_values import meta_json
 
     meta = dataclasses.replace(meta, size=len(payload))
-    raw_set(directory, meta.fingerprint, seal(KIND_ENTRY, meta.fingerprint, meta_json(meta),
-                                              payload, key))
+    raw_set(
+        directory,
+        meta.fingerprint,
+        seal(KIND_ENTRY, meta.fingerprint, meta_json(meta), payload, key),
+    )
 
 
 def test_entries_are_stored_in_format_2_with_a_hit_head(cache: Cache, cache_dir) -> None:
@@ -788,7 +791,10 @@ def test_entries_are_stored_in_format_2_with_a_hit_head(cache: Cache, cache_dir)
     entry = cache.lookup(fp)
     assert entry is not None
     assert (entry.fingerprint, entry.task, entry.product_digest, entry.compute_time) == (
-        fp, "build", "d" * 32, 1.5
+        fp,
+        "build",
+        "d" * 32,
+        1.5,
     )
     assert entry.outputs == () and entry.load() == 7
     assert entry.meta.components == {"option": {"n": 1}}  # parsed only when asked for
@@ -803,8 +809,9 @@ def test_legacy_format_1_entries_still_hit(cache_dir: pathlib.Path, warned) -> N
     fp = fp_of("legacy")
     with Cache(cache_dir, on_warning=warned.append) as c:
         c.put_blob(data)
-    _legacy_store(cache_dir, meta_for(fp, outputs=(output("out.txt", data),)),
-                  cloudpickle.dumps("old"))
+    _legacy_store(
+        cache_dir, meta_for(fp, outputs=(output("out.txt", data),)), cloudpickle.dumps("old")
+    )
     plain = fp_of("legacy-plain")
     _legacy_store(cache_dir, meta_for(plain), cloudpickle.dumps("plain"))
     with Cache(cache_dir, on_warning=warned.append) as c:
@@ -826,8 +833,18 @@ def test_a_hit_head_that_disagrees_with_the_metadata_is_refused(cache_dir, warne
     fp = fp_of("liar")
     meta = meta_for(fp, outputs=())
     head = HitHead(fp, 1.5, 1, "t", "p")  # claims an output the JSON does not have
-    raw_set(cache_dir, fp, seal(KIND_ENTRY, fp, entry_head(head) + meta_json(meta),
-                                cloudpickle.dumps(1), None, version=2))
+    raw_set(
+        cache_dir,
+        fp,
+        seal(
+            KIND_ENTRY,
+            fp,
+            entry_head(head) + meta_json(meta),
+            cloudpickle.dumps(1),
+            None,
+            version=2,
+        ),
+    )
     with Cache(cache_dir, on_warning=warned.append) as c:
         assert c.lookup(fp) is None
     assert any("hit head does not match" in w for w in warned)

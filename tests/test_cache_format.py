@@ -38,18 +38,31 @@ def test_audit_passes_what_taskrun_wrote(cache_dir: Path, tmp_path: Path) -> Non
     assert audit_store(tmp_path / "nothing-here") == []
 
 
-@pytest.mark.parametrize(("sql", "problem"), [
-    ("UPDATE Cache SET filename = '../../x', mode = 2", "a row names the file '../../x'"),
-    ("UPDATE Cache SET filename = '/etc/passwd', mode = 2", "a row names the file '/etc/passwd'"),
-    ("CREATE VIEW v AS SELECT 1", "unexpected view 'v'"),
-    ("DROP TRIGGER Settings_count_insert; CREATE TRIGGER Settings_count_insert AFTER INSERT"
-     " ON Cache BEGIN DELETE FROM Cache; END", "unexpected trigger 'Settings_count_insert'"),
-    ("INSERT INTO Settings VALUES ('disk_store', 1)", "unknown setting 'disk_store'"),
-    ("UPDATE Settings SET value = 'wal; DROP' WHERE key = 'sqlite_journal_mode'",
-     "setting sqlite_journal_mode = 'wal; DROP'"),
-    ("UPDATE Settings SET value = 'evict-all' WHERE key = 'eviction_policy'",
-     "eviction policy 'evict-all'"),
-])
+@pytest.mark.parametrize(
+    ("sql", "problem"),
+    [
+        ("UPDATE Cache SET filename = '../../x', mode = 2", "a row names the file '../../x'"),
+        (
+            "UPDATE Cache SET filename = '/etc/passwd', mode = 2",
+            "a row names the file '/etc/passwd'",
+        ),
+        ("CREATE VIEW v AS SELECT 1", "unexpected view 'v'"),
+        (
+            "DROP TRIGGER Settings_count_insert; CREATE TRIGGER Settings_count_insert AFTER INSERT"
+            " ON Cache BEGIN DELETE FROM Cache; END",
+            "unexpected trigger 'Settings_count_insert'",
+        ),
+        ("INSERT INTO Settings VALUES ('disk_store', 1)", "unknown setting 'disk_store'"),
+        (
+            "UPDATE Settings SET value = 'wal; DROP' WHERE key = 'sqlite_journal_mode'",
+            "setting sqlite_journal_mode = 'wal; DROP'",
+        ),
+        (
+            "UPDATE Settings SET value = 'evict-all' WHERE key = 'eviction_policy'",
+            "eviction policy 'evict-all'",
+        ),
+    ],
+)
 def test_audit_finds_crafted_databases(cache_dir: Path, sql: str, problem: str) -> None:
     """Stray file names, views, altered triggers and odd settings are each reported."""
     with sqlite3.connect(cache_dir / "cache.db") as db:

@@ -95,8 +95,13 @@ def base_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def taskrun(cwd: Path, *args: str, env: dict[str, str] | None = None, ok: bool = True,
-            user: tuple[int, int] | None = None) -> subprocess.CompletedProcess[str]:
+def taskrun(
+    cwd: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    ok: bool = True,
+    user: tuple[int, int] | None = None,
+) -> subprocess.CompletedProcess[str]:
     """Run ``python -m taskrun ARGS`` in ``cwd`` as a real process (optionally as uid:gid)."""
 
     def demote() -> None:
@@ -105,8 +110,13 @@ def taskrun(cwd: Path, *args: str, env: dict[str, str] | None = None, ok: bool =
         os.setuid(user[0])
 
     proc = subprocess.run(
-        [sys.executable, "-m", "taskrun", *args], cwd=cwd, env=env or base_env(),
-        capture_output=True, text=True, timeout=120, preexec_fn=demote if user else None,
+        [sys.executable, "-m", "taskrun", *args],
+        cwd=cwd,
+        env=env or base_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=demote if user else None,
     )
     if ok:
         assert proc.returncode == 0, f"taskrun {' '.join(args)}:\n{proc.stdout}\n{proc.stderr}"
@@ -129,8 +139,11 @@ def assert_all_cached(proc: subprocess.CompletedProcess[str]) -> None:
     """Every task was a hit, by name (the run had -v: plain output only counts hits)."""
     n = len(TASK_NAMES)
     assert f"{n} tasks: {n} cached, 0 ran, 0 failed" in proc.stdout, proc.stdout
-    states = {line.split()[1].rstrip(","): line.split()[0]
-              for line in proc.stdout.splitlines() if line.split()[:1] in (["cached"], ["ran"])}
+    states = {
+        line.split()[1].rstrip(","): line.split()[0]
+        for line in proc.stdout.splitlines()
+        if line.split()[:1] in (["cached"], ["ran"])
+    }
     assert states == dict.fromkeys(TASK_NAMES, "cached")
 
 
@@ -158,8 +171,16 @@ def job_a(tmp_path_factory: pytest.TempPathFactory) -> JobA:
 def job_b_env(home: Path, **extra: str) -> dict[str, str]:
     """Another runner: another HOME, user name and temp dir; the same secret."""
     home.mkdir(parents=True, exist_ok=True)
-    return base_env(**{"TASKRUN_CACHE_KEY": KEY, "HOME": str(home), "USER": "runner-b",
-                       "LOGNAME": "runner-b", "TMPDIR": str(home), **extra})
+    return base_env(
+        **{
+            "TASKRUN_CACHE_KEY": KEY,
+            "HOME": str(home),
+            "USER": "runner-b",
+            "LOGNAME": "runner-b",
+            "TMPDIR": str(home),
+            **extra,
+        }
+    )
 
 
 # --------------------------------------------------------------------------- the recipe
@@ -171,9 +192,7 @@ def test_job_a_ran_everything_and_exported_it(job_a: JobA) -> None:
     assert f"exported {len(TASK_NAMES)} entries and 3 output blobs" in job_a.export.stdout
 
 
-def test_second_job_at_another_path_reports_every_task_cached(
-    job_a: JobA, tmp_path: Path
-) -> None:
+def test_second_job_at_another_path_reports_every_task_cached(job_a: JobA, tmp_path: Path) -> None:
     """Done-when: a fresh checkout elsewhere imports the archive and hits every task."""
     root = checkout(job_a.source, tmp_path / "runner-2" / "builds" / "x" / "proj")
     env = job_b_env(tmp_path / "home-b")
@@ -191,9 +210,7 @@ def test_restoring_the_cache_directory_itself_also_hits(job_a: JobA, tmp_path: P
     """The actions/cache route (the directory saved and restored as is) hits every task."""
     root = checkout(job_a.source, tmp_path / "elsewhere" / "proj")
     shutil.copytree(job_a.cache_dir, root / ".taskrun" / "cache")
-    second = taskrun(
-        root, "run", "-v", env=job_b_env(tmp_path / "home", TASKRUN_CACHE_MODE="read")
-    )
+    second = taskrun(root, "run", "-v", env=job_b_env(tmp_path / "home", TASKRUN_CACHE_MODE="read"))
     assert_all_cached(second)
     assert (root / "build" / "report.txt").read_bytes() == job_a.outputs["build/report.txt"]
 
@@ -204,16 +221,21 @@ def _others_can_run_python() -> bool:
 
     if not hasattr(os, "geteuid") or os.geteuid() != 0:
         return False
-    for target in (Path(os.path.realpath(sys.executable)).parent, Path(sys.prefix),
-                   Path(sys.base_prefix), Path(taskrun.__file__).parent):
+    for target in (
+        Path(os.path.realpath(sys.executable)).parent,
+        Path(sys.prefix),
+        Path(sys.base_prefix),
+        Path(taskrun.__file__).parent,
+    ):
         for folder in (target, *target.parents):
             if not folder.stat().st_mode & 0o001:
                 return False
     return True
 
 
-@pytest.mark.skipif(not _others_can_run_python(),
-                    reason="needs root, and an interpreter that 'nobody' may run")
+@pytest.mark.skipif(
+    not _others_can_run_python(), reason="needs root, and an interpreter that 'nobody' may run"
+)
 def test_second_job_as_another_user_hits_every_task(job_a: JobA) -> None:
     """Run as uid 'nobody' with its own checkout, the second job still hits every task."""
     import pwd
@@ -251,8 +273,10 @@ def test_another_runtime_misses_and_says_why(job_a: JobA, tmp_path: Path) -> Non
 
 def read_members(path: Path) -> list[tuple[tarfile.TarInfo, bytes | None]]:
     with tarfile.open(path, "r:gz") as tar:
-        return [(m, tar.extractfile(m).read() if m.isreg() else None)  # type: ignore[union-attr]
-                for m in tar]
+        return [
+            (m, tar.extractfile(m).read() if m.isreg() else None)  # type: ignore[union-attr]
+            for m in tar
+        ]
 
 
 def write_members(path: Path, items: list[tuple[tarfile.TarInfo, bytes | None]]) -> None:
@@ -417,9 +441,17 @@ def test_two_concurrent_writers_share_one_cache_dir(two_projects: tuple[Path, Pa
     """Two projects writing one TASKRUN_CACHE_DIR at once: each shared task computed once."""
     p, q, shared = two_projects
     env = base_env(TASKRUN_CACHE_DIR=str(shared))
-    procs = [subprocess.Popen([sys.executable, "-m", "taskrun", "run", "--json", "-j", "3"],
-                              cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for root in (p, q)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "taskrun", "run", "--json", "-j", "3"],
+            cwd=root,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for root in (p, q)
+    ]
     outputs = [proc.communicate(timeout=120) for proc in procs]
     for proc, (out, err) in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, out + err
@@ -434,7 +466,7 @@ def test_two_concurrent_writers_share_one_cache_dir(two_projects: tuple[Path, Pa
 
 
 def test_shared_cache_files_keep_the_directory_permissions(
-    two_projects: tuple[Path, Path, Path]
+    two_projects: tuple[Path, Path, Path],
 ) -> None:
     """In a group-writable shared directory, taskrun's own files stay group-readable."""
     p, _, shared = two_projects

@@ -221,18 +221,21 @@ def test_failing_task_exit_1_with_output_and_traceback(
     run_cli: RunCli, tmp_path: Path, write_project: WriteProject
 ) -> None:
     """A task that raises: exit 1, its output and its traceback at the end."""
-    root = write_project(tmp_path, """
+    root = write_project(
+        tmp_path,
+        """
         from taskrun import task
 
         @task
         def boom() -> int:
             print("about to fail")
             raise ValueError("no good")
-    """)
+    """,
+    )
     result = run_cli(root, "run")
     assert result.exit_code == 1
     assert "failed   boom: ValueError: no good" in result.output
-    tail = result.output[result.output.index("--- boom failed"):]
+    tail = result.output[result.output.index("--- boom failed") :]
     assert "[boom] about to fail" in tail
     assert 'raise ValueError("no good")' in tail
     assert "taskrun/" not in tail  # trimmed to the user's frames
@@ -242,7 +245,9 @@ def test_keep_going_runs_independent_tasks(
     run_cli: RunCli, tmp_path: Path, write_project: WriteProject
 ) -> None:
     """--keep-going: the other branch still runs; the failure's dependents are skipped."""
-    root = write_project(tmp_path, """
+    root = write_project(
+        tmp_path,
+        """
         from taskrun import task
 
         @task
@@ -256,7 +261,8 @@ def test_keep_going_runs_independent_tasks(
         @task
         def good() -> int:
             return 1
-    """)
+    """,
+    )
     result = run_cli(root, "run", "--keep-going", "--executor", "inline")
     assert result.exit_code == 1
     assert "ran      good" in result.output
@@ -372,10 +378,13 @@ def test_list_json(run_cli: RunCli, proj: Path) -> None:
     assert doc[1]["outputs"] == ["build/report.txt"]
 
 
-@pytest.mark.parametrize(("fmt", "expected"), [
-    ("dot", '"numbers" -> "report";'),
-    ("mermaid", "t0 --> t1"),
-])
+@pytest.mark.parametrize(
+    ("fmt", "expected"),
+    [
+        ("dot", '"numbers" -> "report";'),
+        ("mermaid", "t0 --> t1"),
+    ],
+)
 def test_graph_text_formats(run_cli: RunCli, proj: Path, fmt: str, expected: str) -> None:
     """graph renders dot and mermaid."""
     result = run_cli(proj, "graph", "--format", fmt)
@@ -503,8 +512,18 @@ def test_command_line_wins_over_pyproject(
     """-j, --executor, --cache-dir, -o and targets beat [tool.taskrun]."""
     root = write_project(tmp_path, PROJECT, SETTINGS, files={"data/in.txt": "x\n"})
     result = run_cli(
-        root, "run", "--json", "-j", "1", "--executor", "thread", "--cache-dir", "mine",
-        "-o", "n=2", "report",
+        root,
+        "run",
+        "--json",
+        "-j",
+        "1",
+        "--executor",
+        "thread",
+        "--cache-dir",
+        "mine",
+        "-o",
+        "n=2",
+        "report",
     )
     assert result.exit_code == 0, result.output
     start = started(result.output)
@@ -595,8 +614,12 @@ def taskrun(
     root: Path, *args: str, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "taskrun", *args], cwd=root, capture_output=True, text=True,
-        env={**os.environ, "CI": "", **(env or {})}, timeout=120,
+        [sys.executable, "-m", "taskrun", *args],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "CI": "", **(env or {})},
+        timeout=120,
     )
 
 
@@ -632,7 +655,10 @@ def run_in_terminal(root: Path, *args: str, env: dict[str, str]) -> tuple[int, s
 
     leader, follower = pty.openpty()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "taskrun", *args], cwd=root, stdout=follower, stderr=follower,
+        [sys.executable, "-m", "taskrun", *args],
+        cwd=root,
+        stdout=follower,
+        stderr=follower,
         env={**os.environ, **env},
     )
     os.close(follower)
@@ -684,8 +710,12 @@ def test_ci_forces_plain_output_on_a_terminal(tmp_path: Path, write_project: Wri
 
 @pytest.mark.parametrize(("flag", "expected"), [("auto", None), ("always", True), ("never", False)])
 def test_dask_ship_files_reaches_the_executor(
-    run_cli: RunCli, write_project: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-    flag: str, expected: bool | None,
+    run_cli: RunCli,
+    write_project: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    flag: str,
+    expected: bool | None,
 ) -> None:
     """--dask-ship-files and --dask-address become the Dask executor's options."""
     import taskrun.executors as executors
@@ -697,16 +727,25 @@ def test_dask_ship_files_reaches_the_executor(
         return executors.MockExecutor(jobs)
 
     monkeypatch.setattr(executors, "make_executor", fake)
-    proj = write_project(tmp_path, """
+    proj = write_project(
+        tmp_path,
+        """
         from taskrun import task
 
         @task
         def one() -> int:
             return 1
-    """)
+    """,
+    )
     result = run_cli(
-        proj, "run", "--executor", "dask", "--dask-address", "tcp://127.0.0.1:1",
-        "--dask-ship-files", flag,
+        proj,
+        "run",
+        "--executor",
+        "dask",
+        "--dask-address",
+        "tcp://127.0.0.1:1",
+        "--dask-ship-files",
+        flag,
     )
     assert result.exit_code == 0, result.output
     assert seen == {"name": "dask", "address": "tcp://127.0.0.1:1", "ship_files": expected}

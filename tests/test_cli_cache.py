@@ -113,8 +113,14 @@ def test_maintenance_does_not_import_the_task_file(project: Path, run_cli, tmp_p
     """info, verify, gc, clear, export and import work even if tasks.py cannot be imported."""
     (project / "tasks.py").write_text("raise RuntimeError('must not be imported')\n")
     archive = tmp_path / "all.tar.gz"
-    for args in (["info"], ["verify"], ["gc", "--keep-last-run"], ["export", str(archive)],
-                 ["clear", "total"], ["import", str(archive)]):
+    for args in (
+        ["info"],
+        ["verify"],
+        ["gc", "--keep-last-run"],
+        ["export", str(archive)],
+        ["clear", "total"],
+        ["import", str(archive)],
+    ):
         result = run_cli(project, "cache", *args)
         assert result.exit_code == 0, (args, result.output)
     assert sorted(cached(cache_of(project)).values()) == ["numbers", "report", "total"]
@@ -297,7 +303,10 @@ def test_import_into_a_copy_reports_what_it_took(
     result = run_cli(copy, "cache", "import", str(archive))
     assert result.exit_code == 0, result.output
     assert {line.split()[1] for line in result.stdout.splitlines() if line.startswith("took")} == {
-        "numbers", "total", "report"}
+        "numbers",
+        "total",
+        "report",
+    }
     run = run_cli(copy, "run")
     assert "3 tasks: 3 cached, 0 ran" in run.stdout
     assert (copy / "build" / "report.txt").read_text() == "total 6\n"
@@ -311,8 +320,15 @@ def test_import_with_the_wrong_key_takes_nothing(project: Path, run_cli, tmp_pat
     archive = tmp_path / "a.tar.gz"
     assert run_cli(project, "cache", "export", str(archive), env=env).exit_code == 0
     dest = tmp_path / "dest"
-    result = run_cli(project, "cache", "import", str(archive), "--cache-dir", str(dest),
-                     env={"TASKRUN_CACHE_KEY": "key-B"})
+    result = run_cli(
+        project,
+        "cache",
+        "import",
+        str(archive),
+        "--cache-dir",
+        str(dest),
+        env={"TASKRUN_CACHE_KEY": "key-B"},
+    )
     assert result.exit_code == 1
     assert "bad signature" in result.stdout and "nothing was imported" in result.stderr
     assert cached(dest) == {}
@@ -439,7 +455,7 @@ def probe(command: str) -> str:
 
 def test_failing_probe_is_an_error(tmp_path: Path, write_project, run_cli) -> None:
     """A probe that exits non-zero stops the run with exit 2; it is never an empty fact."""
-    failing = probe(f"{sys.executable} -c \"raise SystemExit(3)\"")
+    failing = probe(f'{sys.executable} -c "raise SystemExit(3)"')
     root = write_project(tmp_path / "p", TASKS, failing)
     result = run_cli(root, "run")
     assert result.exit_code == 2
@@ -456,11 +472,11 @@ def test_missing_probe_command_is_an_error(tmp_path: Path, write_project, run_cl
 
 def test_probe_output_enters_every_fingerprint(tmp_path: Path, write_project, run_cli) -> None:
     """A changed probe output (a new compiler version) reruns every task, saying why."""
-    v1 = probe(f"{sys.executable} -c \"print(1)\"")
+    v1 = probe(f'{sys.executable} -c "print(1)"')
     root = write_project(tmp_path / "p", TASKS, v1)
     assert run_cli(root, "run").exit_code == 0
     assert "3 cached" in run_cli(root, "run").stdout
-    (root / "pyproject.toml").write_text(probe(f"{sys.executable} -c \"print(2)\""))
+    (root / "pyproject.toml").write_text(probe(f'{sys.executable} -c "print(2)"'))
     result = run_cli(root, "run")
     assert "ran      numbers" in result.stdout
     assert "runtime 'tool' changed: '1' -> '2'" in result.stdout
@@ -480,14 +496,18 @@ def test_declared_environment_enters_every_fingerprint(
 
 
 def _bad_row(db: sqlite3.Connection) -> None:
-    db.execute("INSERT INTO Cache (key, raw, store_time, expire_time, access_time, tag, size,"
-               " mode, filename, value) VALUES ('x', 1, 0, NULL, 0, 'entry', 0, 2,"
-               " '../../victim.txt', NULL)")
+    db.execute(
+        "INSERT INTO Cache (key, raw, store_time, expire_time, access_time, tag, size,"
+        " mode, filename, value) VALUES ('x', 1, 0, NULL, 0, 'entry', 0, 2,"
+        " '../../victim.txt', NULL)"
+    )
 
 
 def _bad_trigger(db: sqlite3.Connection) -> None:
-    db.execute("CREATE TRIGGER evil AFTER INSERT ON Cache BEGIN"
-               " UPDATE Cache SET filename = '../../victim.txt'; END")
+    db.execute(
+        "CREATE TRIGGER evil AFTER INSERT ON Cache BEGIN"
+        " UPDATE Cache SET filename = '../../victim.txt'; END"
+    )
 
 
 def _bad_setting(db: sqlite3.Connection) -> None:
@@ -528,7 +548,6 @@ def test_symlinked_lock_directory_is_refused(project: Path, run_cli, tmp_path: P
     assert (outside / "keep.lock").exists()
 
 
-
 # --------------------------------------------------------------------------- the CI guide
 
 GUIDE = Path(__file__).resolve().parent.parent / "docs" / "ci.md"
@@ -551,8 +570,7 @@ def guide_commands() -> list[list[str]]:
                 words.pop(0)  # VAR=value prefixes
             if words[:1] != ["taskrun"]:
                 continue
-            args = ["x.tar.gz" if w == "FILE" else w for w in words[1:]
-                    if not w.startswith("[")]
+            args = ["x.tar.gz" if w == "FILE" else w for w in words[1:] if not w.startswith("[")]
             commands.append(args)
     return commands
 

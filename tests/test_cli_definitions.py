@@ -83,10 +83,20 @@ def test_list_json(product: Path, run_cli: Any) -> None:
     assert doc["report"]["deps"] == ["sources"]
     assert doc["report"]["outputs"] == ["build/report.txt"]
     assert doc["report"]["options"] == [
-        {"name": "top", "type": "PositiveInt", "required": False, "default": "10",
-         "doc": "an integer above 0"},
-        {"name": "style", "type": "{plain|md}", "required": False, "default": "plain",
-         "doc": "one of 'plain', 'md'"},
+        {
+            "name": "top",
+            "type": "PositiveInt",
+            "required": False,
+            "default": "10",
+            "doc": "an integer above 0",
+        },
+        {
+            "name": "style",
+            "type": "{plain|md}",
+            "required": False,
+            "default": "plain",
+            "doc": "one of 'plain', 'md'",
+        },
     ]
     assert doc["sources"]["product"] == "list[File]"
     assert doc["publish"]["defined_at"].endswith("tasks.py:20")
@@ -173,8 +183,9 @@ def test_definition_error_also_stops_run(tmp_path: Path, write_project: Any, run
     assert_clean_error(run_cli(tmp_path, "run", "job"), "retries=")
 
 
-def test_exception_while_importing_the_task_file(tmp_path: Path, write_project: Any,
-                                                 run_cli: Any) -> None:
+def test_exception_while_importing_the_task_file(
+    tmp_path: Path, write_project: Any, run_cli: Any
+) -> None:
     """Any error raised by the task file is exit 2 naming the line."""
     write_project(tmp_path, "import json\n\nx = json.loads('{')\n")
     message = assert_clean_error(run_cli(tmp_path, "list"), "JSONDecodeError")
@@ -185,7 +196,8 @@ def test_invocation_error(product: Path, run_cli: Any) -> None:
     """`run report -o top=0` fails validation: exit 2, nothing run."""
     message = assert_clean_error(
         run_cli(product, "run", "report", "-o", "top=0"),
-        "option 'top' of task 'report'", "0 is not an integer above 0 (PositiveInt)",
+        "option 'top' of task 'report'",
+        "0 is not an integer above 0 (PositiveInt)",
         "nothing was run",
     )
     assert not (product / ".taskrun").exists()
@@ -195,10 +207,12 @@ def test_invocation_error(product: Path, run_cli: Any) -> None:
 
 def test_every_invocation_problem_in_one_message(product: Path, run_cli: Any) -> None:
     """Several mistakes on one command line are all reported together."""
-    result = run_cli(product, "run", "reprot", "publish", "-o", "top=0", "-o", "stlye=md",
-                     "dry=perhaps")
-    message = assert_clean_error(result, "4 problems", "did you mean 'report'",
-                                 "did you mean 'style'", "'perhaps'")
+    result = run_cli(
+        product, "run", "reprot", "publish", "-o", "top=0", "-o", "stlye=md", "dry=perhaps"
+    )
+    message = assert_clean_error(
+        result, "4 problems", "did you mean 'report'", "did you mean 'style'", "'perhaps'"
+    )
     assert message.count("\n  - ") == 4
 
 
@@ -211,8 +225,9 @@ def test_config_error_is_a_clean_exit_2(product: Path, run_cli: Any) -> None:
 def test_config_option_values_are_validated(product: Path, run_cli: Any) -> None:
     """A bad value in [tool.taskrun.options] is an invocation error."""
     (product / "pyproject.toml").write_text("[tool.taskrun.options.report]\ntop = -1\n")
-    assert_clean_error(run_cli(product, "run", "report"), "-1 is not an integer above 0",
-                       "from pyproject.toml")
+    assert_clean_error(
+        run_cli(product, "run", "report"), "-1 is not an integer above 0", "from pyproject.toml"
+    )
 
 
 # -- real processes ----------------------------------------------------------------------
@@ -221,8 +236,12 @@ def test_config_option_values_are_validated(product: Path, run_cli: Any) -> None
 def _taskrun(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TASKRUN_")}
     return subprocess.run(
-        [sys.executable, "-m", "taskrun", *args], cwd=cwd, capture_output=True, text=True,
-        env=env, timeout=60,
+        [sys.executable, "-m", "taskrun", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
     )
 
 

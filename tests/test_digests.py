@@ -48,7 +48,11 @@ GOLDEN_VALUES: dict[str, Any] = {
     "date": datetime.date(2024, 2, 29),
     "datetime-naive": datetime.datetime(2024, 2, 29, 13, 45, 30, 123456),
     "datetime-aware": datetime.datetime(
-        2024, 2, 29, 13, 45,
+        2024,
+        2,
+        29,
+        13,
+        45,
         tzinfo=datetime.timezone(datetime.timedelta(hours=-5, minutes=-30)),
     ),
     "time": datetime.time(23, 59, 58, 7),
@@ -83,12 +87,15 @@ def test_golden_digests_of_canonical_forms(name: str) -> None:
 
 def test_golden_bytes_of_a_date() -> None:
     """A canonical form is `E`, its kind as a str, then the form's own encoding."""
-    assert encode(datetime.date(2024, 2, 29)).hex() == (
-        "45" + "73" + "0400000000000000" + "64617465"  # E, str "date"
-        "74" + "0300000000000000"  # tuple of 3
-        "69" + "0200000000000000" + "e807"  # 2024
-        "69" + "0100000000000000" + "02"  # 2
-        "69" + "0100000000000000" + "1d"  # 29
+    assert (
+        encode(datetime.date(2024, 2, 29)).hex()
+        == (
+            "45" + "73" + "0400000000000000" + "64617465"  # E, str "date"
+            "74" + "0300000000000000"  # tuple of 3
+            "69" + "0200000000000000" + "e807"  # 2024
+            "69" + "0100000000000000" + "02"  # 2
+            "69" + "0100000000000000" + "1d"  # 29
+        )
     )
 
 
@@ -178,8 +185,13 @@ class Span(NamedTuple):
 
 
 values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.text(max_size=8)
-    | st.floats(allow_nan=True) | st.dates() | st.decimals(allow_nan=False)
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.text(max_size=8)
+    | st.floats(allow_nan=True)
+    | st.dates()
+    | st.decimals(allow_nan=False)
     | st.sampled_from(Level),
     lambda inner: (
         st.lists(inner, max_size=4)
@@ -220,8 +232,12 @@ def _digests_in_a_process(batch: list[Any], seed: str) -> list[str]:
         "print(json.dumps([value_digest(v) for v in batch]))\n"
     )
     proc = subprocess.run(
-        [sys.executable, "-c", code], input=cloudpickle.dumps(batch), env=env,
-        capture_output=True, timeout=60, check=True,
+        [sys.executable, "-c", code],
+        input=cloudpickle.dumps(batch),
+        env=env,
+        capture_output=True,
+        timeout=60,
+        check=True,
     )
     result: list[str] = json.loads(proc.stdout)
     return result
@@ -295,8 +311,9 @@ def test_pandas_golden_digests(pd: Any, np: Any) -> None:
 def test_equal_frames_in_other_layouts_share_a_digest(pd: Any, np: Any) -> None:
     """Built by columns, from one 2-D block, copied, or round-tripped through CSV: one digest."""
     by_columns = pd.DataFrame({"a": [1.0, 2.0, 3.0], "b": [4.0, 5.0, 6.0]})
-    block = pd.DataFrame(np.asfortranarray([[1.0, 4.0], [2.0, 5.0], [3.0, 6.0]]),
-                         columns=["a", "b"])
+    block = pd.DataFrame(
+        np.asfortranarray([[1.0, 4.0], [2.0, 5.0], [3.0, 6.0]]), columns=["a", "b"]
+    )
     consolidated = by_columns.copy()
     sliced = pd.DataFrame({"a": [0.0, 1.0, 2.0, 3.0], "b": [0.0, 4.0, 5.0, 6.0]}).iloc[1:]
     sliced = sliced.reset_index(drop=True)
@@ -351,8 +368,9 @@ def test_pandas_is_never_imported_for_a_digest() -> None:
         "product_digest({'a': datetime.datetime(2024, 1, 1)})\n"
         "print(sorted({'pandas', 'numpy'} & set(sys.modules)))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
     assert proc.stdout.strip() == "[]"
 
 
@@ -409,11 +427,14 @@ def test_a_failing_registered_function_is_an_error(registered: None) -> None:
         product_digest(Model("m", None))  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize(("cls", "fn", "words"), [
-    (int, repr, "already has a canonical encoding"),
-    ("Model", repr, "is not a class"),
-    (Model, 3, "is not a function"),
-])
+@pytest.mark.parametrize(
+    ("cls", "fn", "words"),
+    [
+        (int, repr, "already has a canonical encoding"),
+        ("Model", repr, "is not a class"),
+        (Model, 3, "is not a function"),
+    ],
+)
 def test_register_digest_refuses_what_it_cannot_use(cls: Any, fn: Any, words: str) -> None:
     """Built-in types, non-classes and non-functions are refused with what to do."""
     with pytest.raises(DefinitionError, match=words):
@@ -435,7 +456,9 @@ def test_fallback_warning_once_per_run_through_the_scheduler(
     tmp_path: Path, write_project: Any
 ) -> None:
     """Tasks returning one opaque class give one warning event in a run, and again next run."""
-    write_project(tmp_path, """
+    write_project(
+        tmp_path,
+        """
         from taskrun import task
 
         class Blob:
@@ -449,12 +472,19 @@ def test_fallback_warning_once_per_run_through_the_scheduler(
         @task
         def two() -> Blob:
             return Blob(2)
-        """)
+        """,
+    )
     reg = load_task_file(tmp_path / "tasks.py")
     for _ in range(2):
         seen: list[Any] = []
-        taskrun.run(["one", "two"], registry=reg, root=tmp_path, executor="inline",
-                    force_all=True, on_event=seen.append)
+        taskrun.run(
+            ["one", "two"],
+            registry=reg,
+            root=tmp_path,
+            executor="inline",
+            force_all=True,
+            on_event=seen.append,
+        )
         warnings = [e.message for e in seen if isinstance(e, ev.Warned)]
         assert len(warnings) == 1, warnings
         assert "tasks.Blob" in warnings[0] and "register_digest(Blob" in warnings[0]
@@ -483,7 +513,9 @@ def test_a_path_to_nothing_or_a_directory_does_not_warn(tmp_path: Path) -> None:
 
 def test_path_product_warning_reaches_the_run(tmp_path: Path, write_project: Any) -> None:
     """The scheduler reports the warning against the task."""
-    write_project(tmp_path, """
+    write_project(
+        tmp_path,
+        """
         from pathlib import Path
         from taskrun import task
 
@@ -491,11 +523,11 @@ def test_path_product_warning_reaches_the_run(tmp_path: Path, write_project: Any
         def report() -> Path:
             Path("report.txt").write_text("hi")
             return Path("report.txt")
-        """)
+        """,
+    )
     reg = load_task_file(tmp_path / "tasks.py")
     seen: list[Any] = []
-    taskrun.run(["report"], registry=reg, root=tmp_path, executor="inline",
-                on_event=seen.append)
+    taskrun.run(["report"], registry=reg, root=tmp_path, executor="inline", on_event=seen.append)
     warned = [e for e in seen if isinstance(e, ev.Warned)]
     assert [e.task for e in warned] == ["report"]
     assert "File('report.txt')" in warned[0].message
@@ -527,8 +559,11 @@ CUTOFF = """
     ("imports", "product", "value"),
     [
         ("", "Summary", 'Summary(total=min(n, 1), names=frozenset({"b", "a"}))'),
-        ("import pandas as pd", "pd.DataFrame",
-         'pd.DataFrame({"a": [min(n, 1), 2], "b": ["x", "y"]})'),
+        (
+            "import pandas as pd",
+            "pd.DataFrame",
+            'pd.DataFrame({"a": [min(n, 1), 2], "b": ["x", "y"]})',
+        ),
     ],
     ids=["dataclass", "dataframe"],
 )
@@ -543,8 +578,13 @@ def test_early_cutoff_on_an_equal_product(
     first = taskrun.run(["downstream"], registry=reg, root=tmp_path, executor="inline")
     assert first.names("ran") == ["upstream", "downstream"]
     with _no_fallback():
-        second = taskrun.run(["downstream"], registry=reg, root=tmp_path, executor="inline",
-                             options={"upstream": {"n": 5}})
+        second = taskrun.run(
+            ["downstream"],
+            registry=reg,
+            root=tmp_path,
+            executor="inline",
+            options={"upstream": {"n": 5}},
+        )
     assert second.state("upstream") == "ran"
     assert second.state("downstream") == "cached"
 

@@ -56,8 +56,12 @@ def test_variables_set_run_options(
 ) -> None:
     """TASKRUN_OPTION, TASKRUN_JOBS, TASKRUN_EXECUTOR and TASKRUN_JSON act like the flags."""
     root = write_project(tmp_path / "p", TASKS)
-    env = {"TASKRUN_OPTION": "n=4", "TASKRUN_JOBS": "1", "TASKRUN_EXECUTOR": "inline",
-           "TASKRUN_JSON": "1"}
+    env = {
+        "TASKRUN_OPTION": "n=4",
+        "TASKRUN_JOBS": "1",
+        "TASKRUN_EXECUTOR": "inline",
+        "TASKRUN_JSON": "1",
+    }
     result = run_cli(root, "run", env=env)
     assert result.exit_code == 0, result.output
     events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
@@ -109,8 +113,15 @@ def test_cgroup_quota_caps_the_cpus(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 @pytest.mark.parametrize(
     ("text", "size"),
-    [("500M", 500 * 2**20), ("2G", 2 * 2**30), ("1.5GiB", int(1.5 * 2**30)),
-     ("500MB", 500 * 10**6), ("10k", 10 * 1024), ("1024", 1024), ("3 GiB", 3 * 2**30)],
+    [
+        ("500M", 500 * 2**20),
+        ("2G", 2 * 2**30),
+        ("1.5GiB", int(1.5 * 2**30)),
+        ("500MB", 500 * 10**6),
+        ("10k", 10 * 1024),
+        ("1024", 1024),
+        ("3 GiB", 3 * 2**30),
+    ],
 )
 def test_sizes(text: str, size: int) -> None:
     """Sizes as people write them: bare unit letters (powers of 1024), SI and IEC units."""

@@ -30,7 +30,8 @@ def copy(name: str, tmp_path: Path) -> Path:
     """A fresh copy of examples/NAME, without any cache or build left in the source tree."""
     target = tmp_path / name
     shutil.copytree(
-        EXAMPLES / name, target,
+        EXAMPLES / name,
+        target,
         ignore=shutil.ignore_patterns(".taskrun", "build", "__pycache__"),
     )
     return target
@@ -211,12 +212,31 @@ def test_options_parse_into_their_types(run_cli: RunCli, tmp_path: Path) -> None
     """Enum by name, a custom parse, a File, T | None, a list and a dict from the command line."""
     root = copy("options", tmp_path)
     run_ok(
-        run_cli, root, "-o", "level=DEBUG", "-o", "grace=1.5m", "-o", "motd=motd.txt",
-        "-o", "timeout=none", "-o", "tags=web,admin", "-o", "limits=cpu=20", "-o", "fmt=env",
+        run_cli,
+        root,
+        "-o",
+        "level=DEBUG",
+        "-o",
+        "grace=1.5m",
+        "-o",
+        "motd=motd.txt",
+        "-o",
+        "timeout=none",
+        "-o",
+        "tags=web,admin",
+        "-o",
+        "limits=cpu=20",
+        "-o",
+        "fmt=env",
     )
     env = (root / "build/service.env").read_text()
-    for line in ('SERVICE_LEVEL="DEBUG"', 'SERVICE_GRACE="90s"', 'SERVICE_MOTD="Welcome aboard."',
-                 'SERVICE_TIMEOUT="none"', 'SERVICE_TAGS="web,admin"'):
+    for line in (
+        'SERVICE_LEVEL="DEBUG"',
+        'SERVICE_GRACE="90s"',
+        'SERVICE_MOTD="Welcome aboard."',
+        'SERVICE_TIMEOUT="none"',
+        'SERVICE_TAGS="web,admin"',
+    ):
         assert line in env
 
 
@@ -224,10 +244,28 @@ def test_options_bad_values_are_all_reported(run_cli: RunCli, tmp_path: Path) ->
     """The README's ten bad values: ten problems, exit 2, nothing run."""
     root = copy("options", tmp_path)
     result = run_cli(
-        root, "run", "-o", "port=80", "-o", "replicas=0", "-o", "name=My_App",
-        "-o", "mode=production", "-o", "level=verbose", "-o", "grace=soon",
-        "-o", "tags=web,API", "-o", "limits=cpu=150", "-o", "motd=../secret.txt",
-        "-o", "timeout=never",
+        root,
+        "run",
+        "-o",
+        "port=80",
+        "-o",
+        "replicas=0",
+        "-o",
+        "name=My_App",
+        "-o",
+        "mode=production",
+        "-o",
+        "level=verbose",
+        "-o",
+        "grace=soon",
+        "-o",
+        "tags=web,API",
+        "-o",
+        "limits=cpu=150",
+        "-o",
+        "motd=../secret.txt",
+        "-o",
+        "timeout=never",
     )
     assert result.exit_code == 2
     assert "10 problems with this invocation; nothing was run" in result.output
@@ -292,7 +330,10 @@ def _alive(pid: int) -> bool:
 
 def _taskrun(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "taskrun", *args], cwd=root, capture_output=True, text=True,
+        [sys.executable, "-m", "taskrun", *args],
+        cwd=root,
+        capture_output=True,
+        text=True,
         timeout=120,
     )
 
@@ -342,9 +383,7 @@ def test_pipeline_through_the_plugin(taskrun_project: Any, run_tasks: Any) -> No
     assert _tree_state(original) == before  # outputs stay in the copy
 
 
-def test_pipeline_with_a_fake_download(
-    taskrun_project: Any, run_tasks: Any, override: Any
-) -> None:
+def test_pipeline_with_a_fake_download(taskrun_project: Any, run_tasks: Any, override: Any) -> None:
     """A fake download (same option names and types, another default) feeds the pipeline."""
     from taskrun.testing import assert_tasks
 
@@ -378,10 +417,16 @@ def test_options_through_the_plugin(taskrun_project: Any, run_tasks: Any) -> Non
     from taskrun.testing import assert_tasks
 
     taskrun_project.copy(EXAMPLES / "options")
-    result = run_tasks("config", options={
-        "tags": "web,admin", "limits": {"cpu": 20.0}, "level": "DEBUG", "grace": "1.5m",
-        "fmt": "env",
-    })
+    result = run_tasks(
+        "config",
+        options={
+            "tags": "web,admin",
+            "limits": {"cpu": 20.0},
+            "level": "DEBUG",
+            "grace": "1.5m",
+            "fmt": "env",
+        },
+    )
     assert_tasks(result, ran=["settings", "config"])
     env = taskrun_project.path("build/service.env").read_text()
     assert 'SERVICE_LEVEL="DEBUG"' in env and 'SERVICE_GRACE="90s"' in env

@@ -35,10 +35,14 @@ def states(result: Result) -> dict[str, str]:
 
 
 def project(write_project: WriteProject, where: Path, data: Path) -> Path:
-    return write_project(where, TASKS, f"""
+    return write_project(
+        where,
+        TASKS,
+        f"""
         [tool.taskrun]
         external = {{ data = "{data}" }}
-    """)
+    """,
+    )
 
 
 def shared_data(folder: Path) -> Path:
@@ -88,12 +92,10 @@ def test_entries_are_shared_across_mount_points(
     one = project(write_project, tmp_path / "machine1/proj", first_data)
     two = project(write_project, tmp_path / "machine2/proj", second_data)
     common = ["--cache-dir", str(cache), "--json"]
-    result = run_cli(one, "run", "rows", "size", "-o", f"source={first_data / 'big.csv'}",
-                     *common)
+    result = run_cli(one, "run", "rows", "size", "-o", f"source={first_data / 'big.csv'}", *common)
     assert result.exit_code == 0, result.output
     assert states(result) == {"rows": "ran", "size": "ran"}
-    other = run_cli(two, "run", "rows", "size", "-o", f"source={second_data / 'big.csv'}",
-                    *common)
+    other = run_cli(two, "run", "rows", "size", "-o", f"source={second_data / 'big.csv'}", *common)
     assert other.exit_code == 0, other.output
     assert states(other) == {"rows": "cached", "size": "cached"}
 
@@ -129,16 +131,20 @@ def test_external_files_are_never_stored_restored_or_cleaned(
 ) -> None:
     """A product naming an external File: the file is not captured, restored or cleaned."""
     data = shared_data(tmp_path / "shared")
-    root = write_project(tmp_path / "p", f"""
+    root = write_project(
+        tmp_path / "p",
+        f"""
         from taskrun import File, task
 
         @task
         def pick() -> File:
-            return File("{data / 'big.csv'}")
-    """, f"""
+            return File("{data / "big.csv"}")
+    """,
+        f"""
         [tool.taskrun]
         external = {{ data = "{data}" }}
-    """)
+    """,
+    )
     first = run_cli(root, "run", "--json")
     assert first.exit_code == 0, first.output
     (data / "big.csv").unlink()
@@ -155,9 +161,13 @@ def test_bad_declarations_are_config_errors(
     run_cli: RunCli, write_project: WriteProject, tmp_path: Path
 ) -> None:
     """A relative folder, or one inside the project, is refused with the key named."""
-    root = write_project(tmp_path / "p", TASKS, """
+    root = write_project(
+        tmp_path / "p",
+        TASKS,
+        """
         [tool.taskrun]
         external = { data = "relative/dir" }
-    """)
+    """,
+    )
     result = run_cli(root, "list")
     assert result.exit_code == 2 and "must be an absolute path" in result.output

@@ -230,9 +230,7 @@ def test_rescue_runs_on_fail_fast(tmp_path: Path) -> None:
         def alert(train: Outcome[int]) -> str:
             return f"alert: {train.error}"
 
-    result = taskrun.run(
-        ["alert", "after_slow"], registry=reg, root=tmp_path, executor="inline"
-    )
+    result = taskrun.run(["alert", "after_slow"], registry=reg, root=tmp_path, executor="inline")
     assert result.state("alert") == "ran"
     assert result.products["alert"] == "alert: RuntimeError: diverged"
     assert result.state("train") == "failed"
@@ -272,7 +270,10 @@ def test_skip_ends_the_task_as_skipped_with_its_reason(tmp_path: Path, executor:
     """taskrun.skip() is a result: skipped, with its reason; plain dependents skip too."""
     events: list[Any] = []
     result = taskrun.run(
-        ["ship", "log"], registry=skipping(), root=tmp_path, executor=executor,
+        ["ship", "log"],
+        registry=skipping(),
+        root=tmp_path,
+        executor=executor,
         on_event=events.append,
     )
     assert result.ok
@@ -362,7 +363,10 @@ def test_when_false_skips_the_task_and_its_dependents_before_anything_runs(tmp_p
 def test_when_true_runs_the_task(tmp_path: Path) -> None:
     """With the option that makes it true, the task runs."""
     result = taskrun.run(
-        ["notify"], registry=conditional(), root=tmp_path, executor="inline",
+        ["notify"],
+        registry=conditional(),
+        root=tmp_path,
+        executor="inline",
         options={"deploy": {"target": "prod"}},
     )
     assert result.state("deploy") == "ran" and result.state("notify") == "ran"
@@ -470,7 +474,11 @@ def test_fail_fast_cancels_running_tasks(tmp_path: Path, executor: str) -> None:
     """The first failure cancels what runs: events say cancelled, never ran; cleanup runs."""
     events: list[Any] = []
     result = taskrun.run(
-        ["after", "cleanup"], registry=racing(), root=tmp_path, executor=executor, jobs=2,
+        ["after", "cleanup"],
+        registry=racing(),
+        root=tmp_path,
+        executor=executor,
+        jobs=2,
         on_event=events.append,
     )
     by_task = [(e.kind, getattr(e, "task", "")) for e in events]
@@ -546,7 +554,8 @@ def test_retries_wait_with_backoff_recorded_in_events(tmp_path: Path, executor: 
     retries = [e for e in events if e.kind == "retrying"]
     assert [(e.attempt, e.delay) for e in retries] == [(2, 0.05), (3, 0.1)]
     assert [e.error for e in retries] == [
-        "ConnectionError: attempt 1 failed", "ConnectionError: attempt 2 failed"
+        "ConnectionError: attempt 1 failed",
+        "ConnectionError: attempt 2 failed",
     ]
     assert [e.attempt for e in events if e.kind == "started"] == [1, 2, 3]
 
@@ -742,11 +751,15 @@ def test_cli_override_runs_a_replacement_without_its_upstream(
 ) -> None:
     """--override TASK=module:function swaps the task for one run; its upstream is dropped."""
     fakes = "fakes_cli_ok"
-    write_project(tmp_path, CLI_TASKS, files={
-        f"{fakes}.py": (
-            "def fake_download(mirror: str = 'main') -> str:\n    return 'offline'\n"
-        ),
-    })
+    write_project(
+        tmp_path,
+        CLI_TASKS,
+        files={
+            f"{fakes}.py": (
+                "def fake_download(mirror: str = 'main') -> str:\n    return 'offline'\n"
+            ),
+        },
+    )
     result = run_cli(tmp_path, "run", "count", "--override", f"download={fakes}:fake_download")
     assert result.exit_code == 0, result.output
     assert called(tmp_path) == ["count"]
@@ -754,14 +767,16 @@ def test_cli_override_runs_a_replacement_without_its_upstream(
     assert "index" in plan.output  # without the override, the real graph again
 
 
-def test_cli_override_errors_name_the_fix(
-    tmp_path: Path, write_project: Any, run_cli: Any
-) -> None:
+def test_cli_override_errors_name_the_fix(tmp_path: Path, write_project: Any, run_cli: Any) -> None:
     """A missing function gets did-you-mean; a bad form shows the right one; exit code 2."""
     fakes = "fakes_cli_bad"
-    write_project(tmp_path, CLI_TASKS, files={
-        f"{fakes}.py": "def fake_download(mirror: str = 'main') -> str:\n    return ''\n",
-    })
+    write_project(
+        tmp_path,
+        CLI_TASKS,
+        files={
+            f"{fakes}.py": "def fake_download(mirror: str = 'main') -> str:\n    return ''\n",
+        },
+    )
     missing = run_cli(tmp_path, "run", "count", "--override", f"download={fakes}:fake_downlod")
     assert missing.exit_code == 2
     assert "has no function 'fake_downlod' (did you mean 'fake_download'?)" in missing.output
@@ -776,9 +791,7 @@ def test_cli_override_errors_name_the_fix(
 
 
 @pytest.mark.parametrize("run_executor", ["thread", "inline"])
-def test_executor_hint_places_tasks_across_two_executors(
-    tmp_path: Path, run_executor: str
-) -> None:
+def test_executor_hint_places_tasks_across_two_executors(tmp_path: Path, run_executor: str) -> None:
     """A task's executor= wins over the run's: one run, two executors, products flow."""
     import os
 

@@ -81,31 +81,33 @@ def build(scenario: dict[str, Any]) -> Registry:
             extra: dict[str, Any] = {}
             if task in scenario["when_false"]:
                 extra["when"] = lambda go: go
-            fns[task] = taskrun.task(
-                deps=[fns[d] for d in deps], run_if=rule, **extra
-            )(scope[task])
+            fns[task] = taskrun.task(deps=[fns[d] for d in deps], run_if=rule, **extra)(scope[task])
     return reg
 
 
 def _run(scenario: dict[str, Any], root: Path, executor: str, **kw: Any) -> Any:
     events: list[Any] = []
     result = taskrun.run(
-        list(scenario["graph"]), registry=build(scenario), root=root, executor=executor,
-        jobs=2, on_event=events.append, **kw,
+        list(scenario["graph"]),
+        registry=build(scenario),
+        root=root,
+        executor=executor,
+        jobs=2,
+        on_event=events.append,
+        **kw,
     )
     return result, events
 
 
-@pytest.mark.parametrize(
-    ("executor", "examples"), [("inline", 40), ("thread", 25), ("process", 8)]
-)
+@pytest.mark.parametrize(("executor", "examples"), [("inline", 40), ("thread", 25), ("process", 8)])
 def test_keep_going_matches_the_reference_model(
     tmp_path_factory: pytest.TempPathFactory, executor: str, examples: int
 ) -> None:
     """With --keep-going, every task ends exactly as the reference model says."""
 
     @settings(
-        max_examples=examples, deadline=None,
+        max_examples=examples,
+        deadline=None,
         suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
     )
     @given(scenario=scenarios())
@@ -126,7 +128,8 @@ def test_fail_fast_keeps_the_rules(
     """Fail-fast: after the first failure only rule tasks start, and they follow their rule."""
 
     @settings(
-        max_examples=examples, deadline=None,
+        max_examples=examples,
+        deadline=None,
         suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
     )
     @given(scenario=scenarios())
@@ -179,7 +182,8 @@ def test_keep_going_matches_the_reference_model_on_dask(
     from taskrun.scheduler import Scheduler
 
     @settings(
-        max_examples=6, deadline=None,
+        max_examples=6,
+        deadline=None,
         suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
     )
     @given(scenario=scenarios())

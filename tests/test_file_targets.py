@@ -112,13 +112,16 @@ def test_clean_removes_every_value_of_a_templated_output(
 
 def test_a_template_field_must_be_an_option(write_project: WriteProject, tmp_path: Path) -> None:
     """outputs=["out/{q}.txt"] without an option q is a definition error naming the options."""
-    root = write_project(tmp_path, """
+    root = write_project(
+        tmp_path,
+        """
         from taskrun import File, task
 
         @task(outputs=["out/{pp}.txt"])
         def sweep(p: int = 1) -> File:
             return File(f"out/{p}.txt")
-    """)
+    """,
+    )
     with pytest.raises(DefinitionError) as info:
         load_task_file(root / "tasks.py")
     message = str(info.value)
@@ -132,13 +135,16 @@ def test_a_value_that_leaves_the_folder_is_refused(
     root = write_project(tmp_path, TASKS)
     result = run_cli(root, "run", "sweep", "-o", "label=x", "-o", "p=0.5")
     assert result.exit_code == 0
-    bad = write_project(tmp_path / "bad", """
+    bad = write_project(
+        tmp_path / "bad",
+        """
         from taskrun import File, task
 
         @task(outputs=["out/{name}.txt"])
         def make(name: str = "a") -> File:
             return File(f"out/{name}.txt")
-    """)
+    """,
+    )
     result = run_cli(bad, "run", "-o", "name=../../etc/x")
     assert result.exit_code == 2
     assert "output pattern 'out/{name}.txt' of task 'make'" in result.output
@@ -149,7 +155,9 @@ def test_overlapping_templates_are_a_definition_error(
     write_project: WriteProject, tmp_path: Path
 ) -> None:
     """Two tasks whose templated outputs can name the same file are refused at definition."""
-    root = write_project(tmp_path, """
+    root = write_project(
+        tmp_path,
+        """
         from taskrun import File, task
 
         @task(outputs=["out/{a}.txt"])
@@ -159,6 +167,7 @@ def test_overlapping_templates_are_a_definition_error(
         @task(outputs=["out/b.txt"])
         def two() -> File:
             return File("out/b.txt")
-    """)
+    """,
+    )
     with pytest.raises(DefinitionError, match="can name the same file"):
         load_task_file(root / "tasks.py")

@@ -195,9 +195,10 @@ def test_task_fingerprint_fast_path_matches_the_encoding(**fields: Any) -> None:
     assert fast == encode(parts)
     assert _fast_task_encoding(parts) == fast  # options and runtime from the memo now
     assert task_fingerprint(inputs) == value_digest(parts)
-    assert all(value_digest(v) == d for v, d in zip(
-        inputs.options.values(), parts[4].values(), strict=True
-    ))
+    assert all(
+        value_digest(v) == d
+        for v, d in zip(inputs.options.values(), parts[4].values(), strict=True)
+    )
 
 
 def test_remembered_dict_encodings_are_not_shared_with_equal_values_of_other_types() -> None:

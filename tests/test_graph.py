@@ -125,8 +125,11 @@ def test_renderings_of_a_downstream_view_stay_inside_it(deps: DAG) -> None:
     graph = Graph(deps)
     first = next(iter(deps))
     keep = graph.downstream([first]) | {first}
-    for render, method in ((parse_dot, graph.to_dot), (parse_mermaid, graph.to_mermaid),
-                           (parse_json, graph.to_json)):
+    for render, method in (
+        (parse_dot, graph.to_dot),
+        (parse_mermaid, graph.to_mermaid),
+        (parse_json, graph.to_json),
+    ):
         assert render(method(keep)) == (keep, edges_of(deps, keep))
 
 
@@ -157,7 +160,10 @@ def test_order_does_not_depend_on_the_hash_seed() -> None:
     )
     outputs = {
         subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, check=True,
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
             env={"PYTHONHASHSEED": seed, "PATH": ""},
         ).stdout
         for seed in ("1", "2")
@@ -185,5 +191,7 @@ def test_cycle_is_reported_with_its_nodes() -> None:
 def test_json_rendering_shape() -> None:
     """The json document lists nodes with deps, and edges as [dependency, dependent]."""
     doc = json.loads(Graph({"a": (), "b": ("a",)}).to_json())
-    assert doc == {"nodes": [{"name": "a", "deps": []}, {"name": "b", "deps": ["a"]}],
-                   "edges": [["a", "b"]]}
+    assert doc == {
+        "nodes": [{"name": "a", "deps": []}, {"name": "b", "deps": ["a"]}],
+        "edges": [["a", "b"]],
+    }

@@ -119,8 +119,9 @@ def test_qualified_beats_unqualified_in_any_order(
 
 def test_the_last_of_repeated_values_wins(tasks: Registry, tmp_path: Path) -> None:
     """'-o top=1 -o top=2' sets 2, as on any command line."""
-    inv = run_invoke(tasks, tmp_path, ["report"], "top=1", "report.style=md", "top=2",
-                     "report.style=plain")
+    inv = run_invoke(
+        tasks, tmp_path, ["report"], "top=1", "report.style=md", "top=2", "report.style=plain"
+    )
     assert dict(inv.options["report"]) == {"top": 2, "style": "plain"}
 
 
@@ -136,22 +137,24 @@ def test_command_line_beats_config_beats_default(tasks: Registry, tmp_path: Path
     assert dict(plain.options["report"]) == {"top": 10, "style": "plain"}
 
 
-def test_config_table_for_a_task_beats_config_plain_value(
-    tasks: Registry, tmp_path: Path
-) -> None:
+def test_config_table_for_a_task_beats_config_plain_value(tasks: Registry, tmp_path: Path) -> None:
     """[tool.taskrun.options.report] top beats [tool.taskrun.options] top."""
     config = {"top": 4, "report": {"top": 2}}
     inv = run_invoke(tasks, tmp_path, ["report", "summary"], config=config)
     assert inv.options["report"]["top"] == 2 and inv.options["summary"]["top"] == 4
 
 
-def test_api_options_sit_between_command_line_and_config(
-    tasks: Registry, tmp_path: Path
-) -> None:
+def test_api_options_sit_between_command_line_and_config(tasks: Registry, tmp_path: Path) -> None:
     """options= beats the config file and loses to -o."""
     config = {"report": {"top": 4, "style": "md"}}
-    inv = run_invoke(tasks, tmp_path, ["report"], "report.style=plain",
-                     options={"report": {"top": 6, "style": "md"}}, config=config)
+    inv = run_invoke(
+        tasks,
+        tmp_path,
+        ["report"],
+        "report.style=plain",
+        options={"report": {"top": 6, "style": "md"}},
+        config=config,
+    )
     assert dict(inv.options["report"]) == {"top": 6, "style": "plain"}
 
 
@@ -173,8 +176,12 @@ def test_api_accepts_the_command_line_forms(tasks: Registry, tmp_path: Path) -> 
     """{"task.opt": v}, {"opt": v} and {task: {opt: v}}; qualified beats unqualified."""
     inv = run_invoke(tasks, tmp_path, ["report"], options={"report.style": "md", "top": 3})
     assert dict(inv.options["report"]) == {"top": 3, "style": "md"}
-    inv = run_invoke(tasks, tmp_path, ["report"],
-                     options={"top": 3, "report.top": 7, tasks.get("report").fn: {"style": "md"}})
+    inv = run_invoke(
+        tasks,
+        tmp_path,
+        ["report"],
+        options={"top": 3, "report.top": 7, tasks.get("report").fn: {"style": "md"}},
+    )
     assert dict(inv.options["report"]) == {"top": 7, "style": "md"}
 
 
@@ -192,8 +199,9 @@ def test_config_strings_are_parsed_like_text(registry: Registry, tmp_path: Path)
     @task
     def t(size: kib = 0, blob: bytes = b"", label: str | None = "x") -> None: ...  # type: ignore[valid-type]
 
-    inv = run_invoke(registry, tmp_path, ["t"], config={"size": "2k", "blob": "hex:ff",
-                                                         "label": "none"})
+    inv = run_invoke(
+        registry, tmp_path, ["t"], config={"size": "2k", "blob": "hex:ff", "label": "none"}
+    )
     assert dict(inv.options["t"]) == {"size": 2048, "blob": b"\xff", "label": None}
 
 
@@ -209,15 +217,19 @@ def test_config_for_a_task_outside_the_run_is_ignored(tasks: Registry, tmp_path:
 def test_every_problem_is_reported_at_once(tasks: Registry, tmp_path: Path) -> None:
     """Several bad values give one InvocationError listing all of them."""
     with pytest.raises(InvocationError) as info:
-        run_invoke(tasks, tmp_path, ["publish"], "top=0", "style=html", "dry=perhaps",
-                   "sources.root=")
+        run_invoke(
+            tasks, tmp_path, ["publish"], "top=0", "style=html", "dry=perhaps", "sources.root="
+        )
     problems = [str(p) for p in info.value.problems]
     assert len(problems) == 4
     assert "4 problems with this invocation; nothing was run" in info.value.message
-    assert any("option 'top' of task 'report'" in p and "0 is not an integer above 0" in p
-               for p in problems)
-    assert any("option 'style'" in p and "'html' is not one of 'plain', 'md'" in p
-               for p in problems)
+    assert any(
+        "option 'top' of task 'report'" in p and "0 is not an integer above 0" in p
+        for p in problems
+    )
+    assert any(
+        "option 'style'" in p and "'html' is not one of 'plain', 'md'" in p for p in problems
+    )
     assert any("option 'dry' of task 'publish'" in p and "'perhaps'" in p for p in problems)
     assert any("option 'root' of task 'sources'" in p and "empty" in p for p in problems)
     for p in problems:
@@ -387,8 +399,9 @@ def test_file_default_outside_the_root_is_a_problem(registry: Registry, tmp_path
     assert "outside the project root" in problem and "(from default" in problem
 
 
-def test_each_invocation_gets_its_own_copy_of_a_list_default(registry: Registry,
-                                                              tmp_path: Path) -> None:
+def test_each_invocation_gets_its_own_copy_of_a_list_default(
+    registry: Registry, tmp_path: Path
+) -> None:
     """Mutating a list option value cannot change the default of the next run."""
 
     @task
@@ -399,8 +412,9 @@ def test_each_invocation_gets_its_own_copy_of_a_list_default(registry: Registry,
     assert run_invoke(registry, tmp_path, ["t"]).options["t"]["names"] == ["a"]
 
 
-def test_a_misspelled_target_is_not_followed_by_its_options(tasks: Registry,
-                                                             tmp_path: Path) -> None:
+def test_a_misspelled_target_is_not_followed_by_its_options(
+    tasks: Registry, tmp_path: Path
+) -> None:
     """'run reprot -o style=md' reports the target, not 'no task has style'."""
     problems = problems_of(tasks, tmp_path, ["reprot"], "style=md", "colour=red")
     assert len(problems) == 2

@@ -25,7 +25,7 @@ from taskrun.registry import Registry
 EXECUTORS = ["inline", "thread", "process"]
 STREAMING = ["thread", "process"]  # the inline executor runs one call at a time
 
-C_BUILD = '''
+C_BUILD = """
     from pathlib import Path
     from taskrun import Dir, File, task
 
@@ -49,7 +49,7 @@ C_BUILD = '''
     def link(compile: list[File]) -> str:
         note("link")
         return "|".join(f.read_text() for f in compile)
-'''
+"""
 
 
 @pytest.fixture(params=EXECUTORS)
@@ -106,7 +106,12 @@ def test_a_warm_run_calls_nothing(cbuild: Path, executor: str) -> None:
     assert ran == []
     assert result.state("compile") == "cached"
     assert result.names("cached") == [
-        "sources", "compile", "link", "compile[src/a.c]", "compile[src/b.c]", "compile[src/c.c]",
+        "sources",
+        "compile",
+        "link",
+        "compile[src/a.c]",
+        "compile[src/b.c]",
+        "compile[src/c.c]",
     ]
 
 
@@ -179,7 +184,8 @@ def test_force_reruns_every_item(cbuild: Path) -> None:
 
 def test_items_are_named_by_their_text_or_index(tmp_path: Path) -> None:
     """Short text forms name items; others get their index; equal items share one call."""
-    (tmp_path / "tasks.py").write_text(textwrap.dedent('''
+    (tmp_path / "tasks.py").write_text(
+        textwrap.dedent("""
         from taskrun import task
 
         @task
@@ -191,7 +197,8 @@ def test_items_are_named_by_their_text_or_index(tmp_path: Path) -> None:
             with open("runs.log", "a") as fh:
                 fh.write(repr(things) + "\\n")
             return repr(things)
-    '''))
+    """)
+    )
     result, ran = run(tmp_path, ["show"])
     assert len(ran) == 3
     items = sorted(n for n in result.tasks if n.startswith("show["))
@@ -201,7 +208,8 @@ def test_items_are_named_by_their_text_or_index(tmp_path: Path) -> None:
 
 def test_a_dict_is_mapped_over_its_pairs(tmp_path: Path) -> None:
     """A dict product gives (key, value) items, shown by key."""
-    (tmp_path / "tasks.py").write_text(textwrap.dedent('''
+    (tmp_path / "tasks.py").write_text(
+        textwrap.dedent("""
         from taskrun import task
 
         @task
@@ -212,7 +220,8 @@ def test_a_dict_is_mapped_over_its_pairs(tmp_path: Path) -> None:
         def double(pair) -> str:
             key, value = pair
             return f"{key}={2 * value}"
-    '''))
+    """)
+    )
     result, _ = run(tmp_path, ["double"])
     assert result.products["double"] == ["one=2", "two=4"]
     assert result.state("double[two]") == "ran"
@@ -220,7 +229,8 @@ def test_a_dict_is_mapped_over_its_pairs(tmp_path: Path) -> None:
 
 def test_a_product_that_cannot_be_mapped_fails_the_mapped_task(tmp_path: Path) -> None:
     """Mapping over a string is refused with the fix."""
-    (tmp_path / "tasks.py").write_text(textwrap.dedent('''
+    (tmp_path / "tasks.py").write_text(
+        textwrap.dedent("""
         from taskrun import task
 
         @task
@@ -230,7 +240,8 @@ def test_a_product_that_cannot_be_mapped_fails_the_mapped_task(tmp_path: Path) -
         @task(map=[name])
         def shout(name: str) -> str:
             return name.upper()
-    '''))
+    """)
+    )
     result, _ = run(tmp_path, ["shout"])
     assert result.state("shout") == "failed"
     assert "would map over its characters" in result.tasks["shout"].error
@@ -239,7 +250,8 @@ def test_a_product_that_cannot_be_mapped_fails_the_mapped_task(tmp_path: Path) -
 
 def test_nested_maps(tmp_path: Path, executor: str) -> None:
     """A mapped task mapped over again: one call per item of the item results."""
-    (tmp_path / "tasks.py").write_text(textwrap.dedent('''
+    (tmp_path / "tasks.py").write_text(
+        textwrap.dedent("""
         from taskrun import task
 
         def note(what):
@@ -263,11 +275,13 @@ def test_nested_maps(tmp_path: Path, executor: str) -> None:
         @task(deps=[plus_one])
         def total(plus_one: list[int]) -> int:
             return sum(plus_one)
-    '''))
+    """)
+    )
     result, ran = run(tmp_path, ["total"], executor)
     assert result.products["total"] == 1 + 2 + 5
-    assert sorted(ran) == sorted(["square 0", "square 1", "square 2",
-                                  "plus_one 0", "plus_one 1", "plus_one 4"])
+    assert sorted(ran) == sorted(
+        ["square 0", "square 1", "square 2", "plus_one 0", "plus_one 1", "plus_one 4"]
+    )
     result, ran = run(tmp_path, ["total"], executor, options={"numbers": {"n": 4}})
     assert sorted(ran) == ["plus_one 9", "square 3"]
     assert result.products["total"] == 1 + 2 + 5 + 10
@@ -275,7 +289,8 @@ def test_nested_maps(tmp_path: Path, executor: str) -> None:
 
 def test_failing_items_fail_the_mapped_task_and_keep_the_others(tmp_path: Path) -> None:
     """With keep_going, every item runs; the good ones are cached, the task fails."""
-    (tmp_path / "tasks.py").write_text(textwrap.dedent('''
+    (tmp_path / "tasks.py").write_text(
+        textwrap.dedent("""
         import os
         from taskrun import task
 
@@ -297,7 +312,8 @@ def test_failing_items_fail_the_mapped_task_and_keep_the_others(tmp_path: Path) 
         @task(deps=[check])
         def total(check: list[int]) -> int:
             return sum(check)
-    '''))
+    """)
+    )
     (tmp_path / "bad-2").touch()
     result, ran = run(tmp_path, ["total"], keep_going=True)
     assert sorted(ran) == ["check 1", "check 2", "check 3"]
@@ -315,7 +331,8 @@ def test_failing_items_fail_the_mapped_task_and_keep_the_others(tmp_path: Path) 
 
 def test_retries_are_per_item(tmp_path: Path, executor: str) -> None:
     """An item that fails once is retried alone."""
-    (tmp_path / "tasks.py").write_text(textwrap.dedent('''
+    (tmp_path / "tasks.py").write_text(
+        textwrap.dedent("""
         import os
         from taskrun import task
 
@@ -331,7 +348,8 @@ def test_retries_are_per_item(tmp_path: Path, executor: str) -> None:
                 open("tried", "w").close()
                 raise ConnectionError("once")
             return x
-    '''))
+    """)
+    )
     events: list[ev.Event] = []
     result, ran = run(tmp_path, ["flaky"], executor, on_event=events.append)
     assert result.ok
@@ -342,7 +360,8 @@ def test_retries_are_per_item(tmp_path: Path, executor: str) -> None:
 
 def test_timeouts_are_per_item(tmp_path: Path) -> None:
     """An item past its timeout fails; the other items are cached."""
-    (tmp_path / "tasks.py").write_text(textwrap.dedent('''
+    (tmp_path / "tasks.py").write_text(
+        textwrap.dedent("""
         import time
         from taskrun import task
 
@@ -355,7 +374,8 @@ def test_timeouts_are_per_item(tmp_path: Path) -> None:
             if x == 2:
                 time.sleep(30)
             return x
-    '''))
+    """)
+    )
     result, _ = run(tmp_path, ["slow"], "process", keep_going=True)
     assert result.state("slow[1]") == "ran"
     assert result.state("slow[2]") == "failed"
@@ -364,7 +384,8 @@ def test_timeouts_are_per_item(tmp_path: Path) -> None:
 
 def test_fail_fast_stops_at_the_first_failing_item(tmp_path: Path) -> None:
     """Without keep_going, items not started when one fails are skipped."""
-    (tmp_path / "tasks.py").write_text(textwrap.dedent('''
+    (tmp_path / "tasks.py").write_text(
+        textwrap.dedent("""
         from taskrun import task
 
         @task
@@ -378,11 +399,15 @@ def test_fail_fast_stops_at_the_first_failing_item(tmp_path: Path) -> None:
             if x == 1:
                 raise ValueError("first")
             return x
-    '''))
+    """)
+    )
     result, ran = run(tmp_path, ["check"], "inline")
     assert ran == ["check 1"]
     assert [result.state(f"check[{i}]") for i in (1, 2, 3, 4)] == [
-        "failed", "skipped", "skipped", "skipped",
+        "failed",
+        "skipped",
+        "skipped",
+        "skipped",
     ]
     assert result.state("check") == "skipped"
 
@@ -460,7 +485,7 @@ def test_a_generator_task_alone_has_the_list_as_product(registry: Registry, tmp_
 
 # -- streaming -------------------------------------------------------------------------------
 
-STREAM = '''
+STREAM = """
     import os, time
     from typing import Iterator
     from taskrun import task
@@ -497,7 +522,7 @@ STREAM = '''
     @task(deps=[process])
     def report(process: list[str]) -> str:
         return ",".join(process)
-'''
+"""
 
 
 @pytest.fixture
@@ -546,7 +571,10 @@ def test_a_generator_failing_mid_stream_keeps_finished_items(
     keep_going, so that no item call still being recorded is cancelled by fail-fast.
     """
     result, ran = run(
-        stream_project, ["report"], executor, options={"discover": {"fail": True}},
+        stream_project,
+        ["report"],
+        executor,
+        options={"discover": {"fail": True}},
         keep_going=True,
     )
     assert result.state("discover") == "failed"
@@ -563,7 +591,8 @@ def test_a_generator_failing_mid_stream_keeps_finished_items(
 
 def test_inline_executor_runs_the_generator_then_its_items(tmp_path: Path) -> None:
     """Inline: one call at a time, so items start when the generator has ended."""
-    (tmp_path / "tasks.py").write_text(textwrap.dedent('''
+    (tmp_path / "tasks.py").write_text(
+        textwrap.dedent("""
         from typing import Iterator
         from taskrun import task
 
@@ -574,7 +603,8 @@ def test_inline_executor_runs_the_generator_then_its_items(tmp_path: Path) -> No
         @task(map=[letters])
         def upper(letters: str) -> str:
             return letters.upper()
-    '''))
+    """)
+    )
     result, _ = run(tmp_path, ["upper"], "inline")
     assert result.products["upper"] == ["A", "B", "C"]
 
@@ -614,7 +644,10 @@ def test_exactly_the_new_or_changed_items_run(
         for edit in (before, after):
             calls.clear()
             result = taskrun.run(
-                ["work"], registry=reg, root=root, executor="inline",
+                ["work"],
+                registry=reg,
+                root=root,
+                executor="inline",
                 options={"items": {"value": encode(edit)}},
             )
             assert result.ok
@@ -624,7 +657,7 @@ def test_exactly_the_new_or_changed_items_run(
 
 # -- Ctrl-C ----------------------------------------------------------------------------------
 
-BLOCKING = '''
+BLOCKING = """
     import os, time
     from taskrun import task
 
@@ -639,7 +672,7 @@ BLOCKING = '''
             while not os.path.exists("release"):
                 time.sleep(0.05)
         return x
-'''
+"""
 
 
 @pytest.mark.slow
@@ -679,7 +712,10 @@ def test_ctrl_c_records_no_item_call_in_flight(tmp_path: Path, executor: str) ->
     (tmp_path / "release").touch()
     plan = subprocess.run(
         [sys.executable, "-m", "taskrun", "run", "--dry-run", "--json"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     planned = {
         e["task"]: e["action"]
@@ -790,6 +826,7 @@ def test_streamed_items_reach_the_channel_in_order() -> None:
 
     channel = ItemChannel()
     try:
+
         def letters() -> Iterator[str]:
             yield from "abc"
 
@@ -801,7 +838,9 @@ def test_streamed_items_reach_the_channel_in_order() -> None:
             if len(got) < 3:
                 channel.wake.result(timeout=30)
         assert [(s, i, cloudpickle.loads(b)) for s, i, b in got] == [
-            ("letters#1", 0, "a"), ("letters#1", 1, "b"), ("letters#1", 2, "c"),
+            ("letters#1", 0, "a"),
+            ("letters#1", 1, "b"),
+            ("letters#1", 2, "c"),
         ]
     finally:
         channel.close()
@@ -830,7 +869,8 @@ def test_a_wrong_key_cannot_inject_items() -> None:
 @pytest.mark.parametrize("executor", STREAMING)
 def test_streamed_items_wait_for_the_other_dependencies(tmp_path: Path, executor: str) -> None:
     """Items yielded before another dependency is done start once it is, still mid-stream."""
-    (tmp_path / "tasks.py").write_text(textwrap.dedent('''
+    (tmp_path / "tasks.py").write_text(
+        textwrap.dedent("""
         import os, time
         from collections.abc import Iterator
         from taskrun import task
@@ -859,7 +899,8 @@ def test_streamed_items_wait_for_the_other_dependencies(tmp_path: Path, executor
         def shout(discover: str, config: str) -> str:
             open("done-" + discover, "w").close()
             return discover.upper() + config
-    '''))
+    """)
+    )
     result, _ = run(tmp_path, ["shout"], executor, jobs=3)
     assert result.ok, result.tasks
     assert result.products["shout"] == ["A!", "B!", "C!"]

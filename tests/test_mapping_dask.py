@@ -36,9 +36,7 @@ def address() -> Iterator[str]:
     ex.shutdown()
 
 
-def run_dask(
-    root: Path, targets: list[str], address: str, **kwargs: Any
-) -> tuple[Any, list[str]]:
+def run_dask(root: Path, targets: list[str], address: str, **kwargs: Any) -> tuple[Any, list[str]]:
     """Run on the cluster; return (result, what ran this time) like test_mapping.run."""
     log = root / "runs.log"
     log.unlink(missing_ok=True)
@@ -47,8 +45,13 @@ def run_dask(
     cache = open_cache(root, None)
     try:
         result = execute(
-            invocation, jobs=2, executor="dask", cache=cache, runtime=runtime_of(None, root),
-            executor_options={"address": address}, **kwargs,
+            invocation,
+            jobs=2,
+            executor="dask",
+            cache=cache,
+            runtime=runtime_of(None, root),
+            executor_options={"address": address},
+            **kwargs,
         )
     finally:
         cache.close()
@@ -88,7 +91,8 @@ def test_items_stream_from_a_generator_on_the_cluster(tmp_path: Path, address: s
 
 def test_a_failing_item_on_the_cluster_fails_alone(tmp_path: Path, address: str) -> None:
     """keep_going on Dask: the failing item fails, the others are cached."""
-    (tmp_path / "tasks.py").write_text(textwrap.dedent('''
+    (tmp_path / "tasks.py").write_text(
+        textwrap.dedent("""
         from taskrun import task
 
         @task
@@ -100,7 +104,8 @@ def test_a_failing_item_on_the_cluster_fails_alone(tmp_path: Path, address: str)
             if x == 2:
                 raise ValueError("two")
             return x
-    '''))
+    """)
+    )
     result, _ = run_dask(tmp_path, ["check"], address, keep_going=True)
     assert [result.state(f"check[{i}]") for i in (1, 2, 3)] == ["ran", "failed", "ran"]
     assert result.state("check") == "failed"

@@ -27,7 +27,9 @@ def test_wheel_metadata(tmp_path: Path) -> None:
     """The built wheel: SPDX license and its file, classifiers, URLs, py.typed, the version."""
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(REPO)],
-        check=True, capture_output=True, timeout=300,
+        check=True,
+        capture_output=True,
+        timeout=300,
     )
     (wheel,) = tmp_path.glob("taskrun-*.whl")
     with zipfile.ZipFile(wheel) as zf:
@@ -40,8 +42,11 @@ def test_wheel_metadata(tmp_path: Path) -> None:
     assert meta["Version"] == taskrun.__version__
     assert meta["License-Expression"] == "MIT"
     classifiers = meta.get_all("Classifier")
-    for wanted in ("Operating System :: POSIX", "Typing :: Typed",
-                   *(f"Programming Language :: Python :: 3.{m}" for m in range(10, 14))):
+    for wanted in (
+        "Operating System :: POSIX",
+        "Typing :: Typed",
+        *(f"Programming Language :: Python :: 3.{m}" for m in range(10, 14)),
+    ):
         assert wanted in classifiers
     assert meta.get_all("Project-URL") and meta["Author"]
     assert "[pytest11]\ntaskrun = taskrun.testing" in entry_points
@@ -81,13 +86,16 @@ def test_state_directory_is_ignored_and_tagged(
     run_cli: RunCli, write_project: WriteProject, tmp_path: Path
 ) -> None:
     """.taskrun/ gets `*` in a .gitignore and a CACHEDIR.TAG; git status does not list it."""
-    root = write_project(tmp_path / "p", """
+    root = write_project(
+        tmp_path / "p",
+        """
         from taskrun import task
 
         @task
         def hello() -> str:
             return "hi"
-    """)
+    """,
+    )
     result = run_cli(root, "run")
     assert result.exit_code == 0, result.output
     assert (root / ".taskrun/.gitignore").read_text().splitlines()[-1] == "*"
@@ -97,7 +105,10 @@ def test_state_directory_is_ignored_and_tagged(
         subprocess.run(["git", "init", "-q", str(root)], check=True)
         status = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=all"],
-            cwd=root, capture_output=True, text=True, check=True,
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
         assert ".taskrun" not in status and "tasks.py" in status
 
@@ -106,13 +117,16 @@ def test_read_mode_creates_no_state_directory(
     run_cli: RunCli, write_project: WriteProject, tmp_path: Path
 ) -> None:
     """A read-mode run (pull requests) writes nothing, not even the markers."""
-    root = write_project(tmp_path / "p", """
+    root = write_project(
+        tmp_path / "p",
+        """
         from taskrun import task
 
         @task
         def hello() -> str:
             return "hi"
-    """)
+    """,
+    )
     result = run_cli(root, "run", "--cache-mode", "read")
     assert result.exit_code == 0, result.output
     assert not (root / ".taskrun").exists()

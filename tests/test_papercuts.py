@@ -67,7 +67,9 @@ def test_clean_removes_the_directories_it_empties(
     run_cli: RunCli, write_project: WriteProject, tmp_path: Path
 ) -> None:
     """Outputs under build/out/ go, and so do build/out and build; a user's empty dir stays."""
-    root = write_project(tmp_path, """
+    root = write_project(
+        tmp_path,
+        """
         from taskrun import File, task
 
         @task(outputs=["build/out/**"])
@@ -77,7 +79,8 @@ def test_clean_removes_the_directories_it_empties(
                 f.parent.mkdir(parents=True, exist_ok=True)
                 f.write_text("x")
             return files
-    """)
+    """,
+    )
     (root / "keep-me").mkdir()
     assert run_cli(root, "run").exit_code == 0
     result = run_cli(root, "clean")
@@ -90,7 +93,9 @@ def test_keep_going_is_not_suggested_for_dependents(
     run_cli: RunCli, write_project: WriteProject, tmp_path: Path
 ) -> None:
     """After a failure, a dependent is skipped 'upstream failed'; only others get the hint."""
-    root = write_project(tmp_path, """
+    root = write_project(
+        tmp_path,
+        """
         from taskrun import task
 
         @task
@@ -108,9 +113,9 @@ def test_keep_going_is_not_suggested_for_dependents(
         @task(deps=[gate])
         def other(gate: int) -> int:
             return gate
-    """)
-    result = run_cli(root, "run", "after", "other", "-j", "1", "--executor", "inline",
-                     "--json")
+    """,
+    )
+    result = run_cli(root, "run", "after", "other", "-j", "1", "--executor", "inline", "--json")
     events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     skipped = {e["task"]: e["reason"] for e in events if e["event"] == "skipped"}
     assert skipped["after"] == "upstream 'broken' failed"
@@ -122,13 +127,17 @@ def test_dir_option_change_names_the_file(
     run_cli: RunCli, write_project: WriteProject, tmp_path: Path
 ) -> None:
     """A Dir option whose content changed says which files changed, came or went."""
-    root = write_project(tmp_path, """
+    root = write_project(
+        tmp_path,
+        """
         from taskrun import Dir, task
 
         @task
         def sources(root: Dir = Dir("src")) -> list[str]:
             return sorted(p.name for p in root.glob("*.txt"))
-    """, files={"src/a.txt": "a", "src/b.txt": "b"})
+    """,
+        files={"src/a.txt": "a", "src/b.txt": "b"},
+    )
     assert run_cli(root, "run").exit_code == 0
     (root / "src/b.txt").write_text("changed")
     (root / "src/c.txt").write_text("new")
@@ -144,7 +153,9 @@ def test_option_named_like_a_task_suggests_deps(
     run_cli: RunCli, write_project: WriteProject, tmp_path: Path
 ) -> None:
     """`def total(numbers: list[int])` without deps= points at deps=[numbers]."""
-    root = write_project(tmp_path, """
+    root = write_project(
+        tmp_path,
+        """
         from taskrun import task
 
         @task
@@ -154,7 +165,8 @@ def test_option_named_like_a_task_suggests_deps(
         @task
         def total(numbers: list[int]) -> int:
             return sum(numbers)
-    """)
+    """,
+    )
     result = run_cli(root, "run", "total")
     assert result.exit_code == 2
     assert "add deps=[numbers] to @task(...) of 'total'" in result.output
@@ -170,14 +182,23 @@ def test_readme_quickstart_leaves_the_shell_where_it_was(tmp_path: Path) -> None
     # The install is what the test suite's own environment already did: skip it, and give
     # the example the taskrun that is installed here.
     command = first[1].replace("python3 -m venv .venv && .venv/bin/pip install -q -e . && ", "")
-    shutil.copytree(REPO / "examples/pipeline", tmp_path / "examples/pipeline",
-                    ignore=shutil.ignore_patterns(".taskrun", "build"))
+    shutil.copytree(
+        REPO / "examples/pipeline",
+        tmp_path / "examples/pipeline",
+        ignore=shutil.ignore_patterns(".taskrun", "build"),
+    )
     (tmp_path / ".venv/bin").mkdir(parents=True)
     taskrun = tmp_path / ".venv/bin/taskrun"
-    taskrun.write_text(f"#!/bin/sh\nexec {sys.executable} -m taskrun \"$@\"\n")
+    taskrun.write_text(f'#!/bin/sh\nexec {sys.executable} -m taskrun "$@"\n')
     taskrun.chmod(0o755)
-    out = subprocess.run(["bash", "-c", f"{command} && pwd"], cwd=tmp_path, capture_output=True,
-                         text=True, timeout=120, env={"PATH": "/usr/bin:/bin", "CI": "true"})
+    out = subprocess.run(
+        ["bash", "-c", f"{command} && pwd"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": "/usr/bin:/bin", "CI": "true"},
+    )
     assert out.returncode == 0, out.stderr
     assert "4 tasks: 4 cached" in out.stdout
     assert out.stdout.strip().splitlines()[-1] == str(tmp_path)

@@ -102,7 +102,7 @@ def test_option_of_a_class_has_no_text_form() -> None:
 
 # -- task files -----------------------------------------------------------------------
 
-PRODUCT_KINDS = '''
+PRODUCT_KINDS = """
     import dataclasses, datetime
     from typing import Any, NamedTuple, Optional, TypedDict
     from taskrun import task
@@ -177,7 +177,7 @@ PRODUCT_KINDS = '''
               maybe: Optional[Point], point: Point, named: Pair, movie: Movie,
               day: datetime.date, a_list: list, a_dict: dict) -> tuple[int, ...]:
         return (len(tags), len(ids), pair[0], point.x, named.count, movie["year"], day.day)
-'''
+"""
 
 
 def _load(tmp_path: Path, write_project: Any, source: str) -> Registry:
@@ -188,12 +188,14 @@ def _load(tmp_path: Path, write_project: Any, source: str) -> Registry:
 def test_every_product_kind_runs_and_caches(tmp_path: Path, write_project: Any) -> None:
     """A task file using every kind of annotation runs, then is all cached."""
     reg = _load(tmp_path, write_project, PRODUCT_KINDS)
-    first = taskrun.run(["total", "anything", "bare"], registry=reg, root=tmp_path,
-                        executor="inline")
+    first = taskrun.run(
+        ["total", "anything", "bare"], registry=reg, root=tmp_path, executor="inline"
+    )
     assert first.ok, {n: r.error for n, r in first.tasks.items() if r.error}
     assert first.products["total"] == (2, 2, 1, 1, 1, 2000, 2)
-    second = taskrun.run(["total", "anything", "bare"], registry=reg, root=tmp_path,
-                         executor="inline")
+    second = taskrun.run(
+        ["total", "anything", "bare"], registry=reg, root=tmp_path, executor="inline"
+    )
     assert set(second.names("cached")) == set(second.tasks)
 
 
@@ -201,7 +203,10 @@ def test_a_product_failing_its_type_fails_and_is_not_cached(
     tmp_path: Path, write_project: Any
 ) -> None:
     """A dataclass product of the wrong class fails the task; the next run retries."""
-    reg = _load(tmp_path, write_project, """
+    reg = _load(
+        tmp_path,
+        write_project,
+        """
         import dataclasses
         from taskrun import task
 
@@ -212,7 +217,8 @@ def test_a_product_failing_its_type_fails_and_is_not_cached(
         @task
         def point() -> Point:
             return {"x": 1}
-        """)
+        """,
+    )
     for _ in range(2):
         result = taskrun.run(["point"], registry=reg, root=tmp_path, executor="inline")
         assert result.state("point") == "failed"
@@ -223,7 +229,10 @@ def test_a_product_failing_its_type_fails_and_is_not_cached(
 
 def test_define_type_over_any_class(tmp_path: Path, write_project: Any) -> None:
     """define_type accepts a plain class as parent: isinstance, then the predicate."""
-    reg = _load(tmp_path, write_project, """
+    reg = _load(
+        tmp_path,
+        write_project,
+        """
         import dataclasses
         from taskrun import task, define_type
 
@@ -240,11 +249,13 @@ def test_define_type_over_any_class(tmp_path: Path, write_project: Any) -> None:
         @task
         def big() -> Small:
             return Box(30)
-        """)
+        """,
+    )
     small = reg.types["Small"]
     assert small.name == "Small"
-    result = taskrun.run(["good", "big"], registry=reg, root=tmp_path, executor="inline",
-                         keep_going=True)
+    result = taskrun.run(
+        ["good", "big"], registry=reg, root=tmp_path, executor="inline", keep_going=True
+    )
     assert result.state("good") == "ran"
     assert result.state("big") == "failed"
     assert "a box below 10" in result.tasks["big"].error
@@ -253,7 +264,10 @@ def test_define_type_over_any_class(tmp_path: Path, write_project: Any) -> None:
 def test_define_type_over_a_dataframe(tmp_path: Path, write_project: Any) -> None:
     """`define_type("Frame", pd.DataFrame, ...)` checks a DataFrame product."""
     pytest.importorskip("pandas")
-    reg = _load(tmp_path, write_project, """
+    reg = _load(
+        tmp_path,
+        write_project,
+        """
         import pandas as pd
         from taskrun import task, define_type
 
@@ -270,9 +284,11 @@ def test_define_type_over_a_dataframe(tmp_path: Path, write_project: Any) -> Non
         @task
         def wrong() -> pd.DataFrame:
             return [1]
-        """)
-    result = taskrun.run(["table", "empty", "wrong"], registry=reg, root=tmp_path,
-                         executor="inline", keep_going=True)
+        """,
+    )
+    result = taskrun.run(
+        ["table", "empty", "wrong"], registry=reg, root=tmp_path, executor="inline", keep_going=True
+    )
     assert result.state("table") == "ran"
     assert result.state("empty") == "failed"
     assert result.state("wrong") == "failed"
@@ -297,11 +313,12 @@ def test_option_of_a_type_without_text_form(definition: Any) -> None:
     assert "option 'box'" in message and "no text form" in message and "parse=" in message
 
 
-def test_option_with_parse_over_a_class(
-    tmp_path: Path, write_project: Any, run_cli: Any
-) -> None:
+def test_option_with_parse_over_a_class(tmp_path: Path, write_project: Any, run_cli: Any) -> None:
     """With parse=, a class-parent type serves as an option too."""
-    reg = _load(tmp_path, write_project, """
+    reg = _load(
+        tmp_path,
+        write_project,
+        """
         import dataclasses
         from pathlib import Path
         from taskrun import task, define_type
@@ -316,7 +333,8 @@ def test_option_with_parse_over_a_class(
         def job(box: Sized = Box(1)) -> int:
             Path("size.txt").write_text(str(box.size))
             return box.size
-        """)
+        """,
+    )
     assert reg.tasks["job"].options[0].type.name == "Sized"
     result = run_cli(tmp_path, "run", "job", "-o", "box=7")
     assert result.exit_code == 0, result.output
@@ -338,7 +356,7 @@ def definition(tmp_path: Path, write_project: Any) -> Any:
 
 # -- every definition error at once ---------------------------------------------------
 
-FIVE_MISTAKES = '''\
+FIVE_MISTAKES = """\
 from taskrun import task, define_type
 
 Bad = define_type("Bad", int, 3)
@@ -370,7 +388,7 @@ def fine() -> int:
 @task
 def fine() -> int:
     return 2
-'''
+"""
 
 
 def test_every_error_of_a_task_file_at_once(definition: Any, tmp_path: Path) -> None:
@@ -428,8 +446,12 @@ def test_every_error_through_a_real_process(tmp_path: Path, write_project: Any) 
     write_project(tmp_path, FIVE_MISTAKES)
     env = {k: v for k, v in os.environ.items() if not k.startswith("TASKRUN_")}
     proc = subprocess.run(
-        [sys.executable, "-m", "taskrun", "list"], cwd=tmp_path, capture_output=True,
-        text=True, env=env, timeout=60,
+        [sys.executable, "-m", "taskrun", "list"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
     )
     assert proc.returncode == 2, proc.stderr
     assert "7 definition errors" in proc.stderr
@@ -444,5 +466,3 @@ def test_registry_outside_the_loader_still_raises_at_once(registry: Registry) ->
         @taskrun.task
         def job(n) -> int:  # type: ignore[no-untyped-def]
             return int(n)
-
-

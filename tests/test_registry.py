@@ -134,8 +134,14 @@ def test_dependencies_pass_products_by_name_or_renamed(registry: Registry) -> No
 def test_settings_are_stored_normalized(registry: Registry) -> None:
     """version= becomes a str, timeout= a float, globs and env names tuples."""
 
-    @task(inputs=["data/*.csv"], outputs=["build/out.txt"], env=["CC"], version=2,
-          retries=1, timeout=5)
+    @task(
+        inputs=["data/*.csv"],
+        outputs=["build/out.txt"],
+        env=["CC"],
+        version=2,
+        retries=1,
+        timeout=5,
+    )
     def make() -> None: ...
 
     spec = registry.get(make)
@@ -185,7 +191,9 @@ def test_future_annotations_with_types_local_to_a_function(
     write_project: Any, tmp_path: Path
 ) -> None:
     """String annotations naming a type defined in the enclosing function resolve."""
-    write_project(tmp_path, """\
+    write_project(
+        tmp_path,
+        """\
         from __future__ import annotations
         from taskrun import task, define_type
 
@@ -197,7 +205,8 @@ def test_future_annotations_with_types_local_to_a_function(
                 return n
 
         make()
-        """)
+        """,
+    )
     registry = load_task_file(tmp_path / "tasks.py")
     assert registry.get("t").options[0].type.name == "Small"
 
@@ -566,8 +575,9 @@ def test_nested_overrides_of_dependent_tasks(pipeline: Registry, tmp_path: Path)
         pipeline.get(fake_download)
 
 
-@pytest.mark.parametrize("signature", ["download: str, top: int = 4) -> int",
-                                       "download: str, top: int) -> int"])
+@pytest.mark.parametrize(
+    "signature", ["download: str, top: int = 4) -> int", "download: str, top: int) -> int"]
+)
 def test_override_accepts_other_defaults(
     pipeline: Registry, signature: str, tmp_path: Path
 ) -> None:

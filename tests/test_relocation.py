@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-TASKS = '''
+TASKS = """
 import os
 from pathlib import Path
 from taskrun import task, File
@@ -67,9 +67,9 @@ def target(out: Path = HERE / "build" / "out.txt", origin: str = __file__) -> st
 @task(deps=[where, config, counts, target])
 def report(where: Path, config: str, counts: list[File], target: str) -> str:
     return f"{where.name} {config} {len(counts)} {target}"
-'''
+"""
 
-HELPERS = '''
+HELPERS = """
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
@@ -78,7 +78,7 @@ TEMPLATE = str(ROOT / "template.txt")
 
 def label() -> str:
     return Path(TEMPLATE).read_text().strip()
-'''
+"""
 
 
 def _write(directory: Path) -> Path:
@@ -96,7 +96,11 @@ def _run(cwd: Path, *args: str) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TASKRUN_")}
     proc = subprocess.run(
         [sys.executable, "-m", "taskrun", *args, "--json"],
-        cwd=cwd, capture_output=True, text=True, env=env, timeout=120,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]

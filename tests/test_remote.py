@@ -82,7 +82,9 @@ class MotoServer:
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=aws_env(self.endpoint),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=aws_env(self.endpoint),
         )
         deadline = time.monotonic() + 60
         while not self._accepting():
@@ -99,8 +101,11 @@ class MotoServer:
 
         name = f"taskrun-{uuid.uuid4().hex[:12]}"
         client = boto3.client(
-            "s3", endpoint_url=self.endpoint, region_name="us-east-1",
-            aws_access_key_id="testing", aws_secret_access_key="testing",
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
         )
         client.create_bucket(Bucket=name)
         return name
@@ -396,11 +401,13 @@ def test_a_remote_gc_removes_old_entries(
     first, second = machines
     run(run_cli, first, "--remote-cache", remote_url)
     env = {"TASKRUN_CACHE_KEY": KEY}
-    kept = run_cli(first, "cache", "gc", "--remote", "--remote-cache", remote_url,
-                   "--max-age", "30d", env=env)
+    kept = run_cli(
+        first, "cache", "gc", "--remote", "--remote-cache", remote_url, "--max-age", "30d", env=env
+    )
     assert kept.exit_code == 0 and "removed 0 entries" in kept.output and "kept 4" in kept.output
-    gone = run_cli(first, "cache", "gc", "--remote", "--remote-cache", remote_url,
-                   "--max-age", "0", env=env)
+    gone = run_cli(
+        first, "cache", "gc", "--remote", "--remote-cache", remote_url, "--max-age", "0", env=env
+    )
     assert gone.exit_code == 0 and "removed 4 entries" in gone.output, gone.output
     b = run(run_cli, second, "--remote-cache", remote_url)
     assert set(states(b.output).values()) == {"ran"}
@@ -459,13 +466,28 @@ def test_a_server_killed_mid_run_degrades_to_local_with_one_warning(tmp_path: Pa
         root.mkdir()
         (root / "tasks.py").write_text(KILLER)
         env = {
-            **aws_env(server.endpoint), "TASKRUN_CACHE_KEY": KEY, "PYTHONDONTWRITEBYTECODE": "1",
-            "MOTO_PID": str(server.proc.pid), "MOTO_PORT": str(server.port),
+            **aws_env(server.endpoint),
+            "TASKRUN_CACHE_KEY": KEY,
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "MOTO_PID": str(server.proc.pid),
+            "MOTO_PORT": str(server.port),
         }
         proc = subprocess.run(
-            [sys.executable, "-m", "taskrun", "run", "--executor", "inline",
-             "--remote-cache", f"s3://{bucket}/c"],
-            cwd=root, env=env, capture_output=True, text=True, timeout=300,
+            [
+                sys.executable,
+                "-m",
+                "taskrun",
+                "run",
+                "--executor",
+                "inline",
+                "--remote-cache",
+                f"s3://{bucket}/c",
+            ],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         server.proc.wait()  # reap it: the task killed it
         assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -473,8 +495,12 @@ def test_a_server_killed_mid_run_degrades_to_local_with_one_warning(tmp_path: Pa
         found = warnings_in(proc.stdout)
         assert len(found) == 1 and "local cache only" in found[0], proc.stdout
         again = subprocess.run(
-            [sys.executable, "-m", "taskrun", "run"], cwd=root, env=env,
-            capture_output=True, text=True, timeout=120,
+            [sys.executable, "-m", "taskrun", "run"],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert "4 tasks: 4 cached" in again.stdout, again.stdout
     finally:

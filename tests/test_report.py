@@ -44,7 +44,13 @@ class Broken(io.StringIO):
 
 def finished(**kw: object) -> ev.RunFinished:
     values: dict[str, object] = {
-        "total": 2, "cached": 1, "ran": 1, "failed": 0, "skipped": 0, "elapsed": 1.25, "saved": 4.0
+        "total": 2,
+        "cached": 1,
+        "ran": 1,
+        "failed": 0,
+        "skipped": 0,
+        "elapsed": 1.25,
+        "saved": 4.0,
     }
     values.update(kw)
     return ev.RunFinished(**values)  # type: ignore[arg-type]
@@ -59,7 +65,9 @@ def a_run() -> list[ev.Event]:
         ev.TaskRan("b", 0.5, ("option 'n' changed: 1 -> 2",), output="hello\nworld\n"),
         ev.TaskStarted("c", ("no entry",)),
         ev.TaskFailedEvent(
-            "c", "ValueError: bad", traceback='  File "tasks.py", line 3\n    raise ValueError',
+            "c",
+            "ValueError: bad",
+            traceback='  File "tasks.py", line 3\n    raise ValueError',
             output="about to fail\n",
         ),
         ev.Skipped("d", "upstream 'c' did not complete"),
@@ -108,7 +116,7 @@ def test_plain_lines_for_each_event() -> None:
 def test_plain_shows_failures_again_at_the_end_with_output_and_traceback() -> None:
     """The failed task's output and traceback follow the run, before the summary."""
     text = plain(a_run())
-    tail = text[text.index("--- c failed"):]
+    tail = text[text.index("--- c failed") :]
     assert "--- c failed: ValueError: bad" in tail
     assert "  [c] about to fail" in tail
     assert "raise ValueError" in tail
@@ -138,20 +146,25 @@ def test_plain_quiet_keeps_failures_and_summary() -> None:
 
 def test_plain_verbose_shows_starts_and_early_cutoff() -> None:
     """-v adds a line when a task starts, and notes an unchanged product."""
-    text = plain([
-        ev.TaskStarted("b", ("forced",), attempt=2),
-        ev.TaskRan("b", 0.5, ("forced",), unchanged=True),
-    ], verbose=1)
+    text = plain(
+        [
+            ev.TaskStarted("b", ("forced",), attempt=2),
+            ev.TaskRan("b", 0.5, ("forced",), unchanged=True),
+        ],
+        verbose=1,
+    )
     assert "start    b (attempt 2): forced" in text
     assert "[product unchanged: dependents stay cached]" in text
 
 
 def test_plain_dry_run_ends_with_a_plan_summary() -> None:
     """Planned events, then close(): hit or run with reasons, and the counts."""
-    text = plain([
-        ev.Planned("a", "cached"),
-        ev.Planned("b", "run", ("input 'x.txt' changed",)),
-    ])
+    text = plain(
+        [
+            ev.Planned("a", "cached"),
+            ev.Planned("b", "run", ("input 'x.txt' changed",)),
+        ]
+    )
     assert text.splitlines() == [
         "cached   a",
         "run      b: input 'x.txt' changed",
@@ -195,7 +208,14 @@ def test_json_one_object_per_event_and_summary_last() -> None:
     reporter.close()
     docs = [json.loads(line) for line in out.getvalue().splitlines()]
     assert [d["event"] for d in docs] == [
-        "run-started", "cached", "started", "ran", "started", "failed", "skipped", "summary",
+        "run-started",
+        "cached",
+        "started",
+        "ran",
+        "started",
+        "failed",
+        "skipped",
+        "summary",
     ]
     assert docs[-1]["ok"] is False and docs[-1]["failed"] == 1
     assert docs[3]["output"] == "hello\nworld\n"
@@ -250,8 +270,8 @@ def screen(text: str) -> list[str]:
         if token == "\n":
             lines.append("")
         elif token.startswith("\x1b["):
-            up = int(token[2:token.index("A")])
-            del lines[len(lines) - 1 - up:]
+            up = int(token[2 : token.index("A")])
+            del lines[len(lines) - 1 - up :]
             lines.append("")
         else:
             lines[-1] += token
@@ -436,8 +456,14 @@ def test_console_colours_lines_when_asked() -> None:
 
 
 # -- explain -------------------------------------------------------------------------------
-def item(task: str, action: str, changes: tuple[Change, ...] = (), reasons: tuple[str, ...] = (),
-         latest: str | None = "f" * 32, fingerprint: str = "e" * 32) -> ExplainItem:
+def item(
+    task: str,
+    action: str,
+    changes: tuple[Change, ...] = (),
+    reasons: tuple[str, ...] = (),
+    latest: str | None = "f" * 32,
+    fingerprint: str = "e" * 32,
+) -> ExplainItem:
     return ExplainItem(task, action, fingerprint, reasons, changes, latest)
 
 
@@ -455,11 +481,13 @@ def test_change_text_shows_old_and_new_values() -> None:
 
 def test_explain_lines_per_task() -> None:
     """Hits, misses with each change, a task never recorded, and the counts."""
-    lines = explain_lines([
-        item("a", "cached", latest="e" * 32),
-        item("b", "run", (Change("option", "n", "1", "2"),), ("option 'n' changed: 1 -> 2",)),
-        item("c", "run", reasons=("no entry",), latest=None),
-    ])
+    lines = explain_lines(
+        [
+            item("a", "cached", latest="e" * 32),
+            item("b", "run", (Change("option", "n", "1", "2"),), ("option 'n' changed: 1 -> 2",)),
+            item("c", "run", reasons=("no entry",), latest=None),
+        ]
+    )
     assert lines == [
         "a: cached",
         "b: would run",
@@ -499,8 +527,9 @@ def test_explain_renders_the_caches_warnings_first_and_as_data() -> None:
 def test_console_counts_the_items_of_a_mapped_task() -> None:
     """A mapped task in progress shows `compile done/items`; its items replace it in the count."""
     reporter, out = console()
-    reporter(ev.RunStarted(tasks=("src", "compile"), targets=("compile",), jobs=2,
-                           executor="thread"))
+    reporter(
+        ev.RunStarted(tasks=("src", "compile"), targets=("compile",), jobs=2, executor="thread")
+    )
     reporter(ev.TaskCached("src", saved=0.1))
     names = ("compile[a.c]", "compile[b.c]", "compile[c.c]")
     reporter(ev.MapExpanded("compile", items=names, keys=("a.c", "b.c", "c.c")))
@@ -518,6 +547,9 @@ def test_json_events_of_item_calls_carry_their_mapped_task_and_key() -> None:
     reporter(ev.TaskRan("compile[src/a.c]", 0.1, ("no entry",)))
     docs = [json.loads(line) for line in out.getvalue().splitlines()]
     assert docs[0] == {
-        "event": "mapped", "task": "compile", "items": ["compile[src/a.c]"], "keys": ["src/a.c"],
+        "event": "mapped",
+        "task": "compile",
+        "items": ["compile[src/a.c]"],
+        "keys": ["src/a.c"],
     }
     assert docs[1]["mapped"] == "compile" and docs[1]["item"] == "src/a.c"

@@ -25,7 +25,7 @@ import pytest
 
 WAIT = 120.0  # seconds: a bound on a hung process, never a synchronisation
 
-TASKS = '''
+TASKS = """
 import time
 from pathlib import Path
 import taskrun
@@ -56,13 +56,17 @@ def broken() -> int:
 @task(deps=[broken])
 def after(broken: int) -> int:
     return broken
-'''
+"""
 
 
 def taskrun(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
-        [sys.executable, "-m", "taskrun", *args], cwd=root, capture_output=True, text=True,
-        env={**os.environ, "CI": ""}, timeout=WAIT,
+        [sys.executable, "-m", "taskrun", *args],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "CI": ""},
+        timeout=WAIT,
     )
     if check:
         assert result.returncode == 0, result.stdout + result.stderr
@@ -71,8 +75,12 @@ def taskrun(root: Path, *args: str, check: bool = True) -> subprocess.CompletedP
 
 def start(root: Path, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "taskrun", *args], cwd=root, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True, env={**os.environ, "CI": ""},
+        [sys.executable, "-m", "taskrun", *args],
+        cwd=root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "CI": ""},
     )
 
 
@@ -237,12 +245,23 @@ def browse(url: str, *extra: str) -> str:
     with tempfile.TemporaryDirectory() as profile:
         done = subprocess.run(
             [
-                chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                "--no-first-run", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}",
-                "--window-size=1200,900", *extra, url,
+                chromium(),
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                f"--user-data-dir={profile}",
+                "--window-size=1200,900",
+                *extra,
+                url,
             ],
-            capture_output=True, text=True, timeout=WAIT,
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
         )
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout

@@ -31,7 +31,7 @@ from taskrun.streaming import Feed, LineSink, progress
 EXECUTORS = ["inline", "thread", "process", "dask"]
 WAIT = 120.0  # seconds: a bound on a hung run, never a synchronisation
 
-TASKS = '''
+TASKS = """
 import ctypes, ctypes.util, logging, os, subprocess, sys, time
 from pathlib import Path
 import taskrun
@@ -62,7 +62,7 @@ def talk() -> int:
     taskrun.progress(2, 2, "done")
     print("after release")
     return 1
-'''
+"""
 
 LINES = ["from print", "INFO from logging", "from sh", "from subprocess"]
 FD_LINES = ["from fd 1", "from fd 2", "from printf"]
@@ -190,7 +190,7 @@ def test_thread_executor_leaves_raw_descriptor_writes_unattributed_but_shown(
     assert "from fd 1" not in outputs(run)
 
 
-QUEUE = '''
+QUEUE = """
 import time
 from pathlib import Path
 from taskrun import task
@@ -210,7 +210,7 @@ def second() -> int:
         time.sleep(0.01)
     print("second returns", flush=True)
     return 2
-'''
+"""
 
 
 @pytest.mark.slow
@@ -235,14 +235,14 @@ def test_a_task_waiting_for_a_slot_is_queued_not_started(
     assert run.finish() == 0
 
 
-ECHO = '''
+ECHO = """
 from taskrun import sh, task
 
 
 @task
 def build() -> str:
     return sh("echo compiled").stdout
-'''
+"""
 
 
 @pytest.mark.slow

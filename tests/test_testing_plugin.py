@@ -108,14 +108,16 @@ def test_outputs_stay_in_the_temporary_project(pytester: pytest.Pytester) -> Non
         "    out.write_text('made')\n"
         "    return out\n"
     )
-    pytester.makepyfile(test_copy=f'''
+    pytester.makepyfile(
+        test_copy=f"""
         from taskrun.testing import assert_tasks
 
         def test_copy(taskrun_project, run_tasks):
             taskrun_project.copy({str(original)!r})
             assert_tasks(run_tasks("make"), ran=["make"])
             assert taskrun_project.path("build/out.txt").read_text() == "made"
-    ''')
+    """
+    )
     result = pytester.runpytest_subprocess("-q", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
     assert not (original / "build").exists()

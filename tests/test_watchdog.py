@@ -14,7 +14,8 @@ def test_due_items_expire_in_deadline_order_and_settled_ones_are_skipped() -> No
     got: queue.Queue[list[str]] = queue.Queue()
     settled = {"b"}
     dog = Watchdog[str](
-        lock, "test-watchdog",
+        lock,
+        "test-watchdog",
         expire_locked=lambda item: item not in settled,
         on_expired=got.put,
     )

@@ -17,14 +17,18 @@ from taskrun import File, define_type, task
 # -- types ---------------------------------------------------------------------------------
 Port = define_type("Port", int, lambda v: 1 <= v <= 65535, doc="a TCP port (1-65535)")
 UserPort = define_type(
-    "UserPort", Port, lambda v: v >= 1024,
+    "UserPort",
+    Port,
+    lambda v: v >= 1024,
     doc="a port an unprivileged user may bind (1024-65535)",
 )
 PositiveInt = define_type("PositiveInt", int, lambda v: v > 0, doc="an integer above 0")
 Replicas = define_type("Replicas", PositiveInt, lambda v: v <= 16, doc="1 to 16 replicas")
 Percent = define_type("Percent", float, lambda v: 0 <= v <= 100, doc="a percentage (0-100)")
 Slug = define_type(
-    "Slug", str, lambda s: re.fullmatch(r"[a-z][a-z0-9-]*", s) is not None,
+    "Slug",
+    str,
+    lambda s: re.fullmatch(r"[a-z][a-z0-9-]*", s) is not None,
     doc="lowercase letters, digits and dashes, starting with a letter",
 )
 
@@ -40,7 +44,10 @@ def parse_duration(text: str) -> float:
 
 
 Duration = define_type(
-    "Duration", float, lambda v: v > 0, parse=parse_duration,
+    "Duration",
+    float,
+    lambda v: v > 0,
+    parse=parse_duration,
     doc="a duration above 0: seconds, or with a unit (1.5m, 2h)",
 )
 

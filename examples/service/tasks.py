@@ -31,9 +31,19 @@ def start_service(port: int = 0) -> dict[str, int]:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
-         "--directory", "site"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "http.server",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+            "site",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     (STATE / "service.json").write_text(json.dumps({"pid": proc.pid, "port": port}))
     for _ in range(200):
@@ -48,8 +58,7 @@ def start_service(port: int = 0) -> dict[str, int]:
     return {"pid": proc.pid, "port": port}
 
 
-@task(deps=[start_service], cache=False, retries=2, retry_delay=0.2,
-      retry_on=(ConnectionError,))
+@task(deps=[start_service], cache=False, retries=2, retry_delay=0.2, retry_on=(ConnectionError,))
 def integration_tests(start_service: dict[str, int], expect: str = "hello") -> int:
     """Fetch the service's page and check that it contains EXPECT."""
     url = f"http://127.0.0.1:{start_service['port']}/index.html"
@@ -62,9 +71,7 @@ def integration_tests(start_service: dict[str, int], expect: str = "hello") -> i
 
 
 @task(deps=[start_service, integration_tests], run_if="always", cache=False)
-def stop_service(
-    start_service: Outcome[dict[str, int]], integration_tests: Outcome[int]
-) -> str:
+def stop_service(start_service: Outcome[dict[str, int]], integration_tests: Outcome[int]) -> str:
     """Stop the service, whatever the tests did (a `finally`)."""
     if not start_service.ok:
         return f"nothing to stop (start_service {start_service.state})"

@@ -100,9 +100,7 @@ def toc(sources: list[File]) -> dict[str, str]:
 def page(source: File, toc: dict[str, str]) -> File:
     """Render one Markdown page into build/site/<name>.html (one call per page)."""
     template = string.Template(Path(TEMPLATE).read_text(encoding="utf-8"))
-    nav = " ".join(
-        f'<a href="{name}.html">{html.escape(title)}</a>' for name, title in toc.items()
-    )
+    nav = " ".join(f'<a href="{name}.html">{html.escape(title)}</a>' for name, title in toc.items())
     text = template.substitute(
         title=html.escape(toc.get(source.stem, source.stem)),
         nav=nav,

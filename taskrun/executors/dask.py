@@ -155,8 +155,10 @@ class DaskExecutor(Executor):
         self._revoked_files: list[str] = []  # claim files the driver made, removed at shutdown
         self._jobs: dict[str, _Job] = {}  # by Dask key: submitted, not yet settled
         self._watchdog = Watchdog[_Job](
-            self._lock, "taskrun-dask-watchdog",
-            expire_locked=self._expire_locked, on_expired=self._expired,
+            self._lock,
+            "taskrun-dask-watchdog",
+            expire_locked=self._expire_locked,
+            on_expired=self._expired,
         )
         self._tailer: threading.Thread | None = None
         self._done: list[tuple[_Job, Any]] = []  # finished Dask futures, for the collector

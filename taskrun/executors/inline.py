@@ -37,9 +37,7 @@ class InlineExecutor(Executor):
         sink = self.sink_for(call)
         if call.timeout is None:
             # In the calling thread, so Ctrl-C raises KeyboardInterrupt out of submit().
-            return resolved(
-                run_here(call, sink, interruptible=True, groups=self._groups.child())
-            )
+            return resolved(run_here(call, sink, interruptible=True, groups=self._groups.child()))
         return resolved(_run_with_deadline(call, sink, self._groups.child()))
 
     def cancel(self) -> None:

@@ -397,8 +397,6 @@ def _mib(size: int) -> str:
     return f"{size / (1 << 30):.1f} GiB"
 
 
-
-
 # -- the worker: run in a scratch copy ------------------------------------------------------
 
 

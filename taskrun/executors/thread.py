@@ -84,8 +84,10 @@ class ThreadExecutor(Executor):
         self.thread_prefix = f"taskrun-thread{next(_executors)}"  # names its threads
         self._live = 0  # worker threads not abandoned
         self._watchdog = Watchdog[_Running](
-            self._lock, f"{self.thread_prefix}-watchdog",
-            expire_locked=self._expire_locked, on_expired=self._expired,
+            self._lock,
+            f"{self.thread_prefix}-watchdog",
+            expire_locked=self._expire_locked,
+            on_expired=self._expired,
         )
         self._closed = False
         self._session = LocalSession()

@@ -70,7 +70,13 @@ __all__ = [
 # Pickles (cached products, values shipped to workers) name a class by its module: keep
 # the public path, so entries written before and after the split load either way.
 for _cls in (
-    BlobMissingError, CapturedFile, Dir, File, OutputError, RestoreReport, StatCache,
+    BlobMissingError,
+    CapturedFile,
+    Dir,
+    File,
+    OutputError,
+    RestoreReport,
+    StatCache,
     UnsafeEntryError,
 ):
     _cls.__module__ = __name__

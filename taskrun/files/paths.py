@@ -127,14 +127,17 @@ def external_key(path: os.PathLike[str] | str) -> str | None:
     for name, base in _EXTERNAL.get().items():
         if text == base or text.startswith(base.rstrip(os.sep) + os.sep):
             rel = os.path.relpath(text, base)
-            return f"{EXTERNAL_PREFIX}{name}" + ("" if rel == "." else "/" + PurePosixPath(
-                pathlib.PurePath(rel).as_posix()).as_posix())
+            return f"{EXTERNAL_PREFIX}{name}" + (
+                ""
+                if rel == "."
+                else "/" + PurePosixPath(pathlib.PurePath(rel).as_posix()).as_posix()
+            )
     return None
 
 
 def external_base(key: str) -> tuple[str, str] | None:
     """``@NAME/rest`` -> (the declared directory of NAME, ``rest``); None if NAME is unknown."""
-    name, _, rest = key[len(EXTERNAL_PREFIX):].partition("/")
+    name, _, rest = key[len(EXTERNAL_PREFIX) :].partition("/")
     base = _EXTERNAL.get().get(name)
     return None if base is None else (base, rest)
 

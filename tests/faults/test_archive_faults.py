@@ -51,9 +51,25 @@ def bomb(path: Path, gib: int, name: str = "blobs/" + "0" * 32) -> Path:
 def measured_import(archive: Path, cache: Path) -> dict[str, object]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TASKRUN_")}
     wrapper = subprocess.run(
-        [sys.executable, "-c", MEASURE, sys.executable, "-m", "taskrun", "cache", "import",
-         str(archive), "--cache-dir", str(cache), "--json"],
-        capture_output=True, text=True, timeout=TIMEOUT, env=env, cwd=archive.parent,
+        [
+            sys.executable,
+            "-c",
+            MEASURE,
+            sys.executable,
+            "-m",
+            "taskrun",
+            "cache",
+            "import",
+            str(archive),
+            "--cache-dir",
+            str(cache),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env=env,
+        cwd=archive.parent,
     )
     assert wrapper.returncode == 0, wrapper.stderr
     result: dict[str, object] = json.loads(wrapper.stdout)
@@ -85,9 +101,21 @@ def test_archive_member_past_the_cache_size_is_refused_early(tmp_path: Path) -> 
     archive = bomb(tmp_path / "big.tar.gz", 1)
     env = {k: v for k, v in os.environ.items() if not k.startswith("TASKRUN_")}
     proc = subprocess.run(
-        [sys.executable, "-m", "taskrun", "-C", str(tmp_path), "cache", "import",
-         str(archive), "--json"],
-        capture_output=True, text=True, timeout=TIMEOUT, env=env,
+        [
+            sys.executable,
+            "-m",
+            "taskrun",
+            "-C",
+            str(tmp_path),
+            "cache",
+            "import",
+            str(archive),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env=env,
     )
     assert proc.returncode == 1, proc.stderr
     refused = json.loads(proc.stdout)["refused"]
@@ -105,7 +133,10 @@ def test_gc_removes_what_a_killed_import_left(tmp_path: Path) -> None:
     for _attempt in range(3):  # an import that ended before the kill does not count
         proc = subprocess.Popen(
             [*base, "import", str(archive), "--cache-dir", str(cache)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+            cwd=tmp_path,
         )
         try:
             # Synchronised on the file the import writes: a member being unpacked.
@@ -125,7 +156,11 @@ def test_gc_removes_what_a_killed_import_left(tmp_path: Path) -> None:
     assert left, "a killed import left nothing to sweep"
     gc = subprocess.run(
         [*base, "gc", "--cache-dir", str(cache), "--json"],
-        capture_output=True, text=True, timeout=TIMEOUT, env=env, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env=env,
+        cwd=tmp_path,
     )
     assert gc.returncode == 0, gc.stderr
     report = json.loads(gc.stdout)

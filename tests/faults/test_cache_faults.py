@@ -43,7 +43,10 @@ def taskrun(root: Path, *args: str, check: bool = False) -> subprocess.Completed
     env = {k: v for k, v in os.environ.items() if not k.startswith("TASKRUN_")}
     proc = subprocess.run(
         [sys.executable, "-m", "taskrun", "-C", str(root), *args],
-        capture_output=True, text=True, timeout=TIMEOUT, env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env=env,
     )
     if check:
         assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -217,9 +220,22 @@ def test_gc_keep_last_run_ignores_an_interrupted_run(tmp_path: Path) -> None:
     env = {**os.environ, "STOP": "1"}
     env = {k: v for k, v in env.items() if not k.startswith("TASKRUN_")}
     proc = subprocess.run(
-        [sys.executable, "-m", "taskrun", "-C", str(root), "run", "--force", "second",
-         "--executor", "inline"],
-        capture_output=True, text=True, timeout=TIMEOUT, env=env,
+        [
+            sys.executable,
+            "-m",
+            "taskrun",
+            "-C",
+            str(root),
+            "run",
+            "--force",
+            "second",
+            "--executor",
+            "inline",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env=env,
     )
     assert proc.returncode == 130, proc.stdout + proc.stderr
     after = json.loads((cache_dir(root) / "last-run.json").read_text())
@@ -276,7 +292,9 @@ def test_clean_never_lists_the_cache(tmp_path: Path) -> None:
     (root / "build" / "tcache" / "cache.db").write_bytes(b"a cache")
     proc = subprocess.run(
         [sys.executable, "-m", "taskrun", "-C", str(root), "clean", "--dry-run"],
-        capture_output=True, text=True, timeout=TIMEOUT,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
         env={**os.environ, "TASKRUN_CACHE_DIR": "build/tcache"},
     )
     assert proc.returncode == 0, proc.stderr
@@ -284,7 +302,9 @@ def test_clean_never_lists_the_cache(tmp_path: Path) -> None:
     assert "tcache" not in proc.stdout
     cleaned = subprocess.run(
         [sys.executable, "-m", "taskrun", "-C", str(root), "clean"],
-        capture_output=True, text=True, timeout=TIMEOUT,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
         env={**os.environ, "TASKRUN_CACHE_DIR": "build/tcache"},
     )
     assert cleaned.returncode == 0

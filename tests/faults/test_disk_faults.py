@@ -20,7 +20,8 @@ import pytest
 TIMEOUT = 180
 
 # Ten tasks, each writing a 256 KiB output: more than a 2 MiB tmpfs can hold as blobs.
-TASKS = """
+TASKS = (
+    """
 from pathlib import Path
 from taskrun import task
 
@@ -35,9 +36,14 @@ def _make(i):
 parts = [_make(i) for i in range(10)]
 
 @task(deps=parts)
-def total(""" + ", ".join(f"part{i}: int" for i in range(10)) + """) -> int:
-    return """ + " + ".join(f"part{i}" for i in range(10)) + """
+def total("""
+    + ", ".join(f"part{i}: int" for i in range(10))
+    + """) -> int:
+    return """
+    + " + ".join(f"part{i}" for i in range(10))
+    + """
 """
+)
 
 PURE = """
 from taskrun import task
@@ -56,7 +62,10 @@ def taskrun(root: Path, *args: str, check: bool = False) -> subprocess.Completed
     env = {k: v for k, v in os.environ.items() if not k.startswith("TASKRUN_")}
     proc = subprocess.run(
         [sys.executable, "-m", "taskrun", "-C", str(root), *args],
-        capture_output=True, text=True, timeout=TIMEOUT, env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env=env,
     )
     assert "Traceback" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
     if check:
@@ -163,19 +172,20 @@ def test_full_disk_during_a_run_ends_with_summary_and_exit_code(tmp_path: Path, 
     assert again.returncode == 0
     assert "11 tasks:" in again.stdout
     check_outputs(root)
-    info = json.loads(taskrun(root, "cache", "info", "--cache-dir", str(cache), "--json",
-                              check=True).stdout)
-    gc = json.loads(taskrun(root, "cache", "gc", "--cache-dir", str(cache), "--json",
-                            check=True).stdout)
+    info = json.loads(
+        taskrun(root, "cache", "info", "--cache-dir", str(cache), "--json", check=True).stdout
+    )
+    gc = json.loads(
+        taskrun(root, "cache", "gc", "--cache-dir", str(cache), "--json", check=True).stdout
+    )
     assert gc["removed_orphans"] == info["orphans"]["files"]
-    after = json.loads(taskrun(root, "cache", "info", "--cache-dir", str(cache), "--json",
-                               check=True).stdout)
+    after = json.loads(
+        taskrun(root, "cache", "info", "--cache-dir", str(cache), "--json", check=True).stdout
+    )
     assert after["orphans"]["files"] == 0
 
 
-def test_full_disk_before_a_run_reads_and_maintenance_frees_space(
-    tmp_path: Path, tmpfs
-) -> None:
+def test_full_disk_before_a_run_reads_and_maintenance_frees_space(tmp_path: Path, tmpfs) -> None:
     """A cache on a full disk: the run hits (one warning); gc and clear then work."""
     root = project(tmp_path, PURE)
     disk = tmpfs("2m")
@@ -195,8 +205,9 @@ def test_full_disk_before_a_run_reads_and_maintenance_frees_space(
     assert cleared.returncode == 0, cleared.stdout + cleared.stderr
     assert "removed 2 entries" in cleared.stdout
     ballast.unlink()
-    info = json.loads(taskrun(root, "cache", "info", "--cache-dir", str(cache), "--json",
-                              check=True).stdout)
+    info = json.loads(
+        taskrun(root, "cache", "info", "--cache-dir", str(cache), "--json", check=True).stdout
+    )
     assert info["entries"] == 0 and info["orphans"]["files"] == 0
 
 

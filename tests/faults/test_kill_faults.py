@@ -103,7 +103,10 @@ def env_for(salt: str) -> dict[str, str]:
 def taskrun(root: Path, *args: str, salt: str = "0") -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(
         [sys.executable, "-m", "taskrun", "-C", str(root), *args],
-        capture_output=True, text=True, timeout=TIMEOUT, env=env_for(salt),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env=env_for(salt),
     )
     assert "Traceback" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
     return proc
@@ -113,7 +116,10 @@ def killed_run(root: Path, salt: str, after: int, extra: list[str]) -> tuple[boo
     """Start a run, SIGKILL its process group after AFTER events; (landed, events seen)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "taskrun", "-C", str(root), "run", "--json", "-j", "4", *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env_for(salt),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env_for(salt),
         start_new_session=True,
     )
     seen, finished = 0, False
@@ -179,8 +185,10 @@ def test_kill_9_at_random_points_never_serves_anything_corrupt(tmp_path: Path) -
     info = json.loads(taskrun(root, "cache", "info", "--json").stdout)
     gc = json.loads(taskrun(root, "cache", "gc", "--json").stdout)
     after = json.loads(taskrun(root, "cache", "info", "--json").stdout)
-    print(f"trials {TRIALS}, landings {landings}, orphans found {info['orphans']['files']} "
-          f"({info['orphans']['bytes']} bytes), removed by gc {gc['removed_orphans']}")
+    print(
+        f"trials {TRIALS}, landings {landings}, orphans found {info['orphans']['files']} "
+        f"({info['orphans']['bytes']} bytes), removed by gc {gc['removed_orphans']}"
+    )
     assert landings >= 20, f"only {landings} of {TRIALS} kills landed mid-run (seed {seed})"
     assert gc["removed_orphans"] == info["orphans"]["files"]
     assert after["orphans"]["files"] == 0

@@ -303,9 +303,7 @@ GATED = """
 
 
 def gated_project(tmp_path: Path, names: list[str]) -> Path:
-    tasks = "\n".join(
-        f"@task\ndef {n}() -> str:\n    return gate({n!r})\n" for n in names
-    )
+    tasks = "\n".join(f"@task\ndef {n}() -> str:\n    return gate({n!r})\n" for n in names)
     return project(tmp_path, GATED.format(tasks=textwrap.indent(tasks, "    ")))
 
 
