@@ -487,22 +487,11 @@ def _from_api(
         else:
             plain.append((name, value))
     out: dict[tuple[str, str], tuple[Any, bool | None]] = {}
-    for task, option, value in qualified:
+    # Qualified values first: each (task, option) keeps the first value spread to it.
+    spread: list[tuple[str | None, str, Any]] = [*qualified, *((None, o, v) for o, v in plain)]
+    for owner, option, value in spread:
         _spread(
-            task,
-            option,
-            value,
-            None,
-            SOURCE_API,
-            registry,
-            planned,
-            problems,
-            out,
-            strict_task=True,
-        )
-    for option, value in plain:
-        _spread(
-            None,
+            owner,
             option,
             value,
             None,
