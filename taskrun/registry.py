@@ -368,6 +368,9 @@ class Registry:
         self._tasks: dict[str, TaskSpec] = {}
         self._types: dict[str, DefinedType] = {}
         self._by_fn: dict[Callable[..., Any], str] = {}
+        # perf: the graph of the specs it was built from (an invocation asks for it
+        # several times); rebuilt when any spec was added, swapped or restored.
+        self._graph: tuple[list[TaskSpec], Graph] | None = None
         # While the loader collects errors: every definition error so far, and the
         # functions whose @task failed (a task depending on one is not reported twice).
         self._errors: list[str] | None = None
@@ -1028,12 +1031,21 @@ class Registry:
     def graph(self) -> Graph:
         from taskrun.graph import Graph
 
+        specs = list(self._tasks.values())
+        if self._graph is not None:
+            built_from, graph = self._graph
+            if len(built_from) == len(specs) and all(
+                a is b for a, b in zip(built_from, specs, strict=True)
+            ):
+                return graph
         mapped = {
             n: next(d.task for d in s.deps if d.param == s.map)
             for n, s in self._tasks.items()
             if s.map is not None
         }
-        return Graph({n: tuple(d.task for d in s.deps) for n, s in self._tasks.items()}, mapped)
+        graph = Graph({n: tuple(d.task for d in s.deps) for n, s in self._tasks.items()}, mapped)
+        self._graph = (specs, graph)
+        return graph
 
     def topological_order(self) -> list[str]:
         return self.graph.topological_order()

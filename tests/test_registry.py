@@ -187,6 +187,32 @@ def test_graph_queries(registry: Registry) -> None:
     assert registry.topological_order() == ["a", "b", "c", "d"]
 
 
+def test_the_graph_follows_registrations_and_overrides(registry: Registry) -> None:
+    """The registry builds its graph once per set of specs: a new task, an override that
+    drops an upstream, and its undoing each show in the next query."""
+
+    @task
+    def a() -> None: ...
+
+    @task(deps=[a])
+    def b() -> None: ...
+
+    assert registry.upstream("b") == {"a"}
+    assert registry.graph is registry.graph  # built once for the same specs
+
+    @task(deps=[b])
+    def c() -> None: ...
+
+    assert registry.downstream("a") == {"b", "c"}
+
+    def lone() -> None: ...
+
+    with registry.override("b", lone):
+        assert registry.upstream("c") == {"b"}
+        assert registry.downstream("a") == set()
+    assert registry.upstream("c") == {"a", "b"}
+
+
 def test_future_annotations_with_types_local_to_a_function(
     write_project: Any, tmp_path: Path
 ) -> None:
