@@ -705,7 +705,7 @@ class Cache:
     def _blob_problem(self, digest: str, raw: bytes) -> tuple[str | None, int]:
         """Why the blob envelope ``raw`` is bad (or None), and its payload offset."""
         try:
-            opened = open_envelope(io.BytesIO(raw), kind=KIND_BLOB, name=digest, key=self._key)
+            opened = open_envelope(raw, kind=KIND_BLOB, name=digest, key=self._key)
         except IntegrityError as exc:
             return str(exc), 0
         if opened.meta or opened.digest != digest:
@@ -733,7 +733,7 @@ class Cache:
                 "it was loaded (evicted or removed)"
             )
         try:
-            opened = open_envelope(io.BytesIO(raw), kind=KIND_ENTRY, name=fp, key=self._key)
+            opened = open_envelope(raw, kind=KIND_ENTRY, name=fp, key=self._key)
         except IntegrityError as exc:
             if self._dc is not None:
                 self._dc.delete(fp)
@@ -760,11 +760,11 @@ class Cache:
         got: tuple[HitHead, EntryMeta | None, Opened] | None = None
         if self._reader is not None:
             try:
-                stream = self._reader.open(fingerprint)
-                if stream is not None:
-                    with stream:
+                found = self._reader.get(fingerprint)  # perf: bytes, not a stream, if it can
+                if found is not None:
+                    with contextlib.nullcontext() if isinstance(found, bytes) else found:
                         opened = open_envelope(
-                            stream, kind=KIND_ENTRY, name=fingerprint, key=self._key
+                            found, kind=KIND_ENTRY, name=fingerprint, key=self._key
                         )
                     got = (*self._hit_head(fingerprint, opened), opened)
             except IntegrityError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import sqlite3
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ import xxhash
 
 from taskrun.cache import Cache, EntryMeta
 from taskrun.cache_format import StoreReader, audit_store
+from taskrun.errors import IntegrityError
 
 
 @pytest.fixture
@@ -102,3 +104,35 @@ def test_immutable_reader_reconnects_when_the_file_changes(cache_dir: Path) -> N
     assert reader.count("entry") == 1
     assert reader._immutable is False
     reader.close()
+
+
+def _opened_or_error(source: bytes | io.BytesIO, key: bytes | None) -> object:
+    from taskrun.cache_format import KIND_ENTRY, open_envelope
+
+    try:
+        return open_envelope(source, kind=KIND_ENTRY, name="n", key=key)
+    except IntegrityError as exc:
+        return f"IntegrityError: {exc}"
+
+
+@pytest.mark.parametrize("key", [None, b"k" * 32], ids=["unsigned", "signed"])
+def test_envelope_bytes_and_stream_are_checked_alike(key: bytes | None) -> None:
+    """open_envelope of bytes (a hit's fast path) says exactly what the stream form says,
+    for the intact envelope and every cut, extension and flipped byte of it."""
+    from taskrun.cache_format import KIND_ENTRY, seal
+
+    good = seal(KIND_ENTRY, "n", b'{"meta": 1}', b"payload bytes", key, version=2)
+    variants = [good[:n] for n in range(len(good))] + [good + b"x", good + good]
+    variants += [good[:i] + bytes([good[i] ^ 0x5A]) + good[i + 1 :] for i in range(len(good))]
+    outcomes = set()
+    for raw in [good, *variants]:
+        from_bytes = _opened_or_error(raw, key)
+        assert from_bytes == _opened_or_error(io.BytesIO(raw), key), raw
+        outcomes.add(from_bytes if isinstance(from_bytes, str) else "opened")
+    assert _opened_or_error(good, key) != _opened_or_error(good[:-1], key)
+    assert {"opened", "IntegrityError: digest mismatch (corrupt)"} <= outcomes
+    assert any("payload bytes missing" in o for o in outcomes)
+    assert "IntegrityError: trailing bytes after the payload" in outcomes
+    if key is not None:
+        assert any("bad signature" in o for o in outcomes)
+        assert _opened_or_error(good, None) == _opened_or_error(io.BytesIO(good), None)
