@@ -153,7 +153,7 @@ class RunRecorder:
 
     def _write(self, doc: Mapping[str, Any]) -> None:
         assert self._file is not None
-        self._file.write(json.dumps(doc, default=str) + "\n")
+        self._file.write(_ENCODE(doc) + "\n")
         self._dirty = True
 
     def _flush_locked(self) -> None:
@@ -167,6 +167,10 @@ class RunRecorder:
         while not self._stop.wait(FLUSH_EVERY):
             with self._lock:
                 self._flush_locked()
+
+
+# perf: json.dumps(doc, default=str) builds an encoder per call; the same one, kept.
+_ENCODE = json.JSONEncoder(default=str).encode
 
 
 def _tail(text: str) -> str:
