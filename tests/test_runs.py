@@ -350,3 +350,36 @@ def test_serve_answers_over_http_while_a_run_goes_on(
     server.send_signal(signal.SIGINT)
     server.communicate(timeout=WAIT)
     assert server.returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("task", "saved", "restored", "t"),
+    [
+        ("t1", 0.00123, 0, 1.234567),
+        ("naïve-ünïcode/雪", 12.5, 3, 0.0),
+        ('quote"and\\back\nslash', 1e-07, 0, 123456.000001),
+        ("x", 3, 0, 1.0),  # an int saved time: the general path writes it
+        ("x", float("nan"), 0, 1.0),  # not JSON's finite float: the general path
+    ],
+)
+def test_cached_lines_are_what_the_general_path_writes(
+    task: str, saved: float, restored: int, t: float
+) -> None:
+    """The fast line of a hit is byte for byte the general encoding of the event."""
+    from taskrun import events as ev
+    from taskrun.runs import _ENCODE, cached_line
+
+    event = ev.TaskCached(task, saved=saved, restored=restored)
+    general = _ENCODE({**event.to_json(), "t": t}) + "\n"
+    fast = cached_line(event, t)
+    if isinstance(saved, float) and saved == saved:
+        assert fast == general
+        assert json.loads(fast) == {
+            "event": "cached",
+            "task": task,
+            "saved": saved,
+            "restored": restored,
+            "t": t,
+        }
+    else:
+        assert fast is None
