@@ -17,6 +17,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import types
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -195,6 +196,15 @@ def test_task_fingerprint_fast_path_matches_the_encoding(**fields: Any) -> None:
     assert fast == encode(parts)
     assert _fast_task_encoding(parts) == fast  # options and runtime from the memo now
     assert task_fingerprint(inputs) == value_digest(parts)
+    # Read-only mappings (as the scheduler shares them) are read as they are: same digest.
+    proxied = dataclasses.replace(
+        inputs,
+        **{
+            name: types.MappingProxyType(dict(getattr(inputs, name)))
+            for name in ("upstream", "inputs", "env", "runtime")
+        },
+    )
+    assert task_fingerprint(proxied) == value_digest(parts)
     assert all(
         value_digest(v) == d
         for v, d in zip(inputs.options.values(), parts[4].values(), strict=True)
