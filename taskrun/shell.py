@@ -38,6 +38,7 @@ __all__ = [
     "kill_group",
     "kill_journaled",
     "sh",
+    "swap_groups",
 ]
 
 TAIL_LINES = 20
@@ -399,12 +400,22 @@ def current_groups() -> ProcessGroups:
 @contextlib.contextmanager
 def collecting_groups(groups: ProcessGroups) -> Iterator[ProcessGroups]:
     """Register the groups that ``sh()`` starts in this thread with ``groups``."""
-    previous = getattr(_scope, "groups", None)
-    _scope.groups = groups
+    previous = swap_groups(groups)
     try:
         yield groups
     finally:
         _scope.groups = previous
+
+
+def swap_groups(groups: ProcessGroups | None) -> ProcessGroups | None:
+    """Make ``sh()`` in this thread register with ``groups``; returns the registry before.
+
+    :func:`collecting_groups` without the context manager (perf: the inline executor's
+    per-call cost); the caller gives the returned registry back the same way.
+    """
+    previous: ProcessGroups | None = getattr(_scope, "groups", None)
+    _scope.groups = groups
+    return previous
 
 
 # -- the CLI's last resort: children nobody registered ---------------------------------------
