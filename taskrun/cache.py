@@ -167,6 +167,43 @@ class _Diskcache(diskcache.Cache):  # type: ignore[misc]  # diskcache has no typ
                         self.reset(key, value, update=False)
         return con
 
+    @property
+    def small(self) -> int:
+        """Values shorter than this are kept in their row (diskcache's disk_min_file_size)."""
+        return int(self._disk.min_file_size)
+
+    def present(self, keys: Sequence[str]) -> set[str]:
+        """Which of ``keys`` (str keys) have a row, as this connection sees it (in transact())."""
+        found: set[str] = set()
+        for i in range(0, len(keys), 500):
+            chunk = keys[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self._sql(f"SELECT key FROM Cache WHERE raw = 1 AND key IN ({marks})", chunk)
+            found.update(key for (key,) in rows)
+        return found
+
+    def set_small(self, items: Mapping[str, bytes], *, tag: str, fresh: bool) -> None:
+        """``set(key, value, tag=tag)`` for each item in one statement; call in transact().
+
+        perf: diskcache's set() costs a SELECT, an INSERT or UPDATE and its Python around
+        them per value; a cold run stores two values per task. The rows written are the
+        ones set() writes for a ``bytes`` value under a ``str`` key below
+        ``disk_min_file_size`` (kept in the row, no value file: the caller checks the
+        size), and diskcache's own triggers keep its count and size. ``fresh``: no key has
+        a row (the caller checked in this transaction), a plain INSERT; else an existing
+        row is updated in place (an UPSERT; a value file such a row named, which taskrun
+        never writes for these small values, would be left to gc as an orphan).
+        """
+        now = time.time()
+        rows = [(key, now, now, tag, value) for key, value in items.items()]
+        if not rows:
+            return
+        if not fresh and not _UPSERT:
+            for key, value in items.items():  # SQLite older than 3.24: no UPSERT
+                self.set(key, value, tag=tag)
+            return
+        self._con.executemany(_INSERT if fresh else _UPSERT_SQL, rows)
+
     def close(self) -> None:
         with self._opened_lock:
             opened, self._opened = self._opened, []
@@ -176,6 +213,21 @@ class _Diskcache(diskcache.Cache):  # type: ignore[misc]  # diskcache has no typ
         local = getattr(self, "_local", None)  # absent if __init__ failed early
         if local is not None:
             local.__dict__.pop("con", None)
+
+
+# The row diskcache 5's set() writes for a small bytes value under a str key (see set_small).
+_INSERT = (
+    "INSERT INTO Cache(key, raw, store_time, expire_time, access_time, access_count, tag,"
+    f" size, mode, filename, value) VALUES (?, 1, ?, NULL, ?, 0, ?, 0, {diskcache.core.MODE_RAW},"
+    " NULL, ?)"
+)
+_UPSERT_SQL = (
+    _INSERT + " ON CONFLICT(key, raw) DO UPDATE SET store_time = excluded.store_time,"
+    " expire_time = NULL, access_time = excluded.access_time, access_count = 0,"
+    " tag = excluded.tag, size = 0, mode = excluded.mode, filename = NULL,"
+    " value = excluded.value"
+)
+_UPSERT = sqlite3.sqlite_version_info >= (3, 24, 0)
 
 
 class CacheWarning(UserWarning):
@@ -855,6 +907,7 @@ class Cache:
             sealed.append((meta, envelope, blobs))
             self._outcomes[meta.fingerprint] = False
         results: list[StoreResult] = []
+        small = dc.small
         try:
             # perf: the existing entry is read inside the write transaction; that serialises
             # writers for as long as it takes, but makes check-then-set atomic across processes.
@@ -866,16 +919,31 @@ class Cache:
                         for digest, data in blobs.items():
                             self._write_blob(digest, data=data)
             with dc.transact():
-                # perf: the entries already there, read in one query (no other writer can
-                # commit while this transaction holds the write lock).
-                self.prime([meta.fingerprint for meta, _, _ in sealed])
+                # perf: which entries are there already, in one query (no other writer can
+                # commit while this transaction holds the write lock); those are read in
+                # one more query and decided one by one (kept, replaced, repaired).
+                present = dc.present([meta.fingerprint for meta, _, _ in sealed])
+                new: dict[str, bytes] = {}  # small entries under fingerprints not there
+                pointers: dict[str, bytes] = {}  # task -> its newest fingerprint (last wins)
+                if present:
+                    self.prime(present)
                 try:
                     for meta, envelope, _ in sealed:
-                        results.append(
-                            self._store_one(dc, meta, envelope, meta.fingerprint in replace)
-                        )
+                        fp = meta.fingerprint
+                        if fp not in present and len(envelope) < small:
+                            self._check_blobs(meta)
+                            new[fp] = envelope  # the same fingerprint twice: the last wins
+                            self._written += len(envelope)
+                            results.append(StoreResult.STORED)
+                        else:
+                            new.pop(fp, None)  # a copy stored above: this one replaces it
+                            results.append(self._store_one(dc, meta, envelope, fp in replace))
+                            present.add(fp)  # written by set(): later copies update it
+                        pointers[_pointer_key(meta.task)] = fp.encode("ascii")
                 finally:
                     self.unprime()
+                dc.set_small(new, tag=_TAG_ENTRY, fresh=True)
+                dc.set_small(pointers, tag=_TAG_TASK, fresh=False)
             self._cull()
         except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
             tasks = ", ".join(sorted({m.task for m, _, _ in sealed}))
@@ -883,15 +951,18 @@ class Cache:
             return [StoreResult.FAILED] * len(items)
         return results
 
-    def _store_one(
-        self, dc: diskcache.Cache, meta: EntryMeta, envelope: bytes, replace: bool
-    ) -> StoreResult:
-        fp = meta.fingerprint
-        missing = self._missing_blobs(meta)
+    def _check_blobs(self, meta: EntryMeta) -> None:
+        missing = self._missing_blobs(meta) if meta.outputs else []
         if missing:
             raise UsageError(
                 f"task '{meta.task}' output blob {missing[0]} is neither given nor in the cache"
             )
+
+    def _store_one(
+        self, dc: diskcache.Cache, meta: EntryMeta, envelope: bytes, replace: bool
+    ) -> StoreResult:
+        fp = meta.fingerprint
+        self._check_blobs(meta)
         result = StoreResult.STORED
         try:
             existing = self._read_entry(fp)
@@ -908,7 +979,6 @@ class Cache:
         else:
             dc.set(fp, envelope, tag=_TAG_ENTRY)
             self._written += len(envelope)
-        dc.set(_pointer_key(meta.task), fp.encode("ascii"), tag=_TAG_TASK)
         return result
 
     def _write_blob(self, digest: str, *, data: bytes = b"", envelope: bytes = b"") -> None:

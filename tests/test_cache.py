@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 
 import cloudpickle
 import diskcache
@@ -615,6 +616,44 @@ def test_latest_is_the_last_stored(cache: Cache) -> None:
     latest = cache.latest("t")
     assert latest is not None and latest.fingerprint == fp_of(3)
     assert cache.latest("nobody") is None
+
+
+def test_latest_is_the_last_of_a_batch(cache: Cache) -> None:
+    """In one store_many, the task's pointer ends at its last item (and moves on later)."""
+    cache.store_many([(meta_for(fp_of(n)), b"x", {}) for n in (1, 2, 3)])
+    latest = cache.latest("t")
+    assert latest is not None and latest.fingerprint == fp_of(3)
+    cache.store_many([(meta_for(fp_of(4)), b"x", {}), (meta_for(fp_of(5), task="u"), b"", {})])
+    latest = cache.latest("t")
+    assert latest is not None and latest.fingerprint == fp_of(4)
+
+
+def test_batched_rows_are_the_rows_diskcache_writes(cache_dir: pathlib.Path) -> None:
+    """Entries and pointers written in bulk read back through diskcache; its books balance."""
+    small = [(meta_for(fp_of(n), task=f"t{n % 3}"), cloudpickle.dumps(n), {}) for n in range(20)]
+    product = {fp_of(n): n for n in range(20)}
+    large = (meta_for(fp_of("big"), task="t0"), os.urandom(100_000), {})  # a value file
+    with Cache(cache_dir) as c:
+        c.store_many([(meta_for(fp_of(0), task="t0"), b"first", {})])  # an entry kept
+        results = c.store_many([*small, large, small[5]])
+        assert [str(r) for r in results] == ["kept-existing-same"] + ["stored"] * 21
+        for meta, *_ in small[1:]:
+            entry = c.lookup(meta.fingerprint)
+            assert entry is not None and entry.load() == product[meta.fingerprint]
+    columns = "key, raw, expire_time, access_count, tag, size, mode, filename"
+    with diskcache.Cache(str(cache_dir)) as dc:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            dc.check()  # count, size and value files against the rows (and our lock files)
+        assert [str(w.message) for w in caught if "/locks/" not in str(w.message)] == []
+        rows = {r[0]: r[1:] for r in dc._sql(f"SELECT {columns} FROM Cache").fetchall()}
+        assert len(dc) == len(rows) == 21 + 3  # entries + one pointer per task
+        for meta, *_ in small[1:]:
+            assert rows[meta.fingerprint] == (1, None, 0, "entry", 0, diskcache.core.MODE_RAW, None)
+        for task, n in (("t0", "big"), ("t1", 19), ("t2", 5)):
+            assert rows[f"task:{task}"][:6] == (1, None, 0, "task", 0, diskcache.core.MODE_RAW)
+            assert dc.get(f"task:{task}") == fp_of(n).encode()
+        assert rows[fp_of("big")][6] is not None  # kept in a file, as diskcache does
 
 
 def test_latest_after_gc_is_the_newest_remaining(cache: Cache) -> None:
