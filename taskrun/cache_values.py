@@ -101,9 +101,14 @@ def unsafe_path(path: str) -> bool:
     return not path or path.startswith("/") or any(p in ("", ".", "..") for p in parts)
 
 
+# perf: one encoder for every entry; json.dumps with options builds one per call. The
+# bytes are those of json.dumps(..., sort_keys=True, separators=(",", ":"), allow_nan=False).
+_META_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
 def meta_json(meta: EntryMeta) -> bytes:
     try:
-        text = json.dumps(meta.to_dict(), sort_keys=True, separators=(",", ":"), allow_nan=False)
+        text = _META_ENCODER.encode(meta.to_dict())
     except (TypeError, ValueError) as exc:
         raise UsageError(f"entry metadata of task '{meta.task}' is not JSON-able: {exc}") from exc
     return text.encode("utf-8")

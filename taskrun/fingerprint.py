@@ -635,6 +635,19 @@ def product_digest(
     file in the project gives a :class:`PathProductWarning` (it is hashed by its text).
     ``warned`` holds the type names already warned about in this run: one warning each.
     """
+    t = type(value)
+    if t in _SCALARS or (t is str and value[:1] != "/" and len(value) < 256):
+        # perf: tasks often return the same few values (None, True, 0, "ok"); these encode
+        # the same whatever the root or path hashing, so their digests are remembered, in
+        # the memo of option values (see _option_digests).
+        key = (t, value)
+        found = _SCALAR_DIGESTS.get(key)
+        if found is None:
+            found = value_digest(value)
+            if len(_SCALAR_DIGESTS) >= 4096:
+                _SCALAR_DIGESTS.clear()
+            _SCALAR_DIGESTS[key] = found
+        return found
     hasher = xxhash.xxh3_128()
     out = bytearray()
     try:

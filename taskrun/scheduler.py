@@ -38,6 +38,8 @@ __all__ = ["ExplainItem", "RunResult", "Scheduler", "TaskResult"]
 
 EventSink = Callable[[ev.Event], None]
 _BATCH = 256  # perf: entries written per transaction at most (see _flush)
+# Products of these exact types hash and pickle without running user code (see _record).
+_PLAIN = frozenset({int, bool, float, str, bytes, type(None)})
 T = TypeVar("T")
 
 
@@ -970,13 +972,17 @@ class Scheduler:
                 f"its product fails its type {spec.product.name}: {exc.message};"
                 f" fix the task or its return annotation ({spec.where})",
             ) from None
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            digest = product_digest(
-                value, hash_path=self._hash_path, root=self.root, warned=self._digest_warned
-            )
-        for w in caught:
-            self._warn(str(w.message), node)
+        if type(value) in _PLAIN:
+            # perf: hashing these runs no user code and cannot warn; no warnings filter.
+            digest = product_digest(value, hash_path=self._hash_path, root=self.root)
+        else:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                digest = product_digest(
+                    value, hash_path=self._hash_path, root=self.root, warned=self._digest_warned
+                )
+            for w in caught:
+                self._warn(str(w.message), node)
         stored, unchanged = False, False
         captured = self._capture(node, value)
         if spec.cache and not node.nocache and self.cache.mode == "rw":
@@ -1023,12 +1029,20 @@ class Scheduler:
     def _store(
         self, node: _Node, value: Any, digest: str, duration: float, captured: list[Any]
     ) -> tuple[bool, bool]:
+        import pickle
+
         import cloudpickle
 
         from taskrun.cache import EntryMeta, OutputRecord
 
         try:
-            payload = cloudpickle.dumps(value)
+            # perf: for the builtin scalars pickle writes the bytes cloudpickle writes,
+            # without building a cloudpickle Pickler per task.
+            payload = (
+                pickle.dumps(value, protocol=cloudpickle.DEFAULT_PROTOCOL)
+                if type(value) in _PLAIN
+                else cloudpickle.dumps(value)
+            )
         except Exception as exc:  # noqa: BLE001 - pickling runs the product's code
             self._warn(f"the product of '{node.name}' cannot be pickled ({exc}); not cached", node)
             return False, False

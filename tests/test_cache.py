@@ -618,6 +618,23 @@ def test_latest_is_the_last_stored(cache: Cache) -> None:
     assert cache.latest("nobody") is None
 
 
+def test_meta_json_is_sorted_compact_ascii_json() -> None:
+    """Entry metadata is json.dumps(sort_keys, compact, no NaN): the bytes older entries have."""
+    import json
+
+    from taskrun.cache_values import meta_json
+
+    meta = dataclasses.replace(
+        meta_for(fp_of(1), task="tâche"),
+        components={"z": {"b": [1, 2.5, None], "a": "é\u2028"}, "a": True},
+        outputs=(output("out/ü.txt", b"data"),),
+    )
+    expected = json.dumps(meta.to_dict(), sort_keys=True, separators=(",", ":"), allow_nan=False)
+    assert meta_json(meta) == expected.encode() and meta_json(meta).isascii()
+    with pytest.raises(UsageError, match="not JSON-able"):
+        meta_json(dataclasses.replace(meta, compute_time=float("nan")))
+
+
 def test_latest_is_the_last_of_a_batch(cache: Cache) -> None:
     """In one store_many, the task's pointer ends at its last item (and moves on later)."""
     cache.store_many([(meta_for(fp_of(n)), b"x", {}) for n in (1, 2, 3)])

@@ -472,6 +472,14 @@ def test_product_digest_is_the_value_digest_for_canonical_values() -> None:
     assert product_digest({"a": [1, 2]}) == value_digest({"a": [1, 2]})
 
 
+def test_product_digest_of_repeated_scalars_is_their_value_digest() -> None:
+    """The remembered digests of scalar products are their value digests."""
+    values = [None, True, False, 0, 1, -1, 2**80, 1, True, None, 0, "ok", "", "/x", "ok"]
+    for v in values * 2:
+        assert product_digest(v, root="/somewhere") == value_digest(v)
+    assert len({product_digest(v) for v in (0, False, 1, True, None)}) == 5
+
+
 class Opaque:
     """A product type without a canonical encoding (picklable by reference)."""
 
