@@ -21,6 +21,7 @@ import types as pytypes
 import typing
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
+from dataclasses import fields as dataclass_fields
 from types import FrameType, ModuleType
 from typing import Any, Literal, TypeVar, overload
 
@@ -304,15 +305,20 @@ class _SpecTemplate:
     """
 
     keep: tuple[Any, ...]  # the objects whose ids are in the key, kept alive
-    doc: str
     params: frozenset[str]
     #: (name, type, position among the parameters; keyword-only from n_pos on)
     options: tuple[tuple[str, TaskType, int], ...]
     n_pos: int
-    product: TaskType
-    generator: bool
-    settings: dict[str, Any]
-    failure_settings: dict[str, Any]
+    #: TaskSpec's positional arguments for a task of this template (doc, product,
+    #: settings, ...); the per-task ones (name, fn, options, deps, file, line) are
+    #: replaced. perf: 25 keyword arguments cost a task more than the rest of its spec.
+    args: tuple[Any, ...]
+
+
+_SPEC_FIELDS = tuple(f.name for f in dataclass_fields(TaskSpec))
+_AT_NAME, _AT_FN, _AT_OPTIONS, _AT_DEPS, _AT_FILE, _AT_LINE = (
+    _SPEC_FIELDS.index(n) for n in ("name", "fn", "options", "deps", "file", "line")
+)
 
 
 def _template_key(fn: Callable[..., Any], kwargs: Mapping[str, Any]) -> Any:
@@ -710,16 +716,27 @@ class Registry:
         code = fn.__code__
         names = list(sig.parameters)
         n_pos = code.co_argcount
+        # What every later task of this template shares: this task's spec as the template
+        # path would make it (its own name, fn, options, deps, file, line replaced later).
+        shared = TaskSpec(
+            name=spec.name,
+            fn=fn,
+            doc=spec.doc,
+            options=spec.options,
+            deps=spec.deps,
+            product=spec.product,
+            file=spec.file,
+            line=spec.line,
+            generator=spec.generator,
+            **settings,
+            **failure_settings,
+        )
         self._templates[(key, tuple([param for param, _ in deps]))] = _SpecTemplate(
             keep=(fn.__globals__, *fn.__annotations__.values()),
-            doc=spec.doc,
             params=frozenset(names),
             options=tuple((o.name, o.type, names.index(o.name)) for o in spec.options),
             n_pos=n_pos,
-            product=spec.product,
-            generator=spec.generator,
-            settings=settings,
-            failure_settings=failure_settings,
+            args=tuple([getattr(shared, field_name) for field_name in _SPEC_FIELDS]),
         )
 
     def _spec_from_template(
@@ -759,19 +776,14 @@ class Registry:
                     return None
             options.append(OptionSpec(opt_name, otype, default))
         params = template.params
-        return TaskSpec(
-            name=name,
-            fn=fn,
-            doc=template.doc,
-            options=tuple(options),
-            deps=tuple([DepSpec(param, dep, param in params) for param, dep in deps]),
-            product=template.product,
-            file=file,
-            line=line,
-            generator=template.generator,
-            **template.settings,
-            **template.failure_settings,
-        )
+        args = list(template.args)
+        args[_AT_NAME] = name
+        args[_AT_FN] = fn
+        args[_AT_OPTIONS] = tuple(options)
+        args[_AT_DEPS] = tuple([DepSpec(param, dep, param in params) for param, dep in deps])
+        args[_AT_FILE] = file
+        args[_AT_LINE] = line
+        return TaskSpec(*args)
 
     @staticmethod
     def _check_dep_annotation(

@@ -681,6 +681,8 @@ def _factory_specs(registry: Registry, *, templates: bool) -> list[Any]:
         for i in range(6):
             kind, default = (int, i) if i % 2 else (str, f"s{i}")
             made.append(make(i, made[-2:] if i >= 2 else [], kind, default))
+    # Each task calls its own function (the factory's closure), never its template's.
+    assert [registry.get(f"n{i}").fn for i in range(6)] == made
     return [dataclasses.replace(registry.get(f"n{i}"), fn=None) for i in range(6)]
 
 
