@@ -105,16 +105,16 @@ def invoke(
     for name, spec in planned.items():
         values[name], sources[name] = {}, {}
         for opt in spec.options:
-            where = f"option '{opt.name}' of task '{name}' ({spec.where})"
             key = (name, opt.name)
-            found = next(((src, layer[key]) for src, layer in layers if key in layer), None)
-            if found is not None:
-                source, (raw, is_text) = found
+            for layer_source, layer in layers:  # the first layer that sets it
+                if key in layer:
+                    source, (raw, is_text) = layer_source, layer[key]
+                    break
             else:
                 if opt.required:
                     problems.append(
                         Problem(
-                            where,
+                            _option_where(opt.name, name, spec),
                             (
                                 f"is required and has no value; pass -o {name}.{opt.name}=VALUE"
                                 f" ({opt.type.name})" + _task_hint(registry, name, opt.name)
@@ -131,9 +131,11 @@ def invoke(
             except TypeCheckError as exc:
                 # Most messages name the type already ("is not an int"); say it otherwise.
                 kind = "" if opt.type.name in exc.message else f", type {opt.type.name}"
+                where = _option_where(opt.name, name, spec)
                 problems.append(Problem(where, f"{exc.message} (from {source}{kind})"))
                 continue
             except Exception as exc:  # noqa: BLE001 - a custom type raising something of its own
+                where = _option_where(opt.name, name, spec)
                 problems.append(Problem(where, f"{exc} (from {source})"))
                 continue
             values[name][opt.name], sources[name][opt.name] = value, source
@@ -184,11 +186,11 @@ def _convert(kind: Any, raw: Any, is_text: bool | None, root: Path) -> Any:
 
 def _check_external_inputs(spec: TaskSpec, problems: list[Problem]) -> None:
     """``inputs=`` outside the project must be under a root ``[tool.taskrun] external`` names."""
-    from taskrun.files import external_base, external_key
-
     for pattern in spec.inputs:
         if not pattern.startswith(("/", "@")):
             continue
+        from taskrun.files import external_base, external_key
+
         key = external_key(pattern) if pattern.startswith("/") else pattern
         if key is None or external_base(key) is None:
             name = key.partition("/")[0][1:] if key else "data"
@@ -253,6 +255,10 @@ def _conditions(
         if not go:
             skipped[name] = reason
     return skipped
+
+
+def _option_where(option: str, task: str, spec: TaskSpec) -> str:
+    return f"option '{option}' of task '{task}' ({spec.where})"
 
 
 def _targets(

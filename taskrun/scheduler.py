@@ -325,13 +325,14 @@ class Scheduler:
         return result
 
     def _inputs_of(self, node: _Node, upstream: Mapping[str, str]) -> Any:
-        from taskrun.files import expand_globs, file_digest
         from taskrun.fingerprint import FingerprintInputs
 
         spec = node.spec
         code, parts = self._code_of(spec)
         files: Mapping[str, str] = _NOTHING
         if spec.inputs:
+            from taskrun.files import expand_globs, file_digest
+
             inside = [p for p in spec.inputs if not p.startswith(("/", "@"))]
             files = {}
             for rel in expand_globs(inside, self.root):
