@@ -17,6 +17,7 @@ import contextlib
 import heapq
 import itertools
 import os
+import pickle
 import random
 import time
 import warnings
@@ -28,7 +29,10 @@ from types import MappingProxyType
 from typing import Any, TypeVar, overload
 
 from taskrun import events as ev
-from taskrun.errors import Interrupted, TaskrunError, TypeCheckError
+from taskrun.cache_values import EntryMeta, OutputRecord
+from taskrun.errors import Interrupted, ProductTypeError, TaskrunError, TypeCheckError
+from taskrun.files import capture_outputs, paths_in
+from taskrun.fingerprint import describe, product_digest
 from taskrun.invocation import Invocation
 from taskrun.outcome import OK_STATES, Outcome, SkipMarker
 from taskrun.registry import TaskSpec
@@ -388,8 +392,6 @@ class Scheduler:
     def _described(self, node: _Node) -> dict[str, Any]:
         """The fingerprint's components as data; perf: only misses and explain need it."""
         if node.described is None:
-            from taskrun.fingerprint import describe
-
             node.described = describe(node.inputs, hash_path=self._hash_path, root=self.root)
         return node.described
 
@@ -961,9 +963,6 @@ class Scheduler:
 
     def _record(self, node: _Node, outcome: Any) -> None:
         """Check the product, hash it, store it with its output files; mark the task ran."""
-        from taskrun.errors import ProductTypeError
-        from taskrun.fingerprint import product_digest
-
         spec = node.spec
         try:
             value = spec.product.check(outcome.value, root=self.root)
@@ -1014,8 +1013,6 @@ class Scheduler:
         return node.spec.outputs_for(self.invocation.options[node.spec.name])
 
     def _capture(self, node: _Node, value: Any) -> list[Any]:
-        from taskrun.files import capture_outputs, paths_in
-
         extra = list(paths_in(value))
         if not node.spec.outputs and not extra:
             return []
@@ -1030,11 +1027,7 @@ class Scheduler:
     def _store(
         self, node: _Node, value: Any, digest: str, duration: float, captured: list[Any]
     ) -> tuple[bool, bool]:
-        import pickle
-
         import cloudpickle
-
-        from taskrun.cache import EntryMeta, OutputRecord
 
         try:
             # perf: for the builtin scalars pickle writes the bytes cloudpickle writes,

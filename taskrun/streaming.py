@@ -195,10 +195,13 @@ class _Lines:
     """Bytes or text in, complete lines out; the unfinished last line is kept for later."""
 
     def __init__(self) -> None:
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        # perf: made by the first feed_bytes(); a task's own writes arrive as text.
+        self._decoder: codecs.IncrementalDecoder | None = None
         self._pending = ""
 
     def feed_bytes(self, data: bytes) -> list[str]:
+        if self._decoder is None:
+            self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         return self.feed_text(self._decoder.decode(data))
 
     def feed_text(self, text: str) -> list[str]:
@@ -211,7 +214,9 @@ class _Lines:
 
     def rest(self) -> list[str]:
         """The unfinished line, if any (the stream ended without a newline)."""
-        text = self._pending + self._decoder.decode(b"", final=True)
+        text = self._pending
+        if self._decoder is not None:
+            text += self._decoder.decode(b"", final=True)
         self._pending = ""
         return [text] if text else []
 
