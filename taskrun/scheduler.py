@@ -607,6 +607,9 @@ class Scheduler:
 
     def _enqueue(self, misses: list[_Node]) -> None:
         """Queue the misses of a ready wave, start what has a slot, announce the rest."""
+        # perf: the newest entry of each, for its reasons (_why), read in one query; a
+        # miss decided after the next wave was read reads it again (unprime drops it).
+        self.cache.prime_latest([miss.name for miss in misses])
         for miss in misses:
             self._queued.append(miss)
         self._start_queued()

@@ -645,6 +645,22 @@ def test_latest_is_the_last_of_a_batch(cache: Cache) -> None:
     assert latest is not None and latest.fingerprint == fp_of(4)
 
 
+def test_primed_latest_serves_one_read(cache: Cache) -> None:
+    """A pointer read by prime_latest() answers the next latest() only; then it is read anew."""
+    cache.store(meta_for(fp_of(1)), b"")
+    cache.prime_latest(["t", "nobody"])
+    cache.store(meta_for(fp_of(2)), b"")  # a store of a new entry keeps what was primed
+    first, second = cache.latest("t"), cache.latest("t")
+    assert first is not None and first.fingerprint == fp_of(1)  # as read at prime time
+    assert second is not None and second.fingerprint == fp_of(2)
+    assert cache.latest("nobody") is None
+    cache.prime_latest(["t"])
+    cache.unprime()
+    cache.store(meta_for(fp_of(3)), b"")
+    latest = cache.latest("t")
+    assert latest is not None and latest.fingerprint == fp_of(3)
+
+
 def test_batched_rows_are_the_rows_diskcache_writes(cache_dir: pathlib.Path) -> None:
     """Entries and pointers written in bulk read back through diskcache; its books balance."""
     small = [(meta_for(fp_of(n), task=f"t{n % 3}"), cloudpickle.dumps(n), {}) for n in range(20)]
