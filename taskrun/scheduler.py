@@ -42,6 +42,7 @@ __all__ = ["ExplainItem", "RunResult", "Scheduler", "TaskResult"]
 
 EventSink = Callable[[ev.Event], None]
 _BATCH = 256  # perf: entries written per transaction at most (see _flush)
+_BATCH_BYTES = 64 * 2**20  # ... and bytes of products and output files held for one
 # Products of these exact types hash and pickle without running user code (see _record).
 _PLAIN = frozenset({int, bool, float, str, bytes, type(None)})
 T = TypeVar("T")
@@ -258,6 +259,7 @@ class Scheduler:
     _unsaved: list[tuple[_Node, Any, bytes, dict[str, bytes]]] = field(
         default_factory=list, init=False
     )
+    _unsaved_bytes: int = field(default=0, init=False)  # payloads and blobs in _unsaved
     _extra: dict[str, Any] = field(default_factory=dict, init=False)  # name -> executor
     _timers: list[tuple[float, int, _Node]] = field(default_factory=list, init=False)
     _seq: Any = field(default_factory=itertools.count, init=False)
@@ -1016,7 +1018,7 @@ class Scheduler:
         return node.spec.outputs_for(self.invocation.options[node.spec.name])
 
     def _capture(self, node: _Node, value: Any) -> list[Any]:
-        extra = list(paths_in(value))
+        extra = [] if type(value) in _PLAIN else list(paths_in(value))  # perf: no walk
         if not node.spec.outputs and not extra:
             return []
 
@@ -1057,7 +1059,9 @@ class Scheduler:
             size=len(payload),
         )
         self._unsaved.append((node, meta, payload, {c.digest: c.data for c in captured}))
-        if len(self._unsaved) >= _BATCH:
+        # Large products are not held in memory by the hundred: bytes bound a batch too.
+        self._unsaved_bytes += len(payload) + sum(len(c.data) for c in captured)
+        if len(self._unsaved) >= _BATCH or self._unsaved_bytes >= _BATCH_BYTES:
             self._flush()
         return True, unchanged
 
@@ -1069,7 +1073,7 @@ class Scheduler:
         so an entry is stored as soon as nothing else is ready to do; another process that
         waits for one of these fingerprints gets the lock only once the entry is there.
         """
-        batch, self._unsaved = self._unsaved, []
+        batch, self._unsaved, self._unsaved_bytes = self._unsaved, [], 0
         if not batch:
             return
         try:

@@ -87,6 +87,35 @@ def test_second_run_is_all_cached(tmp_path: Path, executor: str) -> None:
     assert result.summary.saved >= 0
 
 
+def test_stored_batches_are_bounded_by_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Products waiting to be stored are written once they add up to the byte bound."""
+    from taskrun import scheduler
+    from taskrun.cache import Cache
+
+    batches: list[list[str]] = []
+    store_many = Cache.store_many
+
+    def spy(self: Cache, items, **kw):  # type: ignore[no-untyped-def]
+        batches.append([meta.task for meta, _, _ in items])
+        return store_many(self, items, **kw)
+
+    monkeypatch.setattr(Cache, "store_many", spy)
+    monkeypatch.setattr(scheduler, "_BATCH_BYTES", 3000)
+    reg = Registry()
+    with reg.activate():
+        for name in ("a", "b", "c", "d"):
+
+            @taskrun.task(name=name)
+            def blob() -> bytes:
+                return b"x" * 1000
+
+    result = taskrun.run([], registry=reg, root=tmp_path, executor="inline")
+    assert result.ok and sorted(result.names("ran")) == ["a", "b", "c", "d"]
+    assert sorted(map(len, batches)) == [1, 3]  # three reach the bound; the last one at the end
+
+
 def test_option_change_reruns_task_and_changed_dependents(tmp_path: Path, executor: str) -> None:
     """Changing double.factor reruns double and total only, and says why."""
     reg = diamond(tmp_path)
