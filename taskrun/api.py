@@ -16,6 +16,7 @@ that.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -74,12 +75,15 @@ def run(
     (every planned task that has the option) or ``{"fit": {"alpha": 0.3}}``; a string is
     parsed as on the command line (``"0.3"`` for a float) when it is not already a valid
     value. ``registry`` defaults to :data:`taskrun.default_registry`; ``root`` (the project
-    directory, where tasks run and outputs go) to the task file's directory, else the
-    current directory. ``jobs`` defaults to the CPUs this process may use; ``cache_dir``
-    to ``ROOT/.taskrun/cache``; ``cache_size`` takes bytes or ``"2GiB"``; ``remote_cache``
-    (an fsspec URL) and ``remote_mode`` add a shared store behind the local cache;
-    ``external`` declares folders outside the project by name, as ``[tool.taskrun]
-    external`` does (``{"data": "/data/shared"}``).
+    directory, where tasks run and outputs go) to the task file's folder, wherever the
+    process started: the file the loader read, else a ``tasks.py`` imported by name at or
+    above the folder of the task definitions (the nearest), else the folder of the file
+    that defines the tasks (their common folder if several do), else the current
+    directory (tasks typed at a REPL). ``jobs`` defaults to the CPUs this process may
+    use; ``cache_dir`` to ``ROOT/.taskrun/cache``; ``cache_size`` takes bytes or
+    ``"2GiB"``; ``remote_cache`` (an fsspec URL) and ``remote_mode`` add a shared store
+    behind the local cache; ``external`` declares folders outside the project by name,
+    as ``[tool.taskrun] external`` does (``{"data": "/data/shared"}``).
 
     Like ``taskrun run``, it reads ``[tool.taskrun]`` from the ``pyproject.toml`` beside
     the task file (else in ``root``): option values, default targets, jobs, executor,
@@ -205,6 +209,43 @@ def start(targets: Any = (), **kwargs: Any) -> RunHandle:
     return handle
 
 
+def task_file_of(registry: Registry) -> Path | None:
+    """The task file whose folder is ``registry``'s project root, if one can be told.
+
+    The file the loader read (``taskrun run``); else, for tasks defined by a plain
+    ``import tasks``, the nearest ``tasks.py`` module already imported from the folder
+    of the task definitions or a folder above it (``taskrun run`` would find that one
+    from there); else the file that defines the tasks (a ``tasks.py`` in their common
+    folder when several files do). None when no task comes from a file (``python -c``).
+    """
+    from taskrun.config import TASK_FILE
+
+    module = registry.module
+    if module is not None and module.__file__:
+        return Path(module.__file__)
+    files = {
+        os.path.abspath(spec.file)
+        for spec in registry.tasks.values()
+        if os.path.isfile(spec.file)  # not "<stdin>" or "<string>"
+    }
+    if not files:
+        return None
+    if len(files) == 1:
+        defining = Path(files.pop())
+    else:
+        defining = Path(os.path.commonpath([os.path.dirname(f) for f in files]), TASK_FILE)
+    above = (defining.parent, *defining.parent.parents)
+    imported = [
+        Path(os.path.abspath(file))
+        for mod in list(sys.modules.values())
+        if (file := getattr(mod, "__file__", None)) and os.path.basename(file) == TASK_FILE
+    ]
+    # The nearest imported task file at or above the definitions (`import tasks`, whose
+    # tasks may come from a module beside it).
+    nearest = [f for f in imported if f.parent in above]
+    return max(nearest, key=lambda f: len(f.parts)) if nearest else defining
+
+
 def prepare_run(
     targets: Target | Sequence[Target] = (),
     *,
@@ -241,8 +282,7 @@ def prepare_run(
     registry = registry if registry is not None else default_registry
     if isinstance(targets, str) or callable(targets):
         targets = [targets]
-    module = registry.module
-    task_file = Path(module.__file__) if module and module.__file__ else None
+    task_file = task_file_of(registry)
     root = Path(root if root is not None else task_file.parent if task_file else Path.cwd())
     root = root.resolve()
     settings = Settings(root=root, task_file=task_file or root / "tasks.py")

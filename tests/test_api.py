@@ -201,3 +201,86 @@ def test_process_workers_get_sys_path_in_a_file(
     result = taskrun.run("total", registry=reg, executor="process", jobs=1, cache_mode="off")
     assert result.ok, result.tasks
     assert result.product("total") == 3.0
+
+
+# -- the project root of a script that imports its task file ---------------------------------
+
+WHERE_TASKS = """
+    import os
+    from pathlib import Path
+    from taskrun import task
+
+    @task(outputs=["build/where.txt"])
+    def where() -> str:
+        Path("build").mkdir(exist_ok=True)
+        Path("build/where.txt").write_text(os.getcwd())
+        return os.getcwd()
+"""
+
+SCRIPT = """
+import taskrun
+import tasks
+
+result = taskrun.run(["where"])
+print(result.tasks["where"].state, result.products["where"])
+"""
+
+
+def _script(root: Path, cwd: Path, name: str = "api.py") -> list[str]:
+    """`python ROOT/NAME` started in CWD; its stdout split into words."""
+    cwd.mkdir(exist_ok=True)
+    done = subprocess.run(
+        [sys.executable, str(root / name)], cwd=cwd, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()
+
+
+def test_a_script_importing_tasks_runs_in_the_task_files_folder(
+    write_project: Any, tmp_path: Path
+) -> None:
+    """`import tasks; taskrun.run(...)` from anywhere: root, outputs and cache are the project's."""
+    root = write_project(tmp_path / "p", WHERE_TASKS, files={"api.py": SCRIPT})
+    elsewhere = tmp_path / "elsewhere"
+    assert _script(root, elsewhere) == ["ran", str(root)]
+    assert (root / "build" / "where.txt").read_text() == str(root)
+    assert (root / ".taskrun").is_dir()
+    assert sorted(os.listdir(elsewhere)) == []  # no build/, no .taskrun/ where it started
+    cli = subprocess.run(
+        [sys.executable, "-m", "taskrun", "run", "where"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert cli.returncode == 0, cli.stderr
+    assert "1 cached" in cli.stdout  # the CLI and the script share one cache
+    assert _script(root, elsewhere) == ["cached", str(root)]
+
+
+def test_tasks_from_a_module_beside_tasks_py_use_tasks_py_folder(
+    write_project: Any, tmp_path: Path
+) -> None:
+    """tasks.py that re-exports tasks defined in pipeline/defs.py: the root is tasks.py's folder."""
+    root = write_project(
+        tmp_path / "p",
+        "from pipeline.defs import where  # noqa: F401\n",
+        files={
+            "pipeline/__init__.py": "",
+            "pipeline/defs.py": WHERE_TASKS.replace("\n    ", "\n"),
+            "api.py": SCRIPT,
+        },
+    )
+    assert _script(root, tmp_path / "elsewhere") == ["ran", str(root)]
+    assert (root / "build" / "where.txt").is_file()
+    assert not (root / "pipeline" / "build").exists()
+
+
+def test_a_script_defining_its_own_tasks_runs_in_its_folder(tmp_path: Path) -> None:
+    """Tasks defined in the script itself (no tasks.py): the root is the script's folder."""
+    root = tmp_path / "p"
+    root.mkdir()
+    body = WHERE_TASKS.replace("\n    ", "\n")
+    (root / "build_all.py").write_text(body + SCRIPT.replace("import tasks\n", ""))
+    assert _script(root, tmp_path / "elsewhere", "build_all.py") == ["ran", str(root)]
+    assert (root / "build" / "where.txt").is_file()

@@ -595,7 +595,9 @@ def test_nested_overrides_of_dependent_tasks(pipeline: Registry, tmp_path: Path)
     with pipeline.override("download", fake_download), pipeline.override("count", fake_count):
         assert pipeline.get("count").deps[0].task == "download"
         assert pipeline.get(fake_download).name == "download"
-        result = taskrun.run(["count"], registry=pipeline, cache_dir=tmp_path / "cache")
+        result = taskrun.run(
+            ["count"], registry=pipeline, root=tmp_path, cache_dir=tmp_path / "cache"
+        )
         assert result.products["count"] == 33
     with pytest.raises(UsageError):
         pipeline.get(fake_download)
