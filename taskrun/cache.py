@@ -74,6 +74,7 @@ from taskrun.cache_values import (
     StoreResult,
     VerifyProblem,
     VerifyReport,
+    human_size,
     meta_json,
     unsafe_path,
 )
@@ -237,6 +238,19 @@ class CacheWarning(UserWarning):
 def _check_name(name: str, what: str) -> None:
     if not is_digest(name):
         raise UsageError(f"{what} {name!r} is not 32 lowercase hex digits (an xxh3-128 digest)")
+
+
+def _batch_keys(sealed: Sequence[tuple[EntryMeta, bytes, Mapping[str, bytes]]]) -> set[str]:
+    """The entries of a stored batch and the blobs they refer to (not to be evicted)."""
+    return {
+        key
+        for meta, _, _ in sealed
+        for key in (meta.fingerprint, *(o.digest for o in meta.outputs))
+    }
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
 
 
 def _pointer_key(task: str) -> str:
@@ -519,7 +533,7 @@ class Cache:
 
     @property
     def size_limit(self) -> int:
-        """Bytes the cache may use before diskcache evicts the least recently stored."""
+        """Bytes the cache may use; past them the least recently stored entries are evicted."""
         return self._size_limit
 
     @property
@@ -956,7 +970,7 @@ class Cache:
                         self.unprime()
                 dc.set_small(new, tag=_TAG_ENTRY, fresh=True)
                 dc.set_small(pointers, tag=_TAG_TASK, fresh=False)
-            self._cull()
+            self._cull(keep=_batch_keys(sealed))
         except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
             tasks = ", ".join(sorted({m.task for m, _, _ in sealed}))
             self._warn(f"could not store the results of {tasks}: {exc}")
@@ -1002,24 +1016,75 @@ class Cache:
         self._dc.set(digest, envelope, tag=_TAG_BLOB)
         self._written += len(envelope)
 
-    def _cull(self) -> None:
+    def _cull(self, keep: Collection[str] = ()) -> None:
+        """Evict the least recently stored entries and blobs while the cache is over its
+        size limit, never those in ``keep`` (what was just stored); say what went.
+
+        diskcache's own culling is off (cull_limit=0): it asked for the volume on every
+        set(), and it deletes ten rows at a time of any kind, so a cache of a few large
+        entries lost all of them, the one just stored and the tasks' pointers included.
+        perf: nothing was written since the last look, nothing to ask; else three cheap
+        statements.
+        """
         assert self._dc is not None and self._reader is not None
-        # diskcache's own culling is off (cull_limit=0: it asked for the volume on every
-        # set()); the limit is enforced here, once per stored batch. perf: nothing was
-        # written since the last look, nothing to ask; else three cheap statements.
-        if self._volume is None or self._written:
-            self._volume = self._reader.volume()
-            self._written = 0
-            if self._volume > self._size_limit:
-                self._dc.cull()
-                self._volume = self._reader.volume()
+        if self._volume is not None and not self._written:
+            return
+        self._volume = self._reader.volume()
+        self._written = 0
+        if self._volume <= self._size_limit:
+            return
+        counts = {_TAG_ENTRY: 0, _TAG_BLOB: 0}
+        freed = 0
+
+        def evict(key: str, tag: str, size: int) -> None:
+            nonlocal freed
+            assert self._dc is not None
+            self._dc.delete(key)
+            counts[tag] += 1
+            freed += size
+
+        # Entries first, each with its output files (an output shared with a newer entry
+        # goes too: that entry then misses once and is stored again). Then, if that was
+        # not enough (output files without an entry), the oldest output files.
+        for key, _, size in self._reader.oldest([_TAG_ENTRY]):
+            if self._volume - freed <= self._size_limit:
+                break
+            if key in keep:
+                continue
+            got = self._entry_or_warn(key)
+            evict(key, _TAG_ENTRY, size)
+            for o in got[0].outputs if got is not None else ():
+                if o.digest not in keep and self._reader.contains(o.digest, _TAG_BLOB):
+                    evict(o.digest, _TAG_BLOB, o.size)
+        if self._volume - freed > self._size_limit:
+            for key, _, size in self._reader.oldest([_TAG_BLOB]):
+                if self._volume - freed <= self._size_limit:
+                    break
+                if key not in keep:
+                    evict(key, _TAG_BLOB, size)
+        before, self._volume = self._volume, self._reader.volume()
+        if counts[_TAG_ENTRY] or counts[_TAG_BLOB]:
+            blobs = counts[_TAG_BLOB]
+            self._warn(
+                f"the cache is over its size limit ({human_size(self._size_limit)}): evicted"
+                f" {_count(counts[_TAG_ENTRY], 'entry', 'entries')}"
+                + (f" and {_count(blobs, 'output file', 'output files')}" if blobs else "")
+                + f", the least recently stored ({human_size(max(0, before - self._volume))});"
+                " raise cache-size in [tool.taskrun] to keep more"
+            )
+        if self._volume > self._size_limit:
+            self._warn(
+                f"the results just stored ({human_size(self._volume)} in all) are larger than"
+                f" the cache size limit ({human_size(self._size_limit)}); they are kept until"
+                " the next results are stored; raise cache-size in [tool.taskrun]"
+            )
 
     def put_blob(self, data: bytes) -> str:
         """Store ``data`` content-addressed (once) and return its digest."""
         self._writable("store a blob")
         digest = blob_digest(data)
         self._write_blob(digest, data=data)
-        self._cull()
+        self._cull(keep={digest})
         return digest
 
     def get_blob(self, digest: str) -> bytes | None:
@@ -1527,5 +1592,5 @@ class Cache:
                 if current is None or current.created <= m.created:
                     dc.set(_pointer_key(task), m.fingerprint.encode("ascii"), tag=_TAG_TASK)
         self._written += 1  # whatever was adopted: look at the volume (_cull)
-        self._cull()
+        self._cull(keep={*taken, *(o.digest for fp in taken for o in metas[fp].outputs)})
         return tuple(taken), tuple(present)

@@ -457,13 +457,24 @@ class StoreReader:
         return int(rows[0][0]) if rows else 0
 
     def volume(self) -> int:
-        """Bytes used, as diskcache counts them for its size limit."""
+        """Bytes used, as diskcache counts them for its size limit (the database file
+        shrinks as rows go: auto_vacuum is on, see _PINNED_SETTINGS in cache.py)."""
         pages = self._query("PRAGMA page_count")
         page_size = self._query("PRAGMA page_size")
         files = self._query("SELECT value FROM Settings WHERE key = 'size'")
         if not pages:
             return 0
         return int(pages[0][0]) * int(page_size[0][0]) + (int(files[0][0]) if files else 0)
+
+    def oldest(self, tags: Collection[str]) -> list[tuple[str, str, int]]:
+        """``(key, tag, bytes)`` of the rows with these tags, least recently stored first."""
+        marks = ",".join("?" * len(tags))
+        rows = self._query(
+            "SELECT key, tag, COALESCE(size, 0) + COALESCE(length(value), 0) FROM Cache"
+            f" WHERE raw = 1 AND tag IN ({marks}) ORDER BY store_time, rowid",
+            tuple(tags),
+        )
+        return [(k, t, int(n)) for k, t, n in rows if isinstance(k, str)]
 
     def close(self) -> None:
         with self._lock:

@@ -25,6 +25,7 @@ __all__ = [
     "StoreResult",
     "VerifyProblem",
     "VerifyReport",
+    "human_size",
     "meta_json",
     "unsafe_path",
 ]
@@ -205,3 +206,13 @@ class VerifyReport:
     def ok(self) -> bool:
         """True when nothing was wrong."""
         return not self.problems
+
+
+def human_size(size: int) -> str:
+    """``1.5 MiB``: bytes as ``du -h`` would say them (powers of 1024)."""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")

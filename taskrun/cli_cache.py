@@ -25,6 +25,7 @@ from typing import Any
 
 import click
 
+from taskrun.cache_values import human_size as _human
 from taskrun.errors import CacheError, ConfigError, UsageError, did_you_mean
 
 __all__ = ["cache_group", "parse_age"]
@@ -46,15 +47,6 @@ def _n(count: int, noun: str) -> str:
     if count == 1:
         return f"1 {noun}"
     return f"{count} {noun[:-1]}ies" if noun.endswith("y") else f"{count} {noun}s"
-
-
-def _human(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
 
 
 @dataclass(frozen=True, slots=True)

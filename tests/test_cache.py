@@ -465,7 +465,7 @@ def test_entry_missing_a_blob_is_a_miss_and_replaced(
 def test_size_limit_keeps_the_volume_bounded(cache_dir: pathlib.Path) -> None:
     """Past the size limit the oldest entries are evicted and the newest stays."""
     limit = 400_000
-    with Cache(cache_dir, size_limit=limit) as c:
+    with Cache(cache_dir, size_limit=limit, on_warning=lambda _: None) as c:
         for n in range(25):
             c.store(meta_for(fp_of(n)), cloudpickle.dumps(os.urandom(40_000)))
             assert c.info().size_bytes <= limit
@@ -474,16 +474,78 @@ def test_size_limit_keeps_the_volume_bounded(cache_dir: pathlib.Path) -> None:
         assert c.info().entries < 25
 
 
+def test_eviction_keeps_what_fits_and_says_what_went(cache_dir: pathlib.Path) -> None:
+    """Over the limit, only the least recently stored entries go, never the one just
+    stored nor the tasks' pointers, and a warning says how many and how much."""
+    warned: list[str] = []
+    with Cache(cache_dir, size_limit=1_000_000, on_warning=warned.append) as c:
+        for n in range(8):  # 300 kB each (kept in value files): three fit
+            c.store(meta_for(fp_of(n), task=f"t{n % 2}"), cloudpickle.dumps(os.urandom(300_000)))
+            assert c.lookup(fp_of(n)) is not None
+            assert c.info().entries == min(n + 1, 3)
+            assert c.info().size_bytes <= 1_000_000
+        assert [fp for fp in map(fp_of, range(8)) if c.has_entry(fp)] == [
+            fp_of(5),
+            fp_of(6),
+            fp_of(7),
+        ]
+        assert c.latest("t1") is not None and c.latest("t1").fingerprint == fp_of(7)
+    assert len(warned) == 5
+    assert all(
+        w.startswith("the cache is over its size limit (976.6 KiB): evicted 1 entry, the least")
+        and "raise cache-size in [tool.taskrun]" in w
+        for w in warned
+    ), warned
+
+
+def test_gc_max_size_shrinks_a_cache_of_small_entries(cache: Cache) -> None:
+    """Small entries live in the database itself: gc removes the oldest until the cache
+    fits, and keeps the rest."""
+    for n in range(60):  # 20 kB each: stored in the database itself
+        cache.store(meta_for(fp_of(n)), cloudpickle.dumps(os.urandom(20_000)))
+    report = cache.gc(max_size=400_000)
+    info = cache.info()
+    assert info.size_bytes <= 400_000
+    assert info.entries == report.kept >= 12, (info, report)  # about 400 kB / 20 kB
+    assert cache.lookup(fp_of(59)) is not None and cache.lookup(fp_of(0)) is None
+
+
+def test_eviction_of_entries_kept_in_the_database(cache_dir: pathlib.Path) -> None:
+    """Small entries live in the database itself: eviction keeps about as many as fit."""
+    limit = 600_000
+    with Cache(cache_dir, size_limit=limit, on_warning=lambda _: None) as c:
+        for n in range(120):  # 20 kB each: stored in the database itself
+            c.store(meta_for(fp_of(n)), cloudpickle.dumps(os.urandom(20_000)))
+            assert c.lookup(fp_of(n)) is not None
+        info = c.info()
+        assert info.size_bytes <= limit
+        assert info.entries >= 20, info  # about limit / 20 kB, not a few
+
+
+def test_a_result_larger_than_the_limit_is_kept_with_a_warning(cache_dir: pathlib.Path) -> None:
+    warned: list[str] = []
+    with Cache(cache_dir, size_limit=100_000, on_warning=warned.append) as c:
+        c.store(meta_for(fp_of(1)), cloudpickle.dumps(os.urandom(50_000)))
+        c.store(meta_for(fp_of(2)), cloudpickle.dumps(os.urandom(300_000)))
+        assert c.lookup(fp_of(2)) is not None and c.lookup(fp_of(1)) is None
+    assert "evicted 1 entry" in warned[0]
+    assert warned[1].startswith("the results just stored (")
+    assert "are larger than the cache size limit (97.7 KiB); they are kept" in warned[1]
+
+
 def test_size_limit_counts_output_blobs(cache_dir: pathlib.Path) -> None:
     """Output blobs count toward the size limit too (it is checked once per stored batch)."""
     limit = 400_000
-    with Cache(cache_dir, size_limit=limit) as c:
+    warned: list[str] = []
+    with Cache(cache_dir, size_limit=limit, on_warning=warned.append) as c:
         for n in range(25):
             data = os.urandom(40_000)
             meta = meta_for(fp_of(n), outputs=(output(f"o{n}.bin", data),))
             c.store_many([(meta, cloudpickle.dumps(n), {blob_digest(data): data})])
             assert c.info().size_bytes <= limit
         assert c.lookup(fp_of(24)) is not None
+        assert c.info().entries == c.info().blobs  # an entry's output goes with it
+    assert "evicted 1 entry and 1 output file, the least recently stored" in warned[-1]
 
 
 def test_gc_max_age(cache: Cache) -> None:
