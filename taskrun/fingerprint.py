@@ -170,6 +170,15 @@ class _Failure(Exception):
         return FingerprintError(f"cannot fingerprint{sep}{self.brief()}{hint}")
 
 
+def _field_value(v: Any, t: type, name: str) -> Any:
+    """A dataclass field's value; a field that was never set (``field(init=False)``
+    without a default) has no canonical form: the product falls back to its pickle."""
+    try:
+        return getattr(v, name)
+    except AttributeError:
+        raise _Failure(f"field '{name}' is not set", type_name=_type_name(t)) from None
+
+
 def _type_name(t: type) -> str:
     return class_name(t)
 
@@ -437,7 +446,7 @@ class _Encoder:
             i = self.enter(v)
             try:
                 names = _field_names(t)
-                self.fields(_T_DATACLASS, t, names, [getattr(v, n) for n in names])
+                self.fields(_T_DATACLASS, t, names, [_field_value(v, t, n) for n in names])
             finally:
                 self.active.discard(i)
         elif isinstance(v, tuple) and isinstance(getattr(t, "_fields", None), tuple):
@@ -657,6 +666,15 @@ def product_digest(
             raise e.error() from None
         reason = e.brief()
         culprit = e.type_name or _type_name(type(value))
+    except FingerprintError:
+        raise
+    except Exception as e:  # the product's own code (a property, __eq__) raised
+        name = _type_name(type(value))
+        raise FingerprintError(
+            f"cannot digest a product of type '{name}': reading it raised"
+            f" {type(e).__name__}: {e}; give the type a canonical form with"
+            f" taskrun.register_digest({name.rpartition('.')[2]}, lambda v: <plain data>)"
+        ) from e
     else:
         if out:
             hasher.update(out)
