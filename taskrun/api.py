@@ -273,12 +273,24 @@ def prepare_run(
     What :func:`taskrun.run` and :func:`taskrun.start` share; see ``taskrun.run``.
     """
     from taskrun.config import Settings, load_settings, parse_size, require_posix
+    from taskrun.errors import InvocationError, Problem
     from taskrun.files import external_roots
     from taskrun.invocation import invoke
     from taskrun.project import execute, open_cache, runtime_of
     from taskrun.registry import default_registry
 
     require_posix()
+    if not len(registry if registry is not None else default_registry):
+        # The usual slip: a script that calls taskrun.run without importing its tasks
+        # (`taskrun list` loads tasks.py itself, so it shows them).
+        fix = (
+            "no tasks are registered; import your task file (e.g. `import tasks`) before"
+            " taskrun.run, or pass registry="
+            if registry is None
+            else "the registry passed as registry= has no tasks; pass the one your tasks"
+            " were defined in (taskrun.default_registry after `import tasks`)"
+        )
+        raise InvocationError([Problem("taskrun.run", fix)])
     registry = registry if registry is not None else default_registry
     if isinstance(targets, str) or callable(targets):
         targets = [targets]

@@ -284,3 +284,31 @@ def test_a_script_defining_its_own_tasks_runs_in_its_folder(tmp_path: Path) -> N
     (root / "build_all.py").write_text(body + SCRIPT.replace("import tasks\n", ""))
     assert _script(root, tmp_path / "elsewhere", "build_all.py") == ["ran", str(root)]
     assert (root / "build" / "where.txt").is_file()
+
+
+def test_run_with_nothing_registered_says_to_import_the_task_file(
+    write_project: Any, tmp_path: Path
+) -> None:
+    """`taskrun.run(["where"])` without `import tasks`: the error says what to import."""
+    root = write_project(tmp_path / "p", WHERE_TASKS)
+    done = subprocess.run(
+        [sys.executable, "-c", "import taskrun; taskrun.run(['where'])"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1
+    assert "no tasks are registered; import your task file (e.g. `import tasks`)" in done.stderr
+    assert "pass registry=" in done.stderr
+    assert "is not a task" not in done.stderr
+    assert not (root / "build").exists()
+
+
+def test_run_with_an_empty_registry_names_the_argument(tmp_path: Path) -> None:
+    """An empty registry= is named as the thing to fix, and nothing runs."""
+    from taskrun.registry import Registry
+
+    with pytest.raises(taskrun.InvocationError, match="registry= has no tasks"):
+        taskrun.run(["anything"], registry=Registry(), root=tmp_path)
+    assert list(tmp_path.iterdir()) == []
