@@ -381,6 +381,9 @@ class Registry:
         # functions whose @task failed (a task depending on one is not reported twice).
         self._errors: list[str] | None = None
         self._broken: dict[Callable[..., Any], str] = {}
+        # ... and where each failed task's name was defined: a failed definition still
+        # holds its name, so a second task of that name is reported in the same run.
+        self._broken_at: dict[str, str] = {}
         #: The task file's module when the loader filled this registry (its root is
         #: where the file lives), else None.
         self.module: ModuleType | None = None
@@ -465,6 +468,12 @@ class Registry:
             self._report(exc)
             name = kwargs.get("name") or getattr(fn, "__name__", None)
             if isinstance(name, str):
+                where = "{}:{}".format(*_where(fn))
+                first = self._tasks[name].where if name in self._tasks else None
+                first = first or self._broken_at.get(name)
+                if first is not None and "defined twice" not in exc.message:
+                    self._report(_defined_twice(name, first, where))
+                self._broken_at.setdefault(name, where)
                 with contextlib.suppress(TypeError):
                     self._broken[fn] = name
 
@@ -533,11 +542,9 @@ class Registry:
     def _register(self, fn: Callable[..., Any], kwargs: dict[str, Any]) -> None:
         spec = self._build_spec(fn, kwargs)
         if spec.name in self._tasks:
-            first = self._tasks[spec.name]
-            raise DefinitionError(
-                f"task '{spec.name}' is defined twice: first at {first.where}, again at"
-                f" {spec.where}; rename one with @task(name=...)"
-            )
+            raise _defined_twice(spec.name, self._tasks[spec.name].where, spec.where)
+        if spec.name in self._broken_at:  # its definition failed, reported already
+            raise _defined_twice(spec.name, self._broken_at[spec.name], spec.where)
         if spec.outputs:
             from taskrun.files import check_disjoint_outputs
             from taskrun.globs import template_fields
@@ -1183,6 +1190,13 @@ class Registry:
             yield self
         finally:
             _active.reset(token)
+
+
+def _defined_twice(name: str, first: str, again: str) -> DefinitionError:
+    return DefinitionError(
+        f"task '{name}' is defined twice: first at {first}, again at {again};"
+        " rename one with @task(name=...)"
+    )
 
 
 def _contract_changes(old: TaskSpec, new: TaskSpec) -> list[str]:

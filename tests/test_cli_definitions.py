@@ -259,3 +259,48 @@ def test_invocation_error_in_a_real_process(product: Path) -> None:
     assert proc.stderr.startswith("taskrun: error: ")
     assert "'html' is not one of 'plain', 'md'" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
+
+
+BROKEN_THEN_SAME_NAME = """\
+from taskrun import task
+
+
+@task
+def a(x=3):
+    return x
+
+
+@task
+def b() -> int:
+    return 1
+
+
+@task(name="a")
+def d() -> int:
+    return 2
+"""
+
+
+def test_a_failed_definition_keeps_its_name_for_the_duplicate_check(tmp_path: Path) -> None:
+    """A task whose definition failed still holds its name: both errors show in one run."""
+    (tmp_path / "tasks.py").write_text(BROKEN_THEN_SAME_NAME)
+    proc = _taskrun(tmp_path, "list")
+    assert proc.returncode == 2
+    path = (tmp_path / "tasks.py").resolve()
+    assert proc.stderr.startswith("taskrun: error: 2 definition errors in ")
+    assert f"task 'a' ({path}:4): option 'x' has no type annotation" in proc.stderr
+    assert f"task 'a' is defined twice: first at {path}:4, again at {path}:14" in proc.stderr
+
+
+def test_a_failed_definition_after_a_good_one_of_its_name(tmp_path: Path) -> None:
+    """A broken second definition of a taken name reports its own error and the duplicate."""
+    source = BROKEN_THEN_SAME_NAME.replace("def a(x=3)", "def a(x: int = 3)")
+    source += '\n\n@task(name="b")\ndef c(y=1):\n    return y\n'
+    (tmp_path / "tasks.py").write_text(source)
+    proc = _taskrun(tmp_path, "list")
+    assert proc.returncode == 2
+    path = (tmp_path / "tasks.py").resolve()
+    assert proc.stderr.startswith("taskrun: error: 3 definition errors in ")
+    assert f"task 'a' is defined twice: first at {path}:4, again at {path}:14" in proc.stderr
+    assert f"task 'b' ({path}:19): option 'y' has no type annotation" in proc.stderr
+    assert f"task 'b' is defined twice: first at {path}:9, again at {path}:19" in proc.stderr
