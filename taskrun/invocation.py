@@ -163,12 +163,26 @@ def invoke(
 
 
 def _task_hint(registry: Registry, task: str, option: str) -> str:
-    """A required option named like a task was most likely meant as a dependency."""
-    if option not in registry.tasks or option == task:
+    """A required option named like a task was most likely meant as a dependency; one
+    beside an order-only dependency (no parameter of its name), as its misnamed receiver."""
+    if option in registry.tasks and option != task:
+        return (
+            f"; or, if it should receive the product of task '{option}', add"
+            f" deps=[{option}] to @task(...) of '{task}'"
+        )
+    unpassed = [d for d in registry.tasks[task].deps if not d.passed]
+    if not unpassed:
         return ""
+    import difflib
+
+    params = [d.param for d in unpassed]
+    closest = difflib.get_close_matches(option, params, n=1, cutoff=0.0) or params
+    dep = unpassed[params.index(closest[0])]
+    upstream = registry.tasks.get(dep.task)
+    shown = getattr(upstream.fn, "__name__", dep.task) if upstream is not None else dep.task
     return (
-        f"; or, if it should receive the product of task '{option}', add"
-        f" deps=[{option}] to @task(...) of '{task}'"
+        f"; or, if it should receive the product of task '{dep.task}', rename the"
+        f" parameter to '{dep.param}' or write deps={{\"{option}\": {shown}}}"
     )
 
 

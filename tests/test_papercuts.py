@@ -172,6 +172,38 @@ def test_option_named_like_a_task_suggests_deps(
     assert "add deps=[numbers] to @task(...) of 'total'" in result.output
 
 
+MISNAMED_DEP = """
+from taskrun import task
+
+@task
+def sources() -> list[str]:
+    return ["a.c", "b.c"]
+
+@task(deps=[sources])
+def count(srcs: list[str]) -> int:
+    return len(srcs)
+"""
+
+
+def test_misnamed_dependency_parameter_suggests_the_fix(tmp_path: Path) -> None:
+    """`@task(deps=[sources]) def count(srcs)`: the error says to rename it or map it."""
+    (tmp_path / "tasks.py").write_text(MISNAMED_DEP)
+    argv = [sys.executable, "-m", "taskrun", "run", "count"]
+    done = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "option 'srcs' of task 'count'" in done.stderr
+    assert (
+        "is required and has no value; pass -o count.srcs=VALUE (list[str]); or, if it"
+        " should receive the product of task 'sources', rename the parameter to 'sources'"
+        ' or write deps={"srcs": sources}'
+    ) in done.stderr
+    # The suggested fix works as written.
+    fixed = MISNAMED_DEP.replace("deps=[sources]", 'deps={"srcs": sources}')
+    (tmp_path / "tasks.py").write_text(fixed)
+    done = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
 def test_readme_quickstart_leaves_the_shell_where_it_was(tmp_path: Path) -> None:
     """The Quickstart's first command runs the example in a subshell: `pwd` is unchanged."""
     readme = (REPO / "README.md").read_text()
