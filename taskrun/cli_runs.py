@@ -200,7 +200,7 @@ def status_cmd(ctx: click.Context, watch: bool, as_json: bool) -> None:
             click.echo(f"no run in progress; the last one: {last.id} ({last.state}), {last.line()}")
         return
     live = watch and not as_json and is_live_terminal(sys.stdout)
-    shown = ""
+    shown: Any = None
     drawn = 0
     while True:
         if as_json:
@@ -209,12 +209,15 @@ def status_cmd(ctx: click.Context, watch: bool, as_json: bool) -> None:
             )
         else:
             text = "\n".join(_show_text(record, output=3))
-        if text != shown:
+        # A redrawn screen follows the clock; a printed line or document stands for a
+        # change of the record (the times in it run to now, so they change every poll).
+        seen = text if live else (record.events, record.state)
+        if seen != shown:
             if live and drawn:
                 click.echo(f"\x1b[{drawn}A\r\x1b[J", nl=False)
             click.echo(text)
             drawn = text.count("\n") + 1
-            shown = text
+            shown = seen
         if not watch or record.state != "running":
             return
         time.sleep(0.5)  # perf: a poll of a file another process appends to

@@ -317,7 +317,9 @@ class RunRecord:
     summary: dict[str, Any] | None = None
     error: str = ""
     warnings: list[str] = field(default_factory=list)
-    elapsed: float = 0.0  # seconds from the start to the last thing recorded
+    # Seconds from the start to the last thing recorded; for a run in progress, to now.
+    elapsed: float = 0.0
+    events: int = 0  # the lines read after the header (grows with each change)
 
     @property
     def started(self) -> float:
@@ -405,6 +407,7 @@ def _replay(path: Path, header: dict[str, Any], docs: Iterable[dict[str, Any]]) 
     ended = ""
     live: dict[str, deque[str]] = {}
     for doc in docs:
+        record.events += 1
         kind = doc.get("event")
         t = float(doc.get("t", 0.0) or 0.0)
         record.elapsed = max(record.elapsed, t)
@@ -484,6 +487,10 @@ def _replay(path: Path, header: dict[str, Any], docs: Iterable[dict[str, Any]]) 
             record.state = "failed"
     elif _alive(header):
         record.state = "running"
+        # Its time, and its running tasks' (elapsed - start), go on to now: a quiet task
+        # writes nothing, so the last event's t would show them frozen.
+        if record.started:
+            record.elapsed = max(record.elapsed, time.time() - record.started)
     else:
         record.state = "unfinished"
     return record

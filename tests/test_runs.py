@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -227,6 +228,36 @@ def test_status_from_another_shell_shows_the_run_in_progress(
     assert run.wait(WAIT) == 0
     after = taskrun(project, "status").stdout
     assert after.startswith("no run in progress; the last one:")
+
+
+def test_status_times_of_a_run_in_progress_run_to_now(
+    project: Path, processes: list[subprocess.Popen[str]]
+) -> None:
+    """A quiet running task: status shows the run's and the task's time up to now."""
+    run = blocked_run(project, processes)
+    wait_for(lambda: record_says(project, '"event": "progress"'), "the progress in the record")
+    lines = [json.loads(line) for line in record_files(project)[-1].read_text().splitlines()]
+    started = lines[0]["started"]
+    last = max(float(doc.get("t", 0.0) or 0.0) for doc in lines[1:])
+    # The clock, not the run, has to move on: slow writes nothing more while it waits.
+    wait_for(lambda: time.time() - started > last + 1.0, "a second past the last event")
+    before = time.time() - started  # status measures at or after this
+    text = taskrun(project, "status").stdout
+    after = re.search(r"1 running after (\d+\.\d)s", text)
+    assert after is not None, text
+    assert float(after.group(1)) >= before - 0.05  # printed with one decimal
+    took = re.search(r"running  slow \((\d+\.\d\d)s at \+(\d+\.\d\d)s\)", text)
+    assert took is not None, text
+    assert float(took.group(1)) + float(took.group(2)) >= before - 0.01
+    doc = json.loads(taskrun(project, "status", "--json").stdout)
+    assert doc["run"]["elapsed"] >= before
+    (project / "release").touch()
+    assert run.wait(WAIT) == 0
+    ended = json.loads(taskrun(project, "show", "--json").stdout)
+    lines = [json.loads(line) for line in record_files(project)[-1].read_text().splitlines()]
+    # An ended run's time stays what its record says: to its last event, not to now.
+    assert ended["state"] == "finished"
+    assert ended["elapsed"] == max(float(doc.get("t", 0.0) or 0.0) for doc in lines[1:])
 
 
 # -- the HTML report in a real browser ----------------------------------------------------
