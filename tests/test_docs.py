@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import shutil
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -221,3 +224,37 @@ def test_writing_tasks_example_loads_and_runs(run_cli: RunCli, tmp_path: Path) -
     assert result.exit_code == 0, result.output
     assert "3 tasks: 0 cached, 3 ran, 0 failed" in result.output
     assert (tmp_path / "build/report.txt").read_text() == "src/a.py\n"
+
+
+def test_mapped_tasks_example_builds_and_grows(tmp_path: Path) -> None:
+    """mapped-tasks.md's task file, verbatim, compiles and links; one new source, one call."""
+    if shutil.which("cc") is None:
+        pytest.skip("no C compiler (cc) on PATH")
+    (tmp_path / "tasks.py").write_text(code_block("mapped-tasks.md", "# tasks.py"))
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.c").write_text("int a(void) { return 1; }\n")
+    (tmp_path / "src" / "b.c").write_text("int a(void);\nint main(void) { return a() - 1; }\n")
+
+    def taskrun(command: str) -> list[str]:
+        done = subprocess.run(
+            [sys.executable, "-m", "taskrun", *command.split()],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout.splitlines()
+
+    def same(shown: list[str], documented: list[str]) -> bool:
+        # Item calls run in parallel: they may end in either order.
+        return sorted(timeless(shown)) == sorted(timeless(documented))
+
+    first = taskrun("run link")
+    assert same(first, console_output("mapped-tasks.md", "taskrun run link"))
+    assert subprocess.run([str(tmp_path / "build" / "app")], timeout=60).returncode == 0
+    (tmp_path / "src" / "c.c").touch()
+    again = taskrun("run link")
+    shown = console_output("mapped-tasks.md", "touch src/c.c && taskrun run link")
+    assert same(again, shown)
+    assert (tmp_path / "build" / "c.o").is_file()
