@@ -148,6 +148,10 @@ def kill_self():
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def terminate_self():
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 def segfault():
     import ctypes
     ctypes.string_at(0)

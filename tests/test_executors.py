@@ -422,6 +422,20 @@ def test_process_worker_that_cannot_start_is_reported(
     assert "no taskrun here" in outcome.output
 
 
+def test_a_worker_stopped_from_outside_shows_where_its_task_was(
+    processes: ProcessExecutor, tasks: ModuleType, project: Path
+) -> None:
+    """A worker killed by a SIGTERM from outside crashes the call; the task's own frames are
+    its traceback, and its output has no stack dump of the worker's frames."""
+    outcome = run(processes, tasks.terminate_self, project)
+    assert outcome.crashed and "killed by SIGTERM" in outcome.error
+    assert "Stack (most recent call first)" not in outcome.output
+    heading = "Where it was when its worker was stopped (most recent call last):\n"
+    assert outcome.traceback.startswith(heading), outcome.traceback
+    assert "in terminate_self\n    os.kill(os.getpid(), signal.SIGTERM)\n" in outcome.traceback
+    assert outcome.traceback.count("  File ") == 1  # the task's frame, none of the worker's
+
+
 @pytest.mark.slow
 def test_workers_die_with_their_driver(tasks: ModuleType, project: Path, tmp_path: Path) -> None:
     """A driver killed with SIGKILL leaves no worker (nor its children) behind."""

@@ -27,8 +27,12 @@ Processes and threads:
 A worker's file descriptors 1 and 2 point at its own capture file for the duration of a
 call (see ``trampoline.run_pickled``), so when a worker dies mid-call or is killed at a
 deadline, the driver still reports what the task printed up to then, including the
-traceback ``faulthandler`` writes on a fatal signal or on the SIGTERM sent at a timeout
-(which shows where the task was stuck).
+traceback ``faulthandler`` writes there on a fatal signal (a segfault is a crash, and shows
+as one). On the SIGTERM that stops a worker, ``faulthandler`` writes the stack to a file
+of its own instead: at a timeout the driver turns the task's own frames in it into the
+outcome's traceback (where the task was stuck, under a heading that says so); at a cancel
+it drops it. A stack of taskrun's worker frames in a task's output reads as a crash inside
+taskrun, and neither a timeout nor a cancel is one.
 """
 
 from __future__ import annotations
@@ -38,8 +42,10 @@ import contextlib
 import faulthandler
 import itertools
 import json
+import linecache
 import multiprocessing
 import os
+import re
 import shutil
 import signal
 import socket
@@ -49,7 +55,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection, wait
 
 from taskrun.errors import UsageError
@@ -87,6 +93,10 @@ _BOOT = (
 )
 _DUMP_WAIT = 0.5  # seconds a terminated worker gets to write where it was stuck
 _POLL = 0.01  # perf: how often dying workers are checked; only while some are dying
+# A frame line of faulthandler's dump (the same in Python 3.10 to 3.13).
+_DUMP_FRAME = re.compile(r'^  File "(?P<file>.*)", line (?P<line>\d+) in (?P<name>.*)$')
+# The worker's own frames (worker_main, the trampoline, call_function) live here.
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
 
 @dataclass(eq=False, slots=True)
@@ -380,6 +390,8 @@ class ProcessExecutor(Executor):
         """The worker's connection closed: it died (or closed it). Fail its call as crashed."""
         self._workers.remove(worker)
         _drain(worker)
+        # The dump is complete: faulthandler wrote it before the worker closed the connection.
+        stack = _read(_stack_path(worker.capture_path))
         output = _bury(worker, patience=self.grace)
         job = worker.job
         if job is None:
@@ -406,6 +418,7 @@ class ProcessExecutor(Executor):
                 task=job.call.task,
                 ok=False,
                 error=error,
+                traceback=_where(stack, "Where it was when its worker was stopped"),
                 output=output,
                 duration=duration,
                 crashed=True,
@@ -418,12 +431,14 @@ class ProcessExecutor(Executor):
         for worker, output in zip(late, self._terminate(late), strict=True):
             assert worker.job is not None and worker.started is not None
             duration = time.perf_counter() - worker.started
-            settle(
-                worker.job.future,
-                timed_out_outcome(worker.job.call, output=output, duration=duration),
-            )
+            outcome = timed_out_outcome(worker.job.call, output=output, duration=duration)
+            stack = _read(_stack_path(worker.capture_path))
+            where = _where(stack, "Where it was when it timed out")
+            settle(worker.job.future, replace(outcome, traceback=where))
 
     def _stop_running(self) -> None:
+        # A cancelled task gets no stack: it was stopped for another task's failure or a
+        # Ctrl-C, and where it was then says nothing about either.
         busy = [w for w in self._workers if w.job is not None]
         for worker, output in zip(busy, self._terminate(busy), strict=True):
             assert worker.job is not None
@@ -442,8 +457,9 @@ class ProcessExecutor(Executor):
     def _terminate(self, workers: list[_Worker]) -> list[str]:
         """SIGTERM ``workers`` (whole process groups); return what each had printed.
 
-        Waits up to _DUMP_WAIT for them to exit, so their output includes the traceback
-        faulthandler writes on SIGTERM. SIGKILL follows after ``grace`` if needed.
+        Waits up to _DUMP_WAIT for them to exit, so that their output is complete (and the
+        stack faulthandler writes on SIGTERM, see _stack_path). SIGKILL follows after
+        ``grace`` if needed.
         """
         if not workers:
             return []
@@ -541,14 +557,44 @@ def _bury(worker: _Worker, *, patience: float, kill_group: bool = True) -> str:
         proc.wait(timeout=10)
     worker.conn.close()
     output = _read(worker.capture_path)
-    with contextlib.suppress(OSError):
-        os.unlink(worker.capture_path)
+    for path in (worker.capture_path, _stack_path(worker.capture_path)):
+        with contextlib.suppress(OSError):
+            os.unlink(path)
     return output
 
 
 def _journal(capture_path: str) -> str:
     """Where the worker with ``capture_path`` notes its sh() groups (ProcessGroups.keep_journal)."""
     return capture_path + ".groups"
+
+
+def _stack_path(capture_path: str) -> str:
+    """Where the worker with ``capture_path`` has faulthandler write its stack on SIGTERM."""
+    return capture_path + ".stack"
+
+
+def _where(dump: str, heading: str) -> str:
+    """The task's own frames in faulthandler's ``dump``, as a traceback under ``heading``.
+
+    The outer frames (the worker's loop, the trampoline, call_function) are taskrun's and
+    are dropped; what the task called, the standard library included, is kept. Source
+    lines are read here, in the driver (the worker is gone). Empty when the dump has no
+    frame of the task (it was stuck in C code that never let the signal in, or never
+    reached the task's function).
+    """
+    frames = [m for m in map(_DUMP_FRAME.match, dump.splitlines()) if m is not None]
+    frames.reverse()  # faulthandler lists the innermost first; a traceback the outermost
+    while frames and (frames[0]["file"] == "<string>" or frames[0]["file"].startswith(_PACKAGE)):
+        del frames[0]
+    if not frames:
+        return ""
+    lines = [f"{heading} (most recent call last):"]
+    for frame in frames:
+        lines.append(f'  File "{frame["file"]}", line {frame["line"]}, in {frame["name"]}')
+        source = linecache.getline(frame["file"], int(frame["line"])).strip()
+        if source:
+            lines.append(f"    {source}")
+    return "\n".join(lines) + "\n"
 
 
 def _read(path: str) -> str:
@@ -569,12 +615,17 @@ def worker_main(fd: int, capture_path: str) -> None:
     """
     conn = Connection(fd)
     os.set_inheritable(fd, False)  # a task's child processes must not hold it open
+    # A fatal signal (a segfault) is a crash: its traceback goes with the task's output.
     faulthandler.enable(file=sys.stderr, all_threads=True)
     # On SIGTERM (a timeout, a cancel): kill the groups of the task's sh() commands (they
     # are sessions of their own, out of reach of the killpg that reached us), ...
     signal.signal(signal.SIGTERM, _on_sigterm)
-    # ... after faulthandler wrote where the task was stuck (it chains to the handler).
-    faulthandler.register(signal.SIGTERM, file=sys.stderr, all_threads=False, chain=True)
+    # ... after faulthandler wrote where the task was stuck (it chains to the handler), to
+    # a file of its own, not the output: the driver shows the task's frames at a timeout
+    # (faulthandler, not a Python handler, because it writes even while C code holds the
+    # interpreter, a regex that never ends, say).
+    stack = open(_stack_path(capture_path), "wb")  # noqa: SIM115 - open while the worker lives
+    faulthandler.register(signal.SIGTERM, file=stack, all_threads=False, chain=True)
     GROUPS.keep_journal(_journal(capture_path))
     _watch_parent(os.getppid(), capture_path)
     conn.send_bytes(_HELLO)
@@ -617,7 +668,11 @@ def _watch_parent(parent: int, capture_path: str) -> None:
             time.sleep(0.5)
         # The driver cannot clean up after us any more: remove our file (and the folder,
         # once the last worker has removed its own).
-        for remove, path in ((os.unlink, capture_path), (os.rmdir, os.path.dirname(capture_path))):
+        for remove, path in (
+            (os.unlink, capture_path),
+            (os.unlink, _stack_path(capture_path)),
+            (os.rmdir, os.path.dirname(capture_path)),
+        ):
             with contextlib.suppress(OSError):
                 remove(path)
         GROUPS.kill()
