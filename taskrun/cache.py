@@ -867,6 +867,37 @@ class Cache:
         if self._reader is not None:
             self._reader.unprime()
 
+    def point(self, used: Mapping[str, str]) -> None:
+        """Make each task's pointer name the entry it used this run, ``{task: fingerprint}``
+        of the hits: the next miss's reasons then compare with the entry the task last
+        matched, not with the newest one stored (a run that went back to an older option
+        value hit an older entry). Only pointers that differ are written, in one
+        transaction. Call it before :meth:`record_run`: perf: an entry the last completed
+        run used already has its task's pointer (that run stored or pointed it), so a warm
+        run that changed nothing reads no pointer and writes none (a concurrent run that
+        moved one in between only shows in reasons, never in what hits). Best effort: a
+        failure is reported through ``on_warning``."""
+        if self._dc is None or self._reader is None or not used:
+            return
+        try:
+            last = self.last_run()
+        except CacheError:
+            last = None
+        done = last.used if last is not None else frozenset()
+        wanted = {
+            _pointer_key(task): fp.encode("ascii") for task, fp in used.items() if fp not in done
+        }
+        if not wanted:
+            return
+        try:
+            current = self._reader.values(list(wanted))
+            changed = {k: v for k, v in wanted.items() if current.get(k) != v}
+            if changed:
+                with self._dc.transact():
+                    self._dc.set_small(changed, tag=_TAG_TASK, fresh=False)
+        except (OSError, sqlite3.Error, diskcache.Timeout, CacheError) as exc:
+            self._warn(f"could not record which entries this run used: {exc}")
+
     def store(
         self,
         meta: EntryMeta,
@@ -1120,7 +1151,9 @@ class Cache:
         return [d for d in self._reader.keys(_TAG_BLOB) if is_digest(d)] if self._reader else []
 
     def latest(self, task: str) -> EntryMeta | None:
-        """The verified entry last stored for ``task`` (for ``explain``), or None.
+        """The verified entry ``task`` last used, or None: the one last stored for it, or
+        hit since (a run records its hits' entries, :meth:`point`); for ``explain`` and
+        the reasons of a miss.
 
         After gc it is the task's newest remaining entry; if diskcache evicted it, None.
         """

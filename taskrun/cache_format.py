@@ -425,6 +425,25 @@ class StoreReader:
     def unprime(self) -> None:
         self._primed.clear()
 
+    def values(self, keys: Collection[str]) -> dict[str, bytes]:
+        """The values of ``keys`` kept in the database itself (small ones), per 500 keys."""
+        keys = list(keys)
+        found: dict[str, bytes] = {}
+        for i in range(0, len(keys), 500):
+            chunk = keys[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self._query(
+                f"SELECT key, value FROM Cache WHERE raw = 1 AND mode = {diskcache.core.MODE_RAW}"
+                f" AND key IN ({marks})",
+                tuple(chunk),
+            )
+            found.update(
+                (key, value)
+                for key, value in rows
+                if isinstance(key, str) and isinstance(value, bytes)
+            )
+        return found
+
     def read(self, key: str) -> bytes | None:
         stream = self.open(key)
         if stream is None:

@@ -402,8 +402,8 @@ def explain_cmd(
     """For each task TARGETS need: would it hit, and if not, what changed.
 
     Each part of a task's fingerprint (code, helpers, options, upstream products, input
-    files, environment, runtime) is compared with the newest entry recorded for the task,
-    old value -> new value. Runs nothing and writes nothing.
+    files, environment, runtime) is compared with the entry the task last used (the one its
+    last run hit or stored), old value -> new value. Runs nothing and writes nothing.
     """
     from taskrun.project import open_cache, runtime_of
     from taskrun.report_explain import explain_json, explain_lines

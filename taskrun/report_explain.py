@@ -57,7 +57,9 @@ def explain_lines(items: Any, warnings: Sequence[str] = ()) -> list[str]:
             continue
         if item.action == "cached":
             if item.latest and item.latest != item.fingerprint and changes:
-                out.append(f"{item.task}: cached (an older entry; the newest one differs:)")
+                out.append(
+                    f"{item.task}: cached (another entry than the one it last used, which differs:)"
+                )
                 out += [f"  - {c}" for c in changes]
             else:
                 out.append(f"{item.task}: cached")
@@ -82,7 +84,7 @@ def explain_lines(items: Any, warnings: Sequence[str] = ()) -> list[str]:
     out.append(
         f"{total} task{'s' if total != 1 else ''}: {cached} cached,"
         f" {total - cached - skip} would run{skips}"
-        " (compared with the newest entry recorded for each task)"
+        " (compared with the entry each task last used)"
     )
     return [printable(line) for line in out]
 

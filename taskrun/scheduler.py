@@ -141,14 +141,14 @@ class RunResult:
 
 @dataclass(frozen=True, slots=True)
 class ExplainItem:
-    """`taskrun explain` for one task: would it hit, and what changed since its newest entry."""
+    """`taskrun explain` for one task: would it hit, what changed since the entry it last used."""
 
     task: str
     action: str  # "cached" | "run" | "skip"
     fingerprint: str
     reasons: tuple[str, ...]
     changes: tuple[Any, ...]  # fingerprint.Change objects (kind, name, old, new)
-    latest: str | None  # fingerprint of the newest entry recorded for the task
+    latest: str | None  # fingerprint of the entry the task last used (hit or stored)
 
 
 _NOTHING: Mapping[str, Any] = MappingProxyType({})
@@ -398,7 +398,7 @@ class Scheduler:
         return node.described
 
     def _why(self, node: _Node) -> tuple[str, ...]:
-        """Why a task misses: what changed since the newest entry recorded for it."""
+        """Why a task misses: what changed since the entry it last used (hit or stored)."""
         if node.forced:
             return ("forced",)
         if node.hint:
@@ -423,7 +423,7 @@ class Scheduler:
         return [item for item, _ in self._walk()]
 
     def explain(self) -> list[ExplainItem]:
-        """Like :meth:`plan`, with each fingerprint component diffed against the newest entry."""
+        """Like :meth:`plan`, with each fingerprint component diffed against the entry last used."""
         from taskrun.fingerprint import diff
 
         out = []
@@ -609,7 +609,7 @@ class Scheduler:
 
     def _enqueue(self, misses: list[_Node]) -> None:
         """Queue the misses of a ready wave, start what has a slot, announce the rest."""
-        # perf: the newest entry of each, for its reasons (_why), read in one query; a
+        # perf: the entry each last used, for its reasons (_why), read in one query; a
         # miss decided after the next wave was read reads it again (unprime drops it).
         self.cache.prime_latest([miss.name for miss in misses])
         for miss in misses:
@@ -1045,7 +1045,7 @@ class Scheduler:
         except Exception as exc:  # noqa: BLE001 - pickling runs the product's code
             self._warn(f"the product of '{node.name}' cannot be pickled ({exc}); not cached", node)
             return False, False
-        # The newest entry _why() read before the task ran (no second read of the cache).
+        # The entry _why() read before the task ran (no second read of the cache).
         latest = node.latest
         unchanged = latest is not None and latest.product_digest == digest
         meta = EntryMeta(
@@ -1143,6 +1143,9 @@ class Scheduler:
         hits = sum(1 for n in nodes if n.state == "cached")
         misses = sum(1 for n in nodes if n.state in ("ran", "failed"))
         if self.cache.mode == "rw":
+            # What each hit matched is what its next miss is compared with (_why); before
+            # record_run, which replaces what point() skips by.
+            self.cache.point({n.name: n.fp for n in nodes if n.state == "cached" and n.fp})
             # An interrupted run is not recorded: gc --keep-last-run keeps the last completed.
             self.cache.record_run(used, hits=hits, misses=misses, completed=completed)
         if self.stat_cache is not None:

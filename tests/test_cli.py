@@ -130,6 +130,53 @@ def test_reason_option_changed(run_cli: RunCli, proj: Path) -> None:
     assert ran(proj) == ["report"]
 
 
+def test_reasons_compare_with_the_entry_last_used(proj: Path) -> None:
+    """After going back to an earlier value (a hit on an older entry), the next miss is
+    compared with that entry, not with the newest one stored; a run that changes nothing
+    rewrites no pointer."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKRUN_")}
+
+    def taskrun(*args: str) -> str:
+        proc = subprocess.run(
+            [sys.executable, "-m", "taskrun", *args],
+            cwd=proj,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc.stdout
+
+    taskrun("run", "numbers", "-o", "n=8")
+    taskrun("run", "numbers", "-o", "n=3")
+    assert "cached   numbers" in taskrun("run", "numbers", "-o", "n=8")  # back to 8: a hit
+    explained = taskrun("explain", "numbers", "-o", "n=7")
+    assert "  - option 'n' changed: 8 -> 7" in explained, explained
+    assert reasons(taskrun("run", "numbers", "-o", "n=7")) == {
+        "numbers": "option 'n' changed: 8 -> 7"
+    }
+    explained = taskrun("explain", "numbers", "-o", "n=3")
+    assert "numbers: cached (another entry than the one it last used, which differs:)" in explained
+    assert "  - option 'n' changed: 7 -> 3" in explained
+
+    def pointer_written() -> float:
+        import sqlite3
+
+        db = sqlite3.connect(proj / ".taskrun" / "cache" / "cache.db")
+        try:
+            (when,) = db.execute(
+                "SELECT store_time FROM Cache WHERE key = 'task:numbers'"
+            ).fetchone()
+        finally:
+            db.close()
+        return float(when)
+
+    before = pointer_written()
+    assert "cached   numbers" in taskrun("run", "numbers", "-o", "n=7")
+    assert pointer_written() == before
+
+
 def test_reason_inline_assignment(run_cli: RunCli, proj: Path) -> None:
     """`taskrun run report style=fancy` is the same as -o."""
     cold(run_cli, proj)

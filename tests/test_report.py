@@ -494,14 +494,14 @@ def test_explain_lines_per_task() -> None:
         "  - option 'n' changed: 1 -> 2",
         "c: would run",
         "  - no entry: nothing recorded for this task yet",
-        "3 tasks: 1 cached, 2 would run (compared with the newest entry recorded for each task)",
+        "3 tasks: 1 cached, 2 would run (compared with the entry each task last used)",
     ]
 
 
 def test_explain_lines_note_a_hit_on_an_older_entry() -> None:
-    """A hit that is not the newest entry says how the newest one differs."""
+    """A hit on another entry than the one the task last used says how that one differs."""
     lines = explain_lines([item("a", "cached", (Change("option", "n", "2", "1"),))])
-    assert lines[0] == "a: cached (an older entry; the newest one differs:)"
+    assert lines[0] == "a: cached (another entry than the one it last used, which differs:)"
     assert lines[1] == "  - option 'n' changed: 2 -> 1"
 
 
