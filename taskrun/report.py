@@ -405,7 +405,10 @@ class PlainReporter(Reporter):
             out.append(Line(event.line(), "bold"))
         elif isinstance(event, ev.RemoteUploading):
             if q < 1:
-                text = f"remote   uploading {event.pending} entries to {event.url}"
+                # Entries still in flight at the end, not all of the run's uploads (the
+                # summary's "N uploaded" counts those): worded so the two cannot clash.
+                left = f"{event.pending} {'entry' if event.pending == 1 else 'entries'} left"
+                text = f"remote   finishing uploads to {event.url}: {left}"
                 out.append(Line(text, "dim"))
         elif isinstance(event, ev.RemoteSummary):
             if q < 1:

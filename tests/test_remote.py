@@ -9,6 +9,7 @@ at different paths, each with its own local cache, sharing one store.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -313,6 +314,27 @@ def test_second_machine_gets_every_hit_with_outputs_restored(
     assert "4 hit(s)" in b.output and not warnings_in(b.output)
     for rel in OUTPUTS:
         assert (second / rel).read_bytes() == (first / rel).read_bytes(), rel
+
+
+def test_upload_lines_agree_with_each_other(tmp_path: Path) -> None:
+    """A real run: what is left to upload at the end never exceeds what the summary says
+    was uploaded, and one entry is "1 entry"."""
+    root = make_copy(tmp_path / "p")
+    env = {**os.environ, "TASKRUN_CACHE_KEY": KEY, "CI": ""}
+    done = subprocess.run(
+        [sys.executable, "-m", "taskrun", "run", "--remote-cache", f"file://{tmp_path / 's'}"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "remote   uploading" not in done.stdout and " 1 entries" not in done.stdout
+    assert ": 0 hit(s), 4 uploaded," in done.stdout
+    for left in re.findall(r"finishing uploads to \S+: (\d+) (entry|entries) left", done.stdout):
+        assert 1 <= int(left[0]) <= 4
+        assert left[1] == ("entry" if left[0] == "1" else "entries")
 
 
 def test_cache_info_shows_the_remote_hits_and_bytes(

@@ -179,6 +179,20 @@ def test_plain_warning_and_interrupted_lines() -> None:
     assert "interrupted (in flight, not recorded: b, c)" in text
 
 
+def test_plain_remote_upload_line_counts_what_is_left() -> None:
+    """The end-of-run upload line says how many entries are left, in the right number, so
+    it cannot clash with the summary's count of every upload of the run."""
+    url = "file:///shared"
+    summary = ev.RemoteSummary(url, 0, 3, 0, 0, 3600, 6, False)
+    one = plain([ev.RemoteUploading(url, 1), summary])
+    assert one.splitlines() == [
+        "remote   finishing uploads to file:///shared: 1 entry left",
+        "remote   file:///shared: 0 hit(s), 3 uploaded, 0 B down, 3.6 kB up, 6 request(s)",
+    ]
+    two = plain([ev.RemoteUploading(url, 2)])
+    assert two == "remote   finishing uploads to file:///shared: 2 entries left\n"
+
+
 def test_a_broken_stream_silences_the_reporter_not_the_run() -> None:
     """Writing to a closed pipe raises nothing."""
     reporter = PlainReporter(Broken())
