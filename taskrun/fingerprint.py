@@ -644,18 +644,10 @@ def product_digest(
     file in the project gives a :class:`PathProductWarning` (it is hashed by its text).
     ``warned`` holds the type names already warned about in this run: one warning each.
     """
-    t = type(value)
-    if t in _SCALARS or (t is str and value[:1] != "/" and len(value) < 256):
-        # perf: tasks often return the same few values (None, True, 0, "ok"); these encode
-        # the same whatever the root or path hashing, so their digests are remembered, in
-        # the memo of option values (see _option_digests).
-        key = (t, value)
-        found = _SCALAR_DIGESTS.get(key)
-        if found is None:
-            found = value_digest(value)
-            if len(_SCALAR_DIGESTS) >= 4096:
-                _SCALAR_DIGESTS.clear()
-            _SCALAR_DIGESTS[key] = found
+    # perf: tasks often return the same few values (None, True, 0, "ok"); their digests
+    # are remembered, in the memo of option values (see _scalar_digest).
+    found = _scalar_digest(value)
+    if found is not None:
         return found
     hasher = xxhash.xxh3_128()
     out = bytearray()
@@ -882,22 +874,29 @@ _SCALAR_DIGESTS: dict[tuple[type, object], str] = {}
 _SCALARS = (int, bool, type(None))
 
 
+def _scalar_digest(value: Any) -> str | None:
+    """``value_digest(value)`` of a small scalar, remembered; None for anything else."""
+    t = type(value)
+    if t in _SCALARS or (t is str and value[:1] != "/" and len(value) < 256):
+        key = (t, value)
+        found = _SCALAR_DIGESTS.get(key)
+        if found is None:
+            found = value_digest(value)
+            if len(_SCALAR_DIGESTS) >= 4096:
+                _SCALAR_DIGESTS.clear()
+            _SCALAR_DIGESTS[key] = found
+        return found
+    return None
+
+
 def _option_digests(
     inputs: FingerprintInputs, hash_path: HashPath | None, root: pathlib.Path | None
 ) -> dict[str, str]:
     digests = {}
-    memo = _SCALAR_DIGESTS
     value: Any  # an option's value: checked against its type, any object
     for name, value in inputs.options.items():
-        t = type(value)
-        if t in _SCALARS or (t is str and value[:1] != "/" and len(value) < 256):
-            key = (t, value)
-            found = memo.get(key)
-            if found is None:
-                found = value_digest(value)
-                if len(memo) >= 4096:
-                    memo.clear()
-                memo[key] = found
+        found = _scalar_digest(value)
+        if found is not None:
             digests[name] = found
             continue
         try:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_support import taskrun_process
 from click.testing import Result
 
 # The fixtures' types (see conftest.py); not imported, so the tests need no package.
@@ -134,17 +135,9 @@ def test_reasons_compare_with_the_entry_last_used(proj: Path) -> None:
     """After going back to an earlier value (a hit on an older entry), the next miss is
     compared with that entry, not with the newest one stored; a run that changes nothing
     rewrites no pointer."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKRUN_")}
 
     def taskrun(*args: str) -> str:
-        proc = subprocess.run(
-            [sys.executable, "-m", "taskrun", *args],
-            cwd=proj,
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=60,
-        )
+        proc = taskrun_process(proj, *args)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         return proc.stdout
 

@@ -1,13 +1,11 @@
 """The command line up to execution: `taskrun list`, task-file discovery, and exit-2 errors."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_support import taskrun_process
 from click.testing import Result
 
 # The task file of PRODUCT.md, verbatim.
@@ -233,28 +231,16 @@ def test_config_option_values_are_validated(product: Path, run_cli: Any) -> None
 # -- real processes ----------------------------------------------------------------------
 
 
-def _taskrun(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKRUN_")}
-    return subprocess.run(
-        [sys.executable, "-m", "taskrun", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
-
-
 def test_list_in_a_real_process(product: Path) -> None:
     """`python -m taskrun list` in the project directory works end to end."""
-    proc = _taskrun(product, "list")
+    proc = taskrun_process(product, "list")
     assert proc.returncode == 0, proc.stderr
     assert "report  Write a report of the TOP largest sources." in proc.stdout
 
 
 def test_invocation_error_in_a_real_process(product: Path) -> None:
     """A real process exits 2 with the message on stderr and no traceback."""
-    proc = _taskrun(product / "src", "run", "report", "-o", "report.style=html")
+    proc = taskrun_process(product / "src", "run", "report", "-o", "report.style=html")
     assert proc.returncode == 2
     assert proc.stderr.startswith("taskrun: error: ")
     assert "'html' is not one of 'plain', 'md'" in proc.stderr
@@ -284,7 +270,7 @@ def d() -> int:
 def test_a_failed_definition_keeps_its_name_for_the_duplicate_check(tmp_path: Path) -> None:
     """A task whose definition failed still holds its name: both errors show in one run."""
     (tmp_path / "tasks.py").write_text(BROKEN_THEN_SAME_NAME)
-    proc = _taskrun(tmp_path, "list")
+    proc = taskrun_process(tmp_path, "list")
     assert proc.returncode == 2
     path = (tmp_path / "tasks.py").resolve()
     assert proc.stderr.startswith("taskrun: error: 2 definition errors in ")
@@ -297,7 +283,7 @@ def test_a_failed_definition_after_a_good_one_of_its_name(tmp_path: Path) -> Non
     source = BROKEN_THEN_SAME_NAME.replace("def a(x=3)", "def a(x: int = 3)")
     source += '\n\n@task(name="b")\ndef c(y=1):\n    return y\n'
     (tmp_path / "tasks.py").write_text(source)
-    proc = _taskrun(tmp_path, "list")
+    proc = taskrun_process(tmp_path, "list")
     assert proc.returncode == 2
     path = (tmp_path / "tasks.py").resolve()
     assert proc.stderr.startswith("taskrun: error: 3 definition errors in ")

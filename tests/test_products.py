@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, Optional, TypedDict
 
 import pytest
+from cli_support import taskrun_process
 
 import taskrun
 from taskrun.errors import DefinitionError, TypeCheckError
@@ -505,31 +506,19 @@ def lazy() -> Base:
 """
 
 
-def _taskrun(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKRUN_")}
-    return subprocess.run(
-        [sys.executable, "-m", "taskrun", *args],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
-
-
 def test_products_that_resist_digesting(tmp_path: Path, write_project: Any) -> None:
     """A dataclass with a field never set is digested by its pickle (with the usual
     warning) and cached; a product whose own code raises while it is read fails its task
     with a message naming the type and the fix, never taskrun with a traceback."""
     write_project(tmp_path, AWKWARD_PRODUCTS)
-    first = _taskrun(tmp_path, "run", "train")
+    first = taskrun_process(tmp_path, "run", "train")
     assert first.returncode == 0, first.stderr
     assert "field '_memo' is not set" in first.stdout + first.stderr
     assert "register_digest(Model" in first.stdout + first.stderr
-    again = _taskrun(tmp_path, "run", "train")
+    again = taskrun_process(tmp_path, "run", "train")
     assert again.returncode == 0 and "cached   train" in again.stdout, again.stdout
 
-    failed = _taskrun(tmp_path, "run", "lazy")
+    failed = taskrun_process(tmp_path, "run", "lazy")
     assert failed.returncode == 1, failed.stderr
     assert "Traceback" not in failed.stdout + failed.stderr
     assert (
@@ -537,6 +526,6 @@ def test_products_that_resist_digesting(tmp_path: Path, write_project: Any) -> N
         " ValueError: not loaded yet; give the type a canonical form with"
         " taskrun.register_digest(Lazy, lambda v: <plain data>)"
     ) in failed.stdout
-    runs = _taskrun(tmp_path, "runs")
+    runs = taskrun_process(tmp_path, "runs")
     newest = runs.stdout.splitlines()[0]
     assert " failed " in newest and "1 failed" in newest and "running" not in newest, runs.stdout
