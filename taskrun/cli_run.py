@@ -156,6 +156,7 @@ def run_from_cli(
             remote_mode=remote_mode,
             quiet=quiet,
             verbose=verbose,
+            own_process=own_process,
         )
 
 
@@ -220,17 +221,26 @@ def _run_from_cli(
     remote_mode: str | None,
     quiet: int,
     verbose: int,
+    own_process: bool = False,
 ) -> int:
     from taskrun.report import make_reporter
 
     settings = project.settings
     invocation = project.invoke(targets, assignments)
-    reporter = make_reporter(as_json=as_json, quiet=quiet, verbose=verbose)
+    executor = executor or settings.executor or "thread"
+    capture: Any = None
+    if own_process and not dry_run and executor in ("inline", "thread"):
+        from taskrun.executors import fdcapture
+
+        # Tasks run in this process: what they write to descriptors 1 and 2 is caught
+        # (see fdcapture); the reporter writes to the original stdout, duplicated now.
+        capture = fdcapture.prepare()
+    stream = capture.stdout if capture is not None else None
+    reporter = make_reporter(as_json=as_json, quiet=quiet, verbose=verbose, stream=stream)
     mode = cache_mode or settings.cache_mode or "rw"
     if dry_run and mode == "rw":
         mode = "read"  # a dry run writes nothing, not even a new cache directory
     runtime = runtime_of(settings.runtime, project.root)
-    executor = executor or settings.executor or "thread"
     address = dask_address or settings.dask_address or os.environ.get("DASK_SCHEDULER_ADDRESS")
     dask_options: dict[str, Any] = {
         "ship_files": {"auto": None, "always": True, "never": False}[dask_ship_files]
@@ -285,21 +295,31 @@ def _run_from_cli(
                 for item in scheduler.plan():
                     reporter(item)
             return 0
-        result = execute(
-            invocation,
-            jobs=jobs or settings.jobs,
-            executor=executor,
-            cache=cache,
-            runtime=runtime,
-            force=force,
-            force_all=force_all,
-            keep_going=keep_going,
-            on_event=sink,
-            executor_options=options,
-            dask_options=dask_options,
-            remote_cache=remote_cache or settings.remote_cache,
-            remote_mode=remote_mode or settings.remote_mode,
-        )
+        feed: Any = sink
+        capturing: Any = contextlib.nullcontext()
+        if capture is not None:
+            from taskrun.streaming import Feed
+
+            # The capture's own lines ("?") go through the feed execute() emits into,
+            # so the reporter and the record still get one event at a time.
+            feed = Feed(sink)
+            capturing = capture.running(feed)
+        with capturing:
+            result = execute(
+                invocation,
+                jobs=jobs or settings.jobs,
+                executor=executor,
+                cache=cache,
+                runtime=runtime,
+                force=force,
+                force_all=force_all,
+                keep_going=keep_going,
+                on_event=feed,
+                executor_options=options,
+                dask_options=dask_options,
+                remote_cache=remote_cache or settings.remote_cache,
+                remote_mode=remote_mode or settings.remote_mode,
+            )
     except BaseException as exc:
         error = str(exc) or type(exc).__name__
         raise
@@ -311,4 +331,6 @@ def _run_from_cli(
         echo.close()
         if recorder is not None:
             recorder.close(error)
+        if capture is not None:
+            capture.close()  # last: the record's warnings still go to the reporter
     return 0 if result.ok else 1

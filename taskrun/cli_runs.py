@@ -144,6 +144,10 @@ def _show_text(record: Any, *, output: int | None = None) -> list[str]:
         lines.append(f"warning:  {warning}")
     lines.append("")
     lines += _task_lines(record, output=output)
+    if record.unattributed:
+        shown = record.unattributed if output is None else record.unattributed[-output:]
+        lines.append("output of no single task (written to descriptors 1/2 as several ran):")
+        lines += [f"    ? | {line}" for line in shown]
     return [printable(line) for line in lines]
 
 

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
 __all__ = [
+    "UNATTRIBUTED",
     "Event",
     "Interrupted",
     "MapExpanded",
@@ -146,12 +147,21 @@ class TaskStarted(Event):
 
 @dataclass(frozen=True, slots=True)
 class TaskOutput(Event):
-    """One line a running task wrote (stdout and stderr alike), as it was written."""
+    """One line a running task wrote (stdout and stderr alike), as it was written.
+
+    ``task`` is :data:`UNATTRIBUTED` for a line written straight to descriptor 1 or 2 of
+    the taskrun process while several tasks ran in it (or none): see
+    :mod:`taskrun.executors.fdcapture`.
+    """
 
     kind: ClassVar[str] = "output"
     task: str
     line: str
     time: float  # time.time() when the driver received it
+
+
+#: The task of an output line nobody can attribute (see TaskOutput).
+UNATTRIBUTED = "?"
 
 
 @dataclass(frozen=True, slots=True)

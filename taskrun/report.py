@@ -525,6 +525,12 @@ class ConsoleReporter(PlainReporter):
     def prints_output(self) -> bool:
         return False  # shown under the running task, then whole when it has finished
 
+    def lines(self, event: ev.Event) -> list[Line]:
+        if isinstance(event, ev.TaskOutput) and event.task == ev.UNATTRIBUTED:
+            # No running task to show it under, and no end to print it with: now.
+            return [Line(f"{event.task} | {printable(event.line)}")]
+        return super().lines(event)
+
     def reprints(self, task: str) -> bool:
         return True
 

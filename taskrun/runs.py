@@ -320,6 +320,8 @@ class RunRecord:
     # Seconds from the start to the last thing recorded; for a run in progress, to now.
     elapsed: float = 0.0
     events: int = 0  # the lines read after the header (grows with each change)
+    #: Output lines of no task (written to descriptors 1/2 while several tasks ran).
+    unattributed: list[str] = field(default_factory=list)
 
     @property
     def started(self) -> float:
@@ -373,6 +375,7 @@ class RunRecord:
             "warnings": self.warnings,
             "elapsed": self.elapsed,
             "tasks": [t.to_json() for t in self.tasks.values()],
+            "unattributed": self.unattributed,
         }
 
 
@@ -419,6 +422,10 @@ def _replay(path: Path, header: dict[str, Any], docs: Iterable[dict[str, Any]]) 
                 ended = "finished"
             continue
         name = doc.get("task")
+        if name == ev.UNATTRIBUTED:  # not a task: see events.TaskOutput
+            if kind == "output":
+                record.unattributed.append(str(doc.get("line", "")))
+            continue
         task = tasks.get(name) if isinstance(name, str) else None
         if task is None and isinstance(name, str) and name:
             task = tasks[name] = TaskRecord(name)

@@ -30,7 +30,8 @@ In the task
 
 Why not one mechanism for all: a thread cannot have file descriptors of its own, so
 in-driver executors route Python-level writes per thread (see ``local.py`` for what that
-cannot catch), while worker processes capture at the descriptor level.
+cannot catch, and ``executors/fdcapture.py`` for how the CLI catches raw descriptor writes
+of in-driver tasks), while worker processes capture at the descriptor level.
 """
 
 from __future__ import annotations
@@ -237,12 +238,17 @@ class LineSink(Channel):
         self._lines = _Lines()
         self._lock = threading.Lock()
         self._readers: list[tuple[threading.Thread, Any]] = []  # (reader, its Popen)
+        #: The CLI's descriptor capture while the call runs (executors.fdcapture), if on:
+        #: what the task wrote to descriptors 1 and 2 before is read out first, in order.
+        self.capture: Any = None
 
     def write(self, text: str) -> int:
         if not isinstance(text, str):
             raise TypeError(f"write() argument must be str, not {type(text).__name__}")
         if self._readers:
             self._catch_up()
+        if self.capture is not None:
+            self.capture.catch_up()
         with self._lock:
             self._parts.append(text)
             if self._feed is not None:
@@ -319,6 +325,8 @@ class LineSink(Channel):
     def send(self, done: float, total: float | None, message: str, when: float) -> None:
         if self._readers:
             self._catch_up()
+        if self.capture is not None:
+            self.capture.catch_up()
         feed = self._feed
         if feed is not None:
             feed.progress(self.task, done, total, message, when)

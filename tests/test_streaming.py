@@ -7,7 +7,6 @@ line that arrived only at the end would never be seen, and the test would time o
 
 from __future__ import annotations
 
-import ctypes.util
 import io
 import json
 import os
@@ -150,8 +149,11 @@ def outputs(run: Run, task: str = "talk") -> list[str]:
 def test_output_and_progress_arrive_while_the_task_runs(
     executor: str, run_in: Any, tmp_path: Path
 ) -> None:
-    """print, logging, sh() and subprocess lines and a progress report come before the end."""
-    fd = {"FD_WRITES": "1"} if executor == "process" else {}
+    """print, logging, sh() and subprocess lines and a progress report come before the end.
+
+    Raw writes to descriptors 1 and 2 too, except on a Dask cluster (see docs/watching.md).
+    """
+    fd = {"FD_WRITES": "1"} if executor != "dask" else {}
     run = run_in("--executor", executor, "-j", "1", env=fd)
     expected = LINES + (FD_LINES if fd else [])
     run.until(lambda e: e["event"] == "progress")
@@ -173,21 +175,6 @@ def test_output_and_progress_arrive_while_the_task_runs(
     assert all(isinstance(e["time"], float) for e in run.events if e["event"] == "output")
     last = [e for e in run.events if e["event"] == "progress"][-1]
     assert (last["done"], last["total"], last["message"]) == (2, 2, "done")
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(ctypes.util.find_library("c") is None, reason="no libc to call printf")
-def test_thread_executor_leaves_raw_descriptor_writes_unattributed_but_shown(
-    run_in: Any, tmp_path: Path
-) -> None:
-    """os.write(1) from a thread task reaches stdout as it is, never lost (documented)."""
-    run = run_in("--executor", "thread", env={"FD_WRITES": "1"})
-    run.until(lambda e: e["event"] == "progress")
-    (tmp_path / "release").touch()
-    run.until(lambda e: e["event"] == "summary")
-    assert run.finish() == 0
-    assert "from fd 1" in run.raw and "from printf" in run.raw
-    assert "from fd 1" not in outputs(run)
 
 
 QUEUE = """

@@ -17,12 +17,12 @@ Two more routes lead to a task's buffer while the routed streams are installed:
   ``sys.stderr`` (``logging.basicConfig()`` in the task file) are pointed at the routed
   streams, and back when the streams are restored.
 
-What this cannot catch, by design: writes straight to file descriptors 1 and 2 from the
+What this cannot route, by design: writes straight to file descriptors 1 and 2 from the
 task's own process (C extensions, ``os.write(1, ...)``, ``os.system``) and writes from
-threads the task starts itself: a descriptor belongs to the process, not to a thread, so
-nothing can tell which task wrote them. They go to the terminal as they are. The process
-executor captures at the descriptor level and attributes all of these; use it for tasks
-that do such writes.
+threads the task starts itself: a descriptor belongs to the process, not to a thread.
+The ``taskrun`` command catches the former at the descriptor level
+(:mod:`taskrun.executors.fdcapture`, told here which calls run), and attributes them to
+the task when it is the only one running; the process executor attributes all of them.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any, TextIO
 
+from taskrun.executors import fdcapture
 from taskrun.executors.base import Call, Outcome, call_function
 from taskrun.outcome import swap_cancel_event
 from taskrun.shell import ProcessGroups, swap_groups
@@ -264,6 +265,9 @@ def run_here(
     # managers: their cost showed per task in a cold run of no-op tasks.
     previous_sink = _sink()
     _route.sink = sink
+    capture = fdcapture.active  # the CLI's descriptor capture (see fdcapture), if on
+    if capture is not None:
+        capture.call_started(sink)
     previous_event = swap_cancel_event(cancel)
     previous_groups = swap_groups(groups) if groups is not None else None
     try:
@@ -275,6 +279,8 @@ def run_here(
         _route.sink = previous_sink
         if groups is not None:
             groups.done()
+        if capture is not None:
+            capture.call_ended(sink)  # its raw writes are read before its outcome
     finish = getattr(sink, "finish", None)
     if finish is not None:
         finish()
