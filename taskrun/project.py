@@ -178,8 +178,9 @@ def execute(
     from taskrun.streaming import Feed
 
     # Executors report from their own threads (starts, output lines, progress): the feed
-    # hands the sink one event at a time.
-    feed = sink = Feed(on_event or (lambda e: None))
+    # hands the sink one event at a time (a feed given, as the CLI's capture makes, is used
+    # as it is: perf, one lock per event, not two).
+    feed = sink = on_event if isinstance(on_event, Feed) else Feed(on_event or (lambda e: None))
     remote = None
     if remote_cache or remote_mode or os.environ.get("TASKRUN_REMOTE_CACHE"):
         from taskrun.events import Warned
